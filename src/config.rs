@@ -1,0 +1,723 @@
+//! The configuration file: what the admin edits.
+//!
+//! Owns parsing and validating the TOML file into typed settings. Every error
+//! names the file, the line and the key, because the admin reading it has
+//! only the file in front of them. Secrets are kept as *where to find them*
+//! ([`SecretRef`]) and read only when needed, so a missing environment
+//! variable fails one reader, visibly in its `last_error`, not the daemon.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where the daemon looks for its configuration when neither `-c` nor
+/// `$MAIL2TICKET_CONFIG` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/mail2ticket/config.toml";
+
+const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
+const DEFAULT_DATABASE: &str = "sqlite://mail2ticket.db";
+
+/// A configuration problem, located in the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the configuration file: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub store: StoreConfig,
+    pub daemon: DaemonConfig,
+    pub oauth: Vec<OAuthApp>,
+    pub readers: Vec<ReaderConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// An sqlx SQLite URL; a relative file is relative to the working directory.
+    pub database: String,
+    /// The 32-byte key that seals tokens at rest; see `store::key`.
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub poll_interval: Duration,
+}
+
+/// One Entra ID app registration.
+#[derive(Debug, Clone)]
+pub struct OAuthApp {
+    pub name: String,
+    pub tenant: String,
+    pub client_id: String,
+    pub client_secret: Option<SecretRef>,
+    /// Scheme and host of the identity platform, without a trailing slash.
+    pub authority: String,
+}
+
+impl OAuthApp {
+    /// The v2.0 token endpoint of this app's tenant.
+    pub fn token_url(&self) -> String {
+        format!("{}/{}/oauth2/v2.0/token", self.authority, self.tenant)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Imap,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Imap => "imap",
+        }
+    }
+}
+
+/// How a reader obtains its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    /// Resource-owner password credentials (ROPC).
+    Password,
+}
+
+impl Grant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grant::Password => "password",
+        }
+    }
+}
+
+/// One mailbox to turn into tickets.
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    pub name: String,
+    pub protocol: Protocol,
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: Option<SecretRef>,
+    /// Name of the `[[oauth]]` entry this reader uses.
+    pub oauth: String,
+    pub grant: Grant,
+    pub folder: String,
+    pub ca_file: Option<PathBuf>,
+    pub poll_interval: Duration,
+    /// Bound on every single network step (connect, login, one fetch, ...).
+    pub timeout: Duration,
+    /// Mails fetched and committed together.
+    pub batch_size: usize,
+}
+
+/// Where a secret lives, and where in the config it was named, so that
+/// failing to read it can point the admin at the line. It never holds a
+/// readable copy of the secret in anything printable.
+#[derive(Clone)]
+pub struct SecretRef {
+    source: SecretSource,
+    origin: String,
+}
+
+#[derive(Clone)]
+enum SecretSource {
+    Literal(SecretString),
+    Env(String),
+    File(PathBuf),
+}
+
+/// Reading a secret failed; says which one and why, never what it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {reason}")]
+pub struct SecretError {
+    origin: String,
+    reason: String,
+}
+
+impl SecretRef {
+    pub fn resolve(&self) -> Result<SecretString, SecretError> {
+        let fail = |reason: String| SecretError {
+            origin: self.origin.clone(),
+            reason,
+        };
+        match &self.source {
+            SecretSource::Literal(value) => Ok(value.clone()),
+            SecretSource::Env(var) => match std::env::var(var) {
+                Ok(value) if !value.is_empty() => Ok(SecretString::from(value)),
+                Ok(_) => Err(fail(format!("environment variable {var} is empty"))),
+                Err(_) => Err(fail(format!("environment variable {var} is not set"))),
+            },
+            SecretSource::File(path) => match std::fs::read_to_string(path) {
+                // Files written by editors and `echo` end in a newline that is
+                // never part of the secret.
+                Ok(value) => Ok(SecretString::from(value.trim_end_matches(['\r', '\n']))),
+                Err(e) => Err(fail(format!("cannot read {}: {e}", path.display()))),
+            },
+        }
+    }
+
+    #[cfg(test)]
+    fn literal(value: &str) -> SecretRef {
+        SecretRef {
+            source: SecretSource::Literal(value.into()),
+            origin: "test".into(),
+        }
+    }
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.source {
+            SecretSource::Literal(_) => "literal [REDACTED]".to_string(),
+            SecretSource::Env(var) => format!("env {var}"),
+            SecretSource::File(path) => format!("file {}", path.display()),
+        };
+        write!(f, "SecretRef({kind})")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file as written. Validation that serde can do (types, enums, durations,
+// unknown keys) happens here so that toml reports the exact span.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    oauth: Vec<RawOAuth>,
+    #[serde(default)]
+    reader: Vec<RawReader>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    database: Option<String>,
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    poll_interval: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOAuth {
+    name: Spanned<String>,
+    tenant: String,
+    client_id: String,
+    client_secret: Option<Spanned<RawSecret>>,
+    authority: Option<Authority>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReader {
+    name: Spanned<String>,
+    protocol: Protocol,
+    host: String,
+    port: Option<u16>,
+    username: String,
+    password: Option<Spanned<RawSecret>>,
+    oauth: Spanned<String>,
+    grant: Spanned<Grant>,
+    #[serde(default = "default_folder")]
+    folder: String,
+    ca_file: Option<PathBuf>,
+    poll_interval: Option<HumanDuration>,
+    timeout: Option<HumanDuration>,
+    batch_size: Option<Spanned<usize>>,
+}
+
+fn default_folder() -> String {
+    "INBOX".into()
+}
+
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a string, { env = \"VAR\" } or { file = \"path\" }"
+)]
+enum RawSecret {
+    Literal(String),
+    Env { env: String },
+    File { file: PathBuf },
+}
+
+/// A duration written like `60s`, `5m` or `1h 30m`.
+#[derive(Clone, Copy)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let value = humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({e}); write e.g. \"60s\" or \"5m\""
+            ))
+        })?;
+        if value.is_zero() {
+            return Err(serde::de::Error::custom(
+                "a duration of zero is not allowed",
+            ));
+        }
+        Ok(HumanDuration(value))
+    }
+}
+
+/// An identity-platform base URL. Plain HTTP is only for a loopback stand-in
+/// in tests: tokens and passwords never travel unencrypted.
+struct Authority(String);
+
+impl<'de> Deserialize<'de> for Authority {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let url = reqwest::Url::parse(&text)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a URL ({e})")))?;
+        let loopback = match url.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            "http" => {
+                return Err(serde::de::Error::custom(
+                    "plain http:// is only accepted for loopback hosts; use https://",
+                ));
+            }
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "scheme {other}:// is not supported; use https://"
+                )));
+            }
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(serde::de::Error::custom(
+                "the authority is a base URL without query or fragment",
+            ));
+        }
+        Ok(Authority(text.trim_end_matches('/').to_string()))
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path` (which only labels errors and
+    /// anchors relative secret files).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let locate = Locator { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| locate.toml_error(&e))?;
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+
+        let daemon = DaemonConfig {
+            poll_interval: raw
+                .daemon
+                .poll_interval
+                .map_or(Duration::from_secs(60), |d| d.0),
+        };
+        let store = StoreConfig {
+            database: raw
+                .store
+                .database
+                .unwrap_or_else(|| DEFAULT_DATABASE.into()),
+            key_file: raw.store.key_file,
+        };
+
+        let mut oauth = Vec::new();
+        let mut app_names = HashSet::new();
+        for app in raw.oauth {
+            let name = app.name.get_ref().clone();
+            if !app_names.insert(name.clone()) {
+                return Err(locate.at(
+                    app.name.span(),
+                    "name",
+                    "another [[oauth]] entry has this name",
+                ));
+            }
+            let client_secret = app
+                .client_secret
+                .map(|s| locate.secret(s, base_dir, &format!("oauth \"{name}\" client_secret")));
+            oauth.push(OAuthApp {
+                name,
+                tenant: app.tenant,
+                client_id: app.client_id,
+                client_secret,
+                authority: app.authority.map_or(DEFAULT_AUTHORITY.into(), |a| a.0),
+            });
+        }
+
+        let mut readers = Vec::new();
+        let mut reader_names = HashSet::new();
+        for r in raw.reader {
+            let name = r.name.get_ref().clone();
+            if name.is_empty() {
+                return Err(locate.at(r.name.span(), "name", "a reader needs a non-empty name"));
+            }
+            if !reader_names.insert(name.clone()) {
+                return Err(locate.at(r.name.span(), "name", "another [[reader]] has this name"));
+            }
+            if !app_names.contains(r.oauth.get_ref()) {
+                let known: Vec<_> = oauth.iter().map(|a| a.name.as_str()).collect();
+                return Err(locate.at(
+                    r.oauth.span(),
+                    "oauth",
+                    &format!(
+                        "no [[oauth]] entry is named {:?} (known: {})",
+                        r.oauth.get_ref(),
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+            let password = r
+                .password
+                .map(|s| locate.secret(s, base_dir, &format!("reader \"{name}\" password")));
+            if *r.grant.get_ref() == Grant::Password && password.is_none() {
+                return Err(locate.at(
+                    r.grant.span(),
+                    "password",
+                    "grant = \"password\" needs a password (a string, { env = \"VAR\" } or { file = \"path\" })",
+                ));
+            }
+            let batch_size = match r.batch_size {
+                Some(b) if *b.get_ref() == 0 || *b.get_ref() > 10_000 => {
+                    return Err(locate.at(b.span(), "batch_size", "must be between 1 and 10000"));
+                }
+                Some(b) => b.into_inner(),
+                None => 100,
+            };
+            readers.push(ReaderConfig {
+                name,
+                protocol: r.protocol,
+                port: r.port.unwrap_or(match r.protocol {
+                    Protocol::Imap => 993,
+                }),
+                host: r.host,
+                username: r.username,
+                password,
+                oauth: r.oauth.into_inner(),
+                grant: r.grant.into_inner(),
+                folder: r.folder,
+                ca_file: r.ca_file.map(|p| base_dir.join(p)),
+                poll_interval: r.poll_interval.map_or(daemon.poll_interval, |d| d.0),
+                timeout: r.timeout.map_or(Duration::from_secs(60), |d| d.0),
+                batch_size,
+            });
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            store,
+            daemon,
+            oauth,
+            readers,
+        })
+    }
+
+    pub fn app(&self, name: &str) -> Option<&OAuthApp> {
+        self.oauth.iter().find(|a| a.name == name)
+    }
+
+    pub fn reader(&self, name: &str) -> Option<&ReaderConfig> {
+        self.readers.iter().find(|r| r.name == name)
+    }
+}
+
+/// Turns byte offsets into `file:line: key:` messages.
+struct Locator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// The dotted key at `offset`: the enclosing `[table]` header plus the
+    /// key on that line, so that a type error (whose message does not name
+    /// the key) still says where to look.
+    fn key_at(&self, offset: usize) -> String {
+        let end = offset.min(self.text.len());
+        let line_start = self.text[..end].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = self.text[end..]
+            .find('\n')
+            .map_or(self.text.len(), |i| end + i);
+        let line = &self.text[line_start..line_end];
+        let table = self.text[..line_start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+        let key = line
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"').to_string())
+            .filter(|k| !k.is_empty() && !k.starts_with('['));
+        match (table, key) {
+            (Some(t), Some(k)) => format!("{t}.{k}"),
+            (Some(t), None) => t,
+            (None, Some(k)) => k,
+            (None, None) => "(top level)".into(),
+        }
+    }
+
+    fn at(&self, span: Range<usize>, key: &str, message: &str) -> ConfigError {
+        let table = self.key_at(span.start);
+        let table = table.rsplit_once('.').map_or(table.as_str(), |(t, _)| t);
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line: self.line_of(span.start),
+            key: format!("{table}.{key}"),
+            message: message.to_string(),
+        }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let offset = e.span().map_or(0, |s| s.start);
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line: self.line_of(offset),
+            key: self.key_at(offset),
+            message: e.message().trim().to_string(),
+        }
+    }
+
+    fn secret(&self, raw: Spanned<RawSecret>, base_dir: &Path, what: &str) -> SecretRef {
+        let origin = format!(
+            "{}:{}: {what}",
+            self.path.display(),
+            self.line_of(raw.span().start)
+        );
+        let source = match raw.into_inner() {
+            RawSecret::Literal(v) => SecretSource::Literal(SecretString::from(v)),
+            RawSecret::Env { env } => SecretSource::Env(env),
+            RawSecret::File { file } => SecretSource::File(base_dir.join(file)),
+        };
+        SecretRef { source, origin }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    const GOOD: &str = r#"
+[store]
+database = "sqlite://x.db"
+
+[daemon]
+poll_interval = "60s"
+
+[[oauth]]
+name = "contoso"
+tenant = "00000000-0000-0000-0000-000000000000"
+client_id = "11111111-1111-1111-1111-111111111111"
+
+[[reader]]
+name = "helpdesk"
+protocol = "imap"
+host = "outlook.office365.com"
+port = 993
+username = "helpdesk@contoso.com"
+password = "hunter2-literal"
+oauth = "contoso"
+grant = "password"
+folder = "INBOX"
+poll_interval = "30s"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/m2t/config.toml"), text)
+    }
+
+    fn error_text(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("config should have been rejected"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn accepts_the_documented_shape() {
+        let config = parse(GOOD).expect("valid config");
+        let reader = &config.readers[0];
+        assert_eq!(reader.poll_interval, Duration::from_secs(30));
+        assert_eq!(reader.port, 993);
+        assert_eq!(
+            config.oauth[0].token_url(),
+            "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/oauth2/v2.0/token"
+        );
+        let password = reader
+            .password
+            .as_ref()
+            .expect("password")
+            .resolve()
+            .expect("literal");
+        assert_eq!(password.expose_secret(), "hunter2-literal");
+    }
+
+    #[test]
+    fn example_file_is_valid() {
+        let text = include_str!("../config.example.toml");
+        parse(text).expect("config.example.toml must stay valid");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = GOOD.replace("folder = \"INBOX\"", "folder = \"INBOX\"\nfolderr = \"x\"");
+        let err = error_text(&text);
+        assert!(err.starts_with("/etc/m2t/config.toml:23: "), "{err}");
+        assert!(err.contains("folderr"), "{err}");
+    }
+
+    #[test]
+    fn type_error_names_the_key() {
+        let err = error_text(&GOOD.replace("port = 993", "port = 99999"));
+        assert!(
+            err.starts_with("/etc/m2t/config.toml:17: reader.port: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_is_explained() {
+        let err = error_text(&GOOD.replace("\"30s\"", "\"soon\""));
+        assert!(err.contains(":23: reader.poll_interval: "), "{err}");
+        assert!(err.contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn unknown_oauth_reference_is_located() {
+        let err = error_text(&GOOD.replace("oauth = \"contoso\"", "oauth = \"fabrikam\""));
+        assert!(err.contains(":20: reader.oauth: "), "{err}");
+        assert!(err.contains("known: contoso"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_authority_only_on_loopback() {
+        let with = |authority: &str| {
+            GOOD.replace(
+                "client_id = \"11111111-1111-1111-1111-111111111111\"",
+                &format!("client_id = \"x\"\nauthority = \"{authority}\""),
+            )
+        };
+        assert!(parse(&with("http://127.0.0.1:8080")).is_ok());
+        assert!(parse(&with("http://localhost:8080/")).is_ok());
+        let err = error_text(&with("http://login.example.com"));
+        assert!(err.contains("oauth.authority"), "{err}");
+        assert!(err.contains("only accepted for loopback"), "{err}");
+    }
+
+    #[test]
+    fn password_grant_requires_a_password() {
+        let err = error_text(&GOOD.replace("password = \"hunter2-literal\"\n", ""));
+        assert!(err.contains("reader.password"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_reader_names_are_rejected() {
+        let start = GOOD.find("[[reader]]").expect("reader table");
+        let text = format!("{GOOD}\n{}", &GOOD[start..]);
+        let err = error_text(&text);
+        assert!(err.contains("another [[reader]] has this name"), "{err}");
+    }
+
+    #[test]
+    fn secrets_from_env_and_file_report_their_origin_not_value() {
+        let text = GOOD.replace(
+            "password = \"hunter2-literal\"",
+            "password = { env = \"M2T_TEST_SURELY_UNSET_VAR\" }",
+        );
+        let config = parse(&text).expect("valid");
+        let err = config.readers[0]
+            .password
+            .as_ref()
+            .expect("set")
+            .resolve()
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("config.toml:19: reader \"helpdesk\" password"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("M2T_TEST_SURELY_UNSET_VAR is not set"),
+            "{msg}"
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("pw"), "s3cret\n").expect("write");
+        let text = GOOD.replace(
+            "password = \"hunter2-literal\"",
+            "password = { file = \"pw\" }",
+        );
+        let config = Config::parse(&dir.path().join("c.toml"), &text).expect("valid");
+        let value = config.readers[0]
+            .password
+            .as_ref()
+            .expect("set")
+            .resolve()
+            .expect("file");
+        assert_eq!(value.expose_secret(), "s3cret");
+    }
+
+    #[test]
+    fn debug_output_hides_literal_secrets() {
+        let shown = format!("{:?}", SecretRef::literal("hunter2-literal"));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let config = parse(GOOD).expect("valid");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}
