@@ -1,0 +1,186 @@
+//! The store: the SQLite database behind sqlx, and everything written to it.
+//!
+//! Owns the schema (embedded migrations, applied at open), the exactly-once
+//! rule (a mail's source position is written in the same transaction as its
+//! ticket), reader health (`readers.last_error` and friends) and the sealed
+//! token rows. Nothing else in the crate writes SQL.
+
+mod key;
+mod tickets;
+mod tokens;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+pub use key::{KeyError, StoreKey};
+pub use tickets::{BatchOutcome, FolderPosition};
+
+use crate::config::StoreConfig;
+
+/// SQL for "now" as an ISO 8601 UTC timestamp, so that `sqlite3` users can
+/// read and compare the times directly.
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%SZ','now')";
+
+/// Write transactions take the write lock up front. A deferred transaction
+/// that reads first and writes later fails at once with SQLITE_BUSY when
+/// another reader committed in between (WAL snapshots cannot be upgraded),
+/// bypassing the busy timeout; IMMEDIATE makes it wait its turn instead.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+const KEY_CHECK_PLAINTEXT: &[u8] = b"mail2ticket store key check";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+    key: std::sync::Arc<StoreKey>,
+}
+
+/// One row of `readers`, as `status` shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReaderStatus {
+    pub name: String,
+    pub protocol: String,
+    pub last_poll_at: Option<String>,
+    pub last_success_at: Option<String>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    pub consecutive_failures: i64,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database, applies migrations and
+    /// checks that the store key matches it.
+    pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            url: config.database.clone(),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str(&config.database)
+            .map_err(open_err)?
+            .create_if_missing(true)
+            // WAL lets `status` read while a reader commits; FULL makes each
+            // committed batch survive power loss, not only a process crash.
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let database_file = options.get_filename().to_path_buf();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+
+        let key = StoreKey::locate(config.key_file.as_deref(), &database_file)?;
+        let store = Store {
+            pool,
+            key: std::sync::Arc::new(key),
+        };
+        store.check_key().await?;
+        Ok(store)
+    }
+
+    /// The first key to open a database is recorded (sealed); every later
+    /// open must be able to unseal it, so a wrong key fails at start with a
+    /// clear message instead of as undecryptable tokens later.
+    async fn check_key(&self) -> Result<(), StoreError> {
+        let row: Option<(Vec<u8>,)> =
+            sqlx::query_as("SELECT sealed FROM store_key_check WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        match row {
+            Some((sealed,)) => {
+                self.key.open(b"store_key_check", &sealed)?;
+            }
+            None => {
+                let sealed = self.key.seal(b"store_key_check", KEY_CHECK_PLAINTEXT);
+                sqlx::query("INSERT OR IGNORE INTO store_key_check (id, sealed) VALUES (1, ?)")
+                    .bind(sealed)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Makes sure a `readers` row exists for a configured reader.
+    pub async fn register_reader(&self, name: &str, protocol: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO readers (name, protocol) VALUES (?, ?)
+             ON CONFLICT (name) DO UPDATE SET protocol = excluded.protocol",
+        )
+        .bind(name)
+        .bind(protocol)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn record_poll_start(&self, reader: &str) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "UPDATE readers SET last_poll_at = {NOW} WHERE name = ?"
+        ))
+        .bind(reader)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A success clears `last_error`; `last_error_at` keeps the time of the
+    /// most recent failure for whoever investigates later.
+    pub async fn record_success(&self, reader: &str) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "UPDATE readers SET last_success_at = {NOW}, last_error = NULL,
+             consecutive_failures = 0 WHERE name = ?"
+        ))
+        .bind(reader)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a failure and returns the number of failures in a row.
+    pub async fn record_failure(&self, reader: &str, error: &str) -> Result<i64, StoreError> {
+        let row: Option<(i64,)> = sqlx::query_as(&format!(
+            "UPDATE readers SET last_error = ?, last_error_at = {NOW},
+             consecutive_failures = consecutive_failures + 1 WHERE name = ?
+             RETURNING consecutive_failures"
+        ))
+        .bind(error)
+        .bind(reader)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map_or(1, |r| r.0))
+    }
+
+    pub async fn reader_statuses(&self) -> Result<Vec<ReaderStatus>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT name, protocol, last_poll_at, last_success_at, last_error, last_error_at,
+                    consecutive_failures
+             FROM readers ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
