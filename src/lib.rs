@@ -1,0 +1,38 @@
+//! mail2ticket turns support mailboxes into helpdesk tickets.
+//!
+//! It logs into each configured mailbox with OAuth 2.0 (SASL XOAUTH2), turns
+//! every new mail into a ticket exactly once in SQLite, and records per
+//! reader what went wrong when it cannot.
+//!
+//! # Layout
+//!
+//! The path of one mail, from the socket to the ticket row, follows the
+//! modules in this order:
+//!
+//! * [`config`]: the TOML file the admin edits; errors name file, line and key.
+//! * [`auth`]: the token store: grants, caching, refresh, rotation.
+//! * [`transport`]: TCP plus verified TLS; owns every trust decision.
+//! * [`source`]: one module per mailbox protocol ([`source::imap`]); finds
+//!   new mail, fetches it, and cleans up after the commit.
+//! * [`ingest`]: raw bytes to a parsed mail; never fails.
+//! * [`store`]: SQLite through sqlx: schema, exactly-once commits, reader
+//!   health, sealed tokens.
+//! * [`reader`]: one poll of one reader, linking token, protocol and health.
+//! * [`scheduler`]: one task per reader, intervals and backoff.
+//! * [`daemon`]: start-up wiring and the `run` / `run --once` / `check` modes.
+//! * [`shutdown`]: the cancellation token and the signals that fire it.
+//! * [`status`]: the `status` table.
+//!
+//! The binary (`src/main.rs`) only parses the command line and calls these.
+
+pub mod auth;
+pub mod config;
+pub mod daemon;
+pub mod ingest;
+pub mod reader;
+pub mod scheduler;
+pub mod shutdown;
+pub mod source;
+pub mod status;
+pub mod store;
+pub mod transport;

@@ -1,0 +1,103 @@
+//! The scheduler: one task per reader, each on its own poll interval.
+//!
+//! Owns timing: the poll interval after a success, exponential backoff with
+//! jitter after failures (capped at 15 minutes), and independence: a reader
+//! that hangs or fails only ever delays itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ReaderConfig;
+use crate::reader::{self, Context};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+
+/// Runs every reader until `cancel` fires; returns when all have stopped.
+pub async fn run(ctx: Arc<Context>, readers: Vec<ReaderConfig>, cancel: CancellationToken) {
+    let mut tasks = JoinSet::new();
+    for reader in readers {
+        tasks.spawn(run_reader(ctx.clone(), reader, cancel.clone()));
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "a reader task ended abnormally");
+        }
+    }
+}
+
+async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: CancellationToken) {
+    let mut failures: u32 = 0;
+    while !cancel.is_cancelled() {
+        let delay = match reader::poll_and_record(&ctx, &reader, &cancel).await {
+            Ok(report) => {
+                failures = 0;
+                if report.fetched > 0 {
+                    tracing::info!(
+                        reader = %reader.name,
+                        fetched = report.fetched,
+                        tickets = report.created,
+                        duplicates = report.duplicates,
+                        "poll done"
+                    );
+                }
+                reader.poll_interval
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures, reader.poll_interval);
+                tracing::warn!(
+                    reader = %reader.name,
+                    error = %e,
+                    failures,
+                    retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())),
+                    "poll failed"
+                );
+                delay
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Delay before the next try after `failures` failures in a row: doubling
+/// from the poll interval (at most 10 s to start), capped, and jittered
+/// into its upper half so readers that failed together do not retry in
+/// lockstep.
+pub fn backoff(failures: u32, poll_interval: Duration) -> Duration {
+    let base = poll_interval.min(Duration::from_secs(10));
+    let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let capped = exp.min(MAX_BACKOFF);
+    let jitter: f64 = rand::random::<f64>() * 0.5 + 0.5;
+    capped.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let interval = Duration::from_secs(60);
+        for _ in 0..100 {
+            let first = backoff(1, interval);
+            assert!(
+                first >= Duration::from_secs(5) && first <= Duration::from_secs(10),
+                "{first:?}"
+            );
+            let third = backoff(3, interval);
+            assert!(
+                third >= Duration::from_secs(20) && third <= Duration::from_secs(40),
+                "{third:?}"
+            );
+            let late = backoff(40, interval);
+            assert!(late <= MAX_BACKOFF && late >= MAX_BACKOFF / 2, "{late:?}");
+        }
+        assert!(backoff(1, Duration::from_secs(1)) <= Duration::from_secs(1));
+    }
+}
