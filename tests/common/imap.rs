@@ -1,0 +1,102 @@
+//! Raw IMAP/POP3 client helpers built on async-imap + tokio-rustls only (no
+//! library code), for checking the server side independently.
+
+use std::path::Path;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::certs::tls_connect;
+
+pub type TlsImapClient = async_imap::Client<TlsStream<TcpStream>>;
+pub type TlsImapSession = async_imap::Session<TlsStream<TcpStream>>;
+
+/// SASL XOAUTH2 for async-imap's `Client::authenticate("XOAUTH2", &mut auth)`.
+///
+/// The first challenge (empty) is answered with
+/// `user=U\x01auth=Bearer T\x01\x01` (async-imap base64-encodes it). On
+/// failure the server sends a JSON error challenge, which must be answered
+/// with an empty response; it is kept in `error_challenge`.
+pub struct XOAuth2 {
+    pub user: String,
+    pub token: String,
+    pub error_challenge: Option<String>,
+    sent: bool,
+}
+
+impl XOAuth2 {
+    pub fn new(user: &str, token: &str) -> XOAuth2 {
+        XOAuth2 {
+            user: user.to_owned(),
+            token: token.to_owned(),
+            error_challenge: None,
+            sent: false,
+        }
+    }
+}
+
+impl async_imap::Authenticator for &mut XOAuth2 {
+    type Response = Vec<u8>;
+
+    fn process(&mut self, challenge: &[u8]) -> Vec<u8> {
+        if self.sent {
+            self.error_challenge = Some(String::from_utf8_lossy(challenge).into_owned());
+            Vec::new()
+        } else {
+            self.sent = true;
+            format!("user={}\x01auth=Bearer {}\x01\x01", self.user, self.token).into_bytes()
+        }
+    }
+}
+
+/// Connects with implicit TLS and reads the greeting (which must be `* OK`).
+pub async fn imaps_connect(port: u16, ca_file: &Path) -> TlsImapClient {
+    let tls = tls_connect(port, ca_file).await;
+    let mut client = async_imap::Client::new(tls);
+    let greeting = client
+        .read_response()
+        .await
+        .expect("IMAP: error reading the greeting")
+        .expect("IMAP: connection closed before the greeting");
+    match greeting.parsed() {
+        async_imap::imap_proto::Response::Data {
+            status: async_imap::imap_proto::Status::Ok,
+            ..
+        } => {}
+        other => panic!("IMAP: unexpected greeting {other:?}"),
+    }
+    client
+}
+
+/// Connects over IMAPS and authenticates with XOAUTH2. On failure, returns
+/// the error text plus the server's JSON error challenge, if any.
+pub async fn imaps_xoauth2(
+    port: u16,
+    ca_file: &Path,
+    user: &str,
+    token: &str,
+) -> Result<TlsImapSession, String> {
+    let client = imaps_connect(port, ca_file).await;
+    let mut auth = XOAuth2::new(user, token);
+    match client.authenticate("XOAUTH2", &mut auth).await {
+        Ok(session) => Ok(session),
+        Err((e, _client)) => Err(format!(
+            "XOAUTH2 failed: {e}; error challenge: {}",
+            auth.error_challenge.as_deref().unwrap_or("(none)")
+        )),
+    }
+}
+
+/// Connects to POP3S and returns the greeting line (e.g. `+OK Dovecot ready.`).
+pub async fn pop3s_greeting(port: u16, ca_file: &Path) -> String {
+    let tls = tls_connect(port, ca_file).await;
+    let mut reader = BufReader::new(tls);
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .await
+        .expect("POP3: error reading the greeting");
+    let _ = reader.get_mut().write_all(b"QUIT\r\n").await;
+    line.trim_end().to_owned()
+}

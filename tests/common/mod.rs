@@ -1,0 +1,25 @@
+//! Integration-test harness shared by the test files (`mod common;`).
+//!
+//! - [`IdP`]: imitation Microsoft Entra ID v2.0 token endpoint + introspection.
+//! - [`Dovecot`]: a real Dovecot 2.3 on loopback, XOAUTH2 via the IdP.
+//! - [`mail`]: deterministic test mails.
+//! - [`certs`], [`imap`]: TLS / raw IMAP / POP3 client helpers.
+//! - [`setup`]: a whole mail2ticket test environment (maintained with the library).
+//!
+//! Not every test file uses every item, hence the module-wide allows.
+#![allow(dead_code, unused_imports)]
+
+pub mod certs;
+pub mod dovecot;
+pub mod idp;
+pub mod imap;
+pub mod mail;
+pub mod setup;
+pub mod time;
+
+pub use dovecot::{Dovecot, DovecotOptions};
+pub use idp::{DEFAULT_CLIENT_ID, DEFAULT_TENANT, IdP, InjectedBody};
+pub use mail::{mail, mail_of_size, malformed_mail, message_id};
+
+/// Scope a mailbox client asks Entra ID for, for IMAP and POP3 with refresh.
+pub const OUTLOOK_SCOPE: &str = "https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/POP.AccessAsUser.All offline_access";

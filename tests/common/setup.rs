@@ -1,0 +1,207 @@
+//! A whole test environment: the IdP stand-in, a Dovecot that trusts it, a
+//! temporary directory with the database, and config files that point
+//! mail2ticket at them.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mail2ticket::config::Config;
+use sqlx::SqlitePool;
+
+use super::{Dovecot, IdP};
+
+/// The mailbox most tests read, and its password at the IdP.
+pub const USER: &str = "helpdesk@test.example";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct Env {
+    pub idp: IdP,
+    pub dovecot: Dovecot,
+    pub dir: tempfile::TempDir,
+}
+
+/// One `[[reader]]` entry; `Env::reader` fills in working defaults.
+#[derive(Clone, Debug)]
+pub struct ReaderSpec {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password_file: PathBuf,
+    pub trust_test_ca: bool,
+    pub folder: String,
+    pub poll_interval: &'static str,
+    pub timeout: &'static str,
+    pub batch_size: usize,
+    /// Raw TOML lines appended to the entry.
+    pub extra: String,
+}
+
+impl Env {
+    pub fn start() -> Env {
+        let idp = IdP::start();
+        idp.add_user(USER, PASSWORD);
+        let dovecot = Dovecot::start(&idp.introspection_url());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = Env { idp, dovecot, dir };
+        env.set_password(USER, PASSWORD);
+        env
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn db_file(&self) -> PathBuf {
+        self.path("mail2ticket.db")
+    }
+
+    /// The file the default reader reads its password from.
+    pub fn password_file(&self, user: &str) -> PathBuf {
+        self.path(&format!("password-{user}"))
+    }
+
+    /// What mail2ticket will read as `user`'s password (not the IdP's).
+    pub fn set_password(&self, user: &str, password: &str) {
+        std::fs::write(self.password_file(user), format!("{password}\n")).expect("write password");
+    }
+
+    pub fn reader(&self, name: &str) -> ReaderSpec {
+        ReaderSpec {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            port: self.dovecot.imaps_port(),
+            username: USER.into(),
+            password_file: self.password_file(USER),
+            trust_test_ca: true,
+            folder: "INBOX".into(),
+            poll_interval: "1s",
+            timeout: "10s",
+            batch_size: 50,
+            extra: String::new(),
+        }
+    }
+
+    pub fn config_toml(&self, readers: &[ReaderSpec]) -> String {
+        let mut text = format!(
+            "[store]\ndatabase = \"sqlite://{db}\"\n\n[daemon]\npoll_interval = \"1s\"\n\n\
+             [[oauth]]\nname = \"test\"\ntenant = \"{tenant}\"\nclient_id = \"{client}\"\n\
+             authority = \"{authority}\"\n",
+            db = self.db_file().display(),
+            tenant = self.idp.tenant(),
+            client = self.idp.client_id(),
+            authority = self.idp.url(),
+        );
+        for r in readers {
+            write!(
+                text,
+                "\n[[reader]]\nname = \"{}\"\nprotocol = \"imap\"\nhost = \"{}\"\nport = {}\n\
+                 username = \"{}\"\npassword = {{ file = \"{}\" }}\noauth = \"test\"\n\
+                 grant = \"password\"\nfolder = \"{}\"\npoll_interval = \"{}\"\ntimeout = \"{}\"\n\
+                 batch_size = {}\n",
+                r.name,
+                r.host,
+                r.port,
+                r.username,
+                r.password_file.display(),
+                r.folder,
+                r.poll_interval,
+                r.timeout,
+                r.batch_size,
+            )
+            .expect("format");
+            if r.trust_test_ca {
+                writeln!(text, "ca_file = \"{}\"", self.dovecot.ca_file().display())
+                    .expect("format");
+            }
+            text.push_str(&r.extra);
+        }
+        text
+    }
+
+    /// Writes the config file and returns its path.
+    pub fn write_config(&self, readers: &[ReaderSpec]) -> PathBuf {
+        let path = self.path("config.toml");
+        std::fs::write(&path, self.config_toml(readers)).expect("write config");
+        path
+    }
+
+    /// Writes and loads the config.
+    pub fn config(&self, readers: &[ReaderSpec]) -> Config {
+        let path = self.write_config(readers);
+        Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}"))
+    }
+
+    /// Creates and migrates the database, so that tests can query it while
+    /// a daemon they started is still starting up.
+    pub async fn init_db(&self, config: &Config) {
+        mail2ticket::store::Store::open(&config.store)
+            .await
+            .expect("open the test database");
+    }
+
+    pub async fn db(&self) -> SqlitePool {
+        SqlitePool::connect(&format!("sqlite://{}", self.db_file().display()))
+            .await
+            .expect("open test database")
+    }
+
+    /// Runs a query returning one integer.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let pool = self.db().await;
+        let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await.expect(sql);
+        pool.close().await;
+        n
+    }
+
+    /// `readers.last_error` of one reader.
+    pub async fn last_error(&self, reader: &str) -> Option<String> {
+        let pool = self.db().await;
+        let row: (Option<String>,) =
+            sqlx::query_as("SELECT last_error FROM readers WHERE name = ?")
+                .bind(reader)
+                .fetch_one(&pool)
+                .await
+                .expect("reader row");
+        pool.close().await;
+        row.0
+    }
+}
+
+/// The mail2ticket binary built for these tests.
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_mail2ticket"))
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes; returns
+/// whether it held. A generous limit is a correctness bound, not a timing test.
+pub async fn wait_until<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process that is killed when the test ends, pass or fail, so a
+/// failed assertion never leaves a daemon running.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
