@@ -1,0 +1,586 @@
+//! The core reader end to end: a real Dovecot over TLS with XOAUTH2, the
+//! IdP stand-in, a real SQLite file.
+
+mod common;
+
+use std::time::Duration;
+
+use common::setup::{ChildGuard, Env, PASSWORD, USER, binary, wait_until};
+use common::{mail, malformed_mail};
+use mail2ticket::daemon;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_mails_become_two_hundred_tickets_exactly_once() {
+    let env = Env::start();
+    env.dovecot.deliver_many(USER, (0..200).map(mail));
+    let config = env.config(&[env.reader("helpdesk")]);
+
+    let results = daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start");
+    let report = results[0].1.as_ref().expect("poll succeeds");
+    assert_eq!(
+        (report.fetched, report.created, report.duplicates),
+        (200, 200, 0)
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 200);
+    assert_eq!(env.count("SELECT COUNT(*) FROM emails").await, 200);
+    assert_eq!(
+        env.count("SELECT COUNT(DISTINCT message_id) FROM emails")
+            .await,
+        200
+    );
+    assert_eq!(
+        env.dovecot.seen_count(USER, "INBOX"),
+        200,
+        "ingested mail is flagged \\Seen"
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM source_positions WHERE after_state = 'done'")
+            .await,
+        200
+    );
+
+    // The ticket carries what the mail said.
+    let pool = env.db().await;
+    let (subject, requester, name): (String, String, String) = sqlx::query_as(
+        "SELECT subject, requester, requester_name FROM tickets ORDER BY id LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("first ticket");
+    assert_eq!(subject, common::mail::subject(0));
+    assert_eq!(requester, common::mail::sender(0));
+    assert_eq!(name, "Customer 0");
+
+    let again = daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start");
+    let report = again[0].1.as_ref().expect("second poll succeeds");
+    assert_eq!((report.fetched, report.created), (0, 0));
+    assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 200);
+    let (last_error, failures): (Option<String>, i64) = sqlx::query_as(
+        "SELECT last_error, consecutive_failures FROM readers WHERE name = 'helpdesk'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("reader row");
+    assert_eq!((last_error, failures), (None, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_password_grant_then_only_refreshes_across_expiries() {
+    let env = Env::start();
+    env.idp.set_token_lifetime(Duration::from_secs(2));
+    env.idp.set_strict_rotation(true);
+    let config = env.config(&[env.reader("helpdesk")]);
+
+    env.init_db(&config).await;
+    let cancel = CancellationToken::new();
+    let daemon = tokio::spawn({
+        let (config, cancel) = (config.clone(), cancel.clone());
+        async move { daemon::run(&config, cancel).await }
+    });
+    // Mail arrives while tokens keep expiring underneath the daemon.
+    for round in 0..4 {
+        env.dovecot.deliver(USER, &mail(round));
+        let want = round as i64 + 1;
+        assert!(
+            wait_until(Duration::from_secs(20), || async {
+                env.count("SELECT COUNT(*) FROM tickets").await == want
+            })
+            .await,
+            "ticket {want} did not appear"
+        );
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    cancel.cancel();
+    daemon.await.expect("daemon task").expect("daemon ran");
+
+    assert_eq!(env.idp.count("password"), 1, "exactly one password grant");
+    assert!(
+        env.idp.count("refresh_token") >= 3,
+        "refreshed on every expiry"
+    );
+    let form = env
+        .idp
+        .last_form("refresh_token")
+        .expect("a refresh was made");
+    assert!(
+        form.get("scope")
+            .is_some_and(|s| s.contains("IMAP.AccessAsUser.All")),
+        "scope is sent on refresh: {form:?}"
+    );
+
+    // A new process (fresh cache) continues from the persisted, rotated
+    // refresh token: strict rotation means a stale one would fail.
+    let results = daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start");
+    results[0]
+        .1
+        .as_ref()
+        .expect("poll with the persisted refresh token");
+    assert_eq!(
+        env.idp.count("password"),
+        1,
+        "still exactly one password grant"
+    );
+
+    // The refresh token is stored, but not in clear.
+    let pool = env.db().await;
+    let (sealed,): (Vec<u8>,) = sqlx::query_as("SELECT refresh_token FROM oauth_tokens")
+        .fetch_one(&pool)
+        .await
+        .expect("token row");
+    assert!(sealed.len() > 24);
+    let dump = std::fs::read(env.db_file()).expect("db file");
+    for token in env.idp.issued_refresh_tokens() {
+        assert!(
+            !dump.windows(token.len()).any(|w| w == token.as_bytes()),
+            "a refresh token is readable in the database file"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_sharing_an_account_make_one_token_request() {
+    let env = Env::start();
+    env.dovecot.create_folder(USER, "Support");
+    env.dovecot.deliver(USER, &mail(1));
+    env.dovecot.deliver_to(USER, "Support", &mail(2));
+    let mut support = env.reader("support");
+    support.folder = "Support".into();
+    let config = env.config(&[env.reader("inbox"), support]);
+
+    let results = daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start");
+    for (name, r) in &results {
+        assert!(r.is_ok(), "{name}: {r:?}");
+    }
+    assert_eq!(env.idp.count("password"), 1);
+    assert_eq!(
+        env.idp.total_requests(),
+        1,
+        "one token request for both readers"
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_names_aadsts50126_and_recovers_after_the_fix() {
+    let env = Env::start();
+    env.dovecot.deliver(USER, &mail(7));
+    env.set_password(USER, "wrong");
+    let config = env.config(&[env.reader("helpdesk")]);
+
+    let results = daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start");
+    let err = results[0]
+        .1
+        .as_ref()
+        .expect_err("wrong password fails")
+        .to_string();
+    assert!(
+        err.starts_with("authentication failed: AADSTS50126"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong"), "the password never appears: {err}");
+    let last_error = env.last_error("helpdesk").await.expect("last_error set");
+    assert!(last_error.contains("AADSTS50126"), "{last_error}");
+    assert!(
+        last_error.contains("invalid username or password"),
+        "{last_error}"
+    );
+    assert_eq!(
+        env.count("SELECT consecutive_failures FROM readers").await,
+        1
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 0);
+
+    env.set_password(USER, PASSWORD);
+    let results = daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start");
+    results[0].1.as_ref().expect("recovered");
+    assert_eq!(env.last_error("helpdesk").await, None);
+    assert_eq!(
+        env.count("SELECT consecutive_failures FROM readers").await,
+        0
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_certificate_gives_a_clear_error() {
+    let env = Env::start();
+    let mut reader = env.reader("helpdesk");
+    reader.trust_test_ca = false;
+    let config = env.config(&[reader]);
+
+    let results = daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start");
+    assert!(results[0].1.is_err());
+    let last_error = env.last_error("helpdesk").await.expect("last_error set");
+    assert!(
+        last_error.starts_with("TLS: certificate for 127.0.0.1 not trusted"),
+        "{last_error}"
+    );
+    assert!(
+        last_error.contains("ca_file"),
+        "says how to fix it: {last_error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_and_hanging_servers_do_not_stall_a_healthy_reader() {
+    let env = Env::start();
+    // One port refuses connections; another accepts and then says nothing.
+    let refused_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut dead = env.reader("dead");
+    dead.port = refused_port;
+    let mut hanging = env.reader("hanging");
+    hanging.port = silent.local_addr().expect("addr").port();
+    hanging.timeout = "3s";
+    // The healthy reader is listed last, so it cannot be served first by luck.
+    let config = env.config(&[dead, hanging, env.reader("healthy")]);
+
+    env.init_db(&config).await;
+    let cancel = CancellationToken::new();
+    let daemon = tokio::spawn({
+        let (config, cancel) = (config.clone(), cancel.clone());
+        async move { daemon::run(&config, cancel).await }
+    });
+    for i in 0..3 {
+        env.dovecot.deliver(USER, &mail(i));
+        let want = i as i64 + 1;
+        assert!(
+            wait_until(Duration::from_secs(15), || async {
+                env.count("SELECT COUNT(*) FROM tickets").await == want
+            })
+            .await,
+            "the healthy reader stalled at ticket {want}"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            env.last_error("hanging").await.is_some()
+        })
+        .await,
+        "the hanging reader times out"
+    );
+    cancel.cancel();
+    daemon.await.expect("daemon task").expect("daemon ran");
+
+    assert_eq!(
+        env.last_error("dead").await.as_deref(),
+        Some(format!("connection refused: 127.0.0.1:{refused_port}").as_str())
+    );
+    let hanging_error = env.last_error("hanging").await.expect("set");
+    assert!(
+        hanging_error.starts_with("timed out after 3s in the TLS handshake with 127.0.0.1:"),
+        "{hanging_error}"
+    );
+    assert_eq!(env.last_error("healthy").await, None);
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_mime_still_becomes_a_ticket() {
+    let env = Env::start();
+    env.dovecot.deliver(USER, &malformed_mail());
+    env.dovecot
+        .deliver(USER, b"\x00\x01 this is not a mail at all \xff\xfe\r\n");
+    env.dovecot.deliver(USER, &mail(1));
+    let config = env.config(&[env.reader("helpdesk")]);
+
+    let results = daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start");
+    let report = results[0]
+        .1
+        .as_ref()
+        .expect("a bad mail does not fail the poll");
+    assert_eq!(report.created, 3);
+    assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 3);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM emails WHERE body_text LIKE '%not a mail at all%'")
+            .await,
+        1,
+        "unparseable mail keeps its raw text"
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM emails WHERE parse_note IS NOT NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM emails WHERE dedup_key LIKE 'sha256:%'")
+            .await,
+        2,
+        "mails without a Message-ID are keyed by their content"
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM emails WHERE from_addr = 'broken@example.net'")
+            .await,
+        1,
+        "the broken mail keeps what could be read"
+    );
+    // Nothing is retried forever: the next poll is clean and adds nothing.
+    let results = daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start");
+    assert_eq!(results[0].1.as_ref().expect("clean").fetched, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uidvalidity_change_does_not_recreate_tickets() {
+    let env = Env::start();
+    env.dovecot.create_folder(USER, "Queue");
+    for i in 0..5 {
+        env.dovecot.deliver_to(USER, "Queue", &mail(i));
+    }
+    let mut reader = env.reader("queue");
+    reader.folder = "Queue".into();
+    let config = env.config(&[reader]);
+    daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start")[0]
+        .1
+        .as_ref()
+        .expect("first poll");
+    assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 5);
+
+    // Recreate the folder: new UIDVALIDITY, the same five mails plus one.
+    env.dovecot
+        .doveadm(&["mailbox", "delete", "-u", USER, "Queue"]);
+    env.dovecot.create_folder(USER, "Queue");
+    for i in 0..6 {
+        env.dovecot.deliver_to(USER, "Queue", &mail(i));
+    }
+    let results = daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start");
+    let report = results[0].1.as_ref().expect("second poll");
+    assert_eq!((report.created, report.duplicates), (1, 5));
+    assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 6);
+    assert_eq!(
+        env.count("SELECT COUNT(DISTINCT uidvalidity) FROM source_positions")
+            .await,
+        2
+    );
+}
+
+#[test]
+fn check_and_status_commands_report_per_reader() {
+    let env = Env::start();
+    env.dovecot.deliver_many(USER, (0..4).map(mail));
+    let dead_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut dead = env.reader("dead");
+    dead.port = dead_port;
+    let config = env.write_config(&[env.reader("helpdesk"), dead]);
+
+    let out = std::process::Command::new(binary())
+        .args([
+            "-c",
+            config.to_str().expect("utf-8 path"),
+            "check",
+            "helpdesk",
+        ])
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        "helpdesk: ok, 4 messages, 4 not yet ingested"
+    );
+
+    let out = std::process::Command::new(binary())
+        .env("MAIL2TICKET_CONFIG", &config)
+        .arg("check")
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("helpdesk: ok, 4 messages"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "dead: error: connection refused: 127.0.0.1:{dead_port}"
+        )),
+        "{stdout}"
+    );
+
+    let out = std::process::Command::new(binary())
+        .args(["-c", config.to_str().expect("utf-8 path"), "status"])
+        .output()
+        .expect("run status");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let dead_line = stdout
+        .lines()
+        .find(|l| l.starts_with("dead"))
+        .expect("dead row");
+    assert!(dead_line.contains("connection refused"), "{stdout}");
+    let ok_line = stdout
+        .lines()
+        .find(|l| l.starts_with("helpdesk"))
+        .expect("helpdesk row");
+    assert!(
+        ok_line.trim_end().ends_with('-'),
+        "no error shown for a healthy reader: {stdout}"
+    );
+
+    let out = std::process::Command::new(binary())
+        .args([
+            "-c",
+            config.to_str().expect("utf-8 path"),
+            "check",
+            "nosuch",
+        ])
+        .output()
+        .expect("run check");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no reader named \"nosuch\""));
+}
+
+#[test]
+fn broken_config_names_file_line_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[daemon]\npoll_interval = \"60s\"\npoll_intervall = \"5s\"\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(binary())
+        .args(["-c", path.to_str().expect("utf-8"), "run", "--once"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:3: daemon.poll_intervall: unknown field",
+            path.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly() {
+    let env = Env::start();
+    env.dovecot.deliver_many(USER, (0..20).map(mail));
+    let config = env.config(&[env.reader("helpdesk")]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    runtime.block_on(env.init_db(&config));
+    let mut child = ChildGuard(
+        std::process::Command::new(binary())
+            .args(["-c", config.path.to_str().expect("utf-8"), "run"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start daemon"),
+    );
+    let ingested = runtime.block_on(wait_until(Duration::from_secs(20), || async {
+        env.count("SELECT COUNT(*) FROM tickets").await == 20
+    }));
+    assert!(ingested, "the daemon ingested the mailbox");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = child.0.wait().expect("wait");
+    assert_eq!(exit.code(), Some(0), "SIGTERM exits 0");
+}
+
+/// Kills the daemon with SIGKILL again and again while it works through a
+/// big mailbox in small batches, then lets it finish: every mail is exactly
+/// one ticket, and every ticket's mail ends up flagged.
+#[test]
+fn killing_the_daemon_mid_batch_never_duplicates_or_loses() {
+    const MAILS: usize = 1500;
+    let env = Env::start();
+    env.dovecot.deliver_many(USER, (0..MAILS).map(mail));
+    let mut reader = env.reader("helpdesk");
+    reader.batch_size = 5;
+    let config = env.write_config(&[reader]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+
+    let mut intermediate = Vec::new();
+    for round in 0..12u64 {
+        let mut child = ChildGuard(
+            std::process::Command::new(binary())
+                .args(["-c", config.to_str().expect("utf-8"), "run"])
+                .env("RUST_LOG", "error")
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start daemon"),
+        );
+        std::thread::sleep(Duration::from_millis(
+            150 + rand::random_range(0..200) + round * 10,
+        ));
+        child.0.kill().expect("SIGKILL");
+        child.0.wait().expect("reap");
+        if env.db_file().exists() {
+            intermediate.push(runtime.block_on(env.count("SELECT COUNT(*) FROM tickets")));
+        }
+    }
+    assert!(
+        intermediate.iter().any(|&n| n > 0 && n < MAILS as i64),
+        "the kills should land mid-mailbox: counts after each kill {intermediate:?}"
+    );
+
+    let out = std::process::Command::new(binary())
+        .args(["-c", config.to_str().expect("utf-8"), "run", "--once"])
+        .output()
+        .expect("final run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    runtime.block_on(async {
+        assert_eq!(
+            env.count("SELECT COUNT(*) FROM tickets").await,
+            MAILS as i64
+        );
+        assert_eq!(
+            env.count("SELECT COUNT(DISTINCT message_id) FROM emails")
+                .await,
+            MAILS as i64
+        );
+        assert_eq!(
+            env.count("SELECT COUNT(*) FROM source_positions").await,
+            MAILS as i64
+        );
+        assert_eq!(
+            env.count("SELECT COUNT(*) FROM source_positions WHERE after_state = 'pending'")
+                .await,
+            0
+        );
+    });
+    assert_eq!(env.dovecot.seen_count(USER, "INBOX"), MAILS);
+}
