@@ -91,6 +91,12 @@ async fn ingest(env: &Env, name: &str, user: &str) -> (Duration, usize) {
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let n = mails();
     let small = (n / 10).max(1);
     let env = Env::start();
@@ -120,6 +126,38 @@ fn main() {
         let (raw_time, raw_count, raw_bytes) = raw_fetch(&env, common::setup::USER).await;
         assert_eq!(raw_count, n, "raw fetch saw every mail");
 
+        // The CPU-side stages alone, on the same mails, for the breakdown.
+        let raw_mails: Vec<Vec<u8>> = (0..n).map(|i| common::mail_of_size(i, 5 * 1024)).collect();
+        let parse_start = Instant::now();
+        let parsed: Vec<(u32, mail2ticket::ingest::ParsedMail)> = raw_mails
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| (i as u32 + 1, mail2ticket::ingest::parse(raw)))
+            .collect();
+        let parse_time = parse_start.elapsed();
+        drop(raw_mails);
+        let scratch = tempfile::tempdir().expect("scratch dir");
+        let store = mail2ticket::store::Store::open(&mail2ticket::config::StoreConfig {
+            database: format!(
+                "sqlite://{}",
+                scratch.path().join("store-only.db").display()
+            ),
+            key_file: None,
+        })
+        .await
+        .expect("scratch store");
+        let pos = mail2ticket::store::FolderPosition {
+            reader: "store-only".into(),
+            folder: "INBOX".into(),
+            uidvalidity: 1,
+        };
+        let store_start = Instant::now();
+        for batch in parsed.chunks(100) {
+            store.commit_batch(&pos, batch).await.expect("commit");
+        }
+        let store_time = store_start.elapsed();
+        drop(parsed);
+
         reset_peak_rss();
         let base_small = peak_rss_kib();
         let (_, small_created) = ingest(&env, "small", SMALL_USER).await;
@@ -145,6 +183,16 @@ fn main() {
         println!(
             "mail2ticket ingest:   {:.2} s, {e2e_rate:.0} mails/s",
             e2e_time.as_secs_f64()
+        );
+        println!(
+            "  parse alone:        {:.2} s, {:.0} mails/s",
+            parse_time.as_secs_f64(),
+            n as f64 / parse_time.as_secs_f64()
+        );
+        println!(
+            "  commit alone:       {:.2} s, {:.0} mails/s (batches of 100)",
+            store_time.as_secs_f64(),
+            n as f64 / store_time.as_secs_f64()
         );
         println!(
             "ratio ingest/raw:     {:.2}x the raw fetch time",

@@ -145,6 +145,167 @@ async fn one_password_grant_then_only_refreshes_across_expiries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_refresh_token_falls_back_to_the_password_grant_once() {
+    let env = Env::start();
+    env.idp.set_token_lifetime(Duration::from_secs(1));
+    let config = env.config(&[env.reader("helpdesk")]);
+    let poll = || async {
+        let results = daemon::run_once(&config, CancellationToken::new())
+            .await
+            .expect("start");
+        results[0].1.as_ref().map(|_| ()).map_err(|e| e.to_string())
+    };
+    poll().await.expect("first poll signs in");
+    assert_eq!(
+        (env.idp.count("password"), env.idp.count("refresh_token")),
+        (1, 0)
+    );
+
+    // The refresh token dies (revoked at the IdP) while the access token expires.
+    env.idp.revoke_refresh_tokens(USER);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    env.dovecot.deliver(USER, &mail(1));
+    poll()
+        .await
+        .expect("falls back to the password and succeeds");
+    assert_eq!(
+        env.idp.count("refresh_token"),
+        1,
+        "the stored refresh token was tried first"
+    );
+    assert_eq!(
+        env.idp.count("password"),
+        2,
+        "then exactly one password grant"
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 1);
+
+    // The new refresh token from that sign-in is the one used next.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    poll().await.expect("refresh works again");
+    assert_eq!(
+        (env.idp.count("password"), env.idp.count("refresh_token")),
+        (2, 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_folder_is_named_in_last_error() {
+    let env = Env::start();
+    let mut reader = env.reader("helpdesk");
+    reader.folder = "Tickets/Nope".into();
+    let config = env.config(&[reader]);
+    let results = daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start");
+    assert!(results[0].1.is_err());
+    let last_error = env.last_error("helpdesk").await.expect("set");
+    assert!(
+        last_error.starts_with("folder \"Tickets/Nope\" does not exist"),
+        "{last_error}"
+    );
+}
+
+/// Exchange Online can accept AUTHENTICATE and then answer every command
+/// with `BAD User is authenticated but not connected`. Dovecot never does
+/// that, so a scripted TLS server plays that part of Exchange here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_but_not_connected_is_a_failure_not_a_success() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let env = Env::start();
+    let pki = common::certs::TestPki::generate(&["127.0.0.1"]);
+    let files = pki.write_to(&env.path("exchange-like"));
+    let certs = CertificateDer::pem_file_iter(&files.cert_file)
+        .expect("cert")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("cert pem");
+    let key = PrivateKeyDer::from_pem_file(&files.key_file).expect("key pem");
+    let server_config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let tls = acceptor.accept(tcp).await.expect("handshake");
+        let mut conn = BufReader::new(tls);
+        conn.get_mut()
+            .write_all(b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] Exchange-like ready\r\n")
+            .await
+            .expect("greet");
+        let mut commands = Vec::new();
+        let mut line = String::new();
+        // The client may hang up without a TLS close_notify; that ends the script.
+        while conn.read_line(&mut line).await.unwrap_or(0) > 0 {
+            let (tag, command) = line.trim_end().split_once(' ').unwrap_or(("*", ""));
+            let (tag, command) = (tag.to_string(), command.to_ascii_uppercase());
+            commands.push(command.clone());
+            let reply = if command.starts_with("AUTHENTICATE") {
+                conn.get_mut().write_all(b"+ \r\n").await.expect("continue");
+                line.clear();
+                conn.read_line(&mut line).await.expect("sasl response");
+                format!("{tag} OK AUTHENTICATE completed.\r\n")
+            } else if command.starts_with("LOGOUT") {
+                format!("* BYE\r\n{tag} OK LOGOUT completed.\r\n")
+            } else {
+                format!("{tag} BAD User is authenticated but not connected.\r\n")
+            };
+            conn.get_mut()
+                .write_all(reply.as_bytes())
+                .await
+                .expect("reply");
+            line.clear();
+        }
+        commands
+    });
+
+    let mut reader = env.reader("exchange");
+    reader.port = port;
+    reader.trust_test_ca = false;
+    reader.extra = format!("ca_file = \"{}\"\n", files.ca_file.display());
+    let config = env.config(&[reader]);
+    let results = daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start");
+    assert!(
+        results[0].1.is_err(),
+        "a session that refuses commands is not a success"
+    );
+    let last_error = env.last_error("exchange").await.expect("set");
+    assert!(
+        last_error.starts_with("authentication failed:"),
+        "{last_error}"
+    );
+    assert!(
+        last_error.contains("User is authenticated but not connected"),
+        "{last_error}"
+    );
+    let commands = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server finished")
+        .expect("server task");
+    assert!(
+        commands[0].starts_with("AUTHENTICATE XOAUTH2"),
+        "{commands:?}"
+    );
+    assert!(
+        !commands.iter().any(|c| c.starts_with("SELECT")),
+        "{commands:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_sharing_an_account_make_one_token_request() {
     let env = Env::start();
     env.dovecot.create_folder(USER, "Support");
@@ -483,11 +644,16 @@ fn broken_config_names_file_line_and_key() {
     );
 }
 
+/// SIGTERM in the middle of a large mailbox: the daemon finishes the batch
+/// it is committing, exits 0, and a later run takes up exactly the rest.
 #[test]
-fn sigterm_stops_the_daemon_cleanly() {
+fn sigterm_mid_batch_exits_cleanly_and_loses_nothing() {
+    const MAILS: usize = 1000;
     let env = Env::start();
-    env.dovecot.deliver_many(USER, (0..20).map(mail));
-    let config = env.config(&[env.reader("helpdesk")]);
+    env.dovecot.deliver_many(USER, (0..MAILS).map(mail));
+    let mut reader = env.reader("helpdesk");
+    reader.batch_size = Some(5);
+    let config = env.config(&[reader]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -500,10 +666,10 @@ fn sigterm_stops_the_daemon_cleanly() {
             .spawn()
             .expect("start daemon"),
     );
-    let ingested = runtime.block_on(wait_until(Duration::from_secs(20), || async {
-        env.count("SELECT COUNT(*) FROM tickets").await == 20
+    let started = runtime.block_on(wait_until(Duration::from_secs(20), || async {
+        env.count("SELECT COUNT(*) FROM tickets").await > 0
     }));
-    assert!(ingested, "the daemon ingested the mailbox");
+    assert!(started, "the daemon started ingesting");
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
         .status()
@@ -511,6 +677,29 @@ fn sigterm_stops_the_daemon_cleanly() {
     assert!(status.success());
     let exit = child.0.wait().expect("wait");
     assert_eq!(exit.code(), Some(0), "SIGTERM exits 0");
+    let at_stop = runtime.block_on(env.count("SELECT COUNT(*) FROM tickets"));
+    assert!(
+        at_stop < MAILS as i64,
+        "the signal arrived mid-mailbox ({at_stop} tickets)"
+    );
+
+    let out = std::process::Command::new(binary())
+        .args(["-c", config.path.to_str().expect("utf-8"), "run", "--once"])
+        .output()
+        .expect("second run");
+    assert!(out.status.success());
+    runtime.block_on(async {
+        assert_eq!(
+            env.count("SELECT COUNT(*) FROM tickets").await,
+            MAILS as i64
+        );
+        assert_eq!(
+            env.count("SELECT COUNT(DISTINCT message_id) FROM emails")
+                .await,
+            MAILS as i64
+        );
+    });
+    assert_eq!(env.dovecot.seen_count(USER, "INBOX"), MAILS);
 }
 
 /// Kills the daemon with SIGKILL again and again while it works through a
@@ -522,7 +711,7 @@ fn killing_the_daemon_mid_batch_never_duplicates_or_loses() {
     let env = Env::start();
     env.dovecot.deliver_many(USER, (0..MAILS).map(mail));
     let mut reader = env.reader("helpdesk");
-    reader.batch_size = 5;
+    reader.batch_size = Some(5);
     let config = env.write_config(&[reader]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

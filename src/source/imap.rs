@@ -155,7 +155,7 @@ impl Session {
         // Exchange Online can accept AUTHENTICATE and then answer every
         // command with "BAD User is authenticated but not connected"; only
         // a command after login tells.
-        match tokio::time::timeout(t, session.inner.noop()).await {
+        match tokio::time::timeout(t, session.inner.run_command_and_check_ok("NOOP")).await {
             Err(_) => Err(ImapError::Timeout {
                 step: "NOOP",
                 after: t,
@@ -325,35 +325,81 @@ pub async fn poll(
     if !uids.is_empty() {
         tracing::debug!(reader = %reader.name, new = uids.len(), "new mail");
     }
-    for chunk in uids.chunks(reader.batch_size) {
-        if cancel.is_cancelled() {
-            report.interrupted = true;
-            break;
-        }
-        let raw = tokio::select! {
-            raw = session.fetch(chunk) => raw?,
-            () = cancel.cancelled() => {
-                report.interrupted = true;
-                break;
-            }
-        };
+    let chunks: Vec<&[u32]> = uids.chunks(reader.batch_size).collect();
+    let mut next = match chunks.first() {
+        Some(first) => fetch_unless_cancelled(&mut session, first, cancel).await?,
+        None => None,
+    };
+    // Committed but not yet flagged: flagged while the next batch commits.
+    let mut unflagged: Vec<u32> = Vec::new();
+    let mut index = 0;
+    while let Some(raw) = next.take() {
         report.fetched += raw.len();
-        let parsed = parse_batch(raw).await;
-        // Deliberately not raced with `cancel`: a batch that started
-        // committing is finished, so shutdown never loses its work.
-        let outcome = store.commit_batch(&pos, &parsed).await?;
+        let following = chunks.get(index + 1).copied();
+        let previous = std::mem::take(&mut unflagged);
+        // Two lanes: the store parses and commits batch k while the IMAP
+        // session flags batch k-1 and fetches batch k+1. The commit is
+        // deliberately not raced with `cancel`: a batch that started
+        // committing is finished, so shutdown never loses work.
+        let started = std::time::Instant::now();
+        let (committed, prefetched) = tokio::join!(
+            async {
+                let parsed = parse_batch(raw).await;
+                let uids: Vec<u32> = parsed.iter().map(|(uid, _)| *uid).collect();
+                store
+                    .commit_batch(&pos, &parsed)
+                    .await
+                    .map(|outcome| (uids, outcome))
+            },
+            async {
+                after_step(&mut session, store, &pos, &previous).await;
+                match following {
+                    Some(chunk) => fetch_unless_cancelled(&mut session, chunk, cancel).await,
+                    None => Ok(None),
+                }
+            }
+        );
+        let (committed, outcome) = committed?;
+        tracing::debug!(
+            reader = %reader.name,
+            mails = committed.len(),
+            created = outcome.created,
+            ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
         report.created += outcome.created;
         report.duplicates += outcome.duplicates;
-        let committed: Vec<u32> = parsed.iter().map(|(uid, _)| *uid).collect();
-        after_step(&mut session, store, &pos, &committed).await;
+        unflagged = committed;
+        next = prefetched?;
+        index += 1;
     }
+    after_step(&mut session, store, &pos, &unflagged).await;
+    report.interrupted = cancel.is_cancelled() && index < chunks.len();
     session.logout().await;
     Ok(report)
+}
+
+/// Fetches `uids`, or returns `None` once shutdown has begun.
+async fn fetch_unless_cancelled(
+    session: &mut Session,
+    uids: &[u32],
+    cancel: &CancellationToken,
+) -> Result<Option<Vec<(u32, Vec<u8>)>>, ImapError> {
+    if cancel.is_cancelled() {
+        return Ok(None);
+    }
+    tokio::select! {
+        raw = session.fetch(uids) => raw.map(Some),
+        () = cancel.cancelled() => Ok(None),
+    }
 }
 
 /// Flags committed mail `\Seen`. A failure is not a failed poll: the
 /// tickets exist, and the ledger still lists the UIDs for the next poll.
 async fn after_step(session: &mut Session, store: &Store, pos: &FolderPosition, uids: &[u32]) {
+    if uids.is_empty() {
+        return;
+    }
     let result = match session.mark_seen(uids).await {
         Ok(()) => store
             .mark_after_done(pos, uids)

@@ -74,10 +74,12 @@ impl Store {
         let options = SqliteConnectOptions::from_str(&config.database)
             .map_err(open_err)?
             .create_if_missing(true)
-            // WAL lets `status` read while a reader commits; FULL makes each
-            // committed batch survive power loss, not only a process crash.
+            // WAL lets `status` read while a reader commits. NORMAL survives
+            // any process crash; a power cut may roll back the last commits,
+            // which is safe here: new mail is found by UID, not by \Seen, so
+            // a rolled-back batch is simply fetched and committed again.
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
         let database_file = options.get_filename().to_path_buf();

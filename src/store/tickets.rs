@@ -1,6 +1,8 @@
 //! Tickets, emails and the source-position ledger, written together.
 
-use sqlx::{Sqlite, Transaction};
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::{NOW, Store, StoreError};
 use crate::ingest::ParsedMail;
@@ -63,20 +65,14 @@ impl Store {
         pos: &FolderPosition,
         uids: &[u32],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
-        for uid in uids {
-            sqlx::query(
-                "UPDATE source_positions SET after_state = 'done'
-                 WHERE reader = ? AND folder = ? AND uidvalidity = ? AND uid = ?",
-            )
-            .bind(&pos.reader)
-            .bind(&pos.folder)
-            .bind(i64::from(pos.uidvalidity))
-            .bind(i64::from(*uid))
-            .execute(&mut *tx)
-            .await?;
+        if uids.is_empty() {
+            return Ok(());
         }
-        tx.commit().await?;
+        let mut q = QueryBuilder::new("UPDATE source_positions SET after_state = 'done' WHERE ");
+        where_position(&mut q, pos);
+        q.push(" AND uid IN ");
+        in_list(&mut q, uids.iter().map(|u| i64::from(*u)));
+        q.build().execute(&self.pool).await?;
         Ok(())
     }
 
@@ -89,107 +85,196 @@ impl Store {
         mails: &[(u32, ParsedMail)],
     ) -> Result<BatchOutcome, StoreError> {
         let mut outcome = BatchOutcome::default();
+        if mails.is_empty() {
+            return Ok(outcome);
+        }
         let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
+
+        // Two lookups per batch rather than two per mail: positions already
+        // recorded (another process got there first) and mails already known.
+        let mut q = QueryBuilder::new("SELECT uid FROM source_positions WHERE ");
+        where_position(&mut q, pos);
+        q.push(" AND uid IN ");
+        in_list(&mut q, mails.iter().map(|(uid, _)| i64::from(*uid)));
+        let recorded: HashSet<i64> = q
+            .build_query_as::<(i64,)>()
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(uid,)| uid)
+            .collect();
+        let mut q = QueryBuilder::new("SELECT dedup_key, id FROM emails WHERE dedup_key IN ");
+        in_list(&mut q, mails.iter().map(|(_, m)| m.dedup_key.as_str()));
+        let mut known: HashMap<String, i64> = q
+            .build_query_as::<(String, i64)>()
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+
+        // Ids are assigned here, under the write lock this transaction holds,
+        // so that a whole batch goes in as a few multi-row INSERTs instead of
+        // several statements per mail.
+        let (mut next_ticket,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM tickets")
+                .fetch_one(&mut *tx)
+                .await?;
+        let (mut next_email,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM emails")
+                .fetch_one(&mut *tx)
+                .await?;
+        let mut new_mails: Vec<NewMail<'_>> = Vec::new();
+        let mut positions: Vec<(u32, i64)> = Vec::new();
         for (uid, mail) in mails {
-            let recorded: Option<(i64,)> = sqlx::query_as(
-                "SELECT email_id FROM source_positions
-                 WHERE reader = ? AND folder = ? AND uidvalidity = ? AND uid = ?",
-            )
-            .bind(&pos.reader)
-            .bind(&pos.folder)
-            .bind(i64::from(pos.uidvalidity))
-            .bind(i64::from(*uid))
-            .fetch_optional(&mut *tx)
-            .await?;
-            if recorded.is_some() {
+            if recorded.contains(&i64::from(*uid)) {
                 outcome.already_recorded += 1;
                 continue;
             }
-            let existing: Option<(i64,)> =
-                sqlx::query_as("SELECT id FROM emails WHERE dedup_key = ?")
-                    .bind(&mail.dedup_key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let email_id = match existing {
-                Some((id,)) => {
+            // `known` also catches the same mail twice within one batch.
+            let email_id = match known.get(&mail.dedup_key) {
+                Some(&id) => {
                     outcome.duplicates += 1;
                     id
                 }
                 None => {
                     outcome.created += 1;
-                    insert_ticket(&mut tx, &pos.reader, mail).await?
+                    let row = NewMail {
+                        ticket_id: next_ticket,
+                        email_id: next_email,
+                        mail,
+                    };
+                    next_ticket += 1;
+                    next_email += 1;
+                    let id = row.email_id;
+                    known.insert(mail.dedup_key.clone(), id);
+                    new_mails.push(row);
+                    id
                 }
             };
-            sqlx::query(&format!(
-                "INSERT INTO source_positions (reader, folder, uidvalidity, uid, email_id, ingested_at)
-                 VALUES (?, ?, ?, ?, ?, {NOW})"
-            ))
-            .bind(&pos.reader)
-            .bind(&pos.folder)
-            .bind(i64::from(pos.uidvalidity))
-            .bind(i64::from(*uid))
-            .bind(email_id)
-            .execute(&mut *tx)
-            .await?;
+            positions.push((*uid, email_id));
+        }
+        insert_new_mails(&mut tx, &pos.reader, &new_mails).await?;
+        for chunk in positions.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO source_positions (reader, folder, uidvalidity, uid, email_id, ingested_at) ",
+            );
+            q.push_values(chunk, |mut row, (uid, email_id)| {
+                row.push_bind(pos.reader.as_str())
+                    .push_bind(pos.folder.as_str())
+                    .push_bind(i64::from(pos.uidvalidity))
+                    .push_bind(i64::from(*uid))
+                    .push_bind(*email_id)
+                    .push(NOW);
+            });
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(outcome)
     }
 }
 
-/// Opens a ticket with `mail` as its first email; returns the email's id.
-async fn insert_ticket(
+/// `reader = ? AND folder = ? AND uidvalidity = ?` for `pos`.
+fn where_position<'q>(q: &mut QueryBuilder<'q, Sqlite>, pos: &'q FolderPosition) {
+    q.push("reader = ")
+        .push_bind(pos.reader.as_str())
+        .push(" AND folder = ")
+        .push_bind(pos.folder.as_str())
+        .push(" AND uidvalidity = ")
+        .push_bind(i64::from(pos.uidvalidity));
+}
+
+/// `(?, ?, ...)` bound to `values`.
+fn in_list<'q, T>(q: &mut QueryBuilder<'q, Sqlite>, values: impl IntoIterator<Item = T>)
+where
+    T: 'q + sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Send,
+{
+    q.push("(");
+    let mut list = q.separated(", ");
+    for v in values {
+        list.push_bind(v);
+    }
+    q.push(")");
+}
+
+/// Rows per multi-row INSERT, keeping the bound values (16 per email row)
+/// well under SQLite's limit of 32766.
+const ROWS_PER_INSERT: usize = 500;
+
+/// A mail that opens a new ticket, with the ids it will get.
+struct NewMail<'a> {
+    ticket_id: i64,
+    email_id: i64,
+    mail: &'a ParsedMail,
+}
+
+/// Opens a ticket for each new mail, with the mail as its first email.
+async fn insert_new_mails(
     tx: &mut Transaction<'_, Sqlite>,
     reader: &str,
-    mail: &ParsedMail,
-) -> Result<i64, StoreError> {
-    let (ticket_id,): (i64,) = sqlx::query_as(&format!(
-        "INSERT INTO tickets (reader, subject, requester, requester_name, status, created_at, updated_at)
-         VALUES (?, ?, ?, ?, 'open', {NOW}, {NOW}) RETURNING id"
-    ))
-    .bind(reader)
-    .bind(&mail.subject)
-    .bind(&mail.from_addr)
-    .bind(&mail.from_name)
-    .fetch_one(&mut **tx)
-    .await?;
-    let (email_id,): (i64,) = sqlx::query_as(&format!(
-        "INSERT INTO emails (ticket_id, reader, dedup_key, message_id, in_reply_to, references_,
-            from_addr, from_name, to_addrs, cc_addrs, subject, sent_at, body_text, body_html,
-            parse_note, received_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {NOW}) RETURNING id"
-    ))
-    .bind(ticket_id)
-    .bind(reader)
-    .bind(&mail.dedup_key)
-    .bind(&mail.message_id)
-    .bind(&mail.in_reply_to)
-    .bind(&mail.references)
-    .bind(&mail.from_addr)
-    .bind(&mail.from_name)
-    .bind(&mail.to)
-    .bind(&mail.cc)
-    .bind(&mail.subject)
-    .bind(&mail.sent_at)
-    .bind(&mail.body_text)
-    .bind(&mail.body_html)
-    .bind(&mail.parse_note)
-    .fetch_one(&mut **tx)
-    .await?;
-    for a in &mail.attachments {
-        sqlx::query(
-            "INSERT INTO attachments (email_id, filename, content_type, size, content)
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(email_id)
-        .bind(&a.filename)
-        .bind(&a.content_type)
-        .bind(i64::try_from(a.content.len()).unwrap_or(i64::MAX))
-        .bind(&a.content)
-        .execute(&mut **tx)
-        .await?;
+    rows: &[NewMail<'_>],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::new(
+            "INSERT INTO tickets (id, reader, subject, requester, requester_name, status, created_at, updated_at) ",
+        );
+        q.push_values(chunk, |mut row, new| {
+            row.push_bind(new.ticket_id)
+                .push_bind(reader)
+                .push_bind(new.mail.subject.as_str())
+                .push_bind(new.mail.from_addr.as_deref())
+                .push_bind(new.mail.from_name.as_deref())
+                .push("'open'")
+                .push(NOW)
+                .push(NOW);
+        });
+        q.build().execute(&mut **tx).await?;
+
+        let mut q = QueryBuilder::new(
+            "INSERT INTO emails (id, ticket_id, reader, dedup_key, message_id, in_reply_to, references_,
+                from_addr, from_name, to_addrs, cc_addrs, subject, sent_at, body_text, body_html,
+                parse_note, received_at) ",
+        );
+        q.push_values(chunk, |mut row, new| {
+            let m = new.mail;
+            row.push_bind(new.email_id)
+                .push_bind(new.ticket_id)
+                .push_bind(reader)
+                .push_bind(m.dedup_key.as_str())
+                .push_bind(m.message_id.as_deref())
+                .push_bind(m.in_reply_to.as_deref())
+                .push_bind(m.references.as_deref())
+                .push_bind(m.from_addr.as_deref())
+                .push_bind(m.from_name.as_deref())
+                .push_bind(m.to.as_deref())
+                .push_bind(m.cc.as_deref())
+                .push_bind(m.subject.as_str())
+                .push_bind(m.sent_at.as_deref())
+                .push_bind(m.body_text.as_str())
+                .push_bind(m.body_html.as_deref())
+                .push_bind(m.parse_note.as_deref())
+                .push(NOW);
+        });
+        q.build().execute(&mut **tx).await?;
     }
-    Ok(email_id)
+
+    // Attachments one statement each: they can be large, and a multi-row
+    // insert would hold many of them in one bound buffer.
+    for new in rows {
+        for a in &new.mail.attachments {
+            sqlx::query(
+                "INSERT INTO attachments (email_id, filename, content_type, size, content)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(new.email_id)
+            .bind(&a.filename)
+            .bind(&a.content_type)
+            .bind(i64::try_from(a.content.len()).unwrap_or(i64::MAX))
+            .bind(&a.content)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

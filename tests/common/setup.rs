@@ -33,7 +33,8 @@ pub struct ReaderSpec {
     pub folder: String,
     pub poll_interval: &'static str,
     pub timeout: &'static str,
-    pub batch_size: usize,
+    /// `None` leaves the daemon's default.
+    pub batch_size: Option<usize>,
     /// Raw TOML lines appended to the entry.
     pub extra: String,
 }
@@ -78,7 +79,7 @@ impl Env {
             folder: "INBOX".into(),
             poll_interval: "1s",
             timeout: "10s",
-            batch_size: 50,
+            batch_size: None,
             extra: String::new(),
         }
     }
@@ -98,8 +99,7 @@ impl Env {
                 text,
                 "\n[[reader]]\nname = \"{}\"\nprotocol = \"imap\"\nhost = \"{}\"\nport = {}\n\
                  username = \"{}\"\npassword = {{ file = \"{}\" }}\noauth = \"test\"\n\
-                 grant = \"password\"\nfolder = \"{}\"\npoll_interval = \"{}\"\ntimeout = \"{}\"\n\
-                 batch_size = {}\n",
+                 grant = \"password\"\nfolder = \"{}\"\npoll_interval = \"{}\"\ntimeout = \"{}\"\n",
                 r.name,
                 r.host,
                 r.port,
@@ -108,9 +108,11 @@ impl Env {
                 r.folder,
                 r.poll_interval,
                 r.timeout,
-                r.batch_size,
             )
             .expect("format");
+            if let Some(batch_size) = r.batch_size {
+                writeln!(text, "batch_size = {batch_size}").expect("format");
+            }
             if r.trust_test_ca {
                 writeln!(text, "ca_file = \"{}\"", self.dovecot.ca_file().display())
                     .expect("format");
