@@ -92,10 +92,7 @@ async fn ingest(env: &Env, name: &str, user: &str) -> (Duration, usize) {
 
 fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
+        mail2ticket::logging::init();
     }
     let n = mails();
     let small = (n / 10).max(1);

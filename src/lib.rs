@@ -22,6 +22,7 @@
 //! * [`daemon`]: start-up wiring and the `run` / `run --once` / `check` modes.
 //! * [`shutdown`]: the cancellation token and the signals that fire it.
 //! * [`status`]: the `status` table.
+//! * [`logging`]: the tracing subscriber, with credential-bearing targets capped.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls these.
 
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod ingest;
+pub mod logging;
 pub mod reader;
 pub mod scheduler;
 pub mod shutdown;

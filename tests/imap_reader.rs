@@ -190,6 +190,37 @@ async fn rejected_refresh_token_falls_back_to_the_password_grant_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_endpoint_outage_is_reported_and_recovers() {
+    let env = Env::start();
+    env.dovecot.deliver(USER, &mail(3));
+    let config = env.config(&[env.reader("helpdesk")]);
+    env.idp.set_down(true);
+    let results = daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start");
+    assert!(results[0].1.is_err());
+    let last_error = env.last_error("helpdesk").await.expect("set");
+    assert_eq!(
+        last_error,
+        format!(
+            "identity endpoint {} answered HTTP 503",
+            env.idp.token_url()
+        )
+    );
+
+    env.idp.set_down(false);
+    let results = daemon::run_once(&config, CancellationToken::new())
+        .await
+        .expect("start");
+    results[0]
+        .1
+        .as_ref()
+        .expect("recovers once the endpoint is back");
+    assert_eq!(env.last_error("helpdesk").await, None);
+    assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_folder_is_named_in_last_error() {
     let env = Env::start();
     let mut reader = env.reader("helpdesk");
@@ -772,4 +803,76 @@ fn killing_the_daemon_mid_batch_never_duplicates_or_loses() {
         );
     });
     assert_eq!(env.dovecot.seen_count(USER, "INBOX"), MAILS);
+}
+
+/// With every log target at TRACE, a full sign-in, refresh and poll leaves
+/// no password, token or XOAUTH2 string in the output or the database.
+#[test]
+fn no_secret_reaches_logs_output_or_database() {
+    use base64::Engine as _;
+
+    let env = Env::start();
+    env.idp.set_token_lifetime(Duration::from_secs(1));
+    env.dovecot.deliver_many(USER, (0..3).map(mail));
+    let config = env.write_config(&[env.reader("helpdesk")]);
+    let mut output = Vec::new();
+    for round in 0..2 {
+        if round > 0 {
+            // Let the access token expire so the second run refreshes.
+            std::thread::sleep(Duration::from_millis(1200));
+            env.dovecot.deliver(USER, &mail(10));
+        }
+        let out = std::process::Command::new(binary())
+            .args(["-c", config.to_str().expect("utf-8"), "run", "--once"])
+            .env("RUST_LOG", "trace")
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        output.extend_from_slice(&out.stdout);
+        output.extend_from_slice(&out.stderr);
+    }
+    assert_eq!(
+        env.idp.count("refresh_token"),
+        1,
+        "the flow included a refresh"
+    );
+    let text = String::from_utf8_lossy(&output);
+    assert!(text.contains("TRACE"), "trace logging was on");
+
+    let mut secrets = vec![PASSWORD.to_string()];
+    secrets.extend(env.idp.issued_refresh_tokens());
+    for token in env.idp.issued_access_tokens() {
+        let sasl = format!("user={USER}\x01auth=Bearer {token}\x01\x01");
+        secrets.push(base64::engine::general_purpose::STANDARD.encode(sasl));
+        secrets.push(token);
+    }
+    assert!(
+        secrets.len() >= 5,
+        "password, two refresh and two access tokens: {}",
+        secrets.len()
+    );
+    let mut database = Vec::new();
+    for suffix in ["", "-wal"] {
+        let mut name = env.db_file().into_os_string();
+        name.push(suffix);
+        database.extend(std::fs::read(&name).unwrap_or_default());
+    }
+    for secret in &secrets {
+        if let Some(line) = text.lines().find(|l| l.contains(secret.as_str())) {
+            panic!(
+                "a secret appears in the logs: {}",
+                line.replace(secret.as_str(), "<SECRET>")
+            );
+        }
+        assert!(
+            !database
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes()),
+            "a secret appears in the database in clear"
+        );
+    }
 }

@@ -141,7 +141,7 @@ impl<'c> AsyncHttpClient<'c> for TokenHttp {
                 .client
                 .execute(request)
                 .await
-                .map_err(|e| TransportError::Network(error_chain(&e)))?;
+                .map_err(|e| TransportError::Network(error_chain(&e.without_url())))?;
             let status = response.status();
             let retry_after = response
                 .headers()
@@ -156,7 +156,7 @@ impl<'c> AsyncHttpClient<'c> for TokenHttp {
             let body = response
                 .bytes()
                 .await
-                .map_err(|e| TransportError::Network(error_chain(&e)))?
+                .map_err(|e| TransportError::Network(error_chain(&e.without_url())))?
                 .to_vec();
             if !status.is_success() && !is_oauth_error(&body) {
                 return Err(TransportError::Status {

@@ -34,8 +34,14 @@ pub enum AuthError {
     /// The identity platform answered with an OAuth error.
     #[error("authentication failed: {}", describe_rejection(.0))]
     Rejected(EntraErrorResponse),
-    #[error("identity endpoint {url} unreachable: {source}")]
-    Transport { url: String, source: TransportError },
+    #[error("identity endpoint {url} unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("identity endpoint {url} answered HTTP {status}{}", retry_hint(.retry_after))]
+    Unavailable {
+        url: String,
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     #[error("identity endpoint {url} sent an unreadable answer: {detail}")]
     Malformed { url: String, detail: String },
     #[error("{0}")]
@@ -62,6 +68,13 @@ impl AuthError {
             AuthError::Rejected(e) => e.aadsts(),
             _ => None,
         }
+    }
+}
+
+fn retry_hint(retry_after: &Option<Duration>) -> String {
+    match retry_after {
+        Some(d) => format!(" (retry after {}s)", d.as_secs()),
+        None => String::new(),
     }
 }
 
@@ -301,7 +314,18 @@ fn token_error(app: &OAuthApp, e: TokenError) -> AuthError {
     let url = app.token_url();
     match e {
         TokenError::ServerResponse(e) => AuthError::Rejected(e),
-        TokenError::Request(source) => AuthError::Transport { url, source },
+        TokenError::Request(TransportError::Status {
+            status,
+            retry_after,
+        }) => AuthError::Unavailable {
+            url,
+            status,
+            retry_after,
+        },
+        TokenError::Request(other) => AuthError::Unreachable {
+            url,
+            reason: other.to_string(),
+        },
         TokenError::Parse(e, _body) => AuthError::Malformed {
             url,
             detail: e.to_string(),

@@ -389,6 +389,11 @@ impl IdP {
         self.st().refresh_token_history.clone()
     }
 
+    /// Every access token issued so far (expired ones too).
+    pub fn issued_access_tokens(&self) -> Vec<String> {
+        self.st().access_tokens.keys().cloned().collect()
+    }
+
     /// Number of currently valid (issued, not revoked/rotated away) refresh tokens.
     pub fn live_refresh_tokens(&self) -> usize {
         self.st().refresh_tokens.len()

@@ -1,0 +1,32 @@
+//! Logging: tracing to stderr, filtered by `RUST_LOG` (default `info`).
+//!
+//! Owns one safety rule: some dependencies trace raw protocol lines, and an
+//! IMAP `AUTHENTICATE` line carries a bearer token. Those targets are capped
+//! below TRACE whatever `RUST_LOG` says, so turning on full tracing to debug
+//! a reader never writes a credential into the journal.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Directive;
+
+/// Targets whose TRACE output includes credentials, and the level they are
+/// capped at.
+const CAPPED: &[&str] = &["async_imap=debug"];
+
+/// The filter: `RUST_LOG` (or `info`), with [`CAPPED`] applied on top.
+pub fn filter() -> EnvFilter {
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    for directive in CAPPED {
+        if let Ok(d) = directive.parse::<Directive>() {
+            filter = filter.add_directive(d);
+        }
+    }
+    filter
+}
+
+/// Installs the subscriber for the process.
+pub fn init() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr)
+        .init();
+}
