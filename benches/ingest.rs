@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 
 use common::setup::Env;
 use futures::StreamExt;
-use mail2ticket::daemon;
-use tokio_util::sync::CancellationToken;
 
 const SMALL_USER: &str = "small@test.example";
 
@@ -82,9 +80,7 @@ async fn ingest(env: &Env, name: &str, user: &str) -> (Duration, usize) {
     reader.password_file = env.password_file(user);
     let config = env.config(&[reader]);
     let start = Instant::now();
-    let results = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
+    let results = env.poll_once(&config).await;
     let elapsed = start.elapsed();
     let report = results[0].1.as_ref().expect("ingest succeeds");
     (elapsed, report.created)

@@ -63,24 +63,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             shutdown::cancel_on_signal(cancel.clone()).context("installing signal handlers")?;
             if once {
                 let results = daemon::run_once(&config, cancel).await?;
-                let mut ok = true;
-                for (name, result) in results {
-                    match result {
-                        Ok(r) => println!(
-                            "{name}: ok, {} fetched, {} new tickets, {} duplicates",
-                            r.fetched, r.created, r.duplicates
-                        ),
-                        Err(e) => {
-                            ok = false;
-                            println!("{name}: error: {e}");
-                        }
-                    }
-                }
-                Ok(if ok {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                })
+                Ok(report(results, |r| {
+                    format!(
+                        "ok, {} fetched, {} new tickets, {} duplicates",
+                        r.fetched, r.created, r.duplicates
+                    )
+                }))
             } else {
                 daemon::run(&config, cancel).await?;
                 tracing::info!("stopped");
@@ -89,29 +77,39 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { readers } => {
             let results = daemon::check(&config, &readers).await?;
-            let mut ok = true;
-            for (name, result) in results {
-                match result {
-                    Ok(r) => println!(
-                        "{name}: ok, {} messages, {} not yet ingested",
-                        r.messages, r.waiting
-                    ),
-                    Err(e) => {
-                        ok = false;
-                        println!("{name}: error: {e}");
-                    }
-                }
-            }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(report(results, |r| {
+                format!(
+                    "ok, {} messages, {} not yet ingested",
+                    r.messages, r.waiting
+                )
+            }))
         }
         Command::Status => {
             let store = Store::open(&config.store).await?;
             print!("{}", status::render(&store.reader_statuses().await?));
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Prints one line per reader and returns 0 when all succeeded, else 1.
+fn report<T, E: std::fmt::Display>(
+    results: Vec<(String, Result<T, E>)>,
+    describe: impl Fn(&T) -> String,
+) -> ExitCode {
+    let mut ok = true;
+    for (name, result) in results {
+        match result {
+            Ok(r) => println!("{name}: {}", describe(&r)),
+            Err(e) => {
+                ok = false;
+                println!("{name}: error: {e}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

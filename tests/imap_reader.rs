@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use common::setup::{ChildGuard, Env, PASSWORD, USER, binary, wait_until};
 use common::{mail, malformed_mail};
-use mail2ticket::daemon;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_mails_become_two_hundred_tickets_exactly_once() {
@@ -16,9 +14,7 @@ async fn two_hundred_mails_become_two_hundred_tickets_exactly_once() {
     env.dovecot.deliver_many(USER, (0..200).map(mail));
     let config = env.config(&[env.reader("helpdesk")]);
 
-    let results = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
+    let results = env.poll_once(&config).await;
     let report = results[0].1.as_ref().expect("poll succeeds");
     assert_eq!(
         (report.fetched, report.created, report.duplicates),
@@ -54,9 +50,7 @@ async fn two_hundred_mails_become_two_hundred_tickets_exactly_once() {
     assert_eq!(requester, common::mail::sender(0));
     assert_eq!(name, "Customer 0");
 
-    let again = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
+    let again = env.poll_once(&config).await;
     let report = again[0].1.as_ref().expect("second poll succeeds");
     assert_eq!((report.fetched, report.created), (0, 0));
     assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 200);
@@ -76,21 +70,13 @@ async fn one_password_grant_then_only_refreshes_across_expiries() {
     env.idp.set_strict_rotation(true);
     let config = env.config(&[env.reader("helpdesk")]);
 
-    env.init_db(&config).await;
-    let cancel = CancellationToken::new();
-    let daemon = tokio::spawn({
-        let (config, cancel) = (config.clone(), cancel.clone());
-        async move { daemon::run(&config, cancel).await }
-    });
+    let (cancel, daemon) = env.spawn_daemon(&config).await;
     // Mail arrives while tokens keep expiring underneath the daemon.
     for round in 0..4 {
         env.dovecot.deliver(USER, &mail(round));
         let want = round as i64 + 1;
         assert!(
-            wait_until(Duration::from_secs(20), || async {
-                env.count("SELECT COUNT(*) FROM tickets").await == want
-            })
-            .await,
+            env.wait_for_tickets(want, Duration::from_secs(20)).await,
             "ticket {want} did not appear"
         );
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -115,9 +101,7 @@ async fn one_password_grant_then_only_refreshes_across_expiries() {
 
     // A new process (fresh cache) continues from the persisted, rotated
     // refresh token: strict rotation means a stale one would fail.
-    let results = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
+    let results = env.poll_once(&config).await;
     results[0]
         .1
         .as_ref()
@@ -150,9 +134,7 @@ async fn rejected_refresh_token_falls_back_to_the_password_grant_once() {
     env.idp.set_token_lifetime(Duration::from_secs(1));
     let config = env.config(&[env.reader("helpdesk")]);
     let poll = || async {
-        let results = daemon::run_once(&config, CancellationToken::new())
-            .await
-            .expect("start");
+        let results = env.poll_once(&config).await;
         results[0].1.as_ref().map(|_| ()).map_err(|e| e.to_string())
     };
     poll().await.expect("first poll signs in");
@@ -195,11 +177,7 @@ async fn identity_endpoint_outage_is_reported_and_recovers() {
     env.dovecot.deliver(USER, &mail(3));
     let config = env.config(&[env.reader("helpdesk")]);
     env.idp.set_down(true);
-    let results = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
-    assert!(results[0].1.is_err());
-    let last_error = env.last_error("helpdesk").await.expect("set");
+    let last_error = env.failing_poll(&config, "helpdesk").await;
     assert_eq!(
         last_error,
         format!(
@@ -209,9 +187,7 @@ async fn identity_endpoint_outage_is_reported_and_recovers() {
     );
 
     env.idp.set_down(false);
-    let results = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
+    let results = env.poll_once(&config).await;
     results[0]
         .1
         .as_ref()
@@ -226,11 +202,7 @@ async fn missing_folder_is_named_in_last_error() {
     let mut reader = env.reader("helpdesk");
     reader.folder = "Tickets/Nope".into();
     let config = env.config(&[reader]);
-    let results = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
-    assert!(results[0].1.is_err());
-    let last_error = env.last_error("helpdesk").await.expect("set");
+    let last_error = env.failing_poll(&config, "helpdesk").await;
     assert!(
         last_error.starts_with("folder \"Tickets/Nope\" does not exist"),
         "{last_error}"
@@ -306,9 +278,7 @@ async fn authenticated_but_not_connected_is_a_failure_not_a_success() {
     reader.trust_test_ca = false;
     reader.extra = format!("ca_file = \"{}\"\n", files.ca_file.display());
     let config = env.config(&[reader]);
-    let results = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
+    let results = env.poll_once(&config).await;
     assert!(
         results[0].1.is_err(),
         "a session that refuses commands is not a success"
@@ -346,9 +316,7 @@ async fn readers_sharing_an_account_make_one_token_request() {
     support.folder = "Support".into();
     let config = env.config(&[env.reader("inbox"), support]);
 
-    let results = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
+    let results = env.poll_once(&config).await;
     for (name, r) in &results {
         assert!(r.is_ok(), "{name}: {r:?}");
     }
@@ -368,9 +336,7 @@ async fn wrong_password_names_aadsts50126_and_recovers_after_the_fix() {
     env.set_password(USER, "wrong");
     let config = env.config(&[env.reader("helpdesk")]);
 
-    let results = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
+    let results = env.poll_once(&config).await;
     let err = results[0]
         .1
         .as_ref()
@@ -394,9 +360,7 @@ async fn wrong_password_names_aadsts50126_and_recovers_after_the_fix() {
     assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 0);
 
     env.set_password(USER, PASSWORD);
-    let results = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
+    let results = env.poll_once(&config).await;
     results[0].1.as_ref().expect("recovered");
     assert_eq!(env.last_error("helpdesk").await, None);
     assert_eq!(
@@ -413,11 +377,7 @@ async fn untrusted_certificate_gives_a_clear_error() {
     reader.trust_test_ca = false;
     let config = env.config(&[reader]);
 
-    let results = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
-    assert!(results[0].1.is_err());
-    let last_error = env.last_error("helpdesk").await.expect("last_error set");
+    let last_error = env.failing_poll(&config, "helpdesk").await;
     assert!(
         last_error.starts_with("TLS: certificate for 127.0.0.1 not trusted"),
         "{last_error}"
@@ -445,20 +405,12 @@ async fn dead_and_hanging_servers_do_not_stall_a_healthy_reader() {
     // The healthy reader is listed last, so it cannot be served first by luck.
     let config = env.config(&[dead, hanging, env.reader("healthy")]);
 
-    env.init_db(&config).await;
-    let cancel = CancellationToken::new();
-    let daemon = tokio::spawn({
-        let (config, cancel) = (config.clone(), cancel.clone());
-        async move { daemon::run(&config, cancel).await }
-    });
+    let (cancel, daemon) = env.spawn_daemon(&config).await;
     for i in 0..3 {
         env.dovecot.deliver(USER, &mail(i));
         let want = i as i64 + 1;
         assert!(
-            wait_until(Duration::from_secs(15), || async {
-                env.count("SELECT COUNT(*) FROM tickets").await == want
-            })
-            .await,
+            env.wait_for_tickets(want, Duration::from_secs(15)).await,
             "the healthy reader stalled at ticket {want}"
         );
     }
@@ -494,9 +446,7 @@ async fn malformed_mime_still_becomes_a_ticket() {
     env.dovecot.deliver(USER, &mail(1));
     let config = env.config(&[env.reader("helpdesk")]);
 
-    let results = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
+    let results = env.poll_once(&config).await;
     let report = results[0]
         .1
         .as_ref()
@@ -527,9 +477,7 @@ async fn malformed_mime_still_becomes_a_ticket() {
         "the broken mail keeps what could be read"
     );
     // Nothing is retried forever: the next poll is clean and adds nothing.
-    let results = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
+    let results = env.poll_once(&config).await;
     assert_eq!(results[0].1.as_ref().expect("clean").fetched, 0);
 }
 
@@ -543,9 +491,7 @@ async fn uidvalidity_change_does_not_recreate_tickets() {
     let mut reader = env.reader("queue");
     reader.folder = "Queue".into();
     let config = env.config(&[reader]);
-    daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start")[0]
+    env.poll_once(&config).await[0]
         .1
         .as_ref()
         .expect("first poll");
@@ -558,9 +504,7 @@ async fn uidvalidity_change_does_not_recreate_tickets() {
     for i in 0..6 {
         env.dovecot.deliver_to(USER, "Queue", &mail(i));
     }
-    let results = daemon::run_once(&config, CancellationToken::new())
-        .await
-        .expect("start");
+    let results = env.poll_once(&config).await;
     let report = results[0].1.as_ref().expect("second poll");
     assert_eq!((report.created, report.duplicates), (1, 5));
     assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 6);

@@ -316,9 +316,7 @@ pub async fn poll(
 
     // Mail committed by an earlier poll that died before flagging it.
     let pending = store.pending_after(&pos).await?;
-    if !pending.is_empty() {
-        after_step(&mut session, store, &pos, &pending).await;
-    }
+    after_step(&mut session, store, &pos, &pending).await;
 
     let watermark = store.watermark(&pos).await?;
     let uids = session.uids_after(watermark).await?;

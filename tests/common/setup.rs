@@ -143,6 +143,58 @@ impl Env {
             .expect("open the test database");
     }
 
+    /// `run --once` in this process: every reader polled until drained.
+    pub async fn poll_once(
+        &self,
+        config: &Config,
+    ) -> Vec<(
+        String,
+        Result<mail2ticket::source::PollReport, mail2ticket::reader::PollError>,
+    )> {
+        mail2ticket::daemon::run_once(config, tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap_or_else(|e| panic!("the daemon did not start: {e}"))
+    }
+
+    /// Polls once, expecting `reader` to fail; returns its `last_error`.
+    pub async fn failing_poll(&self, config: &Config, reader: &str) -> String {
+        let results = self.poll_once(config).await;
+        let (_, result) = results
+            .iter()
+            .find(|(name, _)| name == reader)
+            .expect("reader polled");
+        assert!(result.is_err(), "{reader} should have failed: {result:?}");
+        self.last_error(reader)
+            .await
+            .unwrap_or_else(|| panic!("{reader} failed but recorded no last_error"))
+    }
+
+    /// Runs the daemon in this process until the returned token is
+    /// cancelled; the database exists when this returns.
+    pub async fn spawn_daemon(
+        &self,
+        config: &Config,
+    ) -> (
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<Result<(), mail2ticket::daemon::StartError>>,
+    ) {
+        self.init_db(config).await;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let handle = tokio::spawn({
+            let (config, cancel) = (config.clone(), cancel.clone());
+            async move { mail2ticket::daemon::run(&config, cancel).await }
+        });
+        (cancel, handle)
+    }
+
+    /// Waits (up to `limit`) until the database holds exactly `n` tickets.
+    pub async fn wait_for_tickets(&self, n: i64, limit: Duration) -> bool {
+        wait_until(limit, || async {
+            self.count("SELECT COUNT(*) FROM tickets").await == n
+        })
+        .await
+    }
+
     pub async fn db(&self) -> SqlitePool {
         SqlitePool::connect(&format!("sqlite://{}", self.db_file().display()))
             .await
