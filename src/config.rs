@@ -61,6 +61,8 @@ pub struct StoreConfig {
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub poll_interval: Duration,
+    /// How long readers get to reach a safe point after SIGTERM.
+    pub shutdown_timeout: Duration,
 }
 
 /// One Entra ID app registration.
@@ -226,6 +228,7 @@ struct RawStore {
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
     poll_interval: Option<HumanDuration>,
+    shutdown_timeout: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]
@@ -355,6 +358,10 @@ impl Config {
                 .daemon
                 .poll_interval
                 .map_or(Duration::from_secs(60), |d| d.0),
+            shutdown_timeout: raw
+                .daemon
+                .shutdown_timeout
+                .map_or(Duration::from_secs(30), |d| d.0),
         };
         let store = StoreConfig {
             database: raw

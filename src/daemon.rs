@@ -54,7 +54,13 @@ pub async fn run(config: &Config, cancel: CancellationToken) -> Result<(), Start
     if config.readers.is_empty() {
         tracing::warn!(path = %config.path.display(), "no [[reader]] configured; waiting for shutdown");
     }
-    scheduler::run(ctx, config.readers.clone(), cancel).await;
+    scheduler::run(
+        ctx,
+        config.readers.clone(),
+        cancel,
+        config.daemon.shutdown_timeout,
+    )
+    .await;
     Ok(())
 }
 

@@ -16,14 +16,43 @@ use crate::reader::{self, Context};
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
 /// Runs every reader until `cancel` fires; returns when all have stopped.
-pub async fn run(ctx: Arc<Context>, readers: Vec<ReaderConfig>, cancel: CancellationToken) {
+///
+/// After `cancel`, readers get `grace` to reach a safe point. A reader that
+/// is committing finishes within it; one stuck waiting on a server (login,
+/// fetch) is abandoned, which loses nothing: its mail is still on the
+/// server and above the ledger's watermark.
+pub async fn run(
+    ctx: Arc<Context>,
+    readers: Vec<ReaderConfig>,
+    cancel: CancellationToken,
+    grace: Duration,
+) {
     let mut tasks = JoinSet::new();
     for reader in readers {
         tasks.spawn(run_reader(ctx.clone(), reader, cancel.clone()));
     }
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            tracing::error!(error = %e, "a reader task ended abnormally");
+    let grace_over = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::pin!(grace_over);
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => match done {
+                None => break,
+                Some(Err(e)) if !e.is_cancelled() => {
+                    tracing::error!(error = %e, "a reader task ended abnormally");
+                }
+                Some(_) => {}
+            },
+            () = &mut grace_over => {
+                tracing::warn!(
+                    readers = tasks.len(),
+                    "readers still busy after the shutdown grace period; abandoning them"
+                );
+                tasks.shutdown().await;
+                break;
+            }
         }
     }
 }

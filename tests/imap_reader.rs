@@ -645,11 +645,7 @@ fn sigterm_mid_batch_exits_cleanly_and_loses_nothing() {
         env.count("SELECT COUNT(*) FROM tickets").await > 0
     }));
     assert!(started, "the daemon started ingesting");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    child.terminate();
     let exit = child.0.wait().expect("wait");
     assert_eq!(exit.code(), Some(0), "SIGTERM exits 0");
     let at_stop = runtime.block_on(env.count("SELECT COUNT(*) FROM tickets"));
@@ -675,6 +671,55 @@ fn sigterm_mid_batch_exits_cleanly_and_loses_nothing() {
         );
     });
     assert_eq!(env.dovecot.seen_count(USER, "INBOX"), MAILS);
+}
+
+/// A reader stuck on a silent server does not hold up shutdown beyond
+/// `shutdown_timeout`; the healthy reader's work is kept.
+#[test]
+fn shutdown_does_not_wait_forever_for_a_hanging_server() {
+    let env = Env::start();
+    env.dovecot.deliver(USER, &mail(1));
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut hanging = env.reader("hanging");
+    hanging.port = silent.local_addr().expect("addr").port();
+    hanging.timeout = "300s";
+    let text = env
+        .config_toml(&[env.reader("healthy"), hanging])
+        .replace("[daemon]\n", "[daemon]\nshutdown_timeout = \"1s\"\n");
+    let config = env.path("config.toml");
+    std::fs::write(&config, text).expect("write config");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let loaded = mail2ticket::config::Config::load(&config).expect("valid config");
+    runtime.block_on(env.init_db(&loaded));
+    let mut child = ChildGuard(
+        std::process::Command::new(binary())
+            .args(["-c", config.to_str().expect("utf-8"), "run"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start daemon"),
+    );
+    assert!(
+        runtime.block_on(env.wait_for_tickets(1, Duration::from_secs(20))),
+        "the healthy reader ingested its mail"
+    );
+    child.terminate();
+    // Generous bound: the point is "not the 300 s network timeout".
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = child.0.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(exit.code(), Some(0));
+    drop(silent);
 }
 
 /// Kills the daemon with SIGKILL again and again while it works through a

@@ -251,6 +251,17 @@ where
 /// failed assertion never leaves a daemon running.
 pub struct ChildGuard(pub std::process::Child);
 
+impl ChildGuard {
+    /// Sends SIGTERM, as systemd and Docker do to stop a service.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
