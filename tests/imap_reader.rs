@@ -197,6 +197,44 @@ async fn identity_endpoint_outage_is_reported_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confidential_client_sends_its_secret() {
+    let env = Env::start();
+    env.idp.set_client_secret("the-real-app-secret");
+    let secret_file = env.path("client-secret");
+    std::fs::write(&secret_file, "not-the-app-secret\n").expect("write");
+    let text = env.config_toml(&[env.reader("helpdesk")]).replace(
+        "authority = ",
+        &format!(
+            "client_secret = {{ file = \"{}\" }}\nauthority = ",
+            secret_file.display()
+        ),
+    );
+    let path = env.path("config.toml");
+    std::fs::write(&path, text).expect("write config");
+    let config = mail2ticket::config::Config::load(&path).expect("valid config");
+
+    let last_error = env.failing_poll(&config, "helpdesk").await;
+    assert!(
+        last_error.starts_with("authentication failed: AADSTS7000215"),
+        "{last_error}"
+    );
+    assert!(!last_error.contains("not-the-app-secret"), "{last_error}");
+
+    std::fs::write(&secret_file, "the-real-app-secret\n").expect("write");
+    let results = env.poll_once(&config).await;
+    results[0].1.as_ref().expect("the right secret signs in");
+    let form = env.idp.last_form("password").expect("password grant made");
+    assert_eq!(
+        form.get("client_secret").map(String::as_str),
+        Some("the-real-app-secret")
+    );
+    assert_eq!(
+        form.get("client_id").map(String::as_str),
+        Some(env.idp.client_id())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_folder_is_named_in_last_error() {
     let env = Env::start();
     let mut reader = env.reader("helpdesk");
