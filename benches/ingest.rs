@@ -159,7 +159,7 @@ fn main() {
         };
         let store_start = Instant::now();
         for batch in parsed.chunks(100) {
-            store.commit_batch(&pos, batch).await.expect("commit");
+            store.commit_batch(&pos, batch, &[]).await.expect("commit");
         }
         let store_time = store_start.elapsed();
         drop(parsed);

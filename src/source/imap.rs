@@ -316,7 +316,9 @@ pub async fn poll(
 
     // Mail committed by an earlier poll that died before flagging it.
     let pending = store.pending_after(&pos).await?;
-    after_step(&mut session, store, &pos, &pending).await;
+    if flag_seen(&mut session, &pos, &pending).await {
+        store.mark_after_done(&pos, &pending).await?;
+    }
 
     let watermark = store.watermark(&pos).await?;
     let uids = session.uids_after(watermark).await?;
@@ -328,33 +330,39 @@ pub async fn poll(
         Some(first) => fetch_unless_cancelled(&mut session, first, cancel).await?,
         None => None,
     };
-    // Committed but not yet flagged: flagged while the next batch commits.
+    // Committed, not yet flagged on the server.
     let mut unflagged: Vec<u32> = Vec::new();
+    // Flagged on the server, not yet recorded as done in the ledger.
+    let mut flagged: Vec<u32> = Vec::new();
     let mut index = 0;
     while let Some(raw) = next.take() {
         report.fetched += raw.len();
         let following = chunks.get(index + 1).copied();
-        let previous = std::mem::take(&mut unflagged);
-        // Two lanes: the store parses and commits batch k while the IMAP
-        // session flags batch k-1 and fetches batch k+1. The commit is
-        // deliberately not raced with `cancel`: a batch that started
-        // committing is finished, so shutdown never loses work.
+        let to_flag = std::mem::take(&mut unflagged);
+        let to_record = std::mem::take(&mut flagged);
+        // Two lanes: the store parses and commits batch k (recording batch
+        // k-2's flags in the same transaction, so the lanes never wait on
+        // each other's database lock) while the IMAP session flags batch
+        // k-1 and fetches batch k+1. The commit is deliberately not raced
+        // with `cancel`: a batch that started committing is finished, so
+        // shutdown never loses work.
         let started = std::time::Instant::now();
-        let (committed, prefetched) = tokio::join!(
+        let (committed, (flag_ok, prefetched)) = tokio::join!(
             async {
                 let parsed = parse_batch(raw).await;
                 let uids: Vec<u32> = parsed.iter().map(|(uid, _)| *uid).collect();
                 store
-                    .commit_batch(&pos, &parsed)
+                    .commit_batch(&pos, &parsed, &to_record)
                     .await
                     .map(|outcome| (uids, outcome))
             },
             async {
-                after_step(&mut session, store, &pos, &previous).await;
-                match following {
+                let ok = flag_seen(&mut session, &pos, &to_flag).await;
+                let prefetched = match following {
                     Some(chunk) => fetch_unless_cancelled(&mut session, chunk, cancel).await,
                     None => Ok(None),
-                }
+                };
+                (ok, prefetched)
             }
         );
         let (committed, outcome) = committed?;
@@ -368,10 +376,16 @@ pub async fn poll(
         report.created += outcome.created;
         report.duplicates += outcome.duplicates;
         unflagged = committed;
+        if flag_ok {
+            flagged = to_flag;
+        }
         next = prefetched?;
         index += 1;
     }
-    after_step(&mut session, store, &pos, &unflagged).await;
+    if flag_seen(&mut session, &pos, &unflagged).await {
+        flagged.extend(unflagged);
+    }
+    store.mark_after_done(&pos, &flagged).await?;
     report.interrupted = cancel.is_cancelled() && index < chunks.len();
     session.logout().await;
     Ok(report)
@@ -392,21 +406,24 @@ async fn fetch_unless_cancelled(
     }
 }
 
-/// Flags committed mail `\Seen`. A failure is not a failed poll: the
-/// tickets exist, and the ledger still lists the UIDs for the next poll.
-async fn after_step(session: &mut Session, store: &Store, pos: &FolderPosition, uids: &[u32]) {
+/// Flags committed mail `\Seen`; true when the server confirmed it. A
+/// failure is not a failed poll: the tickets exist, and the ledger keeps
+/// the UIDs pending until a later poll flags them.
+async fn flag_seen(session: &mut Session, pos: &FolderPosition, uids: &[u32]) -> bool {
     if uids.is_empty() {
-        return;
+        return true;
     }
-    let result = match session.mark_seen(uids).await {
-        Ok(()) => store
-            .mark_after_done(pos, uids)
-            .await
-            .map_err(ImapError::from),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = result {
-        tracing::warn!(reader = %pos.reader, count = uids.len(), error = %e, "could not flag ingested mail as seen; will retry next poll");
+    match session.mark_seen(uids).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                reader = %pos.reader,
+                count = uids.len(),
+                error = %e,
+                "could not flag ingested mail as seen; will retry next poll"
+            );
+            false
+        }
     }
 }
 
