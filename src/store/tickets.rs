@@ -30,30 +30,19 @@ pub struct BatchOutcome {
 impl Store {
     /// The highest UID already recorded for this folder position; 0 if none.
     pub async fn watermark(&self, pos: &FolderPosition) -> Result<u32, StoreError> {
-        let (max,): (Option<i64>,) = sqlx::query_as(
-            "SELECT MAX(uid) FROM source_positions WHERE reader = ? AND folder = ? AND uidvalidity = ?",
-        )
-        .bind(&pos.reader)
-        .bind(&pos.folder)
-        .bind(i64::from(pos.uidvalidity))
-        .fetch_one(&self.pool)
-        .await?;
+        let mut q = QueryBuilder::new("SELECT MAX(uid) FROM source_positions WHERE ");
+        where_position(&mut q, pos);
+        let (max,): (Option<i64>,) = q.build_query_as().fetch_one(&self.pool).await?;
         Ok(max.and_then(|m| u32::try_from(m).ok()).unwrap_or(0))
     }
 
     /// UIDs committed as tickets whose after-step (e.g. `\Seen`) has not
     /// been confirmed yet, oldest first.
     pub async fn pending_after(&self, pos: &FolderPosition) -> Result<Vec<u32>, StoreError> {
-        let rows: Vec<(i64,)> = sqlx::query_as(
-            "SELECT uid FROM source_positions
-             WHERE reader = ? AND folder = ? AND uidvalidity = ? AND after_state = 'pending'
-             ORDER BY uid",
-        )
-        .bind(&pos.reader)
-        .bind(&pos.folder)
-        .bind(i64::from(pos.uidvalidity))
-        .fetch_all(&self.pool)
-        .await?;
+        let mut q = QueryBuilder::new("SELECT uid FROM source_positions WHERE ");
+        where_position(&mut q, pos);
+        q.push(" AND after_state = 'pending' ORDER BY uid");
+        let rows: Vec<(i64,)> = q.build_query_as().fetch_all(&self.pool).await?;
         Ok(rows
             .into_iter()
             .filter_map(|(u,)| u32::try_from(u).ok())
@@ -143,16 +132,15 @@ impl Store {
                 }
                 None => {
                     outcome.created += 1;
-                    let row = NewMail {
+                    let id = next_email;
+                    new_mails.push(NewMail {
                         ticket_id: next_ticket,
-                        email_id: next_email,
+                        email_id: id,
                         mail,
-                    };
+                    });
                     next_ticket += 1;
                     next_email += 1;
-                    let id = row.email_id;
                     known.insert(mail.dedup_key.clone(), id);
-                    new_mails.push(row);
                     id
                 }
             };
