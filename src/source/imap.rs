@@ -40,6 +40,8 @@ pub enum ImapError {
     Timeout { step: &'static str, after: Duration },
     #[error("IMAP {step} failed: {detail}")]
     Protocol { step: &'static str, detail: String },
+    #[error("the mail parser task failed: {0}")]
+    Parser(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -349,12 +351,10 @@ pub async fn poll(
         let started = std::time::Instant::now();
         let (committed, (flag_ok, prefetched)) = tokio::join!(
             async {
-                let parsed = parse_batch(raw).await;
+                let parsed = parse_batch(raw).await?;
                 let uids: Vec<u32> = parsed.iter().map(|(uid, _)| *uid).collect();
-                store
-                    .commit_batch(&pos, &parsed, &to_record)
-                    .await
-                    .map(|outcome| (uids, outcome))
+                let outcome = store.commit_batch(&pos, &parsed, &to_record).await?;
+                Ok::<_, ImapError>((uids, outcome))
             },
             async {
                 let ok = flag_seen(&mut session, &pos, &to_flag).await;
@@ -428,23 +428,17 @@ async fn flag_seen(session: &mut Session, pos: &FolderPosition, uids: &[u32]) ->
 }
 
 /// Parses off the async threads: a large attachment can take a while.
-async fn parse_batch(raw: Vec<(u32, Vec<u8>)>) -> Vec<(u32, ParsedMail)> {
-    let uids: Vec<u32> = raw.iter().map(|(uid, _)| *uid).collect();
-    let handle = tokio::task::spawn_blocking(move || {
+/// `ingest::parse` contains its own panics, so the task only fails if the
+/// runtime is shutting down; the batch is then not committed at all (it is
+/// fetched again next time) rather than stored without its content.
+async fn parse_batch(raw: Vec<(u32, Vec<u8>)>) -> Result<Vec<(u32, ParsedMail)>, ImapError> {
+    tokio::task::spawn_blocking(move || {
         raw.into_iter()
             .map(|(uid, bytes)| (uid, ingest::parse(&bytes)))
             .collect::<Vec<_>>()
-    });
-    match handle.await {
-        Ok(parsed) => parsed,
-        // parse() contains its own panics; this only guards the thread pool.
-        Err(e) => {
-            tracing::error!(error = %e, "parser thread failed; recording the batch as unreadable mail");
-            uids.into_iter()
-                .map(|uid| (uid, ingest::parse(&[])))
-                .collect()
-        }
-    }
+    })
+    .await
+    .map_err(|e| ImapError::Parser(e.to_string()))
 }
 
 fn position(reader: &ReaderConfig, selected: &Selected) -> FolderPosition {
