@@ -12,6 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::auth::Cloud;
 use secrecy::SecretString;
 use serde::Deserialize;
 use toml::Spanned;
@@ -20,8 +21,8 @@ use toml::Spanned;
 /// `$MAIL2TICKET_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/mail2ticket/config.toml";
 
-const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 const DEFAULT_DATABASE: &str = "sqlite://mail2ticket.db";
+const DEFAULT_REDIRECT_PORT: u16 = 8400;
 
 /// A configuration problem, located in the file.
 #[derive(Debug, thiserror::Error)]
@@ -69,17 +70,46 @@ pub struct DaemonConfig {
 #[derive(Debug, Clone)]
 pub struct OAuthApp {
     pub name: String,
+    pub cloud: Cloud,
     pub tenant: String,
     pub client_id: String,
     pub client_secret: Option<SecretRef>,
+    pub client_certificate: Option<ClientCertificate>,
     /// Scheme and host of the identity platform, without a trailing slash.
     pub authority: String,
+    /// Port of `authorize`'s loopback redirect listener (0: any free port).
+    pub redirect_port: u16,
+}
+
+/// A certificate uploaded to the app registration and its private key, for
+/// signing client assertions instead of sending a secret.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    pub certificate: PathBuf,
+    pub key: SecretRef,
 }
 
 impl OAuthApp {
     /// The v2.0 token endpoint of this app's tenant.
     pub fn token_url(&self) -> String {
-        format!("{}/{}/oauth2/v2.0/token", self.authority, self.tenant)
+        self.endpoint("token")
+    }
+
+    pub fn authorize_url(&self) -> String {
+        self.endpoint("authorize")
+    }
+
+    pub fn device_code_url(&self) -> String {
+        self.endpoint("devicecode")
+    }
+
+    fn endpoint(&self, which: &str) -> String {
+        format!("{}/{}/oauth2/v2.0/{which}", self.authority, self.tenant)
+    }
+
+    /// Whether the app proves its identity (a confidential client).
+    pub fn is_confidential(&self) -> bool {
+        self.client_secret.is_some() || self.client_certificate.is_some()
     }
 }
 
@@ -103,13 +133,33 @@ impl Protocol {
 pub enum Grant {
     /// Resource-owner password credentials (ROPC).
     Password,
+    /// App-only: the app's own credential, no user, no refresh token.
+    ClientCredentials,
+    /// A user signs in once in a browser (`mail2ticket authorize`); the
+    /// refresh token carries on from there.
+    AuthorizationCode,
+    /// Like `AuthorizationCode`, signed in on another device with a code.
+    DeviceCode,
 }
 
 impl Grant {
     pub fn as_str(self) -> &'static str {
         match self {
             Grant::Password => "password",
+            Grant::ClientCredentials => "client_credentials",
+            Grant::AuthorizationCode => "authorization_code",
+            Grant::DeviceCode => "device_code",
         }
+    }
+
+    /// App-only tokens act as the app, not as a user.
+    pub fn is_app_only(self) -> bool {
+        self == Grant::ClientCredentials
+    }
+
+    /// Grants whose first refresh token needs `mail2ticket authorize`.
+    pub fn is_interactive(self) -> bool {
+        matches!(self, Grant::AuthorizationCode | Grant::DeviceCode)
     }
 }
 
@@ -235,10 +285,21 @@ struct RawDaemon {
 #[serde(deny_unknown_fields)]
 struct RawOAuth {
     name: Spanned<String>,
+    #[serde(default)]
+    cloud: Cloud,
     tenant: String,
     client_id: String,
     client_secret: Option<Spanned<RawSecret>>,
-    authority: Option<Authority>,
+    client_certificate: Option<Spanned<RawFile>>,
+    client_key: Option<Spanned<RawSecret>>,
+    authority: Option<Spanned<Authority>>,
+    redirect_port: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "{ file = \"path\" }")]
+struct RawFile {
+    file: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -246,7 +307,7 @@ struct RawOAuth {
 struct RawReader {
     name: Spanned<String>,
     protocol: Protocol,
-    host: String,
+    host: Option<Spanned<String>>,
     port: Option<u16>,
     username: String,
     password: Option<Spanned<RawSecret>>,
@@ -298,7 +359,10 @@ impl<'de> Deserialize<'de> for HumanDuration {
 
 /// An identity-platform base URL. Plain HTTP is only for a loopback stand-in
 /// in tests: tokens and passwords never travel unencrypted.
-struct Authority(String);
+struct Authority {
+    url: String,
+    host: String,
+}
 
 impl<'de> Deserialize<'de> for Authority {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -330,7 +394,10 @@ impl<'de> Deserialize<'de> for Authority {
                 "the authority is a base URL without query or fragment",
             ));
         }
-        Ok(Authority(text.trim_end_matches('/').to_string()))
+        Ok(Authority {
+            url: text.trim_end_matches('/').to_string(),
+            host: url.host_str().unwrap_or_default().to_string(),
+        })
     }
 }
 
@@ -382,15 +449,70 @@ impl Config {
                     "another [[oauth]] entry has this name",
                 ));
             }
+            let secret_span = app.client_secret.as_ref().map(Spanned::span);
             let client_secret = app
                 .client_secret
                 .map(|s| locate.secret(s, base_dir, &format!("oauth \"{name}\" client_secret")));
+            let client_certificate = match (app.client_certificate, app.client_key) {
+                (Some(cert), Some(key)) => Some(ClientCertificate {
+                    certificate: base_dir.join(cert.into_inner().file),
+                    key: locate.secret(key, base_dir, &format!("oauth \"{name}\" client_key")),
+                }),
+                (None, None) => None,
+                (Some(cert), None) => {
+                    return Err(locate.at(
+                        cert.span(),
+                        "client_key",
+                        "client_certificate needs client_key, the certificate's private key (PEM)",
+                    ));
+                }
+                (None, Some(key)) => {
+                    return Err(locate.at(
+                        key.span(),
+                        "client_certificate",
+                        "client_key needs client_certificate = { file = \"...pem\" }",
+                    ));
+                }
+            };
+            if let (Some(span), Some(_)) = (secret_span, &client_certificate) {
+                return Err(locate.at(
+                    span,
+                    "client_secret",
+                    "set either client_secret or client_certificate, not both",
+                ));
+            }
+            let cloud = app.cloud;
+            let authority = match app.authority {
+                Some(a) => {
+                    if let Some(other) = Cloud::of_authority_host(&a.get_ref().host)
+                        && !other.shares_authority(cloud)
+                    {
+                        return Err(locate.at(
+                            a.span(),
+                            "authority",
+                            &format!(
+                                "{} signs in to the {} cloud, but this entry has cloud = \"{}\"; \
+                                 set cloud = \"{}\" or remove authority",
+                                a.get_ref().host,
+                                other.as_str(),
+                                cloud.as_str(),
+                                other.as_str()
+                            ),
+                        ));
+                    }
+                    a.into_inner().url
+                }
+                None => cloud.authority().to_string(),
+            };
             oauth.push(OAuthApp {
                 name,
+                cloud,
                 tenant: app.tenant,
                 client_id: app.client_id,
                 client_secret,
-                authority: app.authority.map_or(DEFAULT_AUTHORITY.into(), |a| a.0),
+                client_certificate,
+                authority,
+                redirect_port: app.redirect_port.unwrap_or(DEFAULT_REDIRECT_PORT),
             });
         }
 
@@ -404,7 +526,7 @@ impl Config {
             if !reader_names.insert(name.clone()) {
                 return Err(locate.at(r.name.span(), "name", "another [[reader]] has this name"));
             }
-            if !app_names.contains(r.oauth.get_ref()) {
+            let Some(app) = oauth.iter().find(|a| a.name == *r.oauth.get_ref()) else {
                 let known: Vec<_> = oauth.iter().map(|a| a.name.as_str()).collect();
                 return Err(locate.at(
                     r.oauth.span(),
@@ -419,17 +541,64 @@ impl Config {
                         }
                     ),
                 ));
-            }
+            };
+            let grant = *r.grant.get_ref();
             let password = r
                 .password
                 .map(|s| locate.secret(s, base_dir, &format!("reader \"{name}\" password")));
-            if *r.grant.get_ref() == Grant::Password && password.is_none() {
+            if grant == Grant::Password && password.is_none() {
                 return Err(locate.at(
                     r.grant.span(),
                     "password",
                     "grant = \"password\" needs a password (a string, { env = \"VAR\" } or { file = \"path\" })",
                 ));
             }
+            if grant != Grant::Password && password.is_some() {
+                return Err(locate.at(
+                    r.grant.span(),
+                    "password",
+                    &format!(
+                        "grant = \"{}\" does not use a password; remove it",
+                        grant.as_str()
+                    ),
+                ));
+            }
+            if grant == Grant::ClientCredentials && !app.is_confidential() {
+                return Err(locate.at(
+                    r.grant.span(),
+                    "grant",
+                    &format!(
+                        "grant = \"client_credentials\" needs the app's own credential: \
+                         set client_secret or client_certificate on [[oauth]] \"{}\"",
+                        app.name
+                    ),
+                ));
+            }
+            let host = match r.host {
+                Some(host) => {
+                    if let Some(other) = Cloud::of_mail_host(host.get_ref())
+                        && other != app.cloud
+                    {
+                        return Err(locate.at(
+                            host.span(),
+                            "host",
+                            &format!(
+                                "{} is in the {} cloud, but [[oauth]] \"{}\" has cloud = \"{}\"; \
+                                 tokens of one cloud are not accepted by another: \
+                                 set cloud = \"{}\" on the app or use host = \"{}\"",
+                                host.get_ref(),
+                                other.as_str(),
+                                app.name,
+                                app.cloud.as_str(),
+                                other.as_str(),
+                                app.cloud.mail_host()
+                            ),
+                        ));
+                    }
+                    host.into_inner()
+                }
+                None => app.cloud.mail_host().to_string(),
+            };
             let batch_size = match r.batch_size {
                 Some(b) if *b.get_ref() == 0 || *b.get_ref() > 10_000 => {
                     return Err(locate.at(b.span(), "batch_size", "must be between 1 and 10000"));
@@ -443,11 +612,11 @@ impl Config {
                 port: r.port.unwrap_or(match r.protocol {
                     Protocol::Imap => 993,
                 }),
-                host: r.host,
+                host,
                 username: r.username,
                 password,
                 oauth: r.oauth.into_inner(),
-                grant: r.grant.into_inner(),
+                grant,
                 folder: r.folder,
                 ca_file: r.ca_file.map(|p| base_dir.join(p)),
                 poll_interval: r.poll_interval.map_or(daemon.poll_interval, |d| d.0),
@@ -717,6 +886,76 @@ poll_interval = "30s"
             .resolve()
             .expect("file");
         assert_eq!(value.expose_secret(), "s3cret");
+    }
+
+    #[test]
+    fn cloud_picks_authority_and_default_host() {
+        let text = GOOD
+            .replace(
+                "client_id = \"11111111-1111-1111-1111-111111111111\"",
+                "client_id = \"x\"\ncloud = \"usgov-dod\"",
+            )
+            .replace("host = \"outlook.office365.com\"\n", "");
+        let config = parse(&text).expect("valid");
+        assert_eq!(config.readers[0].host, "outlook-dod.office365.us");
+        assert!(
+            config.oauth[0]
+                .token_url()
+                .starts_with("https://login.microsoftonline.us/"),
+            "{}",
+            config.oauth[0].token_url()
+        );
+    }
+
+    #[test]
+    fn host_of_another_cloud_is_rejected_with_the_fix() {
+        let text = GOOD.replace(
+            "client_id = \"11111111-1111-1111-1111-111111111111\"",
+            "client_id = \"x\"\ncloud = \"china\"",
+        );
+        let err = error_text(&text);
+        assert!(err.contains(":17: reader.host: "), "{err}");
+        assert!(
+            err.contains("outlook.office365.com is in the global cloud"),
+            "{err}"
+        );
+        assert!(err.contains("partner.outlook.cn"), "{err}");
+
+        let text = GOOD.replace(
+            "client_id = \"11111111-1111-1111-1111-111111111111\"",
+            "client_id = \"x\"\nauthority = \"https://login.partner.microsoftonline.cn\"",
+        );
+        let err = error_text(&text);
+        assert!(err.contains("oauth.authority"), "{err}");
+        assert!(err.contains("china cloud"), "{err}");
+    }
+
+    #[test]
+    fn grants_check_what_they_need() {
+        let app_only = GOOD
+            .replace("password = \"hunter2-literal\"\n", "")
+            .replace("grant = \"password\"", "grant = \"client_credentials\"");
+        let err = error_text(&app_only);
+        assert!(err.contains("reader.grant"), "{err}");
+        assert!(err.contains("client_secret or client_certificate"), "{err}");
+
+        let with_secret = app_only.replace(
+            "client_id = \"11111111-1111-1111-1111-111111111111\"",
+            "client_id = \"x\"\nclient_secret = { env = \"S\" }",
+        );
+        let config = parse(&with_secret).expect("valid");
+        assert!(config.readers[0].grant.is_app_only());
+
+        let cert_without_key = app_only.replace(
+            "client_id = \"11111111-1111-1111-1111-111111111111\"",
+            "client_id = \"x\"\nclient_certificate = { file = \"app.pem\" }",
+        );
+        let err = error_text(&cert_without_key);
+        assert!(err.contains("oauth.client_key"), "{err}");
+
+        let stray_password = GOOD.replace("grant = \"password\"", "grant = \"device_code\"");
+        let err = error_text(&stray_password);
+        assert!(err.contains("does not use a password"), "{err}");
     }
 
     #[test]
