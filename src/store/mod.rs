@@ -51,16 +51,76 @@ pub struct Store {
     key: std::sync::Arc<StoreKey>,
 }
 
+/// Where a reader stands; kept in `readers.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderState {
+    Ok,
+    /// A transient failure: backing off and trying again.
+    Retrying,
+    /// Someone must sign in again (`mail2ticket authorize`) or fix the
+    /// account in Entra; no request is made until then.
+    NeedsAuthorization,
+    /// The config or the app registration is wrong; no request is made
+    /// until it changes.
+    Misconfigured,
+}
+
+impl ReaderState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReaderState::Ok => "ok",
+            ReaderState::Retrying => "retrying",
+            ReaderState::NeedsAuthorization => "needs_authorization",
+            ReaderState::Misconfigured => "misconfigured",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ReaderState> {
+        [
+            ReaderState::Ok,
+            ReaderState::Retrying,
+            ReaderState::NeedsAuthorization,
+            ReaderState::Misconfigured,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    /// States that wait for a person rather than for time.
+    pub fn is_parked(self) -> bool {
+        matches!(
+            self,
+            ReaderState::NeedsAuthorization | ReaderState::Misconfigured
+        )
+    }
+}
+
+/// Which account a reader signs in as, recorded so that `authorize` and
+/// `status` can find the readers behind a token.
+#[derive(Debug, Clone, Copy)]
+pub struct ReaderIdentity<'a> {
+    pub name: &'a str,
+    pub protocol: &'a str,
+    pub oauth: &'a str,
+    pub account: &'a str,
+    pub grant: &'a str,
+}
+
 /// One row of `readers`, as `status` shows it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ReaderStatus {
     pub name: String,
     pub protocol: String,
+    pub state: String,
+    pub grant_type: Option<String>,
     pub last_poll_at: Option<String>,
     pub last_success_at: Option<String>,
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
     pub consecutive_failures: i64,
+    /// Whole days since the reader's refresh token was last used, when it
+    /// has one.
+    pub refresh_idle_days: Option<i64>,
 }
 
 impl Store {
@@ -129,17 +189,50 @@ impl Store {
         &self.pool
     }
 
-    /// Makes sure a `readers` row exists for a configured reader.
-    pub async fn register_reader(&self, name: &str, protocol: &str) -> Result<(), StoreError> {
+    /// Makes sure a `readers` row exists for a configured reader and says
+    /// which account it uses.
+    pub async fn register_reader(&self, reader: ReaderIdentity<'_>) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO readers (name, protocol) VALUES (?, ?)
-             ON CONFLICT (name) DO UPDATE SET protocol = excluded.protocol",
+            "INSERT INTO readers (name, protocol, oauth, account, grant_type) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET protocol = excluded.protocol,
+                 oauth = excluded.oauth, account = excluded.account,
+                 grant_type = excluded.grant_type",
         )
-        .bind(name)
-        .bind(protocol)
+        .bind(reader.name)
+        .bind(reader.protocol)
+        .bind(reader.oauth)
+        .bind(reader.account)
+        .bind(reader.grant)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    pub async fn reader_state(&self, reader: &str) -> Result<Option<ReaderState>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT state FROM readers WHERE name = ?")
+            .bind(reader)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.and_then(|(s,)| ReaderState::parse(&s)))
+    }
+
+    /// After a successful sign-in: the readers of this account that were
+    /// waiting for one may try again. Returns their names.
+    pub async fn release_authorized(
+        &self,
+        oauth: &str,
+        account: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "UPDATE readers SET state = 'ok', last_error = NULL, consecutive_failures = 0
+             WHERE oauth = ? AND account = ? COLLATE NOCASE AND state = 'needs_authorization'
+             RETURNING name",
+        )
+        .bind(oauth)
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(n,)| n).collect())
     }
 
     pub async fn record_poll_start(&self, reader: &str) -> Result<(), StoreError> {
@@ -157,7 +250,7 @@ impl Store {
     pub async fn record_success(&self, reader: &str) -> Result<(), StoreError> {
         sqlx::query(&format!(
             "UPDATE readers SET last_success_at = {NOW}, last_error = NULL,
-             consecutive_failures = 0 WHERE name = ?"
+             consecutive_failures = 0, state = 'ok' WHERE name = ?"
         ))
         .bind(reader)
         .execute(&self.pool)
@@ -165,14 +258,21 @@ impl Store {
         Ok(())
     }
 
-    /// Records a failure and returns the number of failures in a row.
-    pub async fn record_failure(&self, reader: &str, error: &str) -> Result<i64, StoreError> {
+    /// Records a failure and the state it leaves the reader in; returns the
+    /// number of failures in a row.
+    pub async fn record_failure(
+        &self,
+        reader: &str,
+        state: ReaderState,
+        error: &str,
+    ) -> Result<i64, StoreError> {
         let row: Option<(i64,)> = sqlx::query_as(&format!(
-            "UPDATE readers SET last_error = ?, last_error_at = {NOW},
+            "UPDATE readers SET last_error = ?, last_error_at = {NOW}, state = ?,
              consecutive_failures = consecutive_failures + 1 WHERE name = ?
              RETURNING consecutive_failures"
         ))
         .bind(error)
+        .bind(state.as_str())
         .bind(reader)
         .fetch_optional(&self.pool)
         .await?;
@@ -180,10 +280,17 @@ impl Store {
     }
 
     pub async fn reader_statuses(&self) -> Result<Vec<ReaderStatus>, StoreError> {
+        // A refresh token is only ever used by readers with a delegated grant.
         Ok(sqlx::query_as(
-            "SELECT name, protocol, last_poll_at, last_success_at, last_error, last_error_at,
-                    consecutive_failures
-             FROM readers ORDER BY name",
+            "SELECT r.name, r.protocol, r.state, r.grant_type, r.last_poll_at, r.last_success_at,
+                    r.last_error, r.last_error_at, r.consecutive_failures,
+                    CAST(julianday('now') - julianday(t.last_used_at) AS INTEGER)
+                        AS refresh_idle_days
+             FROM readers r
+             LEFT JOIN oauth_tokens t
+               ON t.oauth = r.oauth AND t.account = r.account COLLATE NOCASE
+                  AND r.grant_type <> 'client_credentials'
+             ORDER BY r.name",
         )
         .fetch_all(&self.pool)
         .await?)

@@ -291,6 +291,7 @@ mod tests {
     use super::*;
     use crate::config::StoreConfig;
     use crate::ingest::parse;
+    use crate::store::{ReaderIdentity, ReaderState};
 
     async fn store(dir: &tempfile::TempDir) -> Store {
         let config = StoreConfig {
@@ -376,19 +377,63 @@ mod tests {
     async fn reader_health_is_recorded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store(&dir).await;
-        store.register_reader("r", "imap").await.expect("register");
-        assert_eq!(store.record_failure("r", "boom").await.expect("fail"), 1);
+        store
+            .register_reader(ReaderIdentity {
+                name: "r",
+                protocol: "imap",
+                oauth: "app",
+                account: "a@example.com",
+                grant: "authorization_code",
+            })
+            .await
+            .expect("register");
+        let retrying = ReaderState::Retrying;
         assert_eq!(
-            store.record_failure("r", "boom again").await.expect("fail"),
+            store
+                .record_failure("r", retrying, "boom")
+                .await
+                .expect("fail"),
+            1
+        );
+        assert_eq!(
+            store
+                .record_failure("r", ReaderState::NeedsAuthorization, "boom again")
+                .await
+                .expect("fail"),
             2
         );
         let s = &store.reader_statuses().await.expect("status")[0];
         assert_eq!(s.last_error.as_deref(), Some("boom again"));
         assert_eq!(s.consecutive_failures, 2);
+        assert_eq!(s.state, "needs_authorization");
+        assert_eq!(s.refresh_idle_days, None);
+
+        // A sign-in for another account releases nothing; for this one, it does.
+        let none = store.release_authorized("app", "b@example.com").await;
+        assert!(none.expect("release").is_empty());
+        let released = store.release_authorized("app", "A@example.com").await;
+        assert_eq!(released.expect("release"), ["r"]);
+        assert_eq!(
+            store.reader_state("r").await.expect("state"),
+            Some(ReaderState::Ok)
+        );
+
+        store
+            .save_refresh_token("app", "a@example.com", &"rt".into())
+            .await
+            .expect("save");
+        sqlx::query(
+            "UPDATE oauth_tokens SET last_used_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-81 days')",
+        )
+        .execute(store.pool())
+        .await
+        .expect("age the token");
         store.record_success("r").await.expect("ok");
         let s = &store.reader_statuses().await.expect("status")[0];
         assert_eq!(s.last_error, None);
         assert_eq!(s.consecutive_failures, 0);
+        assert_eq!(s.state, "ok");
+        assert_eq!(s.refresh_idle_days, Some(81));
         assert!(s.last_success_at.is_some());
     }
 

@@ -1,4 +1,4 @@
-//! Sealed refresh tokens.
+//! Sealed refresh tokens, and when each was last used.
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -32,7 +32,8 @@ impl Store {
         )))
     }
 
-    /// Stores (replacing) the refresh token; durable when this returns.
+    /// Stores (replacing) the refresh token, which counts as a use; durable
+    /// when this returns.
     pub async fn save_refresh_token(
         &self,
         oauth: &str,
@@ -43,13 +44,27 @@ impl Store {
             .key
             .seal(&context(oauth, account), token.expose_secret().as_bytes());
         sqlx::query(&format!(
-            "INSERT INTO oauth_tokens (oauth, account, refresh_token, updated_at) VALUES (?, ?, ?, {NOW})
+            "INSERT INTO oauth_tokens (oauth, account, refresh_token, updated_at, last_used_at)
+             VALUES (?, ?, ?, {NOW}, {NOW})
              ON CONFLICT (oauth, account) DO UPDATE
-             SET refresh_token = excluded.refresh_token, updated_at = excluded.updated_at"
+             SET refresh_token = excluded.refresh_token, updated_at = excluded.updated_at,
+                 last_used_at = excluded.last_used_at"
         ))
         .bind(oauth)
         .bind(account)
         .bind(sealed)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Notes that the refresh token worked without being rotated.
+    pub async fn touch_refresh_token(&self, oauth: &str, account: &str) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "UPDATE oauth_tokens SET last_used_at = {NOW} WHERE oauth = ? AND account = ?"
+        ))
+        .bind(oauth)
+        .bind(account)
         .execute(&self.pool)
         .await?;
         Ok(())
