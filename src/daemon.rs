@@ -1,19 +1,20 @@
 //! The daemon: start-up wiring and the three ways to run readers.
 //!
 //! Owns the order of start-up (database and migrations, store key, reader
-//! rows, token store) and what `run`, `run --once` and `check` do with it.
+//! rows, token store) and what `run`, `run --once`, `check` and
+//! `authorize` do with it.
 
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, TokenStore};
-use crate::config::{Config, ReaderConfig};
+use crate::auth::{AuthError, Authorized, CodeFlowOptions, Interaction, TokenStore};
+use crate::config::{Config, Grant, ReaderConfig};
 use crate::reader::{self, Context, PollError};
 use crate::scheduler;
 use crate::source::{CheckReport, PollReport};
-use crate::store::{Store, StoreError};
+use crate::store::{ReaderIdentity, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -21,6 +22,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("reader {0:?} uses grant = \"client_credentials\": app-only readers need no sign-in")]
+    AppOnly(String),
     #[error("no reader named {name:?} in {path} (configured: {known})")]
     UnknownReader {
         name: String,
@@ -34,13 +37,21 @@ pub async fn start(config: &Config) -> Result<Arc<Context>, StartError> {
     let store = Store::open(&config.store).await?;
     for reader in &config.readers {
         store
-            .register_reader(&reader.name, reader.protocol.as_str())
+            .register_reader(ReaderIdentity {
+                name: &reader.name,
+                protocol: reader.protocol.as_str(),
+                oauth: &reader.oauth,
+                account: &reader.username,
+                grant: reader.grant.as_str(),
+            })
             .await?;
+        let state = store.reader_state(&reader.name).await?;
         tracing::info!(
             reader = %reader.name,
             protocol = reader.protocol.as_str(),
             host = %reader.host,
             grant = reader.grant.as_str(),
+            state = state.map_or("new", |s| s.as_str()),
             "reader configured"
         );
     }
@@ -90,6 +101,41 @@ pub async fn check(
         async move { reader::check_and_record(&ctx, &reader).await }
     })
     .await)
+}
+
+/// How `authorize` signs in.
+#[derive(Debug, Clone)]
+pub enum SignInMethod {
+    Code(CodeFlowOptions),
+    Device,
+}
+
+/// Signs in interactively for one reader's account and stores the refresh
+/// token; the readers that were waiting for it are released.
+pub async fn authorize(
+    config: &Config,
+    name: &str,
+    method: &SignInMethod,
+    ui: &impl Interaction,
+) -> Result<Authorized, StartError> {
+    let reader = select_readers(config, &[name.to_string()])?
+        .into_iter()
+        .next()
+        .ok_or_else(|| StartError::UnknownReader {
+            name: name.to_string(),
+            path: config.path.display().to_string(),
+            known: String::new(),
+        })?;
+    if reader.grant == Grant::ClientCredentials {
+        return Err(StartError::AppOnly(reader.name));
+    }
+    let ctx = start(config).await?;
+    let request = reader::token_request(&reader);
+    let result = match method {
+        SignInMethod::Code(options) => ctx.tokens.authorize_code(&request, options, ui).await,
+        SignInMethod::Device => ctx.tokens.authorize_device(&request, ui).await,
+    };
+    Ok(result?)
 }
 
 fn select_readers(config: &Config, names: &[String]) -> Result<Vec<ReaderConfig>, StartError> {

@@ -1,13 +1,17 @@
 //! The `mail2ticket` command: parses arguments and wires the library.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use mail2ticket::auth::{CodeFlowOptions, Interaction};
 use mail2ticket::config::{self, Config};
+use mail2ticket::daemon::SignInMethod;
 use mail2ticket::{daemon, shutdown, status, store::Store};
 
 /// Turns support mailboxes into helpdesk tickets.
@@ -34,6 +38,45 @@ enum Command {
     Check { readers: Vec<String> },
     /// Show each reader's health from the database.
     Status,
+    /// Sign in for a reader (grant authorization_code or device_code) and
+    /// store its refresh token.
+    Authorize {
+        reader: String,
+        /// Use the device-code flow: sign in on any device with a code.
+        #[arg(long)]
+        device: bool,
+        /// Do not listen for the redirect; paste the address the browser
+        /// was sent to instead (for headless servers).
+        #[arg(long, conflicts_with = "device")]
+        no_listen: bool,
+        /// Port of the loopback redirect (default: the app's redirect_port).
+        #[arg(long, conflicts_with = "device")]
+        port: Option<u16>,
+        /// How long to wait for the browser to come back.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// The terminal, for the sign-in flows.
+struct Terminal;
+
+impl Interaction for Terminal {
+    fn show(&self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        // A closed stdout only loses the hint; the flow itself goes on.
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+
+    async fn read_line(&self) -> std::io::Result<String> {
+        tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
 }
 
 fn main() -> ExitCode {
@@ -83,6 +126,41 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     r.messages, r.waiting
                 )
             }))
+        }
+        Command::Authorize {
+            reader,
+            device,
+            no_listen,
+            port,
+            timeout,
+        } => {
+            let method = if device {
+                SignInMethod::Device
+            } else {
+                SignInMethod::Code(CodeFlowOptions {
+                    port,
+                    listen: !no_listen,
+                    timeout,
+                })
+            };
+            match daemon::authorize(&config, &reader, &method, &Terminal).await {
+                Ok(done) => {
+                    let who = done
+                        .account
+                        .as_deref()
+                        .unwrap_or("(the identity platform did not say)");
+                    println!("{reader}: authorized; signed in as {who}");
+                    if !done.released.is_empty() {
+                        println!("released: {}", done.released.join(", "));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(daemon::StartError::Auth(e)) => {
+                    println!("{reader}: error: {e}");
+                    Ok(ExitCode::from(1))
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         Command::Status => {
             let store = Store::open(&config.store).await?;

@@ -1,16 +1,19 @@
 //! One reader's poll: its token, its protocol, its health record.
 //!
 //! Owns the link between the token store and the protocol modules (which
-//! scope a protocol needs, forgetting a token the server refused) and the
-//! rule that every poll and every `check` leaves its outcome in `readers`.
+//! service a protocol needs tokens for, forgetting a token the server
+//! refused), the rule that every poll and every `check` leaves its outcome
+//! and state in `readers`, and the advice `last_error` gives the admin.
+
+use std::time::Duration;
 
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, IMAP_SCOPE, TokenRequest, TokenStore};
-use crate::config::{Protocol, ReaderConfig};
+use crate::auth::{AuthError, Service, TokenRequest, TokenStore};
+use crate::config::{Grant, Protocol, ReaderConfig};
 use crate::source::{CheckReport, PollReport, imap};
-use crate::store::{Store, StoreError};
+use crate::store::{ReaderState, Store, StoreError};
 
 /// What every reader task shares.
 #[derive(Debug)]
@@ -30,15 +33,63 @@ pub enum PollError {
     Store(#[from] StoreError),
 }
 
-fn token_request(reader: &ReaderConfig) -> TokenRequest<'_> {
+impl PollError {
+    /// The state this failure leaves the reader in.
+    pub fn state(&self) -> ReaderState {
+        match self {
+            PollError::Auth(e) => e.state(),
+            PollError::Imap(_) | PollError::Store(_) => ReaderState::Retrying,
+        }
+    }
+
+    /// A wait the far side asked for.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PollError::Auth(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// The token request behind a reader.
+pub fn token_request(reader: &ReaderConfig) -> TokenRequest<'_> {
     TokenRequest {
         oauth: &reader.oauth,
         account: &reader.username,
         grant: reader.grant,
         password: reader.password.as_ref(),
-        scope: match reader.protocol {
-            Protocol::Imap => IMAP_SCOPE,
+        service: match reader.protocol {
+            Protocol::Imap => Service::Imap,
         },
+    }
+}
+
+/// What the admin should do about a failure that waits for them; appended
+/// to `last_error`, which is where they look.
+pub fn advice(reader: &ReaderConfig, state: ReaderState) -> Option<String> {
+    let name = &reader.name;
+    match state {
+        ReaderState::NeedsAuthorization => Some(match reader.grant {
+            Grant::AuthorizationCode => {
+                format!("run `mail2ticket authorize {name}` to sign in again")
+            }
+            Grant::DeviceCode => {
+                format!("run `mail2ticket authorize {name} --device` to sign in again")
+            }
+            Grant::Password => format!(
+                "the account needs attention in Entra ID (MFA, conditional access or consent); \
+                 once fixed, run `mail2ticket check {name}`, or switch the reader to \
+                 grant = \"authorization_code\" and run `mail2ticket authorize {name}`"
+            ),
+            Grant::ClientCredentials => format!(
+                "grant admin consent to the app's Exchange permissions, then run `mail2ticket check {name}`"
+            ),
+        }),
+        ReaderState::Misconfigured => Some(format!(
+            "fix the configuration or the app registration, then restart the daemon or run \
+             `mail2ticket check {name}`"
+        )),
+        ReaderState::Ok | ReaderState::Retrying => None,
     }
 }
 
@@ -113,7 +164,12 @@ async fn record<T>(ctx: &Context, reader: &ReaderConfig, result: &Result<T, Poll
     match result {
         Ok(_) => log_store_error(reader, ctx.store.record_success(&reader.name).await),
         Err(e) => {
-            let r = ctx.store.record_failure(&reader.name, &e.to_string()).await;
+            let state = e.state();
+            let text = match advice(reader, state) {
+                Some(advice) => format!("{e}; {advice}"),
+                None => e.to_string(),
+            };
+            let r = ctx.store.record_failure(&reader.name, state, &text).await;
             log_store_error(reader, r.map(|_| ()));
         }
     }

@@ -1,8 +1,10 @@
 //! The scheduler: one task per reader, each on its own poll interval.
 //!
 //! Owns timing: the poll interval after a success, exponential backoff with
-//! jitter after failures (capped at 15 minutes), and independence: a reader
-//! that hangs or fails only ever delays itself.
+//! jitter after transient failures (capped at 15 minutes, never shorter
+//! than a Retry-After), parking readers whose failure only a person can fix
+//! (they make no requests until `authorize` or `check` releases them), and
+//! independence: a reader that hangs or fails only ever delays itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,9 @@ use crate::config::ReaderConfig;
 use crate::reader::{self, Context};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// How often a parked reader looks at its row for a release. A local
+/// database read: the identity platform is not asked.
+const PARKED_RECHECK: Duration = Duration::from_secs(5);
 
 /// Runs every reader until `cancel` fires; returns when all have stopped.
 ///
@@ -74,9 +79,25 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
                 }
                 reader.poll_interval
             }
+            Err(e) if e.state().is_parked() => {
+                tracing::error!(
+                    reader = %reader.name,
+                    state = e.state().as_str(),
+                    error = %e,
+                    "reader stopped until an admin acts; see `mail2ticket status`"
+                );
+                if !wait_for_release(&ctx, &reader, &cancel).await {
+                    break;
+                }
+                tracing::info!(reader = %reader.name, "reader released; polling again");
+                ctx.tokens.reload(&reader::token_request(&reader)).await;
+                failures = 0;
+                continue;
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                let delay = backoff(failures, reader.poll_interval);
+                let delay = backoff(failures, reader.poll_interval)
+                    .max(e.retry_after().unwrap_or_default());
                 tracing::warn!(
                     reader = %reader.name,
                     error = %e,
@@ -90,6 +111,29 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
         tokio::select! {
             () = cancel.cancelled() => break,
             () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Waits until the reader's row leaves the parked state (a sign-in or a
+/// successful `check` from another process). False when cancelled.
+async fn wait_for_release(
+    ctx: &Context,
+    reader: &ReaderConfig,
+    cancel: &CancellationToken,
+) -> bool {
+    let recheck = PARKED_RECHECK.min(reader.poll_interval);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return false,
+            () = tokio::time::sleep(recheck) => {}
+        }
+        match ctx.store.reader_state(&reader.name).await {
+            Ok(Some(state)) if state.is_parked() => {}
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::warn!(reader = %reader.name, error = %e, "cannot read the reader's state");
+            }
         }
     }
 }

@@ -6,29 +6,52 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use oauth2::basic::{
-    BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenResponse,
+    BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
 };
 use oauth2::{
-    AsyncHttpClient, AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet, HttpRequest,
-    HttpResponse, RequestTokenError, StandardRevocableToken, TokenUrl,
+    AsyncHttpClient, AuthType, AuthUrl, ClientId, ClientSecret, DeviceAuthorizationUrl,
+    EndpointNotSet, EndpointSet, ExtraTokenFields, HttpRequest, HttpResponse, RequestTokenError,
+    StandardRevocableToken, StandardTokenResponse, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::config::OAuthApp;
 
-/// The oauth2 client specialised to Entra's error body.
+/// The oauth2 client specialised to Entra's error body and token response,
+/// with the authorize, device-code and token endpoints set.
 pub type EntraClient = oauth2::Client<
     EntraErrorResponse,
-    BasicTokenResponse,
+    EntraTokenResponse,
     BasicTokenIntrospectionResponse,
     StandardRevocableToken,
     BasicRevocationErrorResponse,
-    EndpointNotSet,
-    EndpointNotSet,
+    EndpointSet,
+    EndpointSet,
     EndpointNotSet,
     EndpointNotSet,
     EndpointSet,
 >;
+
+pub type EntraTokenResponse = StandardTokenResponse<IdTokenField, BasicTokenType>;
+
+/// The OpenID Connect `id_token` Entra adds when `openid` was asked for;
+/// it is how `authorize` learns which account signed in.
+#[derive(Clone, Serialize, Deserialize, Default)]
+pub struct IdTokenField {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+}
+
+impl std::fmt::Debug for IdTokenField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.id_token.as_ref().map(|_| "[REDACTED]");
+        f.debug_struct("IdTokenField")
+            .field("id_token", &shown)
+            .finish()
+    }
+}
+
+impl ExtraTokenFields for IdTokenField {}
 
 /// Entra's JSON error: the OAuth `error` plus its AADSTS numbers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,8 +105,13 @@ impl EntraErrorResponse {
 /// Builds the oauth2 client for one app registration.
 pub fn client(app: &OAuthApp, secret: Option<ClientSecret>) -> Result<EntraClient, String> {
     let token_url = TokenUrl::new(app.token_url()).map_err(|e| format!("token URL: {e}"))?;
+    let auth_url = AuthUrl::new(app.authorize_url()).map_err(|e| format!("authorize URL: {e}"))?;
+    let device_url = DeviceAuthorizationUrl::new(app.device_code_url())
+        .map_err(|e| format!("device code URL: {e}"))?;
     let client = oauth2::Client::new(ClientId::new(app.client_id.clone()))
         .set_token_uri(token_url)
+        .set_auth_uri(auth_url)
+        .set_device_authorization_url(device_url)
         // Entra wants client credentials in the form body, not Basic auth.
         .set_auth_type(AuthType::RequestBody);
     Ok(match secret {

@@ -1,30 +1,35 @@
 //! Auth: getting and keeping OAuth 2.0 access tokens for mail readers.
 //!
-//! Owns the token lifecycle: which grant to run, caching access tokens
-//! until shortly before they expire, refreshing (and persisting every
-//! rotated refresh token before it is used), falling back from a dead
-//! refresh token to the password grant once, and making readers that share
-//! an account share one request. Tokens are opaque: never decoded.
+//! Owns the token lifecycle: running the reader's grant (password, client
+//! credentials, or the refresh token an interactive sign-in left), caching
+//! access tokens per scope until shortly before they expire, refreshing
+//! (persisting every rotated refresh token before it is used), making
+//! readers that share an account share one request, honouring Retry-After,
+//! and sorting failures into "try later", "sign in again" and "fix the
+//! config". Tokens are opaque: never decoded, except the id_token of an
+//! interactive sign-in, which only names the account.
 
+mod authorize;
+mod cloud;
+mod credential;
 mod entra;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oauth2::{
-    ClientSecret, RefreshToken, ResourceOwnerPassword, ResourceOwnerUsername, Scope, TokenResponse,
-};
+use oauth2::{RefreshToken, ResourceOwnerPassword, ResourceOwnerUsername, Scope, TokenResponse};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
 use crate::config::{Grant, OAuthApp, SecretError, SecretRef};
-use crate::store::{Store, StoreError};
+use crate::store::{ReaderState, Store, StoreError};
+pub use authorize::{Authorized, CodeFlowOptions, Interaction};
+pub use cloud::{Cloud, Service};
+use credential::Credential;
 pub use entra::TransportError;
-use entra::{EntraClient, EntraErrorResponse, TokenError, TokenHttp};
+use entra::{EntraClient, EntraErrorResponse, EntraTokenResponse, TokenError, TokenHttp};
 
-/// Delegated scope for IMAP on Exchange Online.
-pub const IMAP_SCOPE: &str = "https://outlook.office.com/IMAP.AccessAsUser.All";
 /// Asks for a refresh token alongside the access token.
 const OFFLINE_ACCESS: &str = "offline_access";
 
@@ -44,6 +49,13 @@ pub enum AuthError {
     },
     #[error("identity endpoint {url} sent an unreadable answer: {detail}")]
     Malformed { url: String, detail: String },
+    /// An interactive grant without a stored refresh token: nobody has
+    /// signed in yet, or the last sign-in expired or was revoked.
+    #[error("no sign-in on record for {account} with app {oauth:?}")]
+    NotAuthorized { oauth: String, account: String },
+    /// An interactive sign-in did not complete.
+    #[error("sign-in failed: {0}")]
+    SignIn(String),
     #[error("{0}")]
     Secret(#[from] SecretError),
     #[error("no [[oauth]] entry named {0:?}")]
@@ -53,6 +65,21 @@ pub enum AuthError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Entra codes after which only a person can help: a new sign-in (expired,
+/// revoked or superseded grants; MFA or conditional access now required;
+/// consent missing or withdrawn).
+const NEEDS_AUTHORIZATION: &[u64] = &[
+    700082, 70008, 50173, 70043, 70000, 50076, 50079, 50078, 65001, 53003, 50132, 50133, 70044,
+    54005,
+];
+/// Entra codes that mean the app registration or the config is wrong:
+/// secrets, certificates, client ids, tenants, public/confidential
+/// mismatches, wrong credentials in the config.
+const MISCONFIGURED: &[u64] = &[
+    7000215, 7000222, 700016, 7000218, 700025, 90002, 50194, 700027, 700024, 700023, 700021,
+    1002012, 900144, 50011, 50126, 50034, 50055, 50057, 500011, 7000112, 90014,
+];
 
 impl AuthError {
     /// The OAuth `error` field, when the identity platform sent one.
@@ -66,6 +93,52 @@ impl AuthError {
     pub fn aadsts(&self) -> Option<u64> {
         match self {
             AuthError::Rejected(e) => e.aadsts(),
+            _ => None,
+        }
+    }
+
+    /// Which state this failure leaves a reader in. The AADSTS code decides
+    /// where it is known; otherwise the OAuth `error` field does.
+    pub fn state(&self) -> ReaderState {
+        match self {
+            AuthError::Rejected(e) => {
+                if let Some(code) = e.aadsts() {
+                    if NEEDS_AUTHORIZATION.contains(&code) {
+                        return ReaderState::NeedsAuthorization;
+                    }
+                    if MISCONFIGURED.contains(&code) {
+                        return ReaderState::Misconfigured;
+                    }
+                }
+                match e.error.as_str() {
+                    "invalid_grant"
+                    | "interaction_required"
+                    | "consent_required"
+                    | "login_required"
+                    | "access_denied"
+                    | "authorization_declined"
+                    | "expired_token" => ReaderState::NeedsAuthorization,
+                    "temporarily_unavailable" | "server_error" => ReaderState::Retrying,
+                    _ => ReaderState::Misconfigured,
+                }
+            }
+            AuthError::NotAuthorized { .. } | AuthError::SignIn(_) => {
+                ReaderState::NeedsAuthorization
+            }
+            AuthError::Secret(_) | AuthError::UnknownApp(_) | AuthError::BadApp { .. } => {
+                ReaderState::Misconfigured
+            }
+            AuthError::Unreachable { .. }
+            | AuthError::Unavailable { .. }
+            | AuthError::Malformed { .. }
+            | AuthError::Store(_) => ReaderState::Retrying,
+        }
+    }
+
+    /// How long the identity platform asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AuthError::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -95,16 +168,32 @@ fn describe_rejection(e: &EntraErrorResponse) -> String {
 #[derive(Debug, Clone, Copy)]
 pub struct TokenRequest<'a> {
     pub oauth: &'a str,
+    /// The mailbox; for a delegated grant also the account that signs in.
     pub account: &'a str,
     pub grant: Grant,
     pub password: Option<&'a SecretRef>,
-    pub scope: &'a str,
+    pub service: Service,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct AccountKey {
     oauth: String,
     account: String,
+}
+
+impl AccountKey {
+    /// App-only tokens belong to the app, whichever mailbox they open, so
+    /// all readers of one app share them (and their single flight).
+    fn of(req: &TokenRequest<'_>) -> AccountKey {
+        AccountKey {
+            oauth: req.oauth.to_string(),
+            account: if req.grant.is_app_only() {
+                String::new()
+            } else {
+                req.account.to_string()
+            },
+        }
+    }
 }
 
 /// What is known about one account of one app. Guarded by an async mutex
@@ -114,6 +203,8 @@ struct Account {
     /// `None` until read from the database once.
     refresh: Option<Option<SecretString>>,
     access: HashMap<String, CachedToken>,
+    /// The identity platform asked us (Retry-After) not to call before then.
+    not_before: Option<(Instant, u16)>,
 }
 
 struct CachedToken {
@@ -137,6 +228,19 @@ impl std::fmt::Debug for TokenStore {
     }
 }
 
+/// Adds the app's credential (if it uses an assertion) to a token request.
+/// The oauth2 request types share no trait for this.
+macro_rules! with_credential {
+    ($request:expr, $credential:expr) => {{
+        let mut request = $request;
+        for (name, value) in $credential.params() {
+            request = request.add_extra_param(name, value);
+        }
+        request
+    }};
+}
+use with_credential;
+
 impl TokenStore {
     pub fn new(store: Store, apps: &[OAuthApp]) -> Result<TokenStore, AuthError> {
         let http = TokenHttp::new(Duration::from_secs(30)).map_err(|detail| AuthError::BadApp {
@@ -151,32 +255,79 @@ impl TokenStore {
         })
     }
 
-    fn account(&self, req: &TokenRequest<'_>) -> Arc<tokio::sync::Mutex<Account>> {
-        let key = AccountKey {
-            oauth: req.oauth.to_string(),
-            account: req.account.to_string(),
-        };
+    fn app(&self, name: &str) -> Result<&OAuthApp, AuthError> {
+        self.apps
+            .get(name)
+            .ok_or_else(|| AuthError::UnknownApp(name.to_string()))
+    }
+
+    fn account(&self, key: AccountKey) -> Arc<tokio::sync::Mutex<Account>> {
         // A poisoned map only means another thread panicked mid-insert; the
         // map itself is still consistent.
         let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
         accounts.entry(key).or_default().clone()
     }
 
-    /// A valid access token for `req.scope`, from cache, refresh or grant.
+    /// The scope a request needs, from the app's cloud and the grant.
+    pub fn scope(&self, req: &TokenRequest<'_>) -> Result<String, AuthError> {
+        Ok(self
+            .app(req.oauth)?
+            .cloud
+            .scope(req.service, req.grant.is_app_only()))
+    }
+
+    /// A valid access token for the request, from cache, refresh or grant.
     pub async fn access_token(&self, req: &TokenRequest<'_>) -> Result<SecretString, AuthError> {
-        let app = self
-            .apps
-            .get(req.oauth)
-            .ok_or_else(|| AuthError::UnknownApp(req.oauth.to_string()))?;
-        let account = self.account(req);
+        let app = self.app(req.oauth)?;
+        let scope = self.scope(req)?;
+        let account = self.account(AccountKey::of(req));
         let mut account = account.lock().await;
-        if let Some(cached) = account.access.get(req.scope)
+        if let Some(cached) = account.access.get(&scope)
             && Instant::now() < cached.renew_at
         {
             return Ok(cached.token.clone());
         }
+        if let Some((until, status)) = account.not_before {
+            let now = Instant::now();
+            if now < until {
+                return Err(AuthError::Unavailable {
+                    url: app.token_url(),
+                    status,
+                    retry_after: Some(until - now),
+                });
+            }
+            account.not_before = None;
+        }
+        let result = self.obtain(app, req, &scope, &mut account).await;
+        if let Err(AuthError::Unavailable {
+            status,
+            retry_after: Some(wait),
+            ..
+        }) = &result
+        {
+            account.not_before = Some((Instant::now() + *wait, *status));
+        }
+        result
+    }
 
+    async fn obtain(
+        &self,
+        app: &OAuthApp,
+        req: &TokenRequest<'_>,
+        scope: &str,
+        account: &mut Account,
+    ) -> Result<SecretString, AuthError> {
         let client = self.client(app)?;
+        if req.grant.is_app_only() {
+            let credential = Credential::for_request(app)?;
+            let response = with_credential!(client.exchange_client_credentials(), credential)
+                .add_scopes(scopes(scope))
+                .request_async(&self.http)
+                .await
+                .map_err(|e| token_error(app, e))?;
+            return self.accept(req, scope, account, &response).await;
+        }
+
         if account.refresh.is_none() {
             account.refresh = Some(
                 self.store
@@ -186,20 +337,27 @@ impl TokenStore {
         }
         if let Some(Some(refresh)) = &account.refresh {
             let refresh = RefreshToken::new(refresh.expose_secret().to_string());
-            let result = client
-                .exchange_refresh_token(&refresh)
+            let credential = Credential::for_request(app)?;
+            let result = with_credential!(client.exchange_refresh_token(&refresh), credential)
                 // Entra needs the scope again on refresh (AADSTS900144).
-                .add_scopes(scopes(req.scope))
+                .add_scopes(scopes(scope))
                 .request_async(&self.http)
                 .await;
             match result {
-                Ok(response) => return self.accept(req, &mut account, &response).await,
+                Ok(response) => {
+                    if response.refresh_token().is_none() {
+                        self.store
+                            .touch_refresh_token(req.oauth, req.account)
+                            .await?;
+                    }
+                    return self.accept(req, scope, account, &response).await;
+                }
                 Err(TokenError::ServerResponse(e)) if e.error == "invalid_grant" => {
                     tracing::warn!(
                         oauth = req.oauth,
                         account = req.account,
                         code = e.aadsts(),
-                        "refresh token rejected; signing in again"
+                        "refresh token rejected"
                     );
                     account.refresh = Some(None);
                     self.store
@@ -213,42 +371,56 @@ impl TokenStore {
             }
         }
 
-        match req.grant {
-            Grant::Password => {
-                let password = req.password.ok_or_else(|| AuthError::BadApp {
-                    app: req.oauth.to_string(),
-                    detail: format!("reader account {} has no password configured", req.account),
-                })?;
-                let password = password.resolve()?;
-                let response = client
-                    .exchange_password(
-                        &ResourceOwnerUsername::new(req.account.to_string()),
-                        &ResourceOwnerPassword::new(password.expose_secret().to_string()),
-                    )
-                    .add_scopes(scopes(req.scope))
+        if req.grant == Grant::Password {
+            let password = req.password.ok_or_else(|| AuthError::BadApp {
+                app: req.oauth.to_string(),
+                detail: format!("reader account {} has no password configured", req.account),
+            })?;
+            let password = password.resolve()?;
+            let credential = Credential::for_request(app)?;
+            let username = ResourceOwnerUsername::new(req.account.to_string());
+            let password = ResourceOwnerPassword::new(password.expose_secret().to_string());
+            let response =
+                with_credential!(client.exchange_password(&username, &password), credential)
+                    .add_scopes(scopes(scope))
                     .request_async(&self.http)
                     .await
                     .map_err(|e| token_error(app, e))?;
-                tracing::info!(
-                    oauth = req.oauth,
-                    account = req.account,
-                    "signed in with the password grant"
-                );
-                self.accept(req, &mut account, &response).await
-            }
+            tracing::info!(
+                oauth = req.oauth,
+                account = req.account,
+                "signed in with the password grant"
+            );
+            return self.accept(req, scope, account, &response).await;
         }
+        // An interactive grant: only `mail2ticket authorize` can help.
+        Err(AuthError::NotAuthorized {
+            oauth: req.oauth.to_string(),
+            account: req.account.to_string(),
+        })
     }
 
-    /// Forgets the cached access token for this scope: the mail server
+    /// Forgets the cached access token for this request: the mail server
     /// refused it, so the next request must not hand it out again.
     pub async fn invalidate(&self, req: &TokenRequest<'_>) {
-        let account = self.account(req);
-        account.lock().await.access.remove(req.scope);
+        let Ok(scope) = self.scope(req) else { return };
+        let account = self.account(AccountKey::of(req));
+        account.lock().await.access.remove(&scope);
+    }
+
+    /// Forgets everything cached for the request's account, so the next
+    /// request reads the database afresh: a sign-in elsewhere (`authorize`
+    /// in another process) may have stored a new refresh token.
+    pub async fn reload(&self, req: &TokenRequest<'_>) {
+        let account = self.account(AccountKey::of(req));
+        *account.lock().await = Account::default();
     }
 
     fn client(&self, app: &OAuthApp) -> Result<EntraClient, AuthError> {
         let secret = match &app.client_secret {
-            Some(s) => Some(ClientSecret::new(s.resolve()?.expose_secret().to_string())),
+            Some(s) => Some(oauth2::ClientSecret::new(
+                s.resolve()?.expose_secret().to_string(),
+            )),
             None => None,
         };
         entra::client(app, secret).map_err(|detail| AuthError::BadApp {
@@ -263,10 +435,13 @@ impl TokenStore {
     async fn accept(
         &self,
         req: &TokenRequest<'_>,
+        scope: &str,
         account: &mut Account,
-        response: &oauth2::basic::BasicTokenResponse,
+        response: &EntraTokenResponse,
     ) -> Result<SecretString, AuthError> {
-        if let Some(refresh) = response.refresh_token() {
+        if let Some(refresh) = response.refresh_token()
+            && !req.grant.is_app_only()
+        {
             let refresh = SecretString::from(refresh.secret().to_string());
             self.store
                 .save_refresh_token(req.oauth, req.account, &refresh)
@@ -276,7 +451,7 @@ impl TokenStore {
         let lifetime = response.expires_in().unwrap_or(Duration::from_secs(3600));
         let token = SecretString::from(response.access_token().secret().to_string());
         account.access.insert(
-            req.scope.to_string(),
+            scope.to_string(),
             CachedToken {
                 token: token.clone(),
                 renew_at: Instant::now() + lifetime.saturating_sub(renewal_margin(lifetime)),
@@ -285,6 +460,7 @@ impl TokenStore {
         tracing::debug!(
             oauth = req.oauth,
             account = req.account,
+            scope,
             expires_in = lifetime.as_secs(),
             "access token obtained"
         );
@@ -311,10 +487,24 @@ fn scopes(scope: &str) -> Vec<Scope> {
 }
 
 fn token_error(app: &OAuthApp, e: TokenError) -> AuthError {
+    request_error(app, e, AuthError::Rejected)
+}
+
+/// Sorts a failed token-endpoint request: an OAuth error body goes to
+/// `server`, everything else says what happened on the wire.
+fn request_error<E>(
+    app: &OAuthApp,
+    e: oauth2::RequestTokenError<TransportError, E>,
+    server: impl FnOnce(E) -> AuthError,
+) -> AuthError
+where
+    E: oauth2::ErrorResponse + 'static,
+{
+    use oauth2::RequestTokenError as R;
     let url = app.token_url();
     match e {
-        TokenError::ServerResponse(e) => AuthError::Rejected(e),
-        TokenError::Request(TransportError::Status {
+        R::ServerResponse(e) => server(e),
+        R::Request(TransportError::Status {
             status,
             retry_after,
         }) => AuthError::Unavailable {
@@ -322,15 +512,15 @@ fn token_error(app: &OAuthApp, e: TokenError) -> AuthError {
             status,
             retry_after,
         },
-        TokenError::Request(other) => AuthError::Unreachable {
+        R::Request(other) => AuthError::Unreachable {
             url,
             reason: other.to_string(),
         },
-        TokenError::Parse(e, _body) => AuthError::Malformed {
+        R::Parse(e, _body) => AuthError::Malformed {
             url,
             detail: e.to_string(),
         },
-        TokenError::Other(detail) => AuthError::Malformed { url, detail },
+        R::Other(detail) => AuthError::Malformed { url, detail },
     }
 }
 
@@ -352,8 +542,9 @@ mod tests {
 
     #[test]
     fn offline_access_is_added_for_delegated_scopes() {
-        let s: Vec<String> = scopes(IMAP_SCOPE).iter().map(|s| s.to_string()).collect();
-        assert_eq!(s, [IMAP_SCOPE, OFFLINE_ACCESS]);
+        let imap = Cloud::Global.scope(Service::Imap, false);
+        let s: Vec<String> = scopes(&imap).iter().map(|s| s.to_string()).collect();
+        assert_eq!(s, [imap.as_str(), OFFLINE_ACCESS]);
         let s = scopes("https://outlook.office365.com/.default");
         assert_eq!(s.len(), 1);
     }
