@@ -4,12 +4,15 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::imap::{XOAuth2, imaps_connect, imaps_xoauth2, pop3s_greeting};
-use common::{Dovecot, DovecotOptions, IdP, OUTLOOK_SCOPE, mail, mail_of_size, malformed_mail};
+use common::{
+    ClientCert, DEFAULT_CLIENT_ID, DEVICE_CODE_GRANT, Dovecot, DovecotOptions, IdP,
+    JWT_BEARER_ASSERTION_TYPE, OUTLOOK_SCOPE, browser_sign_in, mail, mail_of_size, malformed_mail,
+};
 use serde_json::{Value, json};
 
 const USER: &str = "alice@contoso.example";
@@ -588,4 +591,955 @@ fn mail_generators() {
         std::str::from_utf8(&bad).is_err(),
         "malformed mail has no 8-bit"
     );
+}
+
+// ---------------------------------------------------------------------------
+// IdP: authorization code + PKCE, client authentication, certificates,
+// device code, id_tokens, fault injection and bookkeeping.
+
+const IMAP_SCOPE: &str = "https://outlook.office.com/IMAP.AccessAsUser.All";
+const LOOPBACK_REDIRECT: &str = "http://127.0.0.1:53117/callback";
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// (code_verifier, S256 code_challenge) as RFC 7636 appendix B computes them.
+fn pkce_pair() -> (String, String) {
+    use sha2::Digest;
+    let verifier = b64url(&rand::random::<[u8; 32]>());
+    let challenge = b64url(&sha2::Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+fn authorize_url(idp: &IdP, params: &[(&str, &str)]) -> String {
+    let mut url = url::Url::parse(&idp.authorize_url()).unwrap();
+    url.query_pairs_mut().extend_pairs(params);
+    url.to_string()
+}
+
+/// A complete authorize request for `redirect_uri` with this challenge.
+fn pkce_authorize_url(idp: &IdP, redirect_uri: &str, scope: &str, challenge: &str) -> String {
+    authorize_url(
+        idp,
+        &[
+            ("client_id", idp.client_id()),
+            ("response_type", "code"),
+            ("redirect_uri", redirect_uri),
+            ("scope", scope),
+            ("state", "s-1"),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+        ],
+    )
+}
+
+/// Query parameters of a redirect Location.
+fn location_query(location: &str) -> HashMap<String, String> {
+    url::Url::parse(location)
+        .unwrap_or_else(|e| panic!("Location {location:?} is not a URL: {e}"))
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+/// Asserts a redirect carries an Entra error and returns its parameters.
+fn assert_redirect_error(location: &str, error: &str, code: u32) -> HashMap<String, String> {
+    let q = location_query(location);
+    assert_eq!(
+        q.get("error").map(String::as_str),
+        Some(error),
+        "{location}"
+    );
+    let desc = &q["error_description"];
+    assert!(desc.starts_with(&format!("AADSTS{code}: ")), "{desc:?}");
+    assert!(desc.contains("\r\nTrace ID: "), "{desc:?}");
+    assert!(
+        !q.contains_key("code"),
+        "error redirect with a code: {location}"
+    );
+    q
+}
+
+async fn signed_in_code(idp: &IdP, scope: &str, challenge: &str) -> String {
+    let location = browser_sign_in(&pkce_authorize_url(
+        idp,
+        LOOPBACK_REDIRECT,
+        scope,
+        challenge,
+    ))
+    .await
+    .expect("authorize did not redirect");
+    location_query(&location)
+        .remove("code")
+        .unwrap_or_else(|| panic!("no code in {location}"))
+}
+
+async fn redeem_code(
+    idp: &IdP,
+    code: &str,
+    redirect_uri: &str,
+    verifier: Option<&str>,
+    extra: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("client_id", idp.client_id()),
+        ("code", code),
+        ("redirect_uri", redirect_uri),
+        ("scope", IMAP_SCOPE),
+    ];
+    if let Some(v) = verifier {
+        form.push(("code_verifier", v));
+    }
+    form.extend_from_slice(extra);
+    let (status, _, body) = post_token(idp, &form).await;
+    (status, body)
+}
+
+/// Header and claims of a JWT, without checking anything.
+fn jwt_parts(jwt: &str) -> (Value, Value) {
+    use base64::Engine;
+    let mut parts = jwt.split('.');
+    let mut next = || {
+        let part = parts.next().expect("JWT has too few parts");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .expect("JWT part is not base64url");
+        serde_json::from_slice::<Value>(&bytes).expect("JWT part is not JSON")
+    };
+    (next(), next())
+}
+
+async fn introspect(idp: &IdP, token: &str) -> Value {
+    reqwest::Client::new()
+        .post(idp.introspection_url())
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn authorization_code_with_pkce() {
+    let idp = IdP::start();
+    idp.add_user(USER, PASSWORD);
+    idp.set_browser_user(Some("ALICE@contoso.example"));
+    let (verifier, challenge) = pkce_pair();
+    let state = "xyz/+ &=é~%20";
+    let scope = format!("openid profile offline_access {IMAP_SCOPE}");
+    let url = authorize_url(
+        &idp,
+        &[
+            ("client_id", idp.client_id()),
+            ("response_type", "code"),
+            ("redirect_uri", LOOPBACK_REDIRECT),
+            ("scope", &scope),
+            ("state", state),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+            ("login_hint", USER),
+            ("prompt", "select_account"),
+            ("nonce", "n-0S6_WzA2Mj"),
+        ],
+    );
+    let location = browser_sign_in(&url).await.expect("authorize failed");
+    assert!(
+        location.starts_with(&format!("{LOOPBACK_REDIRECT}?")),
+        "{location}"
+    );
+    let q = location_query(&location);
+    assert_eq!(q["state"], state, "state not returned verbatim");
+    let code = q["code"].clone();
+    let seen = idp.last_authorize_query().unwrap();
+    assert_eq!(seen["code_challenge_method"], "S256");
+    assert_eq!(seen["login_hint"], USER);
+    assert_eq!(idp.authorize_requests(), 1);
+
+    // Wrong, missing verifier; other redirect URI: the code survives them.
+    let (status, body) =
+        redeem_code(&idp, &code, LOOPBACK_REDIRECT, Some(&"x".repeat(43)), &[]).await;
+    assert_eq!(status, 400);
+    assert_aad_error(&body, "invalid_grant", 501481);
+    let (status, body) = redeem_code(&idp, &code, LOOPBACK_REDIRECT, None, &[]).await;
+    assert_eq!(status, 400);
+    assert_aad_error(&body, "invalid_request", 900144);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("'code_verifier'")
+    );
+    let (status, body) = redeem_code(
+        &idp,
+        &code,
+        "http://127.0.0.1:53118/callback",
+        Some(&verifier),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_aad_error(&body, "invalid_grant", 50011);
+
+    let (status, body) = redeem_code(&idp, &code, LOOPBACK_REDIRECT, Some(&verifier), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], IMAP_SCOPE, "OIDC scopes must not be echoed");
+    assert!(
+        body["refresh_token"].is_string(),
+        "offline_access was asked"
+    );
+    let access = body["access_token"].as_str().unwrap();
+    assert_eq!(
+        introspect(&idp, access).await,
+        json!({"active": true, "username": USER}),
+        "the token belongs to the browser user (canonical name)"
+    );
+    let (_, claims) = jwt_parts(body["id_token"].as_str().expect("no id_token"));
+    assert_eq!(claims["nonce"], "n-0S6_WzA2Mj");
+    assert_eq!(claims["preferred_username"], USER);
+    assert_eq!(
+        idp.last_form("authorization_code").unwrap()["code_verifier"],
+        verifier
+    );
+
+    // Replay, unknown codes.
+    let (status, body) = redeem_code(&idp, &code, LOOPBACK_REDIRECT, Some(&verifier), &[]).await;
+    assert_eq!(status, 400);
+    assert_aad_error(&body, "invalid_grant", 54005);
+    let (_, body) = redeem_code(&idp, "1.AXkAnot-a-real-code", LOOPBACK_REDIRECT, None, &[]).await;
+    assert_aad_error(&body, "invalid_grant", 70000);
+    let (_, body) = redeem_code(&idp, "garbage", LOOPBACK_REDIRECT, None, &[]).await;
+    assert_aad_error(&body, "invalid_grant", 9002313);
+
+    // Without openid/offline_access: neither id_token nor refresh token.
+    // localhost on another port is fine too (Entra ignores loopback ports).
+    let (verifier2, challenge2) = pkce_pair();
+    let other = "http://localhost:40123/";
+    let location = browser_sign_in(&pkce_authorize_url(&idp, other, IMAP_SCOPE, &challenge2))
+        .await
+        .unwrap();
+    assert!(location.starts_with(&format!("{other}?")), "{location}");
+    let code2 = location_query(&location)["code"].clone();
+    let (status, body) = redeem_code(&idp, &code2, other, Some(&verifier2), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("id_token").is_none() && body.get("refresh_token").is_none());
+
+    // Codes expire.
+    idp.set_auth_code_lifetime(Duration::from_millis(100));
+    let (verifier3, challenge3) = pkce_pair();
+    let code3 = signed_in_code(&idp, IMAP_SCOPE, &challenge3).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, body) = redeem_code(&idp, &code3, LOOPBACK_REDIRECT, Some(&verifier3), &[]).await;
+    assert_eq!(status, 400);
+    assert_aad_error(&body, "invalid_grant", 70008);
+
+    let secrets = idp.issued_secrets();
+    for s in [&code, &code2, &code3] {
+        assert!(
+            secrets.contains(s),
+            "authorization code not in issued_secrets"
+        );
+    }
+    assert!(secrets.iter().any(|s| s == access));
+    assert_eq!(idp.count("authorization_code"), 9);
+}
+
+#[tokio::test]
+async fn authorize_errors_follow_entra() {
+    let idp = IdP::start();
+    idp.add_user(USER, PASSWORD);
+    let (_, challenge) = pkce_pair();
+    let good = pkce_authorize_url(&idp, LOOPBACK_REDIRECT, IMAP_SCOPE, &challenge);
+
+    // Nobody signs in: access_denied back to the client, with the state.
+    let location = browser_sign_in(&good).await.unwrap();
+    assert!(location.starts_with(LOOPBACK_REDIRECT), "{location}");
+    let q = assert_redirect_error(&location, "access_denied", 65004);
+    assert_eq!(q["state"], "s-1");
+    assert!(q["error_uri"].ends_with("/error?code=65004"));
+    let silent = format!("{good}&prompt=none");
+    assert_redirect_error(
+        &browser_sign_in(&silent).await.unwrap(),
+        "login_required",
+        50058,
+    );
+
+    idp.set_browser_user(Some(USER));
+    idp.set_consent_denied(true);
+    assert_redirect_error(
+        &browser_sign_in(&good).await.unwrap(),
+        "access_denied",
+        65004,
+    );
+    idp.set_consent_denied(false);
+    assert!(location_query(&browser_sign_in(&good).await.unwrap()).contains_key("code"));
+
+    // PKCE is required; only response_type=code.
+    let no_pkce = authorize_url(
+        &idp,
+        &[
+            ("client_id", idp.client_id()),
+            ("response_type", "code"),
+            ("redirect_uri", LOOPBACK_REDIRECT),
+            ("scope", IMAP_SCOPE),
+        ],
+    );
+    let q = assert_redirect_error(
+        &browser_sign_in(&no_pkce).await.unwrap(),
+        "invalid_request",
+        9002325,
+    );
+    assert!(!q.contains_key("state"), "no state was sent");
+    let token = good.replace("response_type=code", "response_type=token");
+    assert_redirect_error(
+        &browser_sign_in(&token).await.unwrap(),
+        "unsupported_response_type",
+        70005,
+    );
+
+    // Unknown client, foreign redirect URI: an error page, no redirect.
+    let foreign_client = good.replace(idp.client_id(), "11111111-2222-3333-4444-555555555555");
+    let err = browser_sign_in(&foreign_client).await.unwrap_err();
+    assert!(
+        err.starts_with("400") && err.contains("AADSTS700016"),
+        "{err}"
+    );
+    let evil = "https://evil.example/callback";
+    let err = browser_sign_in(&pkce_authorize_url(&idp, evil, IMAP_SCOPE, &challenge))
+        .await
+        .unwrap_err();
+    assert!(
+        err.starts_with("400") && err.contains("AADSTS50011"),
+        "{err}"
+    );
+    idp.add_redirect_uri(evil);
+    let location = browser_sign_in(&pkce_authorize_url(&idp, evil, IMAP_SCOPE, &challenge))
+        .await
+        .unwrap();
+    assert!(location.starts_with(&format!("{evil}?code=")), "{location}");
+    assert_eq!(idp.authorize_requests(), 9);
+}
+
+#[tokio::test]
+async fn public_and_confidential_client_authentication() {
+    let idp = IdP::start();
+    idp.add_user(USER, PASSWORD);
+    idp.set_client_secret("s3cret~value");
+    let password_form = |extra: &[(&'static str, &'static str)]| {
+        let mut form = vec![
+            ("grant_type", "password"),
+            ("client_id", DEFAULT_CLIENT_ID),
+            ("username", USER),
+            ("password", PASSWORD),
+            ("scope", OUTLOOK_SCOPE),
+        ];
+        form.extend_from_slice(extra);
+        form
+    };
+
+    // Public (default): secrets stay optional, but a code redemption that
+    // presents one is refused before the code is even looked at.
+    let (status, _, body) = post_token(&idp, &password_form(&[])).await;
+    assert_eq!(status, 200, "{body}");
+    let rt = body["refresh_token"].as_str().unwrap().to_owned();
+    let (status, body) = redeem_code(
+        &idp,
+        "1.AXkAx",
+        LOOPBACK_REDIRECT,
+        Some("v"),
+        &[("client_secret", "s3cret~value")],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_aad_error(&body, "invalid_client", 700025);
+    let assertion = [
+        ("client_assertion_type", JWT_BEARER_ASSERTION_TYPE),
+        ("client_assertion", "a.b.c"),
+    ];
+    let (status, body) =
+        redeem_code(&idp, "1.AXkAx", LOOPBACK_REDIRECT, Some("v"), &assertion).await;
+    assert_eq!(status, 400);
+    assert_aad_error(&body, "invalid_client", 700025);
+
+    // Confidential: every grant needs a credential.
+    idp.set_confidential(true);
+    let (status, _, body) = post_token(&idp, &password_form(&[])).await;
+    assert_eq!(status, 401);
+    assert_aad_error(&body, "invalid_client", 7000218);
+    let (status, body) = refresh(&idp, &rt, Some(OUTLOOK_SCOPE)).await;
+    assert_eq!(status, 401);
+    assert_aad_error(&body, "invalid_client", 7000218);
+    let (status, body) = redeem_code(&idp, "1.AXkAx", LOOPBACK_REDIRECT, Some("v"), &[]).await;
+    assert_eq!(status, 401);
+    assert_aad_error(&body, "invalid_client", 7000218);
+    let (status, _, body) = post_token(
+        &idp,
+        &[
+            ("grant_type", DEVICE_CODE_GRANT),
+            ("client_id", idp.client_id()),
+            ("device_code", "DAQAB"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_aad_error(&body, "invalid_client", 7000218);
+    // With the secret (in the body, or HTTP Basic) it works.
+    let (status, _, body) =
+        post_token(&idp, &password_form(&[("client_secret", "s3cret~value")])).await;
+    assert_eq!(status, 200, "{body}");
+    let resp = reqwest::Client::new()
+        .post(idp.token_url())
+        .basic_auth(idp.client_id(), Some("s3cret~value"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", rt.as_str()),
+            ("scope", OUTLOOK_SCOPE),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "HTTP Basic client_secret refused"
+    );
+    // Both a secret and an assertion: refused.
+    let (status, _, body) = post_token(
+        &idp,
+        &password_form(&[
+            ("client_secret", "s3cret~value"),
+            assertion[0],
+            assertion[1],
+        ]),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_aad_error(&body, "invalid_client", 70002);
+
+    // Wrong, then expired secrets.
+    let (status, _, body) = post_token(&idp, &password_form(&[("client_secret", "nope")])).await;
+    assert_eq!(status, 401);
+    assert_aad_error(&body, "invalid_client", 7000215);
+    idp.expire_client_secret("s3cret~value");
+    let (status, _, body) =
+        post_token(&idp, &password_form(&[("client_secret", "s3cret~value")])).await;
+    assert_eq!(status, 401);
+    assert_aad_error(&body, "invalid_client", 7000222);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(
+                "client secret keys for app '{}' are expired",
+                idp.client_id()
+            ))
+    );
+}
+
+#[tokio::test]
+async fn certificate_client_assertions() {
+    let cert = ClientCert::shared();
+    assert!(cert.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(cert.key_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert!(
+        cert.public_key_pem()
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
+    assert_eq!(cert.thumbprint_s256().len(), 43);
+    assert!(
+        std::ptr::eq(cert, ClientCert::shared()),
+        "shared() is one cert"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = cert.write_to(dir.path());
+    assert_eq!(
+        std::fs::read(&cert_path).unwrap(),
+        cert.cert_pem().as_bytes()
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "private key readable by others");
+    }
+
+    let idp = IdP::start();
+    idp.register_certificate(cert);
+    let token_url = idp.token_url();
+    let client_id = idp.client_id().to_owned();
+    let cc = |assertion: String| {
+        let idp = &idp;
+        async move {
+            post_token(
+                idp,
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", idp.client_id()),
+                    ("client_assertion_type", JWT_BEARER_ASSERTION_TYPE),
+                    ("client_assertion", &assertion),
+                    ("scope", "https://outlook.office365.com/.default"),
+                ],
+            )
+            .await
+        }
+    };
+
+    // A valid assertion, then its replay.
+    let valid = cert.client_assertion(&client_id, &token_url);
+    let (status, _, body) = cc(valid.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["access_token"].is_string() && body.get("refresh_token").is_none());
+    let (header, claims) = idp.last_assertion().expect("assertion not recorded");
+    assert_eq!(header["x5t#S256"], cert.thumbprint_s256());
+    assert_eq!(claims["aud"], token_url);
+    assert!(claims["jti"].is_string());
+    assert_eq!(
+        idp.issued_access_token_scopes(),
+        vec!["https://outlook.office365.com/.default".to_owned()]
+    );
+    let (status, _, body) = cc(valid.clone()).await;
+    assert_eq!(status, 401);
+    assert_aad_error(&body, "invalid_client", 50027);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("replayed")
+    );
+
+    // An assertion made the way the library would (jsonwebtoken) works too.
+    let mut jwt_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    jwt_header.x5t_s256 = Some(cert.thumbprint_s256());
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(cert.key_pem().as_bytes()).unwrap();
+    let jwt = jsonwebtoken::encode(
+        &jwt_header,
+        &ClientCert::assertion_claims(&client_id, &token_url),
+        &key,
+    )
+    .unwrap();
+    let (status, _, body) = cc(jwt).await;
+    assert_eq!(status, 200, "jsonwebtoken-made assertion refused: {body}");
+
+    // Tampered claims, a foreign key under our thumbprint, a foreign cert.
+    let (h, _) = jwt_parts(&valid);
+    let sig = valid.rsplit('.').next().unwrap();
+    let forged_claims = ClientCert::assertion_claims(&client_id, &token_url);
+    let tampered = format!(
+        "{}.{}.{sig}",
+        b64url(h.to_string().as_bytes()),
+        b64url(forged_claims.to_string().as_bytes())
+    );
+    let (status, _, body) = cc(tampered).await;
+    assert_eq!(status, 401);
+    assert_aad_error(&body, "invalid_client", 700027);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("did not match")
+    );
+    let foreign = ClientCert::generate("someone else");
+    let (_, _, body) = cc(foreign.sign_jwt(
+        &cert.assertion_header(),
+        &ClientCert::assertion_claims(&client_id, &token_url),
+    ))
+    .await;
+    assert_aad_error(&body, "invalid_client", 700027);
+    let (_, _, body) = cc(foreign.client_assertion(&client_id, &token_url)).await;
+    assert_aad_error(&body, "invalid_client", 700027);
+    let desc = body["error_description"].as_str().unwrap();
+    assert!(desc.contains("The key was not found") && desc.contains(&foreign.thumbprint_s256()));
+
+    // Claims and header checks.
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut claims = ClientCert::assertion_claims(&client_id, &token_url);
+        f(&mut claims);
+        cert.sign_jwt(&cert.assertion_header(), &claims)
+    };
+    let now = common::time::unix_now();
+    let cases: Vec<(String, u64)> = vec![
+        (
+            with(&|c| c["aud"] = json!(format!("{}/v2.0", idp.url()))),
+            700023,
+        ),
+        (
+            with(&|c| c["aud"] = json!([token_url, "https://login.microsoftonline.com"])),
+            5002741,
+        ),
+        (with(&|c| c["iss"] = json!("someone-else")), 700021),
+        (with(&|c| c["sub"] = json!("someone-else")), 700021),
+        (
+            with(&|c| {
+                c["nbf"] = json!(now - 1500);
+                c["exp"] = json!(now - 900);
+            }),
+            700024,
+        ),
+        (with(&|c| c["nbf"] = json!(now + 900)), 700024),
+        (
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("jti");
+            }),
+            50027,
+        ),
+        (
+            cert.sign_jwt(
+                &json!({"alg": "PS256", "typ": "JWT", "x5t#S256": cert.thumbprint_s256()}),
+                &ClientCert::assertion_claims(&client_id, &token_url),
+            ),
+            5002738,
+        ),
+        ("not-a-jwt".to_owned(), 50027),
+    ];
+    for (assertion, code) in cases {
+        let (status, _, body) = cc(assertion).await;
+        assert_eq!(status, 401, "{body}");
+        assert_aad_error(&body, "invalid_client", code);
+    }
+    let (status, _, body) = post_token(
+        &idp,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", idp.client_id()),
+            (
+                "client_assertion",
+                &cert.client_assertion(&client_id, &token_url),
+            ),
+            ("scope", "https://outlook.office365.com/.default"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_aad_error(&body, "invalid_request", 900144);
+
+    // A confidential app accepts the assertion on user grants too.
+    idp.add_user(USER, PASSWORD);
+    idp.set_confidential(true);
+    let (status, _, body) = post_token(
+        &idp,
+        &[
+            ("grant_type", "password"),
+            ("client_id", idp.client_id()),
+            ("username", USER),
+            ("password", PASSWORD),
+            ("scope", OUTLOOK_SCOPE),
+            ("client_assertion_type", JWT_BEARER_ASSERTION_TYPE),
+            (
+                "client_assertion",
+                &cert.client_assertion(&client_id, &token_url),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Certificate lifecycle.
+    idp.expire_certificate(cert);
+    let (_, _, body) = cc(cert.client_assertion(&client_id, &token_url)).await;
+    assert_aad_error(&body, "invalid_client", 700027);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+    idp.unregister_certificate(cert);
+    let (_, _, body) = cc(cert.client_assertion(&client_id, &token_url)).await;
+    assert_aad_error(&body, "invalid_client", 700027);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("not found")
+    );
+    idp.register_certificate_der(cert.cert_der(), cert.public_key_pem());
+    let (status, _, _) = cc(cert.client_assertion(&client_id, &token_url)).await;
+    assert_eq!(status, 200);
+}
+
+async fn device_code_request(idp: &IdP, client_id: &str, scope: Option<&str>) -> (u16, Value) {
+    let mut form = vec![("client_id", client_id)];
+    if let Some(scope) = scope {
+        form.push(("scope", scope));
+    }
+    let resp = reqwest::Client::new()
+        .post(idp.device_code_url())
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+async fn device_poll(idp: &IdP, device_code: &str) -> (u16, Value) {
+    let (status, _, body) = post_token(
+        idp,
+        &[
+            ("grant_type", DEVICE_CODE_GRANT),
+            ("client_id", idp.client_id()),
+            ("device_code", device_code),
+        ],
+    )
+    .await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn device_code_flow() {
+    let idp = IdP::start();
+    idp.add_user(USER, PASSWORD);
+    idp.set_device_code_timing(Duration::from_secs(3), 1);
+    let scope = format!("openid offline_access {IMAP_SCOPE}");
+    let (status, dc) = device_code_request(&idp, idp.client_id(), Some(&scope)).await;
+    assert_eq!(status, 200, "{dc}");
+    let user_code = dc["user_code"].as_str().unwrap().to_owned();
+    let device_code = dc["device_code"].as_str().unwrap().to_owned();
+    assert_eq!(user_code.len(), 9);
+    assert!(
+        user_code
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+    );
+    assert_eq!(dc["verification_uri"], idp.device_login_url());
+    assert_eq!(
+        (dc["expires_in"].as_u64(), dc["interval"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(
+        dc["message"],
+        format!(
+            "To sign in, use a web browser to open the page {} and enter the code {user_code} to authenticate.",
+            idp.device_login_url()
+        )
+    );
+    assert_eq!(idp.pending_user_codes(), vec![user_code.clone()]);
+    assert_eq!(idp.last_device_code_form().unwrap()["scope"], scope);
+
+    let (status, body) = device_poll(&idp, &device_code).await;
+    assert_eq!(status, 400);
+    assert_aad_error(&body, "authorization_pending", 70016);
+    idp.slow_down_device_polls(1);
+    let (status, body) = device_poll(&idp, &device_code).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "slow_down");
+    idp.approve_device_code(&user_code.to_lowercase(), "Alice@Contoso.example");
+    assert!(idp.pending_user_codes().is_empty());
+    let (status, body) = device_poll(&idp, &device_code).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], IMAP_SCOPE);
+    assert!(body["refresh_token"].is_string() && body["id_token"].is_string());
+    assert_eq!(
+        introspect(&idp, body["access_token"].as_str().unwrap()).await["username"],
+        USER
+    );
+    let (status, body) = device_poll(&idp, &device_code).await;
+    assert_eq!(status, 400, "a device code is redeemed once");
+    assert_aad_error(&body, "invalid_grant", 70000);
+
+    let times = idp.device_poll_times();
+    assert_eq!(times.len(), 4);
+    assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(idp.count(DEVICE_CODE_GRANT), 4);
+    assert_eq!(idp.device_code_requests(), 1);
+    assert!(idp.issued_secrets().contains(&device_code));
+    assert!(
+        !idp.issued_secrets().contains(&user_code),
+        "user codes are not secret"
+    );
+
+    // Declined.
+    let (_, dc) = device_code_request(&idp, idp.client_id(), Some(IMAP_SCOPE)).await;
+    idp.decline_device_code(dc["user_code"].as_str().unwrap());
+    let (status, body) = device_poll(&idp, dc["device_code"].as_str().unwrap()).await;
+    assert_eq!(status, 400);
+    assert_aad_error(&body, "authorization_declined", 70000);
+
+    // Expired: measured exactly, while expires_in stays a whole second.
+    idp.set_device_code_timing(Duration::from_millis(300), 1);
+    let (_, dc) = device_code_request(&idp, idp.client_id(), Some(IMAP_SCOPE)).await;
+    assert_eq!(dc["expires_in"], 1);
+    let user_code = dc["user_code"].as_str().unwrap().to_owned();
+    assert!(idp.pending_user_codes().contains(&user_code));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(
+        idp.pending_user_codes().is_empty(),
+        "expired code still pending"
+    );
+    idp.approve_device_code(&user_code, USER);
+    let (status, body) = device_poll(&idp, dc["device_code"].as_str().unwrap()).await;
+    assert_eq!(status, 400);
+    assert_aad_error(&body, "expired_token", 70019);
+
+    // Endpoint errors.
+    let (status, body) = device_poll(&idp, "DAQABIQEAAADunknown").await;
+    assert_eq!(status, 400);
+    assert_aad_error(&body, "invalid_grant", 70000);
+    let (status, body) = device_code_request(
+        &idp,
+        "11111111-2222-3333-4444-555555555555",
+        Some(IMAP_SCOPE),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_aad_error(&body, "unauthorized_client", 700016);
+    let (status, body) = device_code_request(&idp, idp.client_id(), None).await;
+    assert_eq!(status, 400);
+    assert_aad_error(&body, "invalid_request", 900144);
+    assert_eq!(idp.device_code_requests(), 5);
+}
+
+#[tokio::test]
+async fn id_tokens_carry_entra_claims() {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+    let idp = IdP::start();
+    idp.add_user("alice.smith@contoso.example", PASSWORD);
+    let scope = format!("openid profile email offline_access {IMAP_SCOPE}");
+    let (status, body) =
+        password_grant(&idp, "ALICE.SMITH@contoso.example", PASSWORD, &scope).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], IMAP_SCOPE, "OIDC scopes must not be echoed");
+    let id_token = body["id_token"].as_str().expect("no id_token").to_owned();
+
+    let key = DecodingKey::from_rsa_pem(idp.id_token_public_key_pem().as_bytes()).unwrap();
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&[idp.client_id()]);
+    validation.set_issuer(&[idp.issuer()]);
+    let claims = decode::<Value>(&id_token, &key, &validation)
+        .expect("id_token does not verify")
+        .claims;
+    assert_eq!(claims["aud"], idp.client_id());
+    assert_eq!(
+        claims["iss"],
+        format!("{}/{}/v2.0", idp.url(), idp.tenant())
+    );
+    assert_eq!(claims["tid"], idp.tenant());
+    assert_eq!(claims["oid"], idp.user_oid("alice.smith@contoso.example"));
+    assert_eq!(claims["preferred_username"], "alice.smith@contoso.example");
+    assert_eq!(claims["name"], "Alice Smith");
+    assert_eq!(claims["ver"], "2.0");
+    let now = common::time::unix_now();
+    let iat = claims["iat"].as_i64().unwrap();
+    assert!((now - 5..=now).contains(&iat), "iat {iat}, now {now}");
+    assert_eq!(claims["nbf"].as_i64(), Some(iat));
+    assert_eq!(claims["exp"].as_i64(), Some(iat + 3600));
+    let header = decode_header(&id_token).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("JWT"));
+    let kid = header.kid.expect("no kid");
+    let jwks: Value = reqwest::get(idp.jwks_url())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], kid);
+    let config: Value = reqwest::get(format!(
+        "{}/{}/v2.0/.well-known/openid-configuration",
+        idp.url(),
+        idp.tenant()
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(config["token_endpoint"], idp.token_url());
+    assert_eq!(
+        config["device_authorization_endpoint"],
+        idp.device_code_url()
+    );
+
+    // Refresh: an id_token only when asked for.
+    idp.set_display_name("alice.smith@contoso.example", "Alice S.");
+    let rt = body["refresh_token"].as_str().unwrap();
+    let (_, with) = refresh(&idp, rt, Some(&scope)).await;
+    let (_, claims) = jwt_parts(with["id_token"].as_str().expect("no id_token on refresh"));
+    assert_eq!(claims["name"], "Alice S.");
+    let (_, without) = refresh(&idp, rt, Some(IMAP_SCOPE)).await;
+    assert!(without.get("id_token").is_none(), "{without}");
+    let (_, plain) =
+        password_grant(&idp, "alice.smith@contoso.example", PASSWORD, IMAP_SCOPE).await;
+    assert!(plain.get("id_token").is_none(), "{plain}");
+    assert!(idp.issued_secrets().contains(&id_token));
+}
+
+#[tokio::test]
+async fn injected_entra_errors_and_token_bookkeeping() {
+    let idp = IdP::start();
+    idp.add_user(USER, PASSWORD);
+    idp.set_client_secret("s3cret~value");
+    let (_, body) = password_grant(&idp, USER, PASSWORD, OUTLOOK_SCOPE).await;
+    let rt = body["refresh_token"].as_str().unwrap().to_owned();
+
+    idp.inject_aad(
+        400,
+        "invalid_grant",
+        50076,
+        "Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access '00000002-0000-0ff1-ce00-000000000000'.",
+        2,
+    );
+    idp.inject_aad(400, "invalid_grant", 53003, "Access has been blocked by Conditional Access policies. The access policy does not allow token issuance.", 1);
+    let (status, first) = refresh(&idp, &rt, Some(OUTLOOK_SCOPE)).await;
+    assert_eq!(status, 400);
+    assert_aad_error(&first, "invalid_grant", 50076);
+    assert_eq!(first["suberror"], "basic_action");
+    let (_, second) = refresh(&idp, &rt, Some(OUTLOOK_SCOPE)).await;
+    assert_aad_error(&second, "invalid_grant", 50076);
+    assert_ne!(
+        first["trace_id"], second["trace_id"],
+        "each answer is fresh"
+    );
+    let (_, third) = refresh(&idp, &rt, Some(OUTLOOK_SCOPE)).await;
+    assert_aad_error(&third, "invalid_grant", 53003);
+    assert!(
+        third["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("Conditional Access")
+    );
+
+    // One refresh token, one access token per resource.
+    let graph = "https://graph.microsoft.com/Mail.Read";
+    let (status, a) = refresh(&idp, &rt, Some(&format!("{IMAP_SCOPE} offline_access"))).await;
+    assert_eq!(status, 200, "{a}");
+    let (status, b) = refresh(&idp, &rt, Some(&format!("{graph} offline_access"))).await;
+    assert_eq!(status, 200, "{b}");
+    let (status, _, c) = post_token(
+        &idp,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", idp.client_id()),
+            ("client_secret", "s3cret~value"),
+            ("scope", "https://outlook.office365.com/.default"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(
+        idp.issued_access_token_scopes(),
+        vec![
+            "https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/POP.AccessAsUser.All".to_owned(),
+            IMAP_SCOPE.to_owned(),
+            graph.to_owned(),
+            "https://outlook.office365.com/.default".to_owned(),
+        ]
+    );
+
+    let secrets = idp.issued_secrets();
+    let mut expected: Vec<String> = [&body, &a, &b, &c]
+        .iter()
+        .flat_map(|r| ["access_token", "refresh_token"].map(|k| r[k].as_str().map(str::to_owned)))
+        .flatten()
+        .collect();
+    expected.sort();
+    let mut got = secrets.clone();
+    got.sort();
+    assert_eq!(
+        got, expected,
+        "issued_secrets = exactly the tokens handed out"
+    );
+    assert_eq!(idp.count("refresh_token"), 5);
 }

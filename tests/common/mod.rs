@@ -1,6 +1,9 @@
 //! Integration-test harness shared by the test files (`mod common;`).
 //!
-//! - [`IdP`]: imitation Microsoft Entra ID v2.0 token endpoint + introspection.
+//! - [`IdP`]: imitation Microsoft Entra ID v2.0 (token, authorize with PKCE,
+//!   device code, discovery) + introspection for Dovecot.
+//! - [`ClientCert`]: an RSA key and self-signed certificate for certificate
+//!   client credentials (signed client assertions).
 //! - [`Dovecot`]: a real Dovecot 2.3 on loopback, XOAUTH2 via the IdP.
 //! - [`mail`]: deterministic test mails.
 //! - [`certs`], [`imap`]: TLS / raw IMAP / POP3 client helpers.
@@ -10,6 +13,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
+pub mod client_cert;
 pub mod dovecot;
 pub mod idp;
 pub mod imap;
@@ -17,8 +21,11 @@ pub mod mail;
 pub mod setup;
 pub mod time;
 
+pub use client_cert::{ClientCert, JWT_BEARER_ASSERTION_TYPE};
 pub use dovecot::{Dovecot, DovecotOptions};
-pub use idp::{DEFAULT_CLIENT_ID, DEFAULT_TENANT, IdP, InjectedBody};
+pub use idp::{
+    DEFAULT_CLIENT_ID, DEFAULT_TENANT, DEVICE_CODE_GRANT, IdP, InjectedBody, browser_sign_in,
+};
 pub use mail::{mail, mail_of_size, malformed_mail, message_id};
 
 /// Scope a mailbox client asks Entra ID for, for IMAP and POP3 with refresh.
