@@ -16,6 +16,7 @@ use crate::config::ReaderConfig;
 use crate::reader::{self, Context};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
 /// How often a parked reader looks at its row for a release. A local
 /// database read: the identity platform is not asked.
 const PARKED_RECHECK: Duration = Duration::from_secs(5);
@@ -97,7 +98,9 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let delay = backoff(failures, reader.poll_interval)
-                    .max(e.retry_after().unwrap_or_default());
+                    // Honour Retry-After, within reason: a bogus day-long
+                    // value must not silence a reader.
+                    .max(e.retry_after().unwrap_or_default().min(MAX_RETRY_AFTER));
                 tracing::warn!(
                     reader = %reader.name,
                     error = %e,

@@ -85,6 +85,21 @@ impl EntraErrorResponse {
         })
     }
 
+    /// One line for humans: "AADSTSnnn summary (error)".
+    pub fn describe(&self) -> String {
+        let summary = self.summary();
+        let summary = if summary.is_empty() {
+            self.error.clone()
+        } else {
+            summary
+        };
+        match self.aadsts() {
+            Some(code) => format!("AADSTS{code} {summary} ({})", self.error),
+            None if summary == self.error => summary,
+            None => format!("{summary} ({})", self.error),
+        }
+    }
+
     /// Microsoft's description without the "AADSTSnnn:" prefix and the trace
     /// and correlation ids, which only matter to Microsoft support.
     pub fn summary(&self) -> String {
@@ -129,6 +144,8 @@ pub enum TransportError {
     Status {
         status: u16,
         retry_after: Option<Duration>,
+        /// The OAuth error in the body, if it had one.
+        detail: Option<String>,
     },
     #[error("cannot build the request: {0}")]
     Request(String),
@@ -186,10 +203,16 @@ impl<'c> AsyncHttpClient<'c> for TokenHttp {
                 .await
                 .map_err(|e| TransportError::Network(error_chain(&e.without_url())))?
                 .to_vec();
-            if !status.is_success() && !is_oauth_error(&body) {
+            // Throttling and server errors mean "later" whatever the body
+            // says; other failures without an OAuth body are not OAuth's.
+            let oauth_error = serde_json::from_slice::<EntraErrorResponse>(&body).ok();
+            let transient =
+                status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+            if !status.is_success() && (transient || oauth_error.is_none()) {
                 return Err(TransportError::Status {
                     status: status.as_u16(),
                     retry_after,
+                    detail: oauth_error.map(|e| e.describe()),
                 });
             }
             builder
@@ -197,10 +220,6 @@ impl<'c> AsyncHttpClient<'c> for TokenHttp {
                 .map_err(|e| TransportError::Request(e.to_string()))
         })
     }
-}
-
-fn is_oauth_error(body: &[u8]) -> bool {
-    serde_json::from_slice::<EntraErrorResponse>(body).is_ok()
 }
 
 /// An error and its causes on one line ("error sending request: connection

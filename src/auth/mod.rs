@@ -37,15 +37,20 @@ const OFFLINE_ACCESS: &str = "offline_access";
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// The identity platform answered with an OAuth error.
-    #[error("authentication failed: {}", describe_rejection(.0))]
+    #[error("authentication failed: {}", .0.describe())]
     Rejected(EntraErrorResponse),
     #[error("identity endpoint {url} unreachable: {reason}")]
     Unreachable { url: String, reason: String },
-    #[error("identity endpoint {url} answered HTTP {status}{}", retry_hint(.retry_after))]
+    #[error(
+        "identity endpoint {url} answered HTTP {status}{}{}",
+        retry_hint(.retry_after),
+        .detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
+    )]
     Unavailable {
         url: String,
         status: u16,
         retry_after: Option<Duration>,
+        detail: Option<String>,
     },
     #[error("identity endpoint {url} sent an unreadable answer: {detail}")]
     Malformed { url: String, detail: String },
@@ -151,19 +156,6 @@ fn retry_hint(retry_after: &Option<Duration>) -> String {
     }
 }
 
-fn describe_rejection(e: &EntraErrorResponse) -> String {
-    let summary = e.summary();
-    let summary = if summary.is_empty() {
-        e.error.clone()
-    } else {
-        summary
-    };
-    match e.aadsts() {
-        Some(code) => format!("AADSTS{code} {summary} ({})", e.error),
-        None => format!("{summary} ({})", e.error),
-    }
-}
-
 /// What a reader asks the token store for.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenRequest<'a> {
@@ -203,8 +195,11 @@ struct Account {
     /// `None` until read from the database once.
     refresh: Option<Option<SecretString>>,
     access: HashMap<String, CachedToken>,
+    /// Why the last refresh token died, so that every reader of the
+    /// account reports the real cause, not just "no sign-in".
+    dead_refresh: Option<EntraErrorResponse>,
     /// The identity platform asked us (Retry-After) not to call before then.
-    not_before: Option<(Instant, u16)>,
+    not_before: Option<(Instant, u16, Option<String>)>,
 }
 
 struct CachedToken {
@@ -287,13 +282,14 @@ impl TokenStore {
         {
             return Ok(cached.token.clone());
         }
-        if let Some((until, status)) = account.not_before {
+        if let Some((until, status, detail)) = &account.not_before {
             let now = Instant::now();
-            if now < until {
+            if now < *until {
                 return Err(AuthError::Unavailable {
                     url: app.token_url(),
-                    status,
-                    retry_after: Some(until - now),
+                    status: *status,
+                    retry_after: Some(*until - now),
+                    detail: detail.clone(),
                 });
             }
             account.not_before = None;
@@ -302,10 +298,11 @@ impl TokenStore {
         if let Err(AuthError::Unavailable {
             status,
             retry_after: Some(wait),
+            detail,
             ..
         }) = &result
         {
-            account.not_before = Some((Instant::now() + *wait, *status));
+            account.not_before = Some((Instant::now() + *wait, *status, detail.clone()));
         }
         result
     }
@@ -364,6 +361,7 @@ impl TokenStore {
                         .forget_refresh_token(req.oauth, req.account)
                         .await?;
                     if req.grant != Grant::Password {
+                        account.dead_refresh = Some(e.clone());
                         return Err(AuthError::Rejected(e));
                     }
                 }
@@ -394,6 +392,9 @@ impl TokenStore {
             return self.accept(req, scope, account, &response).await;
         }
         // An interactive grant: only `mail2ticket authorize` can help.
+        if let Some(e) = &account.dead_refresh {
+            return Err(AuthError::Rejected(e.clone()));
+        }
         Err(AuthError::NotAuthorized {
             oauth: req.oauth.to_string(),
             account: req.account.to_string(),
@@ -507,10 +508,12 @@ where
         R::Request(TransportError::Status {
             status,
             retry_after,
+            detail,
         }) => AuthError::Unavailable {
             url,
             status,
             retry_after,
+            detail,
         },
         R::Request(other) => AuthError::Unreachable {
             url,

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use mail2ticket::config::Config;
@@ -19,6 +20,10 @@ pub struct Env {
     pub idp: IdP,
     pub dovecot: Dovecot,
     pub dir: tempfile::TempDir,
+    /// TOML lines added to the `[[oauth]]` entry named "test".
+    oauth_extra: Mutex<String>,
+    /// Further `[[oauth]]` entries (whole tables).
+    more_apps: Mutex<String>,
 }
 
 /// One `[[reader]]` entry; `Env::reader` fills in working defaults.
@@ -28,6 +33,10 @@ pub struct ReaderSpec {
     pub host: String,
     pub port: u16,
     pub username: String,
+    /// The reader's `grant`; the password line is written only for "password".
+    pub grant: &'static str,
+    /// The `[[oauth]]` entry the reader uses.
+    pub oauth: String,
     pub password_file: PathBuf,
     pub trust_test_ca: bool,
     pub folder: String,
@@ -45,7 +54,13 @@ impl Env {
         idp.add_user(USER, PASSWORD);
         let dovecot = Dovecot::start(&idp.introspection_url());
         let dir = tempfile::tempdir().expect("tempdir");
-        let env = Env { idp, dovecot, dir };
+        let env = Env {
+            idp,
+            dovecot,
+            dir,
+            oauth_extra: Mutex::new(String::new()),
+            more_apps: Mutex::new(String::new()),
+        };
         env.set_password(USER, PASSWORD);
         env
     }
@@ -74,6 +89,8 @@ impl Env {
             host: "127.0.0.1".into(),
             port: self.dovecot.imaps_port(),
             username: USER.into(),
+            grant: "password",
+            oauth: "test".into(),
             password_file: self.password_file(USER),
             trust_test_ca: true,
             folder: "INBOX".into(),
@@ -84,32 +101,60 @@ impl Env {
         }
     }
 
-    pub fn config_toml(&self, readers: &[ReaderSpec]) -> String {
-        let mut text = format!(
-            "[store]\ndatabase = \"sqlite://{db}\"\n\n[daemon]\npoll_interval = \"1s\"\n\n\
-             [[oauth]]\nname = \"test\"\ntenant = \"{tenant}\"\nclient_id = \"{client}\"\n\
-             authority = \"{authority}\"\n",
-            db = self.db_file().display(),
+    /// Adds TOML lines (e.g. `client_secret = ...`) to the "test" app.
+    pub fn set_oauth_extra(&self, toml: &str) {
+        *self.oauth_extra.lock().expect("lock") = toml.to_string();
+    }
+
+    /// Adds a whole `[[oauth]]` entry named `name` for the same IdP app,
+    /// with `extra` TOML lines.
+    pub fn add_app(&self, name: &str, extra: &str) {
+        let entry = self.app_toml(name, extra);
+        self.more_apps.lock().expect("lock").push_str(&entry);
+    }
+
+    fn app_toml(&self, name: &str, extra: &str) -> String {
+        format!(
+            "\n[[oauth]]\nname = \"{name}\"\ntenant = \"{tenant}\"\nclient_id = \"{client}\"\n\
+             authority = \"{authority}\"\n{extra}\n",
             tenant = self.idp.tenant(),
             client = self.idp.client_id(),
             authority = self.idp.url(),
+        )
+    }
+
+    pub fn config_toml(&self, readers: &[ReaderSpec]) -> String {
+        let mut text = format!(
+            "[store]\ndatabase = \"sqlite://{db}\"\n\n[daemon]\npoll_interval = \"1s\"\n",
+            db = self.db_file().display(),
         );
+        text.push_str(&self.app_toml("test", &self.oauth_extra.lock().expect("lock")));
+        text.push_str(&self.more_apps.lock().expect("lock"));
         for r in readers {
             write!(
                 text,
                 "\n[[reader]]\nname = \"{}\"\nprotocol = \"imap\"\nhost = \"{}\"\nport = {}\n\
-                 username = \"{}\"\npassword = {{ file = \"{}\" }}\noauth = \"test\"\n\
-                 grant = \"password\"\nfolder = \"{}\"\npoll_interval = \"{}\"\ntimeout = \"{}\"\n",
+                 username = \"{}\"\noauth = \"{}\"\n\
+                 grant = \"{}\"\nfolder = \"{}\"\npoll_interval = \"{}\"\ntimeout = \"{}\"\n",
                 r.name,
                 r.host,
                 r.port,
                 r.username,
-                r.password_file.display(),
+                r.oauth,
+                r.grant,
                 r.folder,
                 r.poll_interval,
                 r.timeout,
             )
             .expect("format");
+            if r.grant == "password" {
+                writeln!(
+                    text,
+                    "password = {{ file = \"{}\" }}",
+                    r.password_file.display()
+                )
+                .expect("format");
+            }
             if let Some(batch_size) = r.batch_size {
                 writeln!(text, "batch_size = {batch_size}").expect("format");
             }
@@ -207,6 +252,18 @@ impl Env {
         let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await.expect(sql);
         pool.close().await;
         n
+    }
+
+    /// `readers.state` of one reader; "unregistered" before its row exists.
+    pub async fn state(&self, reader: &str) -> String {
+        let pool = self.db().await;
+        let row: Option<(String,)> = sqlx::query_as("SELECT state FROM readers WHERE name = ?")
+            .bind(reader)
+            .fetch_optional(&pool)
+            .await
+            .expect("query readers");
+        pool.close().await;
+        row.map_or_else(|| "unregistered".into(), |r| r.0)
     }
 
     /// `readers.last_error` of one reader.
