@@ -11,6 +11,9 @@ ALTER TABLE readers ADD COLUMN state TEXT NOT NULL DEFAULT 'ok'
 ALTER TABLE readers ADD COLUMN oauth TEXT;
 ALTER TABLE readers ADD COLUMN account TEXT;
 ALTER TABLE readers ADD COLUMN grant_type TEXT;
+-- Keyed digest of the reader's settings and its secrets' current values:
+-- a stopped reader is tried again when it changes (and not otherwise).
+ALTER TABLE readers ADD COLUMN config_hash TEXT;
 
 -- Entra ends a refresh token after 90 days without use; this is the clock.
 ALTER TABLE oauth_tokens ADD COLUMN last_used_at TEXT;

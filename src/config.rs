@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth::Cloud;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -182,6 +182,34 @@ pub struct ReaderConfig {
     pub timeout: Duration,
     /// Mails fetched and committed together.
     pub batch_size: usize,
+}
+
+impl ReaderConfig {
+    /// Everything that decides whether the reader's next attempt could go
+    /// differently from its last: its settings, its app's, and the current
+    /// values of their secrets and certificate. Only ever fed to a keyed
+    /// digest, never stored or shown.
+    pub fn fingerprint_material(&self, app: &OAuthApp) -> Vec<u8> {
+        let mut material = format!("{self:?}\0{app:?}").into_bytes();
+        let secrets = [
+            self.password.as_ref(),
+            app.client_secret.as_ref(),
+            app.client_certificate.as_ref().map(|c| &c.key),
+        ];
+        for secret in secrets {
+            material.push(0);
+            match secret.map(SecretRef::resolve) {
+                Some(Ok(value)) => material.extend_from_slice(value.expose_secret().as_bytes()),
+                Some(Err(e)) => material.extend_from_slice(e.to_string().as_bytes()),
+                None => material.push(b'-'),
+            }
+        }
+        if let Some(cert) = &app.client_certificate {
+            material.push(0);
+            material.extend(std::fs::read(&cert.certificate).unwrap_or_default());
+        }
+        material
+    }
 }
 
 /// Where a secret lives, and where in the config it was named, so that
@@ -726,7 +754,6 @@ impl Locator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
 
     const GOOD: &str = r#"
 [store]

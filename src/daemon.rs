@@ -36,22 +36,26 @@ pub enum StartError {
 pub async fn start(config: &Config) -> Result<Arc<Context>, StartError> {
     let store = Store::open(&config.store).await?;
     for reader in &config.readers {
-        store
+        let config_hash = match config.app(&reader.oauth) {
+            Some(app) => store.digest(&reader.fingerprint_material(app)),
+            None => String::new(),
+        };
+        let state = store
             .register_reader(ReaderIdentity {
                 name: &reader.name,
                 protocol: reader.protocol.as_str(),
                 oauth: &reader.oauth,
                 account: &reader.username,
                 grant: reader.grant.as_str(),
+                config_hash: &config_hash,
             })
             .await?;
-        let state = store.reader_state(&reader.name).await?;
         tracing::info!(
             reader = %reader.name,
             protocol = reader.protocol.as_str(),
             host = %reader.host,
             grant = reader.grant.as_str(),
-            state = state.map_or("new", |s| s.as_str()),
+            state = state.as_str(),
             "reader configured"
         );
     }
@@ -83,7 +87,7 @@ pub async fn run_once(
     let ctx = start(config).await?;
     let results = for_each_reader(&config.readers, |reader| {
         let (ctx, cancel) = (ctx.clone(), cancel.clone());
-        async move { reader::poll_and_record(&ctx, &reader, &cancel).await }
+        async move { reader::poll_unless_stopped(&ctx, &reader, &cancel).await }
     })
     .await;
     Ok(results)

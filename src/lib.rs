@@ -10,7 +10,9 @@
 //! modules in this order:
 //!
 //! * [`config`]: the TOML file the admin edits; errors name file, line and key.
-//! * [`auth`]: the token store: grants, caching, refresh, rotation.
+//! * [`auth`]: the token store (grants, caching, refresh, rotation, sorting
+//!   failures into retry / sign in again / fix the config), the national
+//!   clouds, and the interactive sign-in behind `authorize`.
 //! * [`transport`]: TCP plus verified TLS; owns every trust decision.
 //! * [`source`]: one module per mailbox protocol ([`source::imap`]); finds
 //!   new mail, fetches it, and cleans up after the commit.
@@ -18,10 +20,12 @@
 //! * [`store`]: SQLite through sqlx: schema, exactly-once commits, reader
 //!   health, sealed tokens.
 //! * [`reader`]: one poll of one reader, linking token, protocol and health.
-//! * [`scheduler`]: one task per reader, intervals and backoff.
-//! * [`daemon`]: start-up wiring and the `run` / `run --once` / `check` modes.
+//! * [`scheduler`]: one task per reader, intervals, backoff, and parking
+//!   readers that wait for an admin.
+//! * [`daemon`]: start-up wiring and the `run` / `run --once` / `check` /
+//!   `authorize` modes.
 //! * [`shutdown`]: the cancellation token and the signals that fire it.
-//! * [`status`]: the `status` table.
+//! * [`status`]: the `status` table and its warnings.
 //! * [`logging`]: the tracing subscriber, with credential-bearing targets capped.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls these.

@@ -31,6 +31,12 @@ pub enum PollError {
     Imap(#[from] imap::ImapError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Not polled: the reader is stopped until an admin acts.
+    #[error("not polled: {}: {}", .state.as_str(), .last_error.as_deref().unwrap_or("no error recorded"))]
+    Stopped {
+        state: ReaderState,
+        last_error: Option<String>,
+    },
 }
 
 impl PollError {
@@ -39,6 +45,7 @@ impl PollError {
         match self {
             PollError::Auth(e) => e.state(),
             PollError::Imap(_) | PollError::Store(_) => ReaderState::Retrying,
+            PollError::Stopped { state, .. } => *state,
         }
     }
 
@@ -86,8 +93,8 @@ pub fn advice(reader: &ReaderConfig, state: ReaderState) -> Option<String> {
             ),
         }),
         ReaderState::Misconfigured => Some(format!(
-            "fix the configuration or the app registration, then restart the daemon or run \
-             `mail2ticket check {name}`"
+            "fix the configuration or the app registration, then run `mail2ticket check {name}` \
+             (a changed configuration is also tried again when the daemon starts)"
         )),
         ReaderState::Ok | ReaderState::Retrying => None,
     }
@@ -135,6 +142,29 @@ async fn check(ctx: &Context, reader: &ReaderConfig) -> Result<CheckReport, Poll
             .await
         }
     }
+}
+
+/// Polls once unless the reader is stopped (then its state is the error:
+/// `run --once` from cron must not make a request a minute that is known
+/// to fail); records the outcome.
+pub async fn poll_unless_stopped(
+    ctx: &Context,
+    reader: &ReaderConfig,
+    cancel: &CancellationToken,
+) -> Result<PollReport, PollError> {
+    if let Some(state) = ctx.store.reader_state(&reader.name).await?
+        && state.is_parked()
+    {
+        let last_error = ctx
+            .store
+            .reader_statuses()
+            .await?
+            .into_iter()
+            .find(|r| r.name == reader.name)
+            .and_then(|r| r.last_error);
+        return Err(PollError::Stopped { state, last_error });
+    }
+    poll_and_record(ctx, reader, cancel).await
 }
 
 /// Polls once and records the outcome in `readers`.

@@ -64,6 +64,20 @@ pub async fn run(
 }
 
 async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: CancellationToken) {
+    // Stopped before, and nothing changed since (start-up releases a reader
+    // whose settings or secrets changed): its next request would fail too.
+    if let Ok(Some(state)) = ctx.store.reader_state(&reader.name).await
+        && state.is_parked()
+    {
+        tracing::warn!(
+            reader = %reader.name,
+            state = state.as_str(),
+            "reader stays stopped until an admin acts; see `mail2ticket status`"
+        );
+        if !wait_for_release(&ctx, &reader, &cancel).await {
+            return;
+        }
+    }
     let mut failures: u32 = 0;
     while !cancel.is_cancelled() {
         let delay = match reader::poll_and_record(&ctx, &reader, &cancel).await {

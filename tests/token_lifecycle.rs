@@ -890,3 +890,58 @@ async fn no_secret_of_any_grant_reaches_logs_or_database() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_reader_stays_stopped_until_check_or_a_config_change() {
+    let env = Env::start();
+    env.dovecot.deliver(USER, &mail(1));
+    let config = env.write_config(&[env.reader("helpdesk")]);
+    env.idp.inject_aad(
+        401,
+        "invalid_client",
+        7000222,
+        "The provided client secret keys for app are expired.",
+        2,
+    );
+
+    let out = run_once(&config, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(env.state("helpdesk").await, "misconfigured");
+    assert_eq!(env.idp.total_requests(), 1);
+
+    // Restarting with nothing changed makes no request that is known to fail.
+    for _ in 0..2 {
+        let out = run_once(&config, &[]);
+        assert_eq!(out.status.code(), Some(1));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(
+                "helpdesk: error: not polled: misconfigured: authentication failed: AADSTS7000222"
+            ),
+            "{stdout}"
+        );
+    }
+    assert_eq!(env.idp.total_requests(), 1);
+
+    // `check` is the admin's explicit retry (the injected error is still there).
+    let out = Command::new(binary())
+        .args(["-c", config.to_str().expect("utf-8"), "check", "helpdesk"])
+        .output()
+        .expect("check");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(env.idp.total_requests(), 2);
+    assert_eq!(env.state("helpdesk").await, "misconfigured");
+
+    // A changed configuration is retried at the next start, and succeeds.
+    let mut reader = env.reader("helpdesk");
+    reader.timeout = "11s";
+    let config = env.write_config(&[reader]);
+    let out = run_once(&config, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(env.state("helpdesk").await, "ok");
+    assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 1);
+}

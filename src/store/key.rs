@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
 
 const NONCE_LEN: usize = 24;
 
@@ -32,6 +33,9 @@ pub enum KeyError {
 /// A 32-byte AEAD key. Not printable, not comparable.
 pub struct StoreKey {
     cipher: XChaCha20Poly1305,
+    /// A second key derived from the first, for keyed digests, so that no
+    /// digest ever uses the encryption key itself.
+    digest_key: [u8; 32],
     path: PathBuf,
 }
 
@@ -86,10 +90,7 @@ impl StoreKey {
             .ok_or_else(|| {
                 fail("expected 64 hex digits (e.g. from `openssl rand -hex 32`)".into())
             })?;
-        Ok(StoreKey {
-            cipher: XChaCha20Poly1305::new(Key::from_slice(&bytes)),
-            path: path.to_path_buf(),
-        })
+        Ok(StoreKey::from_bytes(&bytes, path))
     }
 
     fn generate(path: &Path) -> Result<StoreKey, KeyError> {
@@ -110,10 +111,31 @@ impl StoreKey {
                 reason: format!("cannot write: {e}"),
             })?;
         tracing::info!(path = %path.display(), "generated a new store key; back it up with the database");
-        Ok(StoreKey {
-            cipher: XChaCha20Poly1305::new(&key),
+        Ok(StoreKey::from_bytes(&key, path))
+    }
+
+    fn from_bytes(bytes: &[u8], path: &Path) -> StoreKey {
+        let digest_key = Sha256::new()
+            .chain_update(b"mail2ticket digest key\0")
+            .chain_update(bytes)
+            .finalize()
+            .into();
+        StoreKey {
+            cipher: XChaCha20Poly1305::new(Key::from_slice(bytes)),
+            digest_key,
             path: path.to_path_buf(),
-        })
+        }
+    }
+
+    /// A keyed digest (hex): equal inputs give equal digests, but nobody
+    /// without the key can test a guess against it. For noticing that a
+    /// secret changed without storing anything derived from it in the clear.
+    pub fn digest(&self, data: &[u8]) -> String {
+        let hash = Sha256::new()
+            .chain_update(self.digest_key)
+            .chain_update(data)
+            .finalize();
+        encode_hex(&hash)
     }
 
     /// Encrypts `plain`, binding it to `context` (e.g. the row it belongs

@@ -104,6 +104,8 @@ pub struct ReaderIdentity<'a> {
     pub oauth: &'a str,
     pub account: &'a str,
     pub grant: &'a str,
+    /// [`Store::digest`] of the reader's settings and secrets.
+    pub config_hash: &'a str,
 }
 
 /// One row of `readers`, as `status` shows it.
@@ -190,22 +192,38 @@ impl Store {
     }
 
     /// Makes sure a `readers` row exists for a configured reader and says
-    /// which account it uses.
-    pub async fn register_reader(&self, reader: ReaderIdentity<'_>) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO readers (name, protocol, oauth, account, grant_type) VALUES (?, ?, ?, ?, ?)
+    /// which account it uses. A stopped reader whose settings or secrets
+    /// changed is released: the change may be the fix. Returns the state.
+    pub async fn register_reader(
+        &self,
+        reader: ReaderIdentity<'_>,
+    ) -> Result<ReaderState, StoreError> {
+        let (state,): (String,) = sqlx::query_as(
+            "INSERT INTO readers (name, protocol, oauth, account, grant_type, config_hash)
+             VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (name) DO UPDATE SET protocol = excluded.protocol,
                  oauth = excluded.oauth, account = excluded.account,
-                 grant_type = excluded.grant_type",
+                 grant_type = excluded.grant_type, config_hash = excluded.config_hash,
+                 state = CASE
+                     WHEN readers.config_hash IS NOT excluded.config_hash
+                          AND readers.state IN ('needs_authorization', 'misconfigured')
+                     THEN 'ok' ELSE readers.state END
+             RETURNING state",
         )
         .bind(reader.name)
         .bind(reader.protocol)
         .bind(reader.oauth)
         .bind(reader.account)
         .bind(reader.grant)
-        .execute(&self.pool)
+        .bind(reader.config_hash)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(())
+        Ok(ReaderState::parse(&state).unwrap_or(ReaderState::Ok))
+    }
+
+    /// A keyed digest of `data` under the store key (see [`StoreKey::digest`]).
+    pub fn digest(&self, data: &[u8]) -> String {
+        self.key.digest(data)
     }
 
     pub async fn reader_state(&self, reader: &str) -> Result<Option<ReaderState>, StoreError> {

@@ -384,6 +384,7 @@ mod tests {
                 oauth: "app",
                 account: "a@example.com",
                 grant: "authorization_code",
+                config_hash: "h1",
             })
             .await
             .expect("register");
@@ -417,6 +418,31 @@ mod tests {
             store.reader_state("r").await.expect("state"),
             Some(ReaderState::Ok)
         );
+
+        // Registering again with the same settings keeps a stopped reader
+        // stopped; changed settings release it.
+        let identity = |hash| ReaderIdentity {
+            name: "r",
+            protocol: "imap",
+            oauth: "app",
+            account: "a@example.com",
+            grant: "authorization_code",
+            config_hash: hash,
+        };
+        store
+            .record_failure("r", ReaderState::Misconfigured, "bad secret")
+            .await
+            .expect("fail");
+        let same = store
+            .register_reader(identity("h1"))
+            .await
+            .expect("register");
+        assert_eq!(same, ReaderState::Misconfigured);
+        let changed = store
+            .register_reader(identity("h2"))
+            .await
+            .expect("register");
+        assert_eq!(changed, ReaderState::Ok);
 
         store
             .save_refresh_token("app", "a@example.com", &"rt".into())
