@@ -185,6 +185,7 @@ async fn identity_endpoint_outage_is_reported_and_recovers() {
             env.idp.token_url()
         )
     );
+    assert_eq!(env.state("helpdesk").await, "retrying");
 
     env.idp.set_down(false);
     let results = env.poll_once(&config).await;
@@ -193,6 +194,7 @@ async fn identity_endpoint_outage_is_reported_and_recovers() {
         .as_ref()
         .expect("recovers once the endpoint is back");
     assert_eq!(env.last_error("helpdesk").await, None);
+    assert_eq!(env.state("helpdesk").await, "ok");
     assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 1);
 }
 

@@ -552,6 +552,63 @@ mod tests {
         assert_eq!(s.len(), 1);
     }
 
+    fn rejected(error: &str, code: Option<u64>) -> AuthError {
+        AuthError::Rejected(EntraErrorResponse {
+            error: error.into(),
+            error_description: code.map(|c| format!("AADSTS{c}: text")),
+            error_codes: code.into_iter().collect(),
+        })
+    }
+
+    #[test]
+    fn failures_are_sorted_into_states() {
+        use ReaderState::*;
+        let cases = [
+            (rejected("invalid_grant", Some(700082)), NeedsAuthorization),
+            (rejected("invalid_grant", Some(50076)), NeedsAuthorization),
+            (rejected("invalid_grant", Some(65001)), NeedsAuthorization),
+            (rejected("invalid_grant", Some(53003)), NeedsAuthorization),
+            (rejected("invalid_grant", Some(50126)), Misconfigured),
+            (rejected("invalid_client", Some(7000215)), Misconfigured),
+            (rejected("unauthorized_client", Some(700016)), Misconfigured),
+            (rejected("invalid_request", Some(90002)), Misconfigured),
+            (rejected("invalid_grant", None), NeedsAuthorization),
+            (
+                rejected("interaction_required", Some(123)),
+                NeedsAuthorization,
+            ),
+            (rejected("invalid_client", None), Misconfigured),
+            (rejected("temporarily_unavailable", None), Retrying),
+            (
+                AuthError::Unreachable {
+                    url: "u".into(),
+                    reason: "operation timed out".into(),
+                },
+                Retrying,
+            ),
+            (
+                AuthError::Unavailable {
+                    url: "u".into(),
+                    status: 429,
+                    retry_after: Some(Duration::from_secs(3)),
+                    detail: None,
+                },
+                Retrying,
+            ),
+            (
+                AuthError::NotAuthorized {
+                    oauth: "a".into(),
+                    account: "b".into(),
+                },
+                NeedsAuthorization,
+            ),
+            (AuthError::UnknownApp("x".into()), Misconfigured),
+        ];
+        for (error, state) in cases {
+            assert_eq!(error.state(), state, "{error}");
+        }
+    }
+
     #[test]
     fn rejection_text_carries_the_aadsts_code() {
         let e = AuthError::Rejected(EntraErrorResponse {

@@ -234,8 +234,9 @@ impl Store {
         Ok(row.and_then(|(s,)| ReaderState::parse(&s)))
     }
 
-    /// After a successful sign-in: the readers of this account that were
-    /// waiting for one may try again. Returns their names.
+    /// After a successful sign-in: the stopped readers of this account may
+    /// try again (the sign-in just proved app and account work). Returns
+    /// their names.
     pub async fn release_authorized(
         &self,
         oauth: &str,
@@ -243,7 +244,8 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "UPDATE readers SET state = 'ok', last_error = NULL, consecutive_failures = 0
-             WHERE oauth = ? AND account = ? COLLATE NOCASE AND state = 'needs_authorization'
+             WHERE oauth = ? AND account = ? COLLATE NOCASE
+                   AND state IN ('needs_authorization', 'misconfigured')
              RETURNING name",
         )
         .bind(oauth)
