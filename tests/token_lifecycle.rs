@@ -435,6 +435,13 @@ async fn dead_grants_park_the_reader_as_needs_authorization() {
             "refresh token expired (sign-in frequency)",
         ),
         ("invalid_grant", 50173, "grant revoked by a password change"),
+        ("invalid_grant", 70008, "refresh token expired or revoked"),
+        (
+            "invalid_grant",
+            70000,
+            "provided grant is invalid or malformed",
+        ),
+        ("invalid_grant", 50079, "MFA registration required"),
         ("invalid_grant", 50076, "MFA required"),
         ("invalid_grant", 65001, "consent missing"),
         ("invalid_grant", 53003, "blocked by conditional access"),
