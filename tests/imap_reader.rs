@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::setup::{ChildGuard, Env, PASSWORD, USER, binary, wait_until};
+use common::setup::{ChildGuard, Env, PASSWORD, USER, assert_no_secret_in, binary, wait_until};
 use common::{mail, malformed_mail};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -884,24 +884,5 @@ fn no_secret_reaches_logs_output_or_database() {
         "password, two refresh and two access tokens: {}",
         secrets.len()
     );
-    let mut database = Vec::new();
-    for suffix in ["", "-wal"] {
-        let mut name = env.db_file().into_os_string();
-        name.push(suffix);
-        database.extend(std::fs::read(&name).unwrap_or_default());
-    }
-    for secret in &secrets {
-        if let Some(line) = text.lines().find(|l| l.contains(secret.as_str())) {
-            panic!(
-                "a secret appears in the logs: {}",
-                line.replace(secret.as_str(), "<SECRET>")
-            );
-        }
-        assert!(
-            !database
-                .windows(secret.len())
-                .any(|w| w == secret.as_bytes()),
-            "a secret appears in the database in clear"
-        );
-    }
+    assert_no_secret_in(&text, &env.database_bytes(), &secrets);
 }

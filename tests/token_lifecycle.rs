@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::setup::{ChildGuard, Env, PASSWORD, USER, binary, wait_until};
+use common::setup::{ChildGuard, Env, PASSWORD, USER, assert_no_secret_in, binary, wait_until};
 use common::{ClientCert, DEVICE_CODE_GRANT, browser_sign_in, mail};
 
 /// The binary run as `authorize`, its stdout read line by line on a thread
@@ -739,21 +739,10 @@ async fn store_key_from_credentials_directory_and_wrong_key_is_refused() {
     assert!(stderr.contains("key"), "{stderr}");
 
     // The database alone (copied without its key) reveals no token.
-    let mut database = std::fs::read(env.db_file()).expect("db");
-    let mut wal = env.db_file().into_os_string();
-    wal.push("-wal");
-    database.extend(std::fs::read(&wal).unwrap_or_default());
-    let refresh_tokens = env.idp.issued_refresh_tokens();
-    assert!(!refresh_tokens.is_empty());
-    for token in refresh_tokens
-        .iter()
-        .chain(env.idp.issued_access_tokens().iter())
-    {
-        assert!(
-            !database.windows(token.len()).any(|w| w == token.as_bytes()),
-            "a token is readable in the database file"
-        );
-    }
+    let mut tokens = env.idp.issued_refresh_tokens();
+    assert!(!tokens.is_empty());
+    tokens.extend(env.idp.issued_access_tokens());
+    assert_no_secret_in("", &env.database_bytes(), &tokens);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -876,26 +865,7 @@ async fn no_secret_of_any_grant_reaches_logs_or_database() {
     secrets.retain(|s| s.len() >= 8);
     assert!(secrets.len() >= 20, "{} secrets", secrets.len());
 
-    let mut database = Vec::new();
-    for suffix in ["", "-wal"] {
-        let mut name = env.db_file().into_os_string();
-        name.push(suffix);
-        database.extend(std::fs::read(&name).unwrap_or_default());
-    }
-    for secret in &secrets {
-        if let Some(line) = output.lines().find(|l| l.contains(secret.as_str())) {
-            panic!(
-                "a secret appears in the output: {}",
-                line.replace(secret.as_str(), "<SECRET>")
-            );
-        }
-        assert!(
-            !database
-                .windows(secret.len())
-                .any(|w| w == secret.as_bytes()),
-            "a secret appears in the database in clear"
-        );
-    }
+    assert_no_secret_in(&output, &env.database_bytes(), &secrets);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -280,6 +280,38 @@ impl Env {
     }
 }
 
+impl Env {
+    /// The database file and its WAL, as someone who copied them would have.
+    pub fn database_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for suffix in ["", "-wal"] {
+            let mut name = self.db_file().into_os_string();
+            name.push(suffix);
+            bytes.extend(std::fs::read(&name).unwrap_or_default());
+        }
+        bytes
+    }
+}
+
+/// Fails if any secret appears in `output` (showing the line with the
+/// secret masked) or anywhere in `database`.
+pub fn assert_no_secret_in(output: &str, database: &[u8], secrets: &[String]) {
+    for secret in secrets {
+        if let Some(line) = output.lines().find(|l| l.contains(secret.as_str())) {
+            panic!(
+                "a secret appears in the output: {}",
+                line.replace(secret.as_str(), "<SECRET>")
+            );
+        }
+        assert!(
+            !database
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes()),
+            "a secret appears in the database in clear"
+        );
+    }
+}
+
 /// The mail2ticket binary built for these tests.
 pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_mail2ticket"))
