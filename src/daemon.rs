@@ -122,14 +122,7 @@ pub async fn authorize(
     method: &SignInMethod,
     ui: &impl Interaction,
 ) -> Result<Authorized, StartError> {
-    let reader = select_readers(config, &[name.to_string()])?
-        .into_iter()
-        .next()
-        .ok_or_else(|| StartError::UnknownReader {
-            name: name.to_string(),
-            path: config.path.display().to_string(),
-            known: String::new(),
-        })?;
+    let reader = find_reader(config, name)?.clone();
     if reader.grant == Grant::ClientCredentials {
         return Err(StartError::AppOnly(reader.name));
     }
@@ -148,22 +141,23 @@ fn select_readers(config: &Config, names: &[String]) -> Result<Vec<ReaderConfig>
     }
     names
         .iter()
-        .map(|name| {
-            config
-                .reader(name)
-                .cloned()
-                .ok_or_else(|| StartError::UnknownReader {
-                    name: name.clone(),
-                    path: config.path.display().to_string(),
-                    known: config
-                        .readers
-                        .iter()
-                        .map(|r| r.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })
-        })
+        .map(|name| find_reader(config, name).cloned())
         .collect()
+}
+
+fn find_reader<'c>(config: &'c Config, name: &str) -> Result<&'c ReaderConfig, StartError> {
+    config
+        .reader(name)
+        .ok_or_else(|| StartError::UnknownReader {
+            name: name.to_string(),
+            path: config.path.display().to_string(),
+            known: config
+                .readers
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 /// Runs `op` for every reader concurrently; results in config order.

@@ -152,16 +152,9 @@ pub async fn poll_unless_stopped(
     reader: &ReaderConfig,
     cancel: &CancellationToken,
 ) -> Result<PollReport, PollError> {
-    if let Some(state) = ctx.store.reader_state(&reader.name).await?
+    if let Some((state, last_error)) = ctx.store.reader_state(&reader.name).await?
         && state.is_parked()
     {
-        let last_error = ctx
-            .store
-            .reader_statuses()
-            .await?
-            .into_iter()
-            .find(|r| r.name == reader.name)
-            .and_then(|r| r.last_error);
         return Err(PollError::Stopped { state, last_error });
     }
     poll_and_record(ctx, reader, cancel).await

@@ -66,7 +66,7 @@ pub async fn run(
 async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: CancellationToken) {
     // Stopped before, and nothing changed since (start-up releases a reader
     // whose settings or secrets changed): its next request would fail too.
-    if let Ok(Some(state)) = ctx.store.reader_state(&reader.name).await
+    if let Ok(Some((state, _))) = ctx.store.reader_state(&reader.name).await
         && state.is_parked()
     {
         tracing::warn!(
@@ -146,7 +146,7 @@ async fn wait_for_release(
             () = tokio::time::sleep(recheck) => {}
         }
         match ctx.store.reader_state(&reader.name).await {
-            Ok(Some(state)) if state.is_parked() => {}
+            Ok(Some((state, _))) if state.is_parked() => {}
             Ok(_) => return true,
             Err(e) => {
                 tracing::warn!(reader = %reader.name, error = %e, "cannot read the reader's state");

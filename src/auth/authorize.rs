@@ -72,7 +72,7 @@ impl TokenStore {
     ) -> Result<Authorized, AuthError> {
         let app = self.app(req.oauth)?;
         let client = self.client(app)?;
-        let scope = self.scope(req)?;
+        let scope = super::scope_for(app, req);
         let port = options.port.unwrap_or(app.redirect_port);
         let listener = if options.listen {
             let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
@@ -156,7 +156,7 @@ impl TokenStore {
     ) -> Result<Authorized, AuthError> {
         let app = self.app(req.oauth)?;
         let client = self.client(app)?;
-        let scope = self.scope(req)?;
+        let scope = super::scope_for(app, req);
         let credential = Credential::for_request(app)?;
         let details: StandardDeviceAuthorizationResponse =
             with_credential!(client.exchange_device_code(), credential)

@@ -87,14 +87,6 @@ const MISCONFIGURED: &[u64] = &[
 ];
 
 impl AuthError {
-    /// The OAuth `error` field, when the identity platform sent one.
-    pub fn oauth_error(&self) -> Option<&str> {
-        match self {
-            AuthError::Rejected(e) => Some(&e.error),
-            _ => None,
-        }
-    }
-
     pub fn aadsts(&self) -> Option<u64> {
         match self {
             AuthError::Rejected(e) => e.aadsts(),
@@ -265,16 +257,13 @@ impl TokenStore {
 
     /// The scope a request needs, from the app's cloud and the grant.
     pub fn scope(&self, req: &TokenRequest<'_>) -> Result<String, AuthError> {
-        Ok(self
-            .app(req.oauth)?
-            .cloud
-            .scope(req.service, req.grant.is_app_only()))
+        Ok(scope_for(self.app(req.oauth)?, req))
     }
 
     /// A valid access token for the request, from cache, refresh or grant.
     pub async fn access_token(&self, req: &TokenRequest<'_>) -> Result<SecretString, AuthError> {
         let app = self.app(req.oauth)?;
-        let scope = self.scope(req)?;
+        let scope = scope_for(app, req);
         let account = self.account(AccountKey::of(req));
         let mut account = account.lock().await;
         if let Some(cached) = account.access.get(&scope)
@@ -467,6 +456,10 @@ impl TokenStore {
         );
         Ok(token)
     }
+}
+
+fn scope_for(app: &OAuthApp, req: &TokenRequest<'_>) -> String {
+    app.cloud.scope(req.service, req.grant.is_app_only())
 }
 
 /// How long before expiry a token is renewed: a tenth of its lifetime, at

@@ -226,12 +226,17 @@ impl Store {
         self.key.digest(data)
     }
 
-    pub async fn reader_state(&self, reader: &str) -> Result<Option<ReaderState>, StoreError> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT state FROM readers WHERE name = ?")
-            .bind(reader)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.and_then(|(s,)| ReaderState::parse(&s)))
+    /// The reader's state and `last_error`, if it has a row.
+    pub async fn reader_state(
+        &self,
+        reader: &str,
+    ) -> Result<Option<(ReaderState, Option<String>)>, StoreError> {
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT state, last_error FROM readers WHERE name = ?")
+                .bind(reader)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.and_then(|(s, e)| Some((ReaderState::parse(&s)?, e))))
     }
 
     /// After a successful sign-in: the stopped readers of this account may

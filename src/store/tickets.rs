@@ -415,7 +415,7 @@ mod tests {
         let released = store.release_authorized("app", "A@example.com").await;
         assert_eq!(released.expect("release"), ["r"]);
         assert_eq!(
-            store.reader_state("r").await.expect("state"),
+            store.reader_state("r").await.expect("state").map(|s| s.0),
             Some(ReaderState::Ok)
         );
 
