@@ -117,12 +117,107 @@ impl OAuthApp {
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Imap,
+    Pop3,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Imap => "imap",
+            Protocol::Pop3 => "pop3",
+        }
+    }
+}
+
+/// How the connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tls {
+    /// TLS from the first byte (993, 995).
+    Implicit,
+    /// Plain text upgraded with STARTTLS / STLS before anything else is said
+    /// (143, 110). A server that does not offer the upgrade is refused.
+    StartTls,
+    /// No TLS at all: accepted for loopback hosts only (a local relay or a
+    /// test server), so that credentials never cross a network in clear.
+    None,
+}
+
+impl Tls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tls::Implicit => "implicit",
+            Tls::StartTls => "starttls",
+            Tls::None => "none",
+        }
+    }
+}
+
+/// How a reader logs in to its mail server.
+#[derive(Debug, Clone)]
+pub enum Login {
+    /// SASL XOAUTH2 with a token from the reader's `[[oauth]]` app.
+    OAuth(OAuthLogin),
+    /// SASL PLAIN / LOGIN (IMAP) or AUTH PLAIN / USER+PASS (POP3) with a
+    /// password, for servers that still take one.
+    Plain { password: SecretRef },
+}
+
+#[derive(Debug, Clone)]
+pub struct OAuthLogin {
+    /// Name of the `[[oauth]]` entry.
+    pub app: String,
+    pub grant: Grant,
+    /// The account's password, for `grant = "password"` only.
+    pub password: Option<SecretRef>,
+}
+
+impl Login {
+    /// What the `readers` row and the logs call this login.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Login::OAuth(o) => o.grant.as_str(),
+            Login::Plain { .. } => "plain",
+        }
+    }
+}
+
+/// What happens to a mail on the server once its ticket is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum After {
+    /// Flag it `\Seen` (IMAP's default).
+    Seen,
+    /// Leave it untouched; the ledger alone keeps it from being ingested
+    /// twice (POP3's default).
+    Keep,
+    /// Delete it (IMAP: `\Deleted` + UID EXPUNGE; POP3: DELE + QUIT).
+    Delete,
+    /// Move it to this IMAP folder (as the admin wrote it, in UTF-8).
+    Move(String),
+}
+
+impl After {
+    fn parse(text: &str) -> Result<After, String> {
+        match text {
+            "seen" => Ok(After::Seen),
+            "keep" => Ok(After::Keep),
+            "delete" => Ok(After::Delete),
+            other => match other.strip_prefix("move:") {
+                Some(folder) if !folder.trim().is_empty() => Ok(After::Move(folder.to_string())),
+                Some(_) => Err("\"move:\" needs a folder name, e.g. \"move:Processed\"".into()),
+                None => Err(format!(
+                    "{other:?} is not an after-step; use \"seen\", \"keep\", \"delete\" or \"move:FOLDER\""
+                )),
+            },
+        }
+    }
+
+    pub fn as_str(&self) -> String {
+        match self {
+            After::Seen => "seen".into(),
+            After::Keep => "keep".into(),
+            After::Delete => "delete".into(),
+            After::Move(folder) => format!("move:{folder}"),
         }
     }
 }
@@ -170,12 +265,14 @@ pub struct ReaderConfig {
     pub protocol: Protocol,
     pub host: String,
     pub port: u16,
+    pub tls: Tls,
     pub username: String,
-    pub password: Option<SecretRef>,
-    /// Name of the `[[oauth]]` entry this reader uses.
-    pub oauth: String,
-    pub grant: Grant,
+    pub login: Login,
+    /// The IMAP folder read (POP3 has only the one maildrop).
     pub folder: String,
+    pub after: After,
+    /// Keep an IMAP connection open and IDLE instead of polling.
+    pub idle: bool,
     pub ca_file: Option<PathBuf>,
     pub poll_interval: Duration,
     /// Bound on every single network step (connect, login, one fetch, ...).
@@ -185,16 +282,28 @@ pub struct ReaderConfig {
 }
 
 impl ReaderConfig {
+    /// The OAuth side of the login, when the reader uses XOAUTH2.
+    pub fn oauth(&self) -> Option<&OAuthLogin> {
+        match &self.login {
+            Login::OAuth(o) => Some(o),
+            Login::Plain { .. } => None,
+        }
+    }
+
     /// Everything that decides whether the reader's next attempt could go
     /// differently from its last: its settings, its app's, and the current
     /// values of their secrets and certificate. Only ever fed to a keyed
     /// digest, never stored or shown.
-    pub fn fingerprint_material(&self, app: &OAuthApp) -> Vec<u8> {
+    pub fn fingerprint_material(&self, app: Option<&OAuthApp>) -> Vec<u8> {
         let mut material = format!("{self:?}\0{app:?}").into_bytes();
+        let password = match &self.login {
+            Login::OAuth(o) => o.password.as_ref(),
+            Login::Plain { password } => Some(password),
+        };
         let secrets = [
-            self.password.as_ref(),
-            app.client_secret.as_ref(),
-            app.client_certificate.as_ref().map(|c| &c.key),
+            password,
+            app.and_then(|a| a.client_secret.as_ref()),
+            app.and_then(|a| a.client_certificate.as_ref().map(|c| &c.key)),
         ];
         for secret in secrets {
             material.push(0);
@@ -204,7 +313,7 @@ impl ReaderConfig {
                 None => material.push(b'-'),
             }
         }
-        if let Some(cert) = &app.client_certificate {
+        if let Some(cert) = app.and_then(|a| a.client_certificate.as_ref()) {
             material.push(0);
             material.extend(std::fs::read(&cert.certificate).unwrap_or_default());
         }
@@ -337,20 +446,26 @@ struct RawReader {
     protocol: Protocol,
     host: Option<Spanned<String>>,
     port: Option<u16>,
+    tls: Option<Tls>,
     username: String,
+    auth: Option<Spanned<RawAuth>>,
     password: Option<Spanned<RawSecret>>,
-    oauth: Spanned<String>,
-    grant: Spanned<Grant>,
-    #[serde(default = "default_folder")]
-    folder: String,
+    oauth: Option<Spanned<String>>,
+    grant: Option<Spanned<Grant>>,
+    folder: Option<Spanned<String>>,
+    after: Option<Spanned<String>>,
+    idle: Option<Spanned<bool>>,
     ca_file: Option<PathBuf>,
     poll_interval: Option<HumanDuration>,
     timeout: Option<HumanDuration>,
     batch_size: Option<Spanned<usize>>,
 }
 
-fn default_folder() -> String {
-    "INBOX".into()
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawAuth {
+    Xoauth2,
+    Plain,
 }
 
 #[derive(Deserialize)]
@@ -397,12 +512,7 @@ impl<'de> Deserialize<'de> for Authority {
         let text = String::deserialize(d)?;
         let url = reqwest::Url::parse(&text)
             .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a URL ({e})")))?;
-        let loopback = match url.host() {
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        };
+        let loopback = url.host_str().is_some_and(is_loopback);
         match url.scheme() {
             "https" => {}
             "http" if loopback => {}
@@ -554,56 +664,112 @@ impl Config {
             if !reader_names.insert(name.clone()) {
                 return Err(locate.at(r.name.span(), "name", "another [[reader]] has this name"));
             }
-            let Some(app) = oauth.iter().find(|a| a.name == *r.oauth.get_ref()) else {
-                let known: Vec<_> = oauth.iter().map(|a| a.name.as_str()).collect();
-                return Err(locate.at(
-                    r.oauth.span(),
-                    "oauth",
-                    &format!(
-                        "no [[oauth]] entry is named {:?} (known: {})",
-                        r.oauth.get_ref(),
-                        if known.is_empty() {
-                            "none".into()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                ));
+            let protocol = r.protocol;
+            let password = r.password.map(|s| {
+                (
+                    s.span(),
+                    locate.secret(s, base_dir, &format!("reader \"{name}\" password")),
+                )
+            });
+            let auth = r.auth.as_ref().map_or(RawAuth::Xoauth2, |a| *a.get_ref());
+            let (login, app) = match auth {
+                RawAuth::Plain => {
+                    let at = r.auth.as_ref().map_or(r.name.span(), |a| a.span());
+                    if let Some(oauth) = &r.oauth {
+                        return Err(locate.at(
+                            oauth.span(),
+                            "oauth",
+                            "auth = \"plain\" logs in with a password, not OAuth; remove oauth (and grant)",
+                        ));
+                    }
+                    if let Some(grant) = &r.grant {
+                        return Err(locate.at(
+                            grant.span(),
+                            "grant",
+                            "auth = \"plain\" logs in with a password, not OAuth; remove grant",
+                        ));
+                    }
+                    let Some((_, password)) = password else {
+                        return Err(locate.at(
+                            at,
+                            "password",
+                            "auth = \"plain\" needs a password (a string, { env = \"VAR\" } or { file = \"path\" })",
+                        ));
+                    };
+                    (Login::Plain { password }, None)
+                }
+                RawAuth::Xoauth2 => {
+                    let Some(oauth_name) = &r.oauth else {
+                        return Err(locate.at(
+                            r.name.span(),
+                            "oauth",
+                            "the reader needs oauth = \"APP\" naming an [[oauth]] entry \
+                             (or auth = \"plain\" for a server that takes passwords)",
+                        ));
+                    };
+                    let Some(grant_at) = &r.grant else {
+                        return Err(locate.at(
+                            r.name.span(),
+                            "grant",
+                            "the reader needs grant = \"password\", \"client_credentials\", \
+                             \"authorization_code\" or \"device_code\"",
+                        ));
+                    };
+                    let Some(app) = oauth.iter().find(|a| a.name == *oauth_name.get_ref()) else {
+                        let known: Vec<_> = oauth.iter().map(|a| a.name.as_str()).collect();
+                        return Err(locate.at(
+                            oauth_name.span(),
+                            "oauth",
+                            &format!(
+                                "no [[oauth]] entry is named {:?} (known: {})",
+                                oauth_name.get_ref(),
+                                if known.is_empty() {
+                                    "none".into()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        ));
+                    };
+                    let grant = *grant_at.get_ref();
+                    if grant == Grant::Password && password.is_none() {
+                        return Err(locate.at(
+                            grant_at.span(),
+                            "password",
+                            "grant = \"password\" needs a password (a string, { env = \"VAR\" } or { file = \"path\" })",
+                        ));
+                    }
+                    if grant != Grant::Password && password.is_some() {
+                        return Err(locate.at(
+                            grant_at.span(),
+                            "password",
+                            &format!(
+                                "grant = \"{}\" does not use a password; remove it",
+                                grant.as_str()
+                            ),
+                        ));
+                    }
+                    if grant == Grant::ClientCredentials && !app.is_confidential() {
+                        return Err(locate.at(
+                            grant_at.span(),
+                            "grant",
+                            &format!(
+                                "grant = \"client_credentials\" needs the app's own credential: \
+                                 set client_secret or client_certificate on [[oauth]] \"{}\"",
+                                app.name
+                            ),
+                        ));
+                    }
+                    let login = Login::OAuth(OAuthLogin {
+                        app: app.name.clone(),
+                        grant,
+                        password: password.map(|(_, p)| p),
+                    });
+                    (login, Some(app))
+                }
             };
-            let grant = *r.grant.get_ref();
-            let password = r
-                .password
-                .map(|s| locate.secret(s, base_dir, &format!("reader \"{name}\" password")));
-            if grant == Grant::Password && password.is_none() {
-                return Err(locate.at(
-                    r.grant.span(),
-                    "password",
-                    "grant = \"password\" needs a password (a string, { env = \"VAR\" } or { file = \"path\" })",
-                ));
-            }
-            if grant != Grant::Password && password.is_some() {
-                return Err(locate.at(
-                    r.grant.span(),
-                    "password",
-                    &format!(
-                        "grant = \"{}\" does not use a password; remove it",
-                        grant.as_str()
-                    ),
-                ));
-            }
-            if grant == Grant::ClientCredentials && !app.is_confidential() {
-                return Err(locate.at(
-                    r.grant.span(),
-                    "grant",
-                    &format!(
-                        "grant = \"client_credentials\" needs the app's own credential: \
-                         set client_secret or client_certificate on [[oauth]] \"{}\"",
-                        app.name
-                    ),
-                ));
-            }
-            let host = match r.host {
-                Some(host) => {
+            let host = match (r.host, app) {
+                (Some(host), Some(app)) => {
                     if let Some(other) = Cloud::of_mail_host(host.get_ref())
                         && other != app.cloud
                     {
@@ -625,7 +791,67 @@ impl Config {
                     }
                     host.into_inner()
                 }
-                None => app.cloud.mail_host().to_string(),
+                (Some(host), None) => host.into_inner(),
+                (None, Some(app)) => app.cloud.mail_host().to_string(),
+                (None, None) => {
+                    return Err(locate.at(
+                        r.name.span(),
+                        "host",
+                        "auth = \"plain\" needs the mail server's host",
+                    ));
+                }
+            };
+            let tls = r.tls.unwrap_or(Tls::Implicit);
+            if tls == Tls::None && !is_loopback(&host) {
+                return Err(locate.at(
+                    r.name.span(),
+                    "tls",
+                    &format!(
+                        "tls = \"none\" would send credentials in clear to {host}; it is only \
+                         accepted for a loopback host. Use tls = \"starttls\" or \"implicit\""
+                    ),
+                ));
+            }
+            let folder = match (protocol, r.folder) {
+                (Protocol::Imap, Some(f)) => f.into_inner(),
+                (Protocol::Imap, None) => "INBOX".to_string(),
+                (Protocol::Pop3, Some(f)) => {
+                    return Err(locate.at(
+                        f.span(),
+                        "folder",
+                        "POP3 reads the inbox only; remove folder (or use protocol = \"imap\")",
+                    ));
+                }
+                (Protocol::Pop3, None) => "INBOX".to_string(),
+            };
+            let after = match r.after {
+                None => match protocol {
+                    Protocol::Imap => After::Seen,
+                    Protocol::Pop3 => After::Keep,
+                },
+                Some(text) => {
+                    let after = After::parse(text.get_ref())
+                        .map_err(|e| locate.at(text.span(), "after", &e))?;
+                    if protocol == Protocol::Pop3 && matches!(after, After::Seen | After::Move(_)) {
+                        return Err(locate.at(
+                            text.span(),
+                            "after",
+                            "POP3 has no flags or folders: use after = \"keep\" or \"delete\"",
+                        ));
+                    }
+                    after
+                }
+            };
+            let idle = match r.idle {
+                Some(i) if *i.get_ref() && protocol == Protocol::Pop3 => {
+                    return Err(locate.at(
+                        i.span(),
+                        "idle",
+                        "POP3 has no IDLE; remove idle (the reader polls every poll_interval)",
+                    ));
+                }
+                Some(i) => i.into_inner(),
+                None => false,
             };
             let batch_size = match r.batch_size {
                 Some(b) if *b.get_ref() == 0 || *b.get_ref() > 10_000 => {
@@ -636,16 +862,15 @@ impl Config {
             };
             readers.push(ReaderConfig {
                 name,
-                protocol: r.protocol,
-                port: r.port.unwrap_or(match r.protocol {
-                    Protocol::Imap => 993,
-                }),
+                protocol,
+                port: r.port.unwrap_or(default_port(protocol, tls)),
                 host,
+                tls,
                 username: r.username,
-                password,
-                oauth: r.oauth.into_inner(),
-                grant,
-                folder: r.folder,
+                login,
+                folder,
+                after,
+                idle,
                 ca_file: r.ca_file.map(|p| base_dir.join(p)),
                 poll_interval: r.poll_interval.map_or(daemon.poll_interval, |d| d.0),
                 timeout: r.timeout.map_or(Duration::from_secs(60), |d| d.0),
@@ -669,6 +894,25 @@ impl Config {
     pub fn reader(&self, name: &str) -> Option<&ReaderConfig> {
         self.readers.iter().find(|r| r.name == name)
     }
+}
+
+/// The port a protocol listens on for a kind of TLS (IANA assignments).
+fn default_port(protocol: Protocol, tls: Tls) -> u16 {
+    match (protocol, tls) {
+        (Protocol::Imap, Tls::Implicit) => 993,
+        (Protocol::Imap, Tls::StartTls | Tls::None) => 143,
+        (Protocol::Pop3, Tls::Implicit) => 995,
+        (Protocol::Pop3, Tls::StartTls | Tls::None) => 110,
+    }
+}
+
+/// Whether `host` names this machine, so plain text never leaves it.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Turns byte offsets into `file:line: key:` messages.
@@ -802,8 +1046,8 @@ poll_interval = "30s"
             "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/oauth2/v2.0/token"
         );
         let password = reader
-            .password
-            .as_ref()
+            .oauth()
+            .and_then(|o| o.password.as_ref())
             .expect("password")
             .resolve()
             .expect("literal");
@@ -884,8 +1128,8 @@ poll_interval = "30s"
         );
         let config = parse(&text).expect("valid");
         let err = config.readers[0]
-            .password
-            .as_ref()
+            .oauth()
+            .and_then(|o| o.password.as_ref())
             .expect("set")
             .resolve()
             .unwrap_err();
@@ -907,8 +1151,8 @@ poll_interval = "30s"
         );
         let config = Config::parse(&dir.path().join("c.toml"), &text).expect("valid");
         let value = config.readers[0]
-            .password
-            .as_ref()
+            .oauth()
+            .and_then(|o| o.password.as_ref())
             .expect("set")
             .resolve()
             .expect("file");
@@ -971,7 +1215,13 @@ poll_interval = "30s"
             "client_id = \"x\"\nclient_secret = { env = \"S\" }",
         );
         let config = parse(&with_secret).expect("valid");
-        assert!(config.readers[0].grant.is_app_only());
+        assert!(
+            config.readers[0]
+                .oauth()
+                .expect("oauth")
+                .grant
+                .is_app_only()
+        );
 
         let cert_without_key = app_only.replace(
             "client_id = \"11111111-1111-1111-1111-111111111111\"",
@@ -992,5 +1242,106 @@ poll_interval = "30s"
         let config = parse(GOOD).expect("valid");
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn transport_and_housekeeping_options() {
+        let config = parse(GOOD).expect("valid");
+        let r = &config.readers[0];
+        assert_eq!(
+            (r.tls, r.after.clone(), r.idle),
+            (Tls::Implicit, After::Seen, false)
+        );
+
+        let pop = GOOD
+            .replace(
+                "protocol = \"imap\"",
+                "protocol = \"pop3\"\ntls = \"starttls\"",
+            )
+            .replace("port = 993\n", "")
+            .replace("folder = \"INBOX\"\n", "");
+        let config = parse(&pop).expect("valid pop3");
+        let r = &config.readers[0];
+        assert_eq!((r.port, r.after.clone()), (110, After::Keep));
+
+        let text = GOOD.replace(
+            "folder = \"INBOX\"",
+            "folder = \"INBOX\"\nafter = \"move:Erledigt/Bearbeitet\"\nidle = true",
+        );
+        let r = &parse(&text).expect("valid").readers[0];
+        assert_eq!(r.after, After::Move("Erledigt/Bearbeitet".into()));
+        assert!(r.idle);
+
+        let err = error_text(&GOOD.replace("folder = \"INBOX\"", "after = \"archive\""));
+        assert!(
+            err.contains("reader.after") && err.contains("\"archive\" is not an after-step"),
+            "{err}"
+        );
+        let err = error_text(&GOOD.replace("folder = \"INBOX\"", "after = \"move:\""));
+        assert!(err.contains("needs a folder name"), "{err}");
+        let err = error_text(&pop.replace(
+            "poll_interval = \"30s\"",
+            "poll_interval = \"30s\"\nafter = \"seen\"",
+        ));
+        assert!(
+            err.contains("reader.after") && err.contains("POP3 has no flags"),
+            "{err}"
+        );
+        let err = error_text(&pop.replace(
+            "poll_interval = \"30s\"",
+            "poll_interval = \"30s\"\nfolder = \"Archive\"",
+        ));
+        assert!(
+            err.contains("reader.folder") && err.contains("POP3 reads the inbox only"),
+            "{err}"
+        );
+        let err = error_text(&pop.replace(
+            "poll_interval = \"30s\"",
+            "poll_interval = \"30s\"\nidle = true",
+        ));
+        assert!(err.contains("reader.idle"), "{err}");
+    }
+
+    #[test]
+    fn plain_text_only_to_loopback() {
+        let none = GOOD.replace("protocol = \"imap\"", "protocol = \"imap\"\ntls = \"none\"");
+        let err = error_text(&none);
+        assert!(
+            err.contains("reader.tls") && err.contains("outlook.office365.com"),
+            "{err}"
+        );
+        for host in ["127.0.0.1", "localhost", "::1", "[::1]"] {
+            let text = none.replace("outlook.office365.com", host);
+            let r = &parse(&text).expect("loopback is fine").readers[0];
+            assert_eq!(r.tls, Tls::None, "{host}");
+        }
+        assert!(!is_loopback("127.0.0.1.example.com"));
+    }
+
+    #[test]
+    fn plain_auth_needs_a_password_and_no_oauth() {
+        let plain = GOOD
+            .replace("oauth = \"contoso\"\n", "")
+            .replace("grant = \"password\"", "auth = \"plain\"")
+            .replace("outlook.office365.com", "mail.example.org");
+        let r = &parse(&plain).expect("valid").readers[0];
+        assert!(matches!(r.login, Login::Plain { .. }));
+        assert!(r.oauth().is_none());
+
+        let err =
+            error_text(&plain.replace("auth = \"plain\"", "auth = \"plain\"\noauth = \"contoso\""));
+        assert!(
+            err.contains("reader.oauth") && err.contains("remove oauth"),
+            "{err}"
+        );
+        let err = error_text(&plain.replace("password = \"hunter2-literal\"\n", ""));
+        assert!(err.contains("reader.password"), "{err}");
+        let err = error_text(&plain.replace("host = \"mail.example.org\"\n", ""));
+        assert!(err.contains("reader.host"), "{err}");
+        let err = error_text(&GOOD.replace("oauth = \"contoso\"\n", ""));
+        assert!(
+            err.contains("reader.oauth") && err.contains("auth = \"plain\""),
+            "{err}"
+        );
     }
 }

@@ -24,6 +24,10 @@ pub enum StartError {
     Auth(#[from] AuthError),
     #[error("reader {0:?} uses grant = \"client_credentials\": app-only readers need no sign-in")]
     AppOnly(String),
+    #[error(
+        "reader {0:?} uses auth = \"plain\": it logs in with its password, there is nothing to sign in to"
+    )]
+    PasswordLogin(String),
     #[error("no reader named {name:?} in {path} (configured: {known})")]
     UnknownReader {
         name: String,
@@ -36,17 +40,16 @@ pub enum StartError {
 pub async fn start(config: &Config) -> Result<Arc<Context>, StartError> {
     let store = Store::open(&config.store).await?;
     for reader in &config.readers {
-        let config_hash = match config.app(&reader.oauth) {
-            Some(app) => store.digest(&reader.fingerprint_material(app)),
-            None => String::new(),
-        };
+        let oauth = reader.oauth();
+        let app = oauth.and_then(|o| config.app(&o.app));
+        let config_hash = store.digest(&reader.fingerprint_material(app));
         let state = store
             .register_reader(ReaderIdentity {
                 name: &reader.name,
                 protocol: reader.protocol.as_str(),
-                oauth: &reader.oauth,
+                oauth: oauth.map(|o| o.app.as_str()),
                 account: &reader.username,
-                grant: reader.grant.as_str(),
+                grant: reader.login.as_str(),
                 config_hash: &config_hash,
             })
             .await?;
@@ -54,7 +57,9 @@ pub async fn start(config: &Config) -> Result<Arc<Context>, StartError> {
             reader = %reader.name,
             protocol = reader.protocol.as_str(),
             host = %reader.host,
-            grant = reader.grant.as_str(),
+            tls = reader.tls.as_str(),
+            grant = reader.login.as_str(),
+            after = %reader.after.as_str(),
             state = state.as_str(),
             "reader configured"
         );
@@ -123,11 +128,13 @@ pub async fn authorize(
     ui: &impl Interaction,
 ) -> Result<Authorized, StartError> {
     let reader = find_reader(config, name)?.clone();
-    if reader.grant == Grant::ClientCredentials {
+    let Some(request) = reader::token_request(&reader) else {
+        return Err(StartError::PasswordLogin(reader.name));
+    };
+    if request.grant == Grant::ClientCredentials {
         return Err(StartError::AppOnly(reader.name));
     }
     let ctx = start(config).await?;
-    let request = reader::token_request(&reader);
     let result = match method {
         SignInMethod::Code(options) => ctx.tokens.authorize_code(&request, options, ui).await,
         SignInMethod::Device => ctx.tokens.authorize_device(&request, ui).await,

@@ -121,8 +121,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { readers } => {
             let results = daemon::check(&config, &readers).await?;
             Ok(report(results, |r| {
+                let capabilities = if r.capabilities.is_empty() {
+                    "none of IDLE, MOVE, UIDPLUS".to_string()
+                } else {
+                    r.capabilities.join(" ")
+                };
                 format!(
-                    "ok, {} messages, {} not yet ingested",
+                    "ok, {} messages, {} not yet ingested; capabilities: {capabilities}",
                     r.messages, r.waiting
                 )
             }))

@@ -7,12 +7,11 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Service, TokenRequest, TokenStore};
-use crate::config::{Grant, Protocol, ReaderConfig};
-use crate::source::{CheckReport, PollReport, imap};
+use crate::config::{Grant, Login, OAuthLogin, Protocol, ReaderConfig, SecretError};
+use crate::source::{CheckReport, Credential, PollReport, imap, pop3};
 use crate::store::{ReaderState, Store, StoreError};
 
 /// What every reader task shares.
@@ -30,7 +29,15 @@ pub enum PollError {
     #[error(transparent)]
     Imap(#[from] imap::ImapError),
     #[error(transparent)]
+    Pop3(#[from] pop3::Pop3Error),
+    #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The server refused a configured password: retrying the same password
+    /// only risks locking the account.
+    #[error("{0}")]
+    PasswordRejected(String),
     /// Not polled: the reader is stopped until an admin acts.
     #[error("not polled: {}: {}", .state.as_str(), .last_error.as_deref().unwrap_or("no error recorded"))]
     Stopped {
@@ -44,7 +51,11 @@ impl PollError {
     pub fn state(&self) -> ReaderState {
         match self {
             PollError::Auth(e) => e.state(),
-            PollError::Imap(_) | PollError::Store(_) => ReaderState::Retrying,
+            PollError::Secret(_)
+            | PollError::PasswordRejected(_)
+            | PollError::Imap(imap::ImapError::NoMoveTarget { .. })
+            | PollError::Pop3(pop3::Pop3Error::NoUidl { .. }) => ReaderState::Misconfigured,
+            PollError::Imap(_) | PollError::Pop3(_) | PollError::Store(_) => ReaderState::Retrying,
             PollError::Stopped { state, .. } => *state,
         }
     }
@@ -58,15 +69,20 @@ impl PollError {
     }
 }
 
-/// The token request behind a reader.
-pub fn token_request(reader: &ReaderConfig) -> TokenRequest<'_> {
+/// The token request behind a reader; `None` for a password login.
+pub fn token_request(reader: &ReaderConfig) -> Option<TokenRequest<'_>> {
+    reader.oauth().map(|oauth| oauth_request(reader, oauth))
+}
+
+fn oauth_request<'r>(reader: &'r ReaderConfig, oauth: &'r OAuthLogin) -> TokenRequest<'r> {
     TokenRequest {
-        oauth: &reader.oauth,
+        oauth: &oauth.app,
         account: &reader.username,
-        grant: reader.grant,
-        password: reader.password.as_ref(),
+        grant: oauth.grant,
+        password: oauth.password.as_ref(),
         service: match reader.protocol {
             Protocol::Imap => Service::Imap,
+            Protocol::Pop3 => Service::Pop,
         },
     }
 }
@@ -76,7 +92,7 @@ pub fn token_request(reader: &ReaderConfig) -> TokenRequest<'_> {
 pub fn advice(reader: &ReaderConfig, state: ReaderState) -> Option<String> {
     let name = &reader.name;
     match state {
-        ReaderState::NeedsAuthorization => Some(match reader.grant {
+        ReaderState::NeedsAuthorization => Some(match reader.oauth().map(|o| o.grant)? {
             Grant::AuthorizationCode => {
                 format!("run `mail2ticket authorize {name}` to sign in again")
             }
@@ -100,33 +116,90 @@ pub fn advice(reader: &ReaderConfig, state: ReaderState) -> Option<String> {
     }
 }
 
-/// Runs `op` with a fresh token; if the mail server refuses the token, the
-/// cached one is dropped so the next attempt gets a new one.
-async fn with_token<T, F, Fut>(ctx: &Context, reader: &ReaderConfig, op: F) -> Result<T, PollError>
-where
-    F: FnOnce(SecretString) -> Fut,
-    Fut: std::future::Future<Output = Result<T, imap::ImapError>>,
-{
-    let request = token_request(reader);
-    let token = ctx.tokens.access_token(&request).await?;
-    match op(token).await {
-        Err(e @ imap::ImapError::AuthRejected { .. }) => {
-            ctx.tokens.invalidate(&request).await;
-            Err(e.into())
-        }
-        other => Ok(other?),
+/// A protocol error that can say whether the server refused the login.
+trait LoginError: Into<PollError> {
+    fn is_auth_rejected(&self) -> bool;
+}
+
+impl LoginError for imap::ImapError {
+    fn is_auth_rejected(&self) -> bool {
+        imap::ImapError::is_auth_rejected(self)
     }
+}
+
+impl LoginError for pop3::Pop3Error {
+    fn is_auth_rejected(&self) -> bool {
+        pop3::Pop3Error::is_auth_rejected(self)
+    }
+}
+
+/// Runs `op` with the reader's credential. If the mail server refuses a
+/// token, the cached one is dropped so the next attempt gets a new one; a
+/// refused password stops the reader (see [`PollError::PasswordRejected`]).
+async fn with_credential<T, E, F, Fut>(
+    ctx: &Context,
+    reader: &ReaderConfig,
+    op: F,
+) -> Result<T, PollError>
+where
+    E: LoginError,
+    F: FnOnce(Credential) -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    match &reader.login {
+        Login::OAuth(oauth) => {
+            let request = oauth_request(reader, oauth);
+            let token = ctx.tokens.access_token(&request).await?;
+            match op(Credential::Token(token)).await {
+                Err(e) if e.is_auth_rejected() => {
+                    ctx.tokens.invalidate(&request).await;
+                    Err(e.into())
+                }
+                other => other.map_err(Into::into),
+            }
+        }
+        Login::Plain { password } => {
+            let password = password.resolve()?;
+            match op(Credential::Password(password)).await {
+                Err(e) if e.is_auth_rejected() => {
+                    Err(PollError::PasswordRejected(e.into().to_string()))
+                }
+                other => other.map_err(Into::into),
+            }
+        }
+    }
+}
+
+/// A reader's connection kept open between polls (`idle = true`).
+#[derive(Debug, Default)]
+pub struct Link {
+    imap: Option<imap::Connection>,
+}
+
+/// How waiting for new mail ended; see [`wait_for_mail`].
+pub use crate::source::imap::Idled;
+
+/// Waits on the reader's kept connection for new mail (IMAP IDLE).
+pub async fn wait_for_mail(link: &mut Link, cancel: &CancellationToken) -> Idled {
+    imap::idle(&mut link.imap, cancel).await
 }
 
 async fn poll(
     ctx: &Context,
     reader: &ReaderConfig,
+    link: &mut Link,
     cancel: &CancellationToken,
 ) -> Result<PollReport, PollError> {
     match reader.protocol {
         Protocol::Imap => {
-            with_token(ctx, reader, |token| async move {
-                imap::poll(reader, &token, &ctx.store, cancel).await
+            with_credential(ctx, reader, |credential| async move {
+                imap::poll(reader, &credential, &ctx.store, cancel, &mut link.imap).await
+            })
+            .await
+        }
+        Protocol::Pop3 => {
+            with_credential(ctx, reader, |credential| async move {
+                pop3::poll(reader, &credential, &ctx.store, cancel).await
             })
             .await
         }
@@ -136,8 +209,14 @@ async fn poll(
 async fn check(ctx: &Context, reader: &ReaderConfig) -> Result<CheckReport, PollError> {
     match reader.protocol {
         Protocol::Imap => {
-            with_token(ctx, reader, |token| async move {
-                imap::check(reader, &token, &ctx.store).await
+            with_credential(ctx, reader, |credential| async move {
+                imap::check(reader, &credential, &ctx.store).await
+            })
+            .await
+        }
+        Protocol::Pop3 => {
+            with_credential(ctx, reader, |credential| async move {
+                pop3::check(reader, &credential, &ctx.store).await
             })
             .await
         }
@@ -157,17 +236,19 @@ pub async fn poll_unless_stopped(
     {
         return Err(PollError::Stopped { state, last_error });
     }
-    poll_and_record(ctx, reader, cancel).await
+    // One-shot: nothing is kept for a next poll.
+    poll_and_record(ctx, reader, &mut Link::default(), cancel).await
 }
 
 /// Polls once and records the outcome in `readers`.
 pub async fn poll_and_record(
     ctx: &Context,
     reader: &ReaderConfig,
+    link: &mut Link,
     cancel: &CancellationToken,
 ) -> Result<PollReport, PollError> {
     log_store_error(reader, ctx.store.record_poll_start(&reader.name).await);
-    let result = poll(ctx, reader, cancel).await;
+    let result = poll(ctx, reader, link, cancel).await;
     record(ctx, reader, &result).await;
     result
 }

@@ -3,7 +3,8 @@
 //! Owns timing: the poll interval after a success, exponential backoff with
 //! jitter after transient failures (capped at 15 minutes, never shorter
 //! than a Retry-After), parking readers whose failure only a person can fix
-//! (they make no requests until `authorize` or `check` releases them), and
+//! (they make no requests until `authorize` or `check` releases them),
+//! waiting in IMAP IDLE instead of sleeping for `idle = true` readers, and
 //! independence: a reader that hangs or fails only ever delays itself.
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ReaderConfig;
-use crate::reader::{self, Context};
+use crate::reader::{self, Context, Idled, Link};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
@@ -79,19 +80,33 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
         }
     }
     let mut failures: u32 = 0;
+    let mut link = Link::default();
     while !cancel.is_cancelled() {
-        let delay = match reader::poll_and_record(&ctx, &reader, &cancel).await {
+        let delay = match reader::poll_and_record(&ctx, &reader, &mut link, &cancel).await {
+            Ok(report) if reader.idle => {
+                log_report(&reader, report);
+                failures = 0;
+                match reader::wait_for_mail(&mut link, &cancel).await {
+                    Idled::Changed => continue,
+                    Idled::Cancelled => break,
+                    Idled::Unsupported => reader.poll_interval,
+                    Idled::Lost(e) => {
+                        // Polling at once reconnects; the backoff keeps a
+                        // server that drops every IDLE from being hammered.
+                        failures = 1;
+                        let delay = backoff(failures, reader.poll_interval);
+                        tracing::warn!(
+                            reader = %reader.name,
+                            error = %e,
+                            "IDLE connection lost; reconnecting"
+                        );
+                        delay
+                    }
+                }
+            }
             Ok(report) => {
                 failures = 0;
-                if report.fetched > 0 {
-                    tracing::info!(
-                        reader = %reader.name,
-                        fetched = report.fetched,
-                        tickets = report.created,
-                        duplicates = report.duplicates,
-                        "poll done"
-                    );
-                }
+                log_report(&reader, report);
                 reader.poll_interval
             }
             Err(e) if e.state().is_parked() => {
@@ -105,7 +120,9 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
                     break;
                 }
                 tracing::info!(reader = %reader.name, "reader released; polling again");
-                ctx.tokens.reload(&reader::token_request(&reader)).await;
+                if let Some(request) = reader::token_request(&reader) {
+                    ctx.tokens.reload(&request).await;
+                }
                 failures = 0;
                 continue;
             }
@@ -129,6 +146,18 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
             () = cancel.cancelled() => break,
             () = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+fn log_report(reader: &ReaderConfig, report: crate::source::PollReport) {
+    if report.fetched > 0 {
+        tracing::info!(
+            reader = %reader.name,
+            fetched = report.fetched,
+            tickets = report.created,
+            duplicates = report.duplicates,
+            "poll done"
+        );
     }
 }
 

@@ -3,21 +3,111 @@
 //! Owns the trust decision. Verification is always on; the web PKI roots
 //! are trusted, plus one extra CA file when the admin names it. Failures
 //! are described in words an admin can act on ("certificate for HOST not
-//! trusted", "connection refused: HOST:PORT").
+//! trusted", "connection refused: HOST:PORT"). A connection starts either
+//! in TLS (implicit) or in plain text that the protocol module upgrades
+//! with [`upgrade`] after its STARTTLS/STLS exchange; plain text that stays
+//! plain is only reachable through `tls = "none"`, which config accepts for
+//! loopback hosts only.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{CertificateError, ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::config::Tls;
+
 /// The stream every mail protocol module speaks over.
-pub type Stream = TlsStream<TcpStream>;
+#[derive(Debug)]
+pub enum Stream {
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Before STARTTLS, or `tls = "none"` on loopback.
+    Plain(TcpStream),
+}
+
+impl Stream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Where to connect and how to protect it.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub tls: Tls,
+    pub ca_file: Option<&'a Path>,
+    pub timeout: Duration,
+}
+
+/// Connects: a verified TLS stream for `tls = "implicit"`, else plain TCP
+/// (which `starttls` must [`upgrade`] before saying anything that matters).
+pub async fn connect(to: &Endpoint<'_>) -> Result<Stream, ConnectError> {
+    match to.tls {
+        Tls::Implicit => connect_tls(to.host, to.port, to.ca_file, to.timeout).await,
+        Tls::StartTls | Tls::None => Ok(Stream::Plain(
+            connect_tcp(to.host, to.port, to.timeout).await?,
+        )),
+    }
+}
+
+/// Completes a verified TLS handshake on a plain stream, after the
+/// protocol's STARTTLS/STLS was accepted.
+pub async fn upgrade(stream: Stream, to: &Endpoint<'_>) -> Result<Stream, ConnectError> {
+    match stream {
+        Stream::Tls(_) => Err(ConnectError::Tls("STARTTLS on a TLS connection".into())),
+        Stream::Plain(tcp) => handshake(tcp, to.host, to.port, to.ca_file, to.timeout).await,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -86,8 +176,18 @@ pub async fn connect_tls(
     ca_file: Option<&Path>,
     timeout: Duration,
 ) -> Result<Stream, ConnectError> {
-    let config = tls_config(ca_file)?;
     let tcp = connect_tcp(host, port, timeout).await?;
+    handshake(tcp, host, port, ca_file, timeout).await
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    host: &str,
+    port: u16,
+    ca_file: Option<&Path>,
+    timeout: Duration,
+) -> Result<Stream, ConnectError> {
+    let config = tls_config(ca_file)?;
     let name = ServerName::try_from(host.to_string())
         .map_err(|_| ConnectError::Tls(format!("{host:?} is not a valid server name")))?;
     let handshake = TlsConnector::from(config).connect(name, tcp);
@@ -98,7 +198,7 @@ pub async fn connect_tls(
             after: timeout,
         }),
         Ok(Err(e)) => Err(ConnectError::Tls(describe_tls_error(host, &e))),
-        Ok(Ok(stream)) => Ok(stream),
+        Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream))),
     }
 }
 

@@ -584,7 +584,7 @@ fn check_and_status_commands_report_per_reader() {
     );
     assert_eq!(
         stdout.trim(),
-        "helpdesk: ok, 4 messages, 4 not yet ingested"
+        "helpdesk: ok, 4 messages, 4 not yet ingested; capabilities: IDLE MOVE UIDPLUS"
     );
 
     let out = std::process::Command::new(binary())

@@ -619,7 +619,7 @@ async fn seed_refresh_token(env: &Env, config: &mail2ticket::config::Config) -> 
     )
     .expect("seed config");
     tokens
-        .access_token(&mail2ticket::reader::token_request(&seed.readers[0]))
+        .access_token(&mail2ticket::reader::token_request(&seed.readers[0]).expect("oauth reader"))
         .await
         .expect("seed sign-in");
     assert_eq!(env.count("SELECT COUNT(*) FROM oauth_tokens").await, 1);
@@ -638,7 +638,7 @@ async fn one_refresh_token_gives_separate_access_tokens_per_use() {
     let reader = &config.readers[0];
     let request = |service| TokenRequest {
         service,
-        ..mail2ticket::reader::token_request(reader)
+        ..mail2ticket::reader::token_request(reader).expect("oauth reader")
     };
     let imap = tokens
         .access_token(&request(Service::Imap))

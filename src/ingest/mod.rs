@@ -8,3 +8,24 @@
 mod parse;
 
 pub use parse::{Attachment, ParsedMail, parse};
+
+/// The parsing task could not run (the runtime is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the mail parser task failed: {0}")]
+pub struct ParseTaskFailed(String);
+
+/// Parses a batch off the async threads: a large attachment can take a
+/// while. [`parse`] contains its own panics, so the task only fails if the
+/// runtime is shutting down; the batch is then not committed at all (it is
+/// fetched again next time) rather than stored without its content.
+pub async fn parse_batch<K: Send + 'static>(
+    raw: Vec<(K, Vec<u8>)>,
+) -> Result<Vec<(K, ParsedMail)>, ParseTaskFailed> {
+    tokio::task::spawn_blocking(move || {
+        raw.into_iter()
+            .map(|(key, bytes)| (key, parse(&bytes)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| ParseTaskFailed(e.to_string()))
+}

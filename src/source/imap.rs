@@ -1,32 +1,51 @@
-//! IMAP over implicit TLS with SASL XOAUTH2.
+//! IMAP with SASL XOAUTH2 (or a password), over implicit TLS or STARTTLS.
 //!
 //! Owns how an IMAP folder becomes tickets exactly once: new mail is found
 //! by UID above the ledger's watermark for the folder's UIDVALIDITY, fetched
 //! in batches with `BODY.PEEK[]` (so nothing is marked read before its
-//! ticket exists), committed, and only then flagged `\Seen`. A flag that
-//! could not be set is remembered in the ledger and set on the next poll.
+//! ticket exists), committed, and only then given its after-step (`\Seen`,
+//! nothing, delete, or move). An after-step that could not be done stays
+//! pending in the ledger and is retried on the next poll; since it only
+//! ever runs for committed mail, a retry can never duplicate a ticket.
+//!
+//! A UIDVALIDITY change (the folder was recreated) starts a new UID space:
+//! everything in it is fetched again and matched against the emails already
+//! stored by Message-ID, or by content hash for mail without one, so known
+//! mail is only recorded under its new UID.
+//!
+//! With `idle = true` the connection is kept between polls and waits in
+//! IDLE, so new mail is noticed as it arrives.
 
 use std::time::Duration;
 
 use async_imap::Authenticator;
+use base64::Engine as _;
 use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
-use super::{CheckReport, PollReport};
-use crate::config::ReaderConfig;
-use crate::ingest::{self, ParsedMail};
+use super::{CheckReport, Credential, PollReport};
+use crate::config::{After, ReaderConfig, Tls};
+use crate::ingest::{self, ParseTaskFailed};
 use crate::store::{FolderPosition, Store, StoreError};
-use crate::transport::{self, ConnectError, Stream};
+use crate::transport::{self, ConnectError, Endpoint, Stream};
+
+/// IDLE is re-issued at least this often: servers may drop an IDLE after
+/// 30 minutes (RFC 2177), and NAT boxes forget quiet connections sooner.
+const IDLE_RENEW: Duration = Duration::from_secs(25 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImapError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error(
-        "authentication failed: the IMAP server refused the access token for {user} ({server})"
-    )]
-    AuthRejected { user: String, server: String },
+    #[error("{server} does not offer STARTTLS ({detail}); use tls = \"implicit\" on port 993")]
+    NoStartTls { server: String, detail: String },
+    #[error("authentication failed: the IMAP server refused the {what} for {user} ({server})")]
+    AuthRejected {
+        what: &'static str,
+        user: String,
+        server: String,
+    },
     #[error(
         "authentication failed: the server accepted the token but the session is unusable ({server}); \
          check that {user} has a mailbox with IMAP enabled"
@@ -34,16 +53,27 @@ pub enum ImapError {
     NotConnected { user: String, server: String },
     #[error("folder {folder:?} does not exist ({server})")]
     NoFolder { folder: String, server: String },
+    #[error(
+        "after = \"move:{folder}\": the folder {folder:?} does not exist; create it or fix `after`"
+    )]
+    NoMoveTarget { folder: String },
     #[error("folder {folder:?} has no UIDVALIDITY; cannot track which mail was ingested")]
     NoUidValidity { folder: String },
     #[error("IMAP server did not answer {step} within {}s", .after.as_secs())]
     Timeout { step: &'static str, after: Duration },
     #[error("IMAP {step} failed: {detail}")]
     Protocol { step: &'static str, detail: String },
-    #[error("the mail parser task failed: {0}")]
-    Parser(String),
+    #[error(transparent)]
+    Parser(#[from] ParseTaskFailed),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl ImapError {
+    /// The server refused the credential (not the network, not the folder).
+    pub fn is_auth_rejected(&self) -> bool {
+        matches!(self, ImapError::AuthRejected { .. })
+    }
 }
 
 /// The XOAUTH2 initial client response; on failure the server sends a JSON
@@ -70,16 +100,98 @@ impl Authenticator for XOAuth2<'_> {
     }
 }
 
+/// SASL PLAIN (RFC 4616): authorization id empty, so the server uses the
+/// user's own mailbox.
+struct Plain<'a> {
+    user: &'a str,
+    password: &'a SecretString,
+    sent: bool,
+}
+
+impl Authenticator for Plain<'_> {
+    type Response = Vec<u8>;
+
+    fn process(&mut self, _challenge: &[u8]) -> Vec<u8> {
+        if std::mem::replace(&mut self.sent, true) {
+            return Vec::new();
+        }
+        format!("\0{}\0{}", self.user, self.password.expose_secret()).into_bytes()
+    }
+}
+
+/// The server capabilities mail2ticket adapts to.
+#[derive(Debug, Clone, Copy, Default)]
+struct Caps {
+    idle: bool,
+    moves: bool,
+    uidplus: bool,
+}
+
+impl Caps {
+    fn names(self) -> Vec<&'static str> {
+        [
+            (self.idle, "IDLE"),
+            (self.moves, "MOVE"),
+            (self.uidplus, "UIDPLUS"),
+        ]
+        .into_iter()
+        .filter_map(|(has, name)| has.then_some(name))
+        .collect()
+    }
+}
+
 /// An authenticated, verified IMAP session.
 struct Session {
     inner: async_imap::Session<Stream>,
     timeout: Duration,
+    caps: Caps,
 }
 
 /// A folder as selected.
+#[derive(Debug, Clone, Copy)]
 struct Selected {
     uidvalidity: u32,
     exists: u32,
+}
+
+/// A session kept open between polls (`idle = true`), with its folder
+/// selected.
+pub struct Connection {
+    session: Session,
+    selected: Selected,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("uidvalidity", &self.selected.uidvalidity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a wait in IDLE ended.
+#[derive(Debug)]
+pub enum Idled {
+    /// The server announced a change (or the IDLE was renewed): poll now.
+    Changed,
+    /// The server has no IDLE, or no connection is kept: poll on the
+    /// interval instead.
+    Unsupported,
+    /// Shutdown began.
+    Cancelled,
+    /// The connection broke; the next poll reconnects.
+    Lost(ImapError),
+}
+
+fn protocol_error(step: &'static str, e: impl std::fmt::Display) -> ImapError {
+    ImapError::Protocol {
+        step,
+        detail: e.to_string(),
+    }
+}
+
+fn timed_out(step: &'static str, after: Duration) -> ImapError {
+    ImapError::Timeout { step, after }
 }
 
 async fn step<T>(
@@ -88,114 +200,142 @@ async fn step<T>(
     fut: impl std::future::Future<Output = Result<T, async_imap::error::Error>>,
 ) -> Result<T, ImapError> {
     match tokio::time::timeout(timeout, fut).await {
-        Err(_) => Err(ImapError::Timeout {
-            step,
-            after: timeout,
-        }),
-        Ok(Err(e)) => Err(ImapError::Protocol {
-            step,
-            detail: e.to_string(),
-        }),
+        Err(_) => Err(timed_out(step, timeout)),
+        Ok(Err(e)) => Err(protocol_error(step, e)),
         Ok(Ok(v)) => Ok(v),
     }
 }
 
+/// Drains a response stream of a UID command, bounded by `timeout`.
+async fn drain<S, T, E>(timeout: Duration, step: &'static str, stream: S) -> Result<(), ImapError>
+where
+    S: futures::Stream<Item = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let results: Vec<_> = tokio::time::timeout(timeout, stream.collect::<Vec<_>>())
+        .await
+        .map_err(|_| timed_out(step, timeout))?;
+    for r in results {
+        r.map_err(|e| protocol_error(step, e))?;
+    }
+    Ok(())
+}
+
 impl Session {
-    async fn open(reader: &ReaderConfig, token: &SecretString) -> Result<Session, ImapError> {
+    async fn open(reader: &ReaderConfig, credential: &Credential) -> Result<Session, ImapError> {
         let t = reader.timeout;
-        let stream =
-            transport::connect_tls(&reader.host, reader.port, reader.ca_file.as_deref(), t).await?;
+        let endpoint = Endpoint {
+            host: &reader.host,
+            port: reader.port,
+            tls: reader.tls,
+            ca_file: reader.ca_file.as_deref(),
+            timeout: t,
+        };
+        let stream = transport::connect(&endpoint).await?;
         let mut client = async_imap::Client::new(stream);
         match tokio::time::timeout(t, client.read_response()).await {
-            Err(_) => {
-                return Err(ImapError::Timeout {
-                    step: "greeting",
-                    after: t,
-                });
-            }
-            Ok(Err(e)) => {
-                return Err(ImapError::Protocol {
-                    step: "greeting",
-                    detail: e.to_string(),
-                });
-            }
+            Err(_) => return Err(timed_out("greeting", t)),
+            Ok(Err(e)) => return Err(protocol_error("greeting", e)),
             Ok(Ok(None)) => {
-                return Err(ImapError::Protocol {
-                    step: "greeting",
-                    detail: "the server closed the connection".into(),
-                });
+                return Err(protocol_error(
+                    "greeting",
+                    "the server closed the connection",
+                ));
             }
             Ok(Ok(Some(_))) => {}
         }
-        let auth = XOAuth2 {
-            user: &reader.username,
-            token,
-            sent: false,
-        };
-        let inner = match tokio::time::timeout(t, client.authenticate("XOAUTH2", auth)).await {
-            Err(_) => {
-                return Err(ImapError::Timeout {
-                    step: "AUTHENTICATE",
-                    after: t,
-                });
+        if reader.tls == Tls::StartTls {
+            match tokio::time::timeout(t, client.run_command_and_check_ok("STARTTLS", None)).await {
+                Err(_) => return Err(timed_out("STARTTLS", t)),
+                Ok(Err(e)) => {
+                    return Err(ImapError::NoStartTls {
+                        server: reader.host.clone(),
+                        detail: e.to_string(),
+                    });
+                }
+                Ok(Ok(())) => {}
             }
-            Ok(Err((async_imap::error::Error::No(server), _))) => {
+            // Anything the server sent before the handshake is discarded
+            // with the old client: it was not protected by TLS.
+            let stream = transport::upgrade(client.into_inner(), &endpoint).await?;
+            client = async_imap::Client::new(stream);
+        }
+        let user = reader.username.as_str();
+        let (login, what) = match credential {
+            Credential::Token(token) => (
+                authenticate(
+                    client,
+                    "XOAUTH2",
+                    XOAuth2 {
+                        user,
+                        token,
+                        sent: false,
+                    },
+                    t,
+                )
+                .await,
+                "access token",
+            ),
+            Credential::Password(password) => {
+                (login_plain(client, user, password, t).await, "password")
+            }
+        };
+        let inner = match login {
+            Err(async_imap::error::Error::No(server)) => {
                 return Err(ImapError::AuthRejected {
-                    user: reader.username.clone(),
+                    what,
+                    user: user.to_string(),
                     server,
                 });
             }
-            Ok(Err((e, _))) => {
-                return Err(ImapError::Protocol {
-                    step: "AUTHENTICATE",
-                    detail: e.to_string(),
-                });
+            Err(async_imap::error::Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(timed_out("AUTHENTICATE", t));
             }
-            Ok(Ok(session)) => session,
+            Err(e) => return Err(protocol_error("AUTHENTICATE", e)),
+            Ok(session) => session,
         };
-        let mut session = Session { inner, timeout: t };
+        let mut session = Session {
+            inner,
+            timeout: t,
+            caps: Caps::default(),
+        };
         // Exchange Online can accept AUTHENTICATE and then answer every
         // command with "BAD User is authenticated but not connected"; only
         // a command after login tells.
         match tokio::time::timeout(t, session.inner.run_command_and_check_ok("NOOP")).await {
-            Err(_) => Err(ImapError::Timeout {
-                step: "NOOP",
-                after: t,
-            }),
+            Err(_) => return Err(timed_out("NOOP", t)),
             Ok(Err(
                 async_imap::error::Error::Bad(server) | async_imap::error::Error::No(server),
-            )) => Err(ImapError::NotConnected {
-                user: reader.username.clone(),
-                server,
-            }),
-            Ok(Err(e)) => Err(ImapError::Protocol {
-                step: "NOOP",
-                detail: e.to_string(),
-            }),
-            Ok(Ok(())) => Ok(session),
+            )) => {
+                return Err(ImapError::NotConnected {
+                    user: user.to_string(),
+                    server,
+                });
+            }
+            Ok(Err(e)) => return Err(protocol_error("NOOP", e)),
+            Ok(Ok(())) => {}
         }
+        // After login: servers may announce more (or less) than before it.
+        let caps = step(t, "CAPABILITY", session.inner.capabilities()).await?;
+        session.caps = Caps {
+            idle: caps.has_str("IDLE"),
+            moves: caps.has_str("MOVE"),
+            uidplus: caps.has_str("UIDPLUS"),
+        };
+        Ok(session)
     }
 
     async fn select(&mut self, folder: &str) -> Result<Selected, ImapError> {
-        let mailbox = match tokio::time::timeout(self.timeout, self.inner.select(folder)).await {
-            Err(_) => {
-                return Err(ImapError::Timeout {
-                    step: "SELECT",
-                    after: self.timeout,
-                });
-            }
+        let name = mailbox_name(folder);
+        let mailbox = match tokio::time::timeout(self.timeout, self.inner.select(&name)).await {
+            Err(_) => return Err(timed_out("SELECT", self.timeout)),
             Ok(Err(async_imap::error::Error::No(server))) => {
                 return Err(ImapError::NoFolder {
                     folder: folder.to_string(),
                     server,
                 });
             }
-            Ok(Err(e)) => {
-                return Err(ImapError::Protocol {
-                    step: "SELECT",
-                    detail: e.to_string(),
-                });
-            }
+            Ok(Err(e)) => return Err(protocol_error("SELECT", e)),
             Ok(Ok(mailbox)) => mailbox,
         };
         let uidvalidity = mailbox
@@ -207,6 +347,25 @@ impl Session {
             uidvalidity,
             exists: mailbox.exists,
         })
+    }
+
+    /// Whether `folder` exists (LIST matches it exactly).
+    async fn folder_exists(&mut self, folder: &str) -> Result<bool, ImapError> {
+        let t = self.timeout;
+        let name = mailbox_name(folder);
+        let stream = step(t, "LIST", self.inner.list(Some(""), Some(&name))).await?;
+        let names: Vec<_> = tokio::time::timeout(t, stream.collect::<Vec<_>>())
+            .await
+            .map_err(|_| timed_out("LIST", t))?;
+        let mut found = false;
+        for n in names {
+            let n = n.map_err(|e| protocol_error("LIST", e))?;
+            found |= !n
+                .attributes()
+                .iter()
+                .any(|a| matches!(a, async_imap::types::NameAttribute::NoSelect));
+        }
+        Ok(found)
     }
 
     /// UIDs above `watermark`, ascending.
@@ -232,20 +391,11 @@ impl Session {
         loop {
             // Bounded per response, so a large batch is not cut off while
             // data is still flowing, but a stalled server is.
-            let next = match tokio::time::timeout(t, stream.next()).await {
-                Err(_) => {
-                    return Err(ImapError::Timeout {
-                        step: "UID FETCH",
-                        after: t,
-                    });
-                }
-                Ok(next) => next,
-            };
+            let next = tokio::time::timeout(t, stream.next())
+                .await
+                .map_err(|_| timed_out("UID FETCH", t))?;
             let Some(item) = next else { break };
-            let fetch = item.map_err(|e| ImapError::Protocol {
-                step: "UID FETCH",
-                detail: e.to_string(),
-            })?;
+            let fetch = item.map_err(|e| protocol_error("UID FETCH", e))?;
             // Unsolicited FETCH responses (flag changes) carry no body.
             if let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) {
                 mails.push((uid, body.to_vec()));
@@ -255,28 +405,59 @@ impl Session {
         Ok(mails)
     }
 
-    async fn mark_seen(&mut self, uids: &[u32]) -> Result<(), ImapError> {
+    async fn store_flag(&mut self, uids: &str, flag: &str) -> Result<(), ImapError> {
         let t = self.timeout;
-        let stream = step(
-            t,
-            "UID STORE",
-            self.inner
-                .uid_store(uid_set(uids), "+FLAGS.SILENT (\\Seen)"),
-        )
-        .await?;
-        let results: Vec<_> = tokio::time::timeout(t, stream.collect::<Vec<_>>())
-            .await
-            .map_err(|_| ImapError::Timeout {
-                step: "UID STORE",
-                after: t,
-            })?;
-        for r in results {
-            r.map_err(|e| ImapError::Protocol {
-                step: "UID STORE",
-                detail: e.to_string(),
-            })?;
+        let query = format!("+FLAGS.SILENT ({flag})");
+        let stream = step(t, "UID STORE", self.inner.uid_store(uids, &query)).await?;
+        drain(t, "UID STORE", stream).await
+    }
+
+    /// Removes messages flagged `\Deleted`: only `uids` with UIDPLUS; every
+    /// flagged message of the folder without it (RFC 3501 has nothing finer).
+    async fn expunge(&mut self, uids: &str) -> Result<(), ImapError> {
+        let t = self.timeout;
+        if self.caps.uidplus {
+            let stream = step(t, "UID EXPUNGE", self.inner.uid_expunge(uids)).await?;
+            drain(t, "UID EXPUNGE", stream).await
+        } else {
+            let stream = step(t, "EXPUNGE", self.inner.expunge()).await?;
+            drain(t, "EXPUNGE", stream).await
         }
-        Ok(())
+    }
+
+    /// The reader's after-step for committed `uids`.
+    async fn after_step(&mut self, after: &After, uids: &[u32]) -> Result<(), ImapError> {
+        let set = uid_set(uids);
+        match after {
+            After::Keep => Ok(()),
+            After::Seen => self.store_flag(&set, "\\Seen").await,
+            After::Delete => {
+                self.store_flag(&set, "\\Deleted").await?;
+                self.expunge(&set).await
+            }
+            After::Move(folder) => {
+                let t = self.timeout;
+                let target = mailbox_name(folder);
+                let result = if self.caps.moves {
+                    step(t, "UID MOVE", self.inner.uid_mv(&set, &target)).await
+                } else {
+                    step(t, "UID COPY", self.inner.uid_copy(&set, &target)).await
+                };
+                if let Err(ImapError::Protocol { detail, .. }) = &result
+                    && detail.contains("TRYCREATE")
+                {
+                    return Err(ImapError::NoMoveTarget {
+                        folder: folder.clone(),
+                    });
+                }
+                result?;
+                if !self.caps.moves {
+                    self.store_flag(&set, "\\Deleted").await?;
+                    self.expunge(&set).await?;
+                }
+                Ok(())
+            }
+        }
     }
 
     async fn logout(mut self) {
@@ -284,45 +465,225 @@ impl Session {
     }
 }
 
-/// Connects, authenticates and selects the folder; counts what is waiting.
+async fn authenticate(
+    client: async_imap::Client<Stream>,
+    mechanism: &str,
+    auth: impl Authenticator,
+    t: Duration,
+) -> Result<async_imap::Session<Stream>, async_imap::error::Error> {
+    match tokio::time::timeout(t, client.authenticate(mechanism, auth)).await {
+        Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+        Ok(r) => r.map_err(|(e, _)| e),
+    }
+}
+
+/// SASL PLAIN, or the LOGIN command for servers without it. LOGIN is only
+/// tried when PLAIN was refused as a mechanism (BAD), never after a wrong
+/// password (NO), so one bad password is one failed login.
+async fn login_plain(
+    client: async_imap::Client<Stream>,
+    user: &str,
+    password: &SecretString,
+    t: Duration,
+) -> Result<async_imap::Session<Stream>, async_imap::error::Error> {
+    let plain = Plain {
+        user,
+        password,
+        sent: false,
+    };
+    let client = match tokio::time::timeout(t, client.authenticate("PLAIN", plain)).await {
+        Err(_) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+        Ok(Ok(session)) => return Ok(session),
+        Ok(Err((async_imap::error::Error::Bad(_), client))) => client,
+        Ok(Err((e, _))) => return Err(e),
+    };
+    match tokio::time::timeout(t, client.login(user, password.expose_secret())).await {
+        Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+        Ok(r) => r.map_err(|(e, _)| e),
+    }
+}
+
+/// A folder name as IMAP wants it on the wire: modified UTF-7 (RFC 3501
+/// 5.1.3), where `&` is escaped as `&-` and any run of non-ASCII text is
+/// `&` + base64 of its UTF-16 (with `,` for `/`) + `-`.
+fn mailbox_name(folder: &str) -> String {
+    const ALPHABET: base64::alphabet::Alphabet = match base64::alphabet::Alphabet::new(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,",
+    ) {
+        Ok(a) => a,
+        Err(_) => panic!("the modified UTF-7 alphabet is valid"),
+    };
+    const ENGINE: base64::engine::GeneralPurpose =
+        base64::engine::GeneralPurpose::new(&ALPHABET, base64::engine::general_purpose::NO_PAD);
+    let mut out = String::with_capacity(folder.len());
+    let mut run: Vec<u8> = Vec::new();
+    let flush = |run: &mut Vec<u8>, out: &mut String| {
+        if !run.is_empty() {
+            out.push('&');
+            out.push_str(&ENGINE.encode(&run));
+            out.push('-');
+            run.clear();
+        }
+    };
+    for c in folder.chars() {
+        if (' '..='~').contains(&c) {
+            flush(&mut run, &mut out);
+            if c == '&' {
+                out.push_str("&-");
+            } else {
+                out.push(c);
+            }
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                run.extend_from_slice(&unit.to_be_bytes());
+            }
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// Connects, authenticates and selects the folder; counts what is waiting,
+/// and makes sure the after-step can work (a `move:` target exists).
 pub async fn check(
     reader: &ReaderConfig,
-    token: &SecretString,
+    credential: &Credential,
     store: &Store,
 ) -> Result<CheckReport, ImapError> {
-    let mut session = Session::open(reader, token).await?;
+    let mut session = Session::open(reader, credential).await?;
     let selected = session.select(&reader.folder).await?;
+    if let After::Move(folder) = &reader.after
+        && !session.folder_exists(folder).await?
+    {
+        return Err(ImapError::NoMoveTarget {
+            folder: folder.clone(),
+        });
+    }
     let pos = position(reader, &selected);
     let watermark = store.watermark(&pos).await?;
     let waiting = session.uids_after(watermark).await?.len();
+    let capabilities = session.caps.names();
     session.logout().await;
     Ok(CheckReport {
         messages: selected.exists,
         waiting,
+        capabilities,
     })
+}
+
+/// Waits in IDLE on a kept connection until the server reports a change,
+/// [`IDLE_RENEW`] passes, or `cancel` fires.
+pub async fn idle(kept: &mut Option<Connection>, cancel: &CancellationToken) -> Idled {
+    let Some(conn) = kept.take() else {
+        return Idled::Unsupported;
+    };
+    if !conn.session.caps.idle {
+        conn.session.logout().await;
+        return Idled::Unsupported;
+    }
+    let Connection { session, selected } = conn;
+    let Session {
+        inner,
+        timeout,
+        caps,
+    } = session;
+    let mut handle = inner.idle();
+    match tokio::time::timeout(timeout, handle.init()).await {
+        Err(_) => return Idled::Lost(timed_out("IDLE", timeout)),
+        Ok(Err(e)) => return Idled::Lost(protocol_error("IDLE", e)),
+        Ok(Ok(())) => {}
+    }
+    let outcome = {
+        // The renewal bound is ours, not the crate's: its timer restarts on
+        // every keep-alive the server sends, so it alone would never renew.
+        let (wait, _stop) = handle.wait_with_timeout(IDLE_RENEW);
+        tokio::select! {
+            () = cancel.cancelled() => return Idled::Cancelled,
+            r = tokio::time::timeout(IDLE_RENEW, wait) => r,
+        }
+    };
+    let changed = match outcome {
+        // The crate reports a closed connection as an interrupt; we never
+        // interrupt it ourselves.
+        Ok(Ok(async_imap::extensions::idle::IdleResponse::ManualInterrupt)) => {
+            return Idled::Lost(protocol_error("IDLE", "the server closed the connection"));
+        }
+        Ok(Err(e)) => return Idled::Lost(protocol_error("IDLE", e)),
+        Ok(Ok(_)) | Err(_) => Idled::Changed,
+    };
+    match tokio::time::timeout(timeout, handle.done()).await {
+        Err(_) => Idled::Lost(timed_out("DONE", timeout)),
+        Ok(Err(e)) => Idled::Lost(protocol_error("DONE", e)),
+        Ok(Ok(inner)) => {
+            *kept = Some(Connection {
+                session: Session {
+                    inner,
+                    timeout,
+                    caps,
+                },
+                selected,
+            });
+            changed
+        }
+    }
+}
+
+/// A session for this poll: the kept one if it still answers, else a new
+/// one with the folder selected.
+async fn session_for_poll(
+    reader: &ReaderConfig,
+    credential: &Credential,
+    kept: &mut Option<Connection>,
+) -> Result<(Session, Selected), ImapError> {
+    if let Some(mut conn) = kept.take() {
+        // A NOOP both proves the connection and collects what changed.
+        match step(conn.session.timeout, "NOOP", conn.session.inner.noop()).await {
+            Ok(()) => return Ok((conn.session, conn.selected)),
+            Err(e) => {
+                tracing::debug!(reader = %reader.name, error = %e, "kept IMAP connection is gone; reconnecting");
+            }
+        }
+    }
+    let mut session = Session::open(reader, credential).await?;
+    let selected = session.select(&reader.folder).await?;
+    Ok((session, selected))
 }
 
 /// Ingests everything new in the reader's folder, batch by batch. Stops
 /// between batches when `cancel` fires; a batch being committed is always
-/// finished first.
+/// finished first. With `idle = true` the connection is left in `kept` for
+/// [`idle`] and the next poll.
 pub async fn poll(
     reader: &ReaderConfig,
-    token: &SecretString,
+    credential: &Credential,
     store: &Store,
     cancel: &CancellationToken,
+    kept: &mut Option<Connection>,
 ) -> Result<PollReport, ImapError> {
-    let mut session = Session::open(reader, token).await?;
-    let selected = session.select(&reader.folder).await?;
+    let (mut session, selected) = session_for_poll(reader, credential, kept).await?;
     let pos = position(reader, &selected);
     let mut report = PollReport::default();
+    let mut after_failed: Option<ImapError> = None;
 
-    // Mail committed by an earlier poll that died before flagging it.
+    // Mail committed by an earlier poll whose after-step did not happen.
     let pending = store.pending_after(&pos).await?;
-    if flag_seen(&mut session, &pos, &pending).await {
+    if run_after(&mut session, reader, &pending, &mut after_failed).await {
         store.mark_after_done(&pos, &pending).await?;
     }
 
     let watermark = store.watermark(&pos).await?;
+    if watermark == 0
+        && let Some(old) = store.other_uidvalidity(&pos).await?
+    {
+        tracing::warn!(
+            reader = %reader.name,
+            folder = %reader.folder,
+            old,
+            new = pos.uidvalidity,
+            "UIDVALIDITY changed (the folder was recreated); matching its mail against stored emails by Message-ID and content"
+        );
+    }
     let uids = session.uids_after(watermark).await?;
     if !uids.is_empty() {
         tracing::debug!(reader = %reader.name, new = uids.len(), "new mail");
@@ -332,32 +693,32 @@ pub async fn poll(
         Some(first) => fetch_unless_cancelled(&mut session, first, cancel).await?,
         None => None,
     };
-    // Committed, not yet flagged on the server.
-    let mut unflagged: Vec<u32> = Vec::new();
-    // Flagged on the server, not yet recorded as done in the ledger.
-    let mut flagged: Vec<u32> = Vec::new();
+    // Committed, after-step not yet done on the server.
+    let mut undone: Vec<u32> = Vec::new();
+    // After-step done on the server, not yet recorded in the ledger.
+    let mut done: Vec<u32> = Vec::new();
     let mut index = 0;
     while let Some(raw) = next.take() {
         report.fetched += raw.len();
         let following = chunks.get(index + 1).copied();
-        let to_flag = std::mem::take(&mut unflagged);
-        let to_record = std::mem::take(&mut flagged);
+        let to_do = std::mem::take(&mut undone);
+        let to_record = std::mem::take(&mut done);
         // Two lanes: the store parses and commits batch k (recording batch
-        // k-2's flags in the same transaction, so the lanes never wait on
-        // each other's database lock) while the IMAP session flags batch
-        // k-1 and fetches batch k+1. The commit is deliberately not raced
-        // with `cancel`: a batch that started committing is finished, so
-        // shutdown never loses work.
+        // k-2's after-steps in the same transaction, so the lanes never
+        // wait on each other's database lock) while the IMAP session does
+        // batch k-1's after-step and fetches batch k+1. The commit is
+        // deliberately not raced with `cancel`: a batch that started
+        // committing is finished, so shutdown never loses work.
         let started = std::time::Instant::now();
-        let (committed, (flag_ok, prefetched)) = tokio::join!(
+        let (committed, (after_ok, prefetched)) = tokio::join!(
             async {
-                let parsed = parse_batch(raw).await?;
+                let parsed = ingest::parse_batch(raw).await?;
                 let uids: Vec<u32> = parsed.iter().map(|(uid, _)| *uid).collect();
                 let outcome = store.commit_batch(&pos, &parsed, &to_record).await?;
                 Ok::<_, ImapError>((uids, outcome))
             },
             async {
-                let ok = flag_seen(&mut session, &pos, &to_flag).await;
+                let ok = run_after(&mut session, reader, &to_do, &mut after_failed).await;
                 let prefetched = match following {
                     Some(chunk) => fetch_unless_cancelled(&mut session, chunk, cancel).await,
                     None => Ok(None),
@@ -375,19 +736,29 @@ pub async fn poll(
         );
         report.created += outcome.created;
         report.duplicates += outcome.duplicates;
-        unflagged = committed;
-        if flag_ok {
-            flagged = to_flag;
+        undone = committed;
+        if after_ok {
+            done = to_do;
         }
         next = prefetched?;
         index += 1;
     }
-    if flag_seen(&mut session, &pos, &unflagged).await {
-        flagged.extend(unflagged);
+    if run_after(&mut session, reader, &undone, &mut after_failed).await {
+        done.extend(undone);
     }
-    store.mark_after_done(&pos, &flagged).await?;
+    store.mark_after_done(&pos, &done).await?;
     report.interrupted = cancel.is_cancelled() && index < chunks.len();
-    session.logout().await;
+    if let Some(e @ ImapError::NoMoveTarget { .. }) = after_failed {
+        // The tickets exist; the admin must fix the target before mail
+        // can leave the folder.
+        session.logout().await;
+        return Err(e);
+    }
+    if reader.idle && !cancel.is_cancelled() {
+        *kept = Some(Connection { session, selected });
+    } else {
+        session.logout().await;
+    }
     Ok(report)
 }
 
@@ -406,39 +777,33 @@ async fn fetch_unless_cancelled(
     }
 }
 
-/// Flags committed mail `\Seen`; true when the server confirmed it. A
-/// failure is not a failed poll: the tickets exist, and the ledger keeps
-/// the UIDs pending until a later poll flags them.
-async fn flag_seen(session: &mut Session, pos: &FolderPosition, uids: &[u32]) -> bool {
-    if uids.is_empty() {
-        return true;
+/// Runs the after-step for committed mail; true when the server confirmed
+/// it. A failure is not a failed poll: the tickets exist, and the ledger
+/// keeps the UIDs pending until a later poll succeeds. The first failure
+/// is kept in `failed` for the caller.
+async fn run_after(
+    session: &mut Session,
+    reader: &ReaderConfig,
+    uids: &[u32],
+    failed: &mut Option<ImapError>,
+) -> bool {
+    if uids.is_empty() || failed.is_some() {
+        return uids.is_empty();
     }
-    match session.mark_seen(uids).await {
+    match session.after_step(&reader.after, uids).await {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(
-                reader = %pos.reader,
+                reader = %reader.name,
+                after = %reader.after.as_str(),
                 count = uids.len(),
                 error = %e,
-                "could not flag ingested mail as seen; will retry next poll"
+                "after-step failed for ingested mail; will retry next poll"
             );
+            *failed = Some(e);
             false
         }
     }
-}
-
-/// Parses off the async threads: a large attachment can take a while.
-/// `ingest::parse` contains its own panics, so the task only fails if the
-/// runtime is shutting down; the batch is then not committed at all (it is
-/// fetched again next time) rather than stored without its content.
-async fn parse_batch(raw: Vec<(u32, Vec<u8>)>) -> Result<Vec<(u32, ParsedMail)>, ImapError> {
-    tokio::task::spawn_blocking(move || {
-        raw.into_iter()
-            .map(|(uid, bytes)| (uid, ingest::parse(&bytes)))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(|e| ImapError::Parser(e.to_string()))
 }
 
 fn position(reader: &ReaderConfig, selected: &Selected) -> FolderPosition {
@@ -482,6 +847,23 @@ mod tests {
         assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
         assert_eq!(uid_set(&[5]), "5");
         assert_eq!(uid_set(&[]), "");
+    }
+
+    #[test]
+    fn folder_names_are_modified_utf7() {
+        assert_eq!(mailbox_name("INBOX"), "INBOX");
+        assert_eq!(mailbox_name("Tom & Jerry"), "Tom &- Jerry");
+        assert_eq!(
+            mailbox_name("Erledigt/Bearbeitet-äöü"),
+            "Erledigt/Bearbeitet-&AOQA9gD8-"
+        );
+        assert_eq!(
+            mailbox_name("Отправленные"),
+            "&BB4EQgQ,BEAEMAQyBDsENQQ9BD0ESwQ1-"
+        );
+        assert_eq!(mailbox_name("台北"), "&U,BTFw-");
+        // Outside the BMP: a surrogate pair in one run.
+        assert_eq!(mailbox_name("a😀b"), "a&2D3eAA-b");
     }
 
     #[test]

@@ -4,7 +4,18 @@
 //! No module here knows two protocols; `crate::reader` picks one by the
 //! reader's `protocol`.
 
+use secrecy::SecretString;
+
 pub mod imap;
+pub mod pop3;
+
+/// What a source logs in with; the user name is the reader's `username`.
+pub enum Credential {
+    /// An OAuth access token, sent with SASL XOAUTH2.
+    Token(SecretString),
+    /// A password, sent with SASL PLAIN (or the protocol's plain login).
+    Password(SecretString),
+}
 
 /// What one poll of a source did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -25,4 +36,7 @@ pub struct CheckReport {
     pub messages: u32,
     /// Messages not yet ingested.
     pub waiting: usize,
+    /// The server capabilities mail2ticket uses, of those it has (e.g.
+    /// IDLE, MOVE, UIDPLUS for IMAP; UIDL for POP3).
+    pub capabilities: Vec<&'static str>,
 }

@@ -101,7 +101,8 @@ impl ReaderState {
 pub struct ReaderIdentity<'a> {
     pub name: &'a str,
     pub protocol: &'a str,
-    pub oauth: &'a str,
+    /// The `[[oauth]]` app; `None` for a password login.
+    pub oauth: Option<&'a str>,
     pub account: &'a str,
     pub grant: &'a str,
     /// [`Store::digest`] of the reader's settings and secrets.

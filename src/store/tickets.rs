@@ -1,4 +1,5 @@
-//! Tickets, emails and the source-position ledger, written together.
+//! Tickets, emails and the ledgers of where each mail came from (IMAP
+//! folder positions, POP3 UIDLs), written together in one transaction.
 
 use std::collections::{HashMap, HashSet};
 
@@ -63,6 +64,107 @@ impl Store {
         Ok(())
     }
 
+    /// Another UIDVALIDITY this folder was read under, if any: a folder
+    /// that has one but no position under the current one was recreated.
+    pub async fn other_uidvalidity(&self, pos: &FolderPosition) -> Result<Option<u32>, StoreError> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT uidvalidity FROM source_positions
+             WHERE reader = ? AND folder = ? AND uidvalidity != ? LIMIT 1",
+        )
+        .bind(&pos.reader)
+        .bind(&pos.folder)
+        .bind(i64::from(pos.uidvalidity))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(v,)| u32::try_from(v).ok()))
+    }
+
+    /// The POP3 ledger of `reader`: every UIDL ingested, with whether its
+    /// after-step is still pending.
+    pub async fn pop3_ledger(&self, reader: &str) -> Result<HashMap<String, bool>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT uidl, after_state FROM pop3_uidls WHERE reader = ?")
+                .bind(reader)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(uidl, state)| (uidl, state == "pending"))
+            .collect())
+    }
+
+    /// Commits POP3 mails in one transaction: a ticket for each new mail
+    /// and its UIDL in the ledger, pending until `mark_pop3_done` when
+    /// `pending` (the after-step is to delete it), else done at once.
+    pub async fn commit_pop3_batch(
+        &self,
+        reader: &str,
+        mails: &[(String, ParsedMail)],
+        pending: bool,
+    ) -> Result<BatchOutcome, StoreError> {
+        let mut outcome = BatchOutcome::default();
+        if mails.is_empty() {
+            return Ok(outcome);
+        }
+        let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
+        let mut q = QueryBuilder::new("SELECT uidl FROM pop3_uidls WHERE reader = ");
+        q.push_bind(reader).push(" AND uidl IN ");
+        in_list(&mut q, mails.iter().map(|(uidl, _)| uidl.as_str()));
+        let recorded: HashSet<String> = q
+            .build_query_as::<(String,)>()
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(uidl,)| uidl)
+            .collect();
+        let fresh: Vec<&(String, ParsedMail)> = mails
+            .iter()
+            .filter(|(uidl, _)| !recorded.contains(uidl))
+            .collect();
+        outcome.already_recorded = mails.len() - fresh.len();
+        let stored = store_mails(&mut tx, reader, fresh.iter().map(|(_, m)| m)).await?;
+        outcome.created = stored.created;
+        outcome.duplicates = stored.duplicates;
+        let state = if pending { "pending" } else { "done" };
+        let rows: Vec<(&str, i64)> = fresh
+            .iter()
+            .map(|(uidl, _)| uidl.as_str())
+            .zip(stored.email_ids)
+            .collect();
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO pop3_uidls (reader, uidl, email_id, after_state, ingested_at) ",
+            );
+            q.push_values(chunk, |mut row, (uidl, email_id)| {
+                row.push_bind(reader)
+                    .push_bind(*uidl)
+                    .push_bind(*email_id)
+                    .push_bind(state)
+                    .push(NOW);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Records that the server confirmed the after-step for `uidls`.
+    pub async fn mark_pop3_done(&self, reader: &str, uidls: &[String]) -> Result<(), StoreError> {
+        if uidls.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
+        for chunk in uidls.chunks(ROWS_PER_INSERT) {
+            let mut q =
+                QueryBuilder::new("UPDATE pop3_uidls SET after_state = 'done' WHERE reader = ");
+            q.push_bind(reader).push(" AND uidl IN ");
+            in_list(&mut q, chunk.iter().map(String::as_str));
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Commits a batch of fetched mails in one transaction: a ticket for each
     /// new mail, and the source position of every mail. Either all of it is
     /// stored or none, so a crash at any point neither loses nor duplicates.
@@ -97,56 +199,19 @@ impl Store {
             .into_iter()
             .map(|(uid,)| uid)
             .collect();
-        let mut q = QueryBuilder::new("SELECT dedup_key, id FROM emails WHERE dedup_key IN ");
-        in_list(&mut q, mails.iter().map(|(_, m)| m.dedup_key.as_str()));
-        let mut known: HashMap<String, i64> = q
-            .build_query_as::<(String, i64)>()
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
+        let fresh: Vec<&(u32, ParsedMail)> = mails
+            .iter()
+            .filter(|(uid, _)| !recorded.contains(&i64::from(*uid)))
             .collect();
-
-        // Ids are assigned here, under the write lock this transaction holds,
-        // so that a whole batch goes in as a few multi-row INSERTs instead of
-        // several statements per mail.
-        let (mut next_ticket,): (i64,) =
-            sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM tickets")
-                .fetch_one(&mut *tx)
-                .await?;
-        let (mut next_email,): (i64,) =
-            sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM emails")
-                .fetch_one(&mut *tx)
-                .await?;
-        let mut new_mails: Vec<NewMail<'_>> = Vec::new();
-        let mut positions: Vec<(u32, i64)> = Vec::new();
-        for (uid, mail) in mails {
-            if recorded.contains(&i64::from(*uid)) {
-                outcome.already_recorded += 1;
-                continue;
-            }
-            // `known` also catches the same mail twice within one batch.
-            let email_id = match known.get(&mail.dedup_key) {
-                Some(&id) => {
-                    outcome.duplicates += 1;
-                    id
-                }
-                None => {
-                    outcome.created += 1;
-                    let id = next_email;
-                    new_mails.push(NewMail {
-                        ticket_id: next_ticket,
-                        email_id: id,
-                        mail,
-                    });
-                    next_ticket += 1;
-                    next_email += 1;
-                    known.insert(mail.dedup_key.clone(), id);
-                    id
-                }
-            };
-            positions.push((*uid, email_id));
-        }
-        insert_new_mails(&mut tx, &pos.reader, &new_mails).await?;
+        outcome.already_recorded = mails.len() - fresh.len();
+        let stored = store_mails(&mut tx, &pos.reader, fresh.iter().map(|(_, m)| m)).await?;
+        outcome.created = stored.created;
+        outcome.duplicates = stored.duplicates;
+        let positions: Vec<(u32, i64)> = fresh
+            .iter()
+            .map(|(uid, _)| *uid)
+            .zip(stored.email_ids)
+            .collect();
         for chunk in positions.chunks(ROWS_PER_INSERT) {
             let mut q = QueryBuilder::new(
                 "INSERT INTO source_positions (reader, folder, uidvalidity, uid, email_id, ingested_at) ",
@@ -164,6 +229,77 @@ impl Store {
         tx.commit().await?;
         Ok(outcome)
     }
+}
+
+/// What storing a run of mails did.
+struct Stored {
+    /// The email each mail is (new or already known), in input order.
+    email_ids: Vec<i64>,
+    created: usize,
+    duplicates: usize,
+}
+
+/// Stores each mail as a new ticket unless its Message-ID (or content
+/// hash) is already an email, by any reader: the one place where "one
+/// mail is one email" is decided, for every protocol's ledger.
+async fn store_mails<'m>(
+    tx: &mut Transaction<'_, Sqlite>,
+    reader: &str,
+    mails: impl Iterator<Item = &'m ParsedMail> + Clone,
+) -> Result<Stored, StoreError> {
+    let mut stored = Stored {
+        email_ids: Vec::new(),
+        created: 0,
+        duplicates: 0,
+    };
+    if mails.clone().next().is_none() {
+        return Ok(stored);
+    }
+    // One lookup per batch rather than one per mail.
+    let mut q = QueryBuilder::new("SELECT dedup_key, id FROM emails WHERE dedup_key IN ");
+    in_list(&mut q, mails.clone().map(|m| m.dedup_key.as_str()));
+    let mut known: HashMap<String, i64> = q
+        .build_query_as::<(String, i64)>()
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+
+    // Ids are assigned here, under the write lock this transaction holds,
+    // so that a whole batch goes in as a few multi-row INSERTs instead of
+    // several statements per mail.
+    let (mut next_ticket,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM tickets")
+        .fetch_one(&mut **tx)
+        .await?;
+    let (mut next_email,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM emails")
+        .fetch_one(&mut **tx)
+        .await?;
+    let mut new_mails: Vec<NewMail<'_>> = Vec::new();
+    for mail in mails {
+        // `known` also catches the same mail twice within one batch.
+        let email_id = match known.get(&mail.dedup_key) {
+            Some(&id) => {
+                stored.duplicates += 1;
+                id
+            }
+            None => {
+                stored.created += 1;
+                let id = next_email;
+                new_mails.push(NewMail {
+                    ticket_id: next_ticket,
+                    email_id: id,
+                    mail,
+                });
+                next_ticket += 1;
+                next_email += 1;
+                known.insert(mail.dedup_key.clone(), id);
+                id
+            }
+        };
+        stored.email_ids.push(email_id);
+    }
+    insert_new_mails(tx, reader, &new_mails).await?;
+    Ok(stored)
 }
 
 async fn mark_after_done(
@@ -381,7 +517,7 @@ mod tests {
             .register_reader(ReaderIdentity {
                 name: "r",
                 protocol: "imap",
-                oauth: "app",
+                oauth: Some("app"),
                 account: "a@example.com",
                 grant: "authorization_code",
                 config_hash: "h1",
@@ -424,7 +560,7 @@ mod tests {
         let identity = |hash| ReaderIdentity {
             name: "r",
             protocol: "imap",
-            oauth: "app",
+            oauth: Some("app"),
             account: "a@example.com",
             grant: "authorization_code",
             config_hash: hash,

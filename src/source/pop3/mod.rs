@@ -1,0 +1,272 @@
+//! POP3 over implicit TLS or STLS, with SASL XOAUTH2 (or a password).
+//!
+//! Owns how a POP3 maildrop becomes tickets exactly once. POP3 has no
+//! flags and no folders, only a unique id per message (UIDL); the ledger
+//! (`pop3_uidls`) records each UIDL in the same transaction as its ticket.
+//! `after = "keep"` leaves mail on the server, and the ledger keeps it from
+//! being ingested again. `after = "delete"` sends DELE only for committed
+//! mail; the server applies deletions only at a clean QUIT, so until QUIT is
+//! confirmed the UIDLs stay pending and are deleted again on the next poll.
+//! A server without UIDL is refused: without it there is no way to tell a
+//! new message from one already ingested.
+
+mod proto;
+
+use std::collections::HashMap;
+
+use tokio_util::sync::CancellationToken;
+
+use self::proto::{Capabilities, Connection, Pop3Error as WireError};
+use super::{CheckReport, Credential, PollReport};
+use crate::config::{After, ReaderConfig, Tls};
+use crate::ingest::{self, ParseTaskFailed};
+use crate::store::{Store, StoreError};
+use crate::transport::{self, ConnectError, Endpoint, Stream};
+
+/// A batch is committed once it holds this many bytes, whatever
+/// `batch_size` says, so a run of large mails does not pile up in memory.
+const BATCH_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Pop3Error {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Wire(WireError),
+    #[error("{server} does not offer STLS ({detail}); use tls = \"implicit\" on port 995")]
+    NoStartTls { server: String, detail: String },
+    #[error("authentication failed: the POP3 server refused the {what} for {user}: {detail}")]
+    AuthRejected {
+        what: &'static str,
+        user: String,
+        detail: String,
+    },
+    #[error(
+        "{server} does not support UIDL (unique message ids), so mail2ticket cannot tell new mail \
+         from mail it already ingested; use IMAP for this mailbox"
+    )]
+    NoUidl { server: String },
+    #[error(transparent)]
+    Parser(#[from] ParseTaskFailed),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Pop3Error {
+    /// The server refused the credential (not the network).
+    pub fn is_auth_rejected(&self) -> bool {
+        matches!(self, Pop3Error::AuthRejected { .. })
+    }
+}
+
+impl From<WireError> for Pop3Error {
+    fn from(e: WireError) -> Self {
+        Pop3Error::Wire(e)
+    }
+}
+
+/// An authenticated session in the TRANSACTION state.
+struct Session {
+    conn: Connection<Stream>,
+    caps: Capabilities,
+}
+
+impl Session {
+    async fn open(reader: &ReaderConfig, credential: &Credential) -> Result<Session, Pop3Error> {
+        let t = reader.timeout;
+        let endpoint = Endpoint {
+            host: &reader.host,
+            port: reader.port,
+            tls: reader.tls,
+            ca_file: reader.ca_file.as_deref(),
+            timeout: t,
+        };
+        let mut conn = Connection::new(transport::connect(&endpoint).await?, t);
+        conn.greeting().await?;
+        let mut caps = conn.capa().await?;
+        if reader.tls == Tls::StartTls {
+            if let Err(e) = conn.stls().await {
+                return Err(Pop3Error::NoStartTls {
+                    server: reader.host.clone(),
+                    detail: e.to_string(),
+                });
+            }
+            // `into_inner` refuses a stream with bytes pending: they came
+            // before the handshake and cannot be trusted.
+            let stream = transport::upgrade(conn.into_inner()?, &endpoint).await?;
+            conn = Connection::new(stream, t);
+            // What the server offers can change once the line is private.
+            caps = conn.capa().await?;
+        }
+        let user = reader.username.as_str();
+        let (result, what) = match credential {
+            // Always the two-step form: Exchange Online refuses XOAUTH2 as an
+            // initial response on the AUTH line.
+            Credential::Token(token) => (conn.auth_xoauth2(user, token).await, "access token"),
+            Credential::Password(password) if caps.sasl.iter().any(|m| m == "PLAIN") => {
+                (conn.auth_plain(user, password).await, "password")
+            }
+            Credential::Password(password) => (conn.user_pass(user, password).await, "password"),
+        };
+        match result {
+            Err(WireError::AuthRejected { text }) => Err(Pop3Error::AuthRejected {
+                what,
+                user: user.to_string(),
+                detail: text,
+            }),
+            Err(e) => Err(e.into()),
+            Ok(()) => {
+                // CAPA may only be complete after login (RFC 2449 6.0).
+                if let Ok(after_login) = conn.capa().await
+                    && after_login != Capabilities::default()
+                {
+                    caps = after_login;
+                }
+                Ok(Session { conn, caps })
+            }
+        }
+    }
+
+    /// Every message's number and UIDL; a server without UIDL is refused.
+    async fn uidls(&mut self, server: &str) -> Result<Vec<(u32, String)>, Pop3Error> {
+        match self.conn.uidl().await {
+            Ok(list) => Ok(list),
+            Err(WireError::Err { .. }) => Err(Pop3Error::NoUidl {
+                server: server.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Connects, authenticates and counts what is waiting.
+pub async fn check(
+    reader: &ReaderConfig,
+    credential: &Credential,
+    store: &Store,
+) -> Result<CheckReport, Pop3Error> {
+    let mut session = Session::open(reader, credential).await?;
+    let (messages, _) = session.conn.stat().await?;
+    let listing = session.uidls(&reader.host).await?;
+    let ledger = store.pop3_ledger(&reader.name).await?;
+    let waiting = listing
+        .iter()
+        .filter(|(_, uidl)| !ledger.contains_key(uidl))
+        .count();
+    let mut capabilities = Vec::new();
+    // The listing worked, so UIDL is there even if CAPA did not say so.
+    capabilities.push("UIDL");
+    if session.caps.pipelining {
+        capabilities.push("PIPELINING");
+    }
+    session.conn.quit().await?;
+    Ok(CheckReport {
+        messages,
+        waiting,
+        capabilities,
+    })
+}
+
+/// Ingests every message whose UIDL is not in the ledger, in batches, and
+/// deletes committed mail when `after = "delete"`.
+pub async fn poll(
+    reader: &ReaderConfig,
+    credential: &Credential,
+    store: &Store,
+    cancel: &CancellationToken,
+) -> Result<PollReport, Pop3Error> {
+    let delete = match reader.after {
+        After::Delete => true,
+        // Config refuses the IMAP-only steps for POP3.
+        After::Keep | After::Seen | After::Move(_) => false,
+    };
+    let mut session = Session::open(reader, credential).await?;
+    let listing = session.uidls(&reader.host).await?;
+    let ledger = store.pop3_ledger(&reader.name).await?;
+    let mut report = PollReport::default();
+
+    // Deleted this session; the deletions count only once QUIT succeeds.
+    let mut deleted: Vec<String> = Vec::new();
+    // Pending in the ledger but gone from the server: a QUIT that went
+    // through before we could record it.
+    let mut gone: Vec<String> = ledger
+        .iter()
+        .filter(|(_, pending)| **pending)
+        .map(|(uidl, _)| uidl.clone())
+        .collect();
+    let on_server: HashMap<&str, u32> = listing.iter().map(|(n, u)| (u.as_str(), *n)).collect();
+    gone.retain(|uidl| !on_server.contains_key(uidl.as_str()));
+
+    let mut new: Vec<(u32, String)> = Vec::new();
+    for (number, uidl) in &listing {
+        match ledger.get(uidl) {
+            None => new.push((*number, uidl.clone())),
+            // Committed earlier: its DELE did not reach a QUIT, or it was
+            // kept before the reader was switched to delete.
+            Some(_) if delete => {
+                session.conn.dele(*number).await?;
+                deleted.push(uidl.clone());
+            }
+            // Pending from a time the reader deleted; it keeps now.
+            Some(true) => gone.push(uidl.clone()),
+            Some(false) => {}
+        }
+    }
+    if !new.is_empty() {
+        tracing::debug!(reader = %reader.name, new = new.len(), "new mail");
+    }
+
+    let sizes: HashMap<u32, u64> = if new.is_empty() {
+        HashMap::new()
+    } else {
+        session.conn.list().await?.into_iter().collect()
+    };
+    let mut index = 0;
+    while index < new.len() && !cancel.is_cancelled() {
+        // A batch: up to batch_size mails or BATCH_BYTES, whichever first.
+        let mut raw: Vec<(u32, String, Vec<u8>)> = Vec::new();
+        let mut bytes = 0;
+        while index < new.len() && raw.len() < reader.batch_size && bytes < BATCH_BYTES {
+            let (number, uidl) = &new[index];
+            let size = sizes.get(number).copied().unwrap_or(0);
+            // Reserve what LIST announced (bounded, in case it lies), so the
+            // message is read straight into its final buffer.
+            let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(64 << 20));
+            let retr = tokio::select! {
+                r = session.conn.retr(*number, &mut body) => r,
+                () = cancel.cancelled() => break,
+            };
+            retr?;
+            bytes += body.len();
+            raw.push((*number, uidl.clone(), body));
+            index += 1;
+        }
+        if raw.is_empty() {
+            break;
+        }
+        report.fetched += raw.len();
+        let numbers: Vec<(u32, String)> = raw.iter().map(|(n, u, _)| (*n, u.clone())).collect();
+        let parsed = ingest::parse_batch(
+            raw.into_iter()
+                .map(|(_, uidl, body)| (uidl, body))
+                .collect(),
+        )
+        .await?;
+        let outcome = store
+            .commit_pop3_batch(&reader.name, &parsed, delete)
+            .await?;
+        report.created += outcome.created;
+        report.duplicates += outcome.duplicates;
+        if delete {
+            for (number, uidl) in numbers {
+                session.conn.dele(number).await?;
+                deleted.push(uidl);
+            }
+        }
+    }
+    report.interrupted = index < new.len();
+    session.conn.quit().await?;
+    gone.extend(deleted);
+    store.mark_pop3_done(&reader.name, &gone).await?;
+    Ok(report)
+}

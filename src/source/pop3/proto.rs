@@ -1,0 +1,2215 @@
+//! POP3 wire protocol (RFC 1939, CAPA from RFC 2449, STLS from RFC 2595,
+//! AUTH from RFC 5034) over any async stream. Owns framing: status lines,
+//! multi-line responses with dot-unstuffing, SASL exchanges. Knows nothing
+//! about tickets or TLS.
+//!
+//! Written here rather than taken from a crate because none of the
+//! maintained ones combines tokio, a caller-supplied (rustls) stream,
+//! Microsoft's two-step XOAUTH2 and a RETR that streams into the caller's
+//! buffer.
+//!
+//! After an [`Pop3Error::Err`] or [`Pop3Error::AuthRejected`] the
+//! connection is still in step with the server and may be used further
+//! (for example to fall back from `AUTH PLAIN` to `USER`/`PASS`). After a
+//! timeout, an I/O error, garbage, or a command future dropped half-way
+//! (e.g. a RETR lost in a `select!`), the rest of that answer may still be
+//! on its way, and a mail line such as "+OK" would be read as the answer
+//! to the next command. The connection therefore remembers that it is out
+//! of step and refuses every further command with a protocol error: drop
+//! it and reconnect.
+
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use secrecy::zeroize::Zeroizing;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+/// Longest status, CAPA, UIDL or LIST line accepted, terminator included.
+/// RFC 2449 caps responses at 512 octets; the slack is for real servers
+/// with chatty banners, while still stopping a hostile or broken server
+/// from making us buffer without bound. Message lines inside RETR are
+/// exempt: mail in the wild has megabyte-long lines.
+const MAX_LINE: usize = 8 * 1024;
+
+/// Read buffer size: one TLS record, so a record is usually handed over
+/// in one piece.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// How much of a server's unexpected output is quoted in an error: enough
+/// to recognise it, not enough to flood a log.
+const MAX_QUOTED: usize = 120;
+
+/// XOAUTH2 error challenges are decoded for the admin; servers differ on
+/// padding, and a challenge we cannot decode must not hide the -ERR.
+const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Why a POP3 exchange failed. The texts go to admins' logs and status
+/// pages, so they say which step failed and quote the server, but never
+/// contain a password, a token or a SASL response (server texts from the
+/// authentication steps are scrubbed of them in case a server echoes them).
+#[derive(Debug, thiserror::Error)]
+pub enum Pop3Error {
+    #[error("POP3 {step} failed: {detail}")]
+    Io { step: &'static str, detail: String },
+    #[error("POP3 server closed the connection during {step}")]
+    Closed { step: &'static str },
+    #[error("POP3 server did not answer {step} within {after:?}")]
+    Timeout { step: &'static str, after: Duration },
+    #[error("POP3 {step} refused: {}", err_line(.text))]
+    Err { step: &'static str, text: String },
+    #[error("POP3 authentication rejected: {}", err_line(.text))]
+    AuthRejected { text: String },
+    #[error("POP3 {step} failed: protocol error: {detail}")]
+    Protocol { step: &'static str, detail: String },
+}
+
+fn err_line(text: &str) -> String {
+    if text.is_empty() {
+        "-ERR".to_owned()
+    } else {
+        format!("-ERR {text}")
+    }
+}
+
+/// What the server announced in its CAPA answer, so the caller can pick
+/// STLS, a SASL mechanism or USER/PASS without trial and error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub uidl: bool,
+    pub user: bool,
+    pub stls: bool,
+    /// Upper-cased, because RFC 2449 compares mechanism names without case
+    /// and servers spell them both ways.
+    pub sasl: Vec<String>,
+    pub pipelining: bool,
+    /// Every line as sent (trimmed), for diagnostics.
+    pub raw: Vec<String>,
+}
+
+impl Capabilities {
+    fn add_line(&mut self, line: &[u8]) {
+        let line = printable(line);
+        let line = line.trim();
+        if line.is_empty() {
+            return;
+        }
+        let mut words = line.split_ascii_whitespace();
+        let name = words.next().map(str::to_ascii_uppercase);
+        match name.as_deref() {
+            Some("UIDL") => self.uidl = true,
+            Some("USER") => self.user = true,
+            Some("STLS") => self.stls = true,
+            Some("PIPELINING") => self.pipelining = true,
+            Some("SASL") => self.sasl.extend(words.map(str::to_ascii_uppercase)),
+            _ => {}
+        }
+        self.raw.push(line.to_owned());
+    }
+}
+
+/// One status line, classified. `Continue` only makes sense inside a SASL
+/// exchange; everywhere else it is a protocol error.
+#[derive(Debug)]
+enum Reply {
+    Ok(String),
+    Err(String),
+    Continue(String),
+}
+
+/// A POP3 session over `S`, which may be plain TCP before STLS or a TLS
+/// stream; this type does not care.
+pub struct Connection<S> {
+    io: BufReader<S>,
+    timeout: Duration,
+    /// False from sending a command until its whole answer has been read.
+    in_step: bool,
+}
+
+/// Buffers can hold mail or, briefly, a server's echo of credentials, so
+/// only their size is shown.
+impl<S: AsyncRead> fmt::Debug for Connection<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("timeout", &self.timeout)
+            .field("buffered_bytes", &self.io.buffer().len())
+            .field("in_step", &self.in_step)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// `timeout` bounds each single read and each command write, not whole
+    /// operations, so a large message that keeps flowing is never cut off
+    /// while a server that goes silent is noticed.
+    pub fn new(stream: S, timeout: Duration) -> Self {
+        Self {
+            io: BufReader::with_capacity(READ_BUFFER, stream),
+            timeout,
+            in_step: true,
+        }
+    }
+
+    /// Returns the banner text after `+OK`; a server that greets with
+    /// `-ERR` (e.g. overloaded) is refusing the session.
+    pub async fn greeting(&mut self) -> Result<String, Pop3Error> {
+        self.in_step = false;
+        self.expect_ok("greeting").await
+    }
+
+    /// CAPA is an extension: a server answering `-ERR` simply predates it,
+    /// so that yields the empty set rather than an error.
+    pub async fn capa(&mut self) -> Result<Capabilities, Pop3Error> {
+        const STEP: &str = "CAPA";
+        self.command(STEP, "CAPA").await?;
+        match self.read_reply(STEP, &[]).await? {
+            Reply::Ok(_) => {}
+            Reply::Err(_) => return Ok(Capabilities::default()),
+            Reply::Continue(_) => return Err(unexpected_continue(STEP)),
+        }
+        let mut caps = Capabilities::default();
+        self.read_multiline(STEP, |line| {
+            caps.add_line(line);
+            Ok(())
+        })
+        .await?;
+        Ok(caps)
+    }
+
+    /// Asks to start TLS; on success the caller must take the stream with
+    /// [`Connection::into_inner`] and do the handshake.
+    pub async fn stls(&mut self) -> Result<(), Pop3Error> {
+        const STEP: &str = "STLS";
+        self.command(STEP, "STLS").await?;
+        self.expect_ok(STEP).await.map(drop)
+    }
+
+    /// Hands the raw stream back for the TLS upgrade. Refuses if the server
+    /// sent anything after its `+OK` to STLS: such bytes arrived in clear
+    /// text and would otherwise be read as if they came over TLS, which is
+    /// how STARTTLS command injection (CVE-2011-0411 and kin) works.
+    pub fn into_inner(self) -> Result<S, Pop3Error> {
+        if !self.in_step {
+            return Err(out_of_step("STLS"));
+        }
+        let pending = self.io.buffer().len();
+        if pending > 0 {
+            return Err(Pop3Error::Protocol {
+                step: "STLS",
+                detail: format!(
+                    "the server sent {pending} unexpected byte(s) before the TLS handshake; \
+                     refusing to continue because they could have been injected by an attacker"
+                ),
+            });
+        }
+        Ok(self.io.into_inner())
+    }
+
+    /// Microsoft's two-step XOAUTH2: the initial response is sent only
+    /// after the server's `+`, because Exchange Online rejects it inline.
+    /// On failure the server sends a base64 JSON challenge that must be
+    /// answered with an empty line before the `-ERR`; the decoded JSON is
+    /// kept in the error because its status (401, 400…) is what tells an
+    /// admin whether the token, the scope or the mailbox is wrong.
+    pub async fn auth_xoauth2(
+        &mut self,
+        user: &str,
+        token: &SecretString,
+    ) -> Result<(), Pop3Error> {
+        const STEP: &str = "AUTH XOAUTH2";
+        let token = token.expose_secret();
+        refuse_chars(STEP, "user name", user, &['\x01', '\r', '\n'])?;
+        refuse_chars(STEP, "access token", token, &['\x01', '\r', '\n'])?;
+        let mut payload = Zeroizing::new(String::with_capacity(
+            user.len() + token.len() + "user=\x01auth=Bearer \x01\x01".len(),
+        ));
+        payload.push_str("user=");
+        payload.push_str(user);
+        payload.push_str("\x01auth=Bearer ");
+        payload.push_str(token);
+        payload.push_str("\x01\x01");
+        let encoded = Zeroizing::new(STANDARD.encode(payload.as_bytes()));
+        let secrets = [token, encoded.as_str()];
+
+        self.sasl_start(STEP, "AUTH XOAUTH2").await?;
+        self.send(STEP, &encoded).await?;
+        let challenge = match self.read_reply(STEP, &secrets).await? {
+            Reply::Ok(_) => return Ok(()),
+            Reply::Err(text) => return Err(Pop3Error::AuthRejected { text }),
+            Reply::Continue(challenge) => challenge,
+        };
+        let decoded = decode_challenge(&challenge, &secrets);
+        self.send(STEP, "").await?;
+        match self.read_reply(STEP, &secrets).await? {
+            // The server's final word decides the session state; a +OK
+            // here means it did log us in despite the challenge.
+            Reply::Ok(_) => Ok(()),
+            Reply::Err(text) => Err(Pop3Error::AuthRejected {
+                text: match decoded {
+                    Some(json) if text.is_empty() => format!("(XOAUTH2 error: {json})"),
+                    Some(json) => format!("{text} (XOAUTH2 error: {json})"),
+                    None => text,
+                },
+            }),
+            Reply::Continue(_) => Err(Pop3Error::Protocol {
+                step: STEP,
+                detail: "server sent a second challenge after the XOAUTH2 error".to_owned(),
+            }),
+        }
+    }
+
+    /// RFC 4616 PLAIN with an empty authorisation identity, sent after the
+    /// server's `+` rather than inline because RFC 5034 makes the initial
+    /// response optional for servers to accept.
+    pub async fn auth_plain(
+        &mut self,
+        user: &str,
+        password: &SecretString,
+    ) -> Result<(), Pop3Error> {
+        const STEP: &str = "AUTH PLAIN";
+        let password = password.expose_secret();
+        refuse_chars(STEP, "user name", user, &['\0'])?;
+        refuse_chars(STEP, "password", password, &['\0'])?;
+        let mut payload = Zeroizing::new(String::with_capacity(user.len() + password.len() + 2));
+        payload.push('\0');
+        payload.push_str(user);
+        payload.push('\0');
+        payload.push_str(password);
+        let encoded = Zeroizing::new(STANDARD.encode(payload.as_bytes()));
+        let secrets = [password, encoded.as_str()];
+
+        self.sasl_start(STEP, "AUTH PLAIN").await?;
+        self.send(STEP, &encoded).await?;
+        match self.read_reply(STEP, &secrets).await? {
+            Reply::Ok(_) => Ok(()),
+            Reply::Err(text) => Err(Pop3Error::AuthRejected { text }),
+            Reply::Continue(_) => Err(Pop3Error::Protocol {
+                step: STEP,
+                detail: "server asked for more after the PLAIN credentials".to_owned(),
+            }),
+        }
+    }
+
+    /// Sends the AUTH command and waits for the server's go-ahead, so that
+    /// credentials never go to a server that has not asked for them.
+    async fn sasl_start(&mut self, step: &'static str, command: &str) -> Result<(), Pop3Error> {
+        self.command(step, command).await?;
+        match self.read_reply(step, &[]).await? {
+            Reply::Continue(_) => Ok(()),
+            Reply::Err(text) => Err(Pop3Error::AuthRejected { text }),
+            Reply::Ok(_) => Err(Pop3Error::Protocol {
+                step,
+                detail: "server answered +OK before any credentials were sent".to_owned(),
+            }),
+        }
+    }
+
+    /// Plain-text login. Some servers refuse unknown users at USER, others
+    /// only at PASS (to hide which users exist); both count as rejection.
+    pub async fn user_pass(
+        &mut self,
+        user: &str,
+        password: &SecretString,
+    ) -> Result<(), Pop3Error> {
+        let password = password.expose_secret();
+        // A line break would end the command early and let the rest be
+        // read as another command.
+        refuse_chars("USER", "user name", user, &['\r', '\n'])?;
+        refuse_chars("PASS", "password", password, &['\r', '\n'])?;
+
+        self.command("USER", &format!("USER {user}")).await?;
+        self.login_step("USER", &[]).await?;
+        let mut line = Zeroizing::new(String::with_capacity(password.len() + 5));
+        line.push_str("PASS ");
+        line.push_str(password);
+        self.command("PASS", &line).await?;
+        self.login_step("PASS", &[password]).await
+    }
+
+    async fn login_step(&mut self, step: &'static str, secrets: &[&str]) -> Result<(), Pop3Error> {
+        match self.read_reply(step, secrets).await? {
+            Reply::Ok(_) => Ok(()),
+            Reply::Err(text) => Err(Pop3Error::AuthRejected { text }),
+            Reply::Continue(_) => Err(unexpected_continue(step)),
+        }
+    }
+
+    /// Message count and total size of the maildrop.
+    pub async fn stat(&mut self) -> Result<(u32, u64), Pop3Error> {
+        const STEP: &str = "STAT";
+        self.command(STEP, "STAT").await?;
+        let text = self.expect_ok(STEP).await?;
+        let mut words = text.split_ascii_whitespace();
+        match (
+            words.next().and_then(|w| w.parse().ok()),
+            words.next().and_then(|w| w.parse().ok()),
+        ) {
+            (Some(count), Some(size)) => Ok((count, size)),
+            _ => Err(Pop3Error::Protocol {
+                step: STEP,
+                detail: format!("malformed reply {}", quote(text.as_bytes())),
+            }),
+        }
+    }
+
+    /// Message numbers with their unique ids, which is what lets the
+    /// caller recognise mail it has already turned into tickets.
+    pub async fn uidl(&mut self) -> Result<Vec<(u32, String)>, Pop3Error> {
+        const STEP: &str = "UIDL";
+        self.command(STEP, "UIDL").await?;
+        self.expect_ok(STEP).await?;
+        let mut ids = Vec::new();
+        self.read_multiline(STEP, |line| {
+            let mut words = line
+                .split(|b| b.is_ascii_whitespace())
+                .filter(|w| !w.is_empty());
+            let msg = words.next().and_then(parse_number::<u32>);
+            // A UID is compared byte for byte, so a lossy conversion could
+            // make two different messages look the same: refuse instead.
+            let uid = words.next().and_then(|w| std::str::from_utf8(w).ok());
+            match (msg, uid) {
+                (Some(msg), Some(uid)) => {
+                    ids.push((msg, uid.to_owned()));
+                    Ok(())
+                }
+                _ => Err(Pop3Error::Protocol {
+                    step: STEP,
+                    detail: format!("malformed line {}", quote(line)),
+                }),
+            }
+        })
+        .await?;
+        Ok(ids)
+    }
+
+    /// Message numbers with their sizes in octets, so the caller can skip
+    /// oversized mail or reserve the buffer for RETR.
+    pub async fn list(&mut self) -> Result<Vec<(u32, u64)>, Pop3Error> {
+        const STEP: &str = "LIST";
+        self.command(STEP, "LIST").await?;
+        self.expect_ok(STEP).await?;
+        let mut sizes = Vec::new();
+        self.read_multiline(STEP, |line| {
+            let mut words = line
+                .split(|b| b.is_ascii_whitespace())
+                .filter(|w| !w.is_empty());
+            match (
+                words.next().and_then(parse_number::<u32>),
+                words.next().and_then(parse_number::<u64>),
+            ) {
+                (Some(msg), Some(size)) => {
+                    sizes.push((msg, size));
+                    Ok(())
+                }
+                _ => Err(Pop3Error::Protocol {
+                    step: STEP,
+                    detail: format!("malformed line {}", quote(line)),
+                }),
+            }
+        })
+        .await?;
+        Ok(sizes)
+    }
+
+    /// Appends message `msg` to `out`, un-dot-stuffed, line endings as the
+    /// server sent them. The bytes go straight from the read buffer into
+    /// `out`, so a large message is held in memory once, not twice. On any
+    /// error `out` is cut back to its previous length, so a message that
+    /// was cut off can never pass for a complete one. If the future is
+    /// dropped instead, `out` may hold part of the message; the connection
+    /// is then out of step and must be dropped too.
+    pub async fn retr(&mut self, msg: u32, out: &mut Vec<u8>) -> Result<(), Pop3Error> {
+        const STEP: &str = "RETR";
+        self.command(STEP, &format!("RETR {msg}")).await?;
+        self.expect_ok(STEP).await?;
+        let before = out.len();
+        let result = self.read_body(out).await;
+        if result.is_err() {
+            out.truncate(before);
+        }
+        result
+    }
+
+    /// Copies the body up to the terminating "." line. A leading "." is
+    /// dropped as it arrives (dot-stuffing, RFC 1939 §3), and whether the
+    /// line was the terminator is only decided once its end is seen, so
+    /// lines and even the terminator may be split across reads at any byte.
+    async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<(), Pop3Error> {
+        const STEP: &str = "RETR";
+        self.in_step = false;
+        let mut at_line_start = true;
+        let mut stuffed = false;
+        let mut line_start = out.len();
+        loop {
+            let buf = self.fill(STEP).await?;
+            let mut used = 0;
+            if at_line_start {
+                at_line_start = false;
+                line_start = out.len();
+                stuffed = buf.first() == Some(&b'.');
+                if stuffed {
+                    used = 1;
+                }
+            }
+            let rest = &buf[used..];
+            let end = rest.iter().position(|&b| b == b'\n');
+            let take = end.map_or(rest.len(), |i| i + 1);
+            out.extend_from_slice(&rest[..take]);
+            used += take;
+            self.io.consume(used);
+            if end.is_some() {
+                if stuffed && matches!(&out[line_start..], b"\r\n" | b"\n") {
+                    out.truncate(line_start);
+                    self.in_step = true;
+                    return Ok(());
+                }
+                at_line_start = true;
+            }
+        }
+    }
+
+    /// Marks a message for deletion; it is only removed when QUIT succeeds.
+    pub async fn dele(&mut self, msg: u32) -> Result<(), Pop3Error> {
+        const STEP: &str = "DELE";
+        self.command(STEP, &format!("DELE {msg}")).await?;
+        self.expect_ok(STEP).await.map(drop)
+    }
+
+    /// Keeps an idle session alive and checks that the server still answers.
+    // Part of the protocol surface for long pauses between batches; the
+    // poller does not pause yet, and this module is private to it.
+    #[allow(dead_code)]
+    pub async fn noop(&mut self) -> Result<(), Pop3Error> {
+        const STEP: &str = "NOOP";
+        self.command(STEP, "NOOP").await?;
+        self.expect_ok(STEP).await.map(drop)
+    }
+
+    /// Ends the session. DELE only takes effect here (the UPDATE state), so
+    /// a missing `+OK` means the deletions may not have happened and is
+    /// reported, never swallowed.
+    pub async fn quit(mut self) -> Result<(), Pop3Error> {
+        const STEP: &str = "QUIT";
+        self.command(STEP, "QUIT").await?;
+        self.expect_ok(STEP).await?;
+        // The server has committed; closing our side (TLS close_notify on
+        // a TLS stream) is courtesy, and the server may well have hung up
+        // first, so its outcome changes nothing.
+        let _ = tokio::time::timeout(self.timeout, self.io.shutdown()).await;
+        Ok(())
+    }
+
+    /// Starts a command, unless an earlier answer was left half-read (see
+    /// the module docs): its remains would be taken for this answer.
+    async fn command(&mut self, step: &'static str, line: &str) -> Result<(), Pop3Error> {
+        if !self.in_step {
+            return Err(out_of_step(step));
+        }
+        self.in_step = false;
+        self.send(step, line).await
+    }
+
+    /// Writes one line (a command or a SASL response) and flushes it, since the server will not
+    /// answer what is still sitting in a write buffer. The line buffer is
+    /// wiped afterwards because it may hold a password or SASL response.
+    async fn send(&mut self, step: &'static str, line: &str) -> Result<(), Pop3Error> {
+        let mut bytes = Zeroizing::new(Vec::with_capacity(line.len() + 2));
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        let after = self.timeout;
+        let io = &mut self.io;
+        let write = async {
+            io.write_all(&bytes).await?;
+            io.flush().await
+        };
+        match tokio::time::timeout(after, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io_error(step, &e)),
+            Err(_) => Err(Pop3Error::Timeout { step, after }),
+        }
+    }
+
+    async fn expect_ok(&mut self, step: &'static str) -> Result<String, Pop3Error> {
+        match self.read_reply(step, &[]).await? {
+            Reply::Ok(text) => Ok(text),
+            Reply::Err(text) => Err(Pop3Error::Err { step, text }),
+            Reply::Continue(_) => Err(unexpected_continue(step)),
+        }
+    }
+
+    /// Reads and classifies one status line. `secrets` are cut out of the
+    /// raw line before anything else looks at it, so that a server echoing
+    /// credentials cannot get them into an error, not even partly through
+    /// a shortened quote.
+    async fn read_reply(
+        &mut self,
+        step: &'static str,
+        secrets: &[&str],
+    ) -> Result<Reply, Pop3Error> {
+        let mut line = Vec::new();
+        self.read_line(step, &mut line).await?;
+        scrub(&mut line, secrets);
+        let reply = parse_reply(&line).ok_or_else(|| Pop3Error::Protocol {
+            step,
+            detail: format!("expected +OK or -ERR, got {}", quote(&line)),
+        })?;
+        // +OK or -ERR ends an exchange; the multi-line readers take the
+        // step back for the body that follows a +OK.
+        if matches!(reply, Reply::Ok(_) | Reply::Err(_)) {
+            self.in_step = true;
+        }
+        Ok(reply)
+    }
+
+    /// Feeds each line of a multi-line response to `each`, un-dot-stuffed
+    /// and without its line ending. A line `each` rejects does not stop the
+    /// reading: the rest is drained to the terminator first, so that the
+    /// connection stays in step and the first error is what is reported.
+    async fn read_multiline(
+        &mut self,
+        step: &'static str,
+        mut each: impl FnMut(&[u8]) -> Result<(), Pop3Error>,
+    ) -> Result<(), Pop3Error> {
+        self.in_step = false;
+        let mut line = Vec::new();
+        let mut first_error = None;
+        loop {
+            self.read_line(step, &mut line).await?;
+            let content = strip_eol(&line);
+            let content = match content.strip_prefix(b".") {
+                Some([]) => {
+                    self.in_step = true;
+                    break;
+                }
+                Some(unstuffed) => unstuffed,
+                None => content,
+            };
+            if first_error.is_none() {
+                first_error = each(content).err();
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Reads one line, terminator included, refusing lines over
+    /// [`MAX_LINE`].
+    async fn read_line(&mut self, step: &'static str, line: &mut Vec<u8>) -> Result<(), Pop3Error> {
+        line.clear();
+        loop {
+            let buf = self.fill(step).await?;
+            let end = buf.iter().position(|&b| b == b'\n');
+            let take = end.map_or(buf.len(), |i| i + 1);
+            if line.len() + take > MAX_LINE {
+                return Err(Pop3Error::Protocol {
+                    step,
+                    detail: format!("the server sent a line longer than {MAX_LINE} bytes"),
+                });
+            }
+            line.extend_from_slice(&buf[..take]);
+            self.io.consume(take);
+            if end.is_some() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Returns buffered bytes, reading more if there are none: never empty.
+    /// Only an actual read is put under the timeout, so that consuming a
+    /// full buffer line by line does not set up a timer per line.
+    async fn fill(&mut self, step: &'static str) -> Result<&[u8], Pop3Error> {
+        if !self.io.buffer().is_empty() {
+            return Ok(self.io.buffer());
+        }
+        let after = self.timeout;
+        match tokio::time::timeout(after, self.io.fill_buf()).await {
+            Err(_) => Err(Pop3Error::Timeout { step, after }),
+            Ok(Err(e)) => Err(io_error(step, &e)),
+            Ok(Ok([])) => Err(Pop3Error::Closed { step }),
+            Ok(Ok(buf)) => Ok(buf),
+        }
+    }
+}
+
+fn io_error(step: &'static str, e: &std::io::Error) -> Pop3Error {
+    Pop3Error::Io {
+        step,
+        detail: e.to_string(),
+    }
+}
+
+fn out_of_step(step: &'static str) -> Pop3Error {
+    Pop3Error::Protocol {
+        step,
+        detail: "not sent: an earlier command failed or was cancelled before its answer \
+                 was read, so the connection is out of step; reconnect"
+            .to_owned(),
+    }
+}
+
+fn unexpected_continue(step: &'static str) -> Pop3Error {
+    Pop3Error::Protocol {
+        step,
+        detail: "unexpected \"+\" continuation outside an AUTH exchange".to_owned(),
+    }
+}
+
+/// Credentials are embedded in a line (or a NUL/^A-separated SASL
+/// message); a separator inside one would change what the server reads.
+/// The error names the field, never its value.
+fn refuse_chars(
+    step: &'static str,
+    what: &str,
+    value: &str,
+    forbidden: &[char],
+) -> Result<(), Pop3Error> {
+    if value.contains(forbidden) {
+        return Err(Pop3Error::Protocol {
+            step,
+            detail: format!(
+                "the {what} contains a control character that cannot be sent; nothing was sent"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Classifies a status line. Indicators are matched without case and must
+/// stand alone ("+OKAY" is not "+OK"), as RFC 1939 puts a space before
+/// the text.
+fn parse_reply(line: &[u8]) -> Option<Reply> {
+    let line = strip_eol(line);
+    if let Some(text) = strip_indicator(line, b"+OK") {
+        return Some(Reply::Ok(text));
+    }
+    if let Some(text) = strip_indicator(line, b"-ERR") {
+        return Some(Reply::Err(text));
+    }
+    line.strip_prefix(b"+")
+        .map(|rest| Reply::Continue(printable(rest).trim().to_owned()))
+}
+
+fn strip_indicator(line: &[u8], indicator: &[u8]) -> Option<String> {
+    let head = line.get(..indicator.len())?;
+    if !head.eq_ignore_ascii_case(indicator) {
+        return None;
+    }
+    let rest = &line[indicator.len()..];
+    match rest.first() {
+        None | Some(b' ' | b'\t') => Some(printable(rest).trim().to_owned()),
+        Some(_) => None,
+    }
+}
+
+/// Accepts CRLF and, from sloppy servers, a bare LF.
+fn strip_eol(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Server text ends up in logs and on status pages; control characters
+/// (terminal escapes, stray CRs) are replaced so it cannot garble them.
+fn printable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// Quotes unexpected server output for an error message, shortened.
+fn quote(bytes: &[u8]) -> String {
+    let text = printable(strip_eol(bytes));
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(MAX_QUOTED).collect();
+    if chars.next().is_some() {
+        format!("{head:?}…")
+    } else {
+        format!("{head:?}")
+    }
+}
+
+/// Replaces every occurrence of each (non-empty) secret in `bytes`.
+fn scrub(bytes: &mut Vec<u8>, secrets: &[&str]) {
+    for secret in secrets.iter().map(|s| s.as_bytes()) {
+        if secret.is_empty() || !bytes.windows(secret.len()).any(|w| w == secret) {
+            continue;
+        }
+        let mut kept = Vec::with_capacity(bytes.len());
+        let mut rest = &bytes[..];
+        while let Some(at) = rest.windows(secret.len()).position(|w| w == secret) {
+            kept.extend_from_slice(&rest[..at]);
+            kept.extend_from_slice(b"[redacted]");
+            rest = &rest[at + secret.len()..];
+        }
+        kept.extend_from_slice(rest);
+        *bytes = kept;
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(word: &[u8]) -> Option<T> {
+    std::str::from_utf8(word).ok()?.parse().ok()
+}
+
+/// Decodes an XOAUTH2 error challenge (base64 JSON such as
+/// `{"status":"401","schemes":"Bearer","scope":"…"}`) for display, or
+/// `None` if it is not base64 text. Scrubbed like a status line, since a
+/// server could echo the credentials inside it too.
+fn decode_challenge(challenge: &str, secrets: &[&str]) -> Option<String> {
+    let mut bytes = LENIENT_BASE64.decode(challenge.trim()).ok()?;
+    scrub(&mut bytes, secrets);
+    let text = std::str::from_utf8(&bytes).ok()?;
+    let text = printable(text.trim().as_bytes());
+    if text.is_empty() {
+        return None;
+    }
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(300).collect();
+    Some(if chars.next().is_some() {
+        format!("{head}…")
+    } else {
+        head
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use tokio::io::{AsyncReadExt, DuplexStream, duplex};
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    const TOKEN: &str = "ya29.TOP-SECRET-access-token";
+    const PASSWORD: &str = "correct horse battery staple";
+
+    /// The scripted server side of a duplex pipe.
+    struct Server {
+        io: DuplexStream,
+    }
+
+    impl Server {
+        /// Reads exactly `want.len()` bytes and asserts they are `want`.
+        async fn expect(&mut self, want: impl AsRef<[u8]>) {
+            let want = want.as_ref();
+            let mut got = vec![0; want.len()];
+            tokio::time::timeout(TIMEOUT, self.io.read_exact(&mut got))
+                .await
+                .expect("client did not send in time")
+                .expect("read from client");
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(want),
+                "client sent the wrong bytes"
+            );
+        }
+
+        async fn send(&mut self, data: impl AsRef<[u8]>) {
+            self.io
+                .write_all(data.as_ref())
+                .await
+                .expect("write to client");
+            self.io.flush().await.expect("flush to client");
+        }
+
+        /// Asserts that the client sends nothing for `wait`.
+        async fn quiet(&mut self, wait: Duration) {
+            let mut byte = [0u8; 1];
+            if let Ok(read) = tokio::time::timeout(wait, self.io.read(&mut byte)).await {
+                panic!("client sent {read:?} ({byte:?}) when it should have waited");
+            }
+        }
+
+        /// Asserts that the client has closed its side without sending more.
+        async fn expect_eof(&mut self) {
+            let mut rest = Vec::new();
+            tokio::time::timeout(TIMEOUT, self.io.read_to_end(&mut rest))
+                .await
+                .expect("client did not close")
+                .expect("read to end");
+            assert!(rest.is_empty(), "unexpected bytes {rest:?}");
+        }
+    }
+
+    fn pair_with(buffer: usize, timeout: Duration) -> (Connection<DuplexStream>, Server) {
+        let (client, server) = duplex(buffer);
+        (Connection::new(client, timeout), Server { io: server })
+    }
+
+    fn pair() -> (Connection<DuplexStream>, Server) {
+        pair_with(64 * 1024, TIMEOUT)
+    }
+
+    /// Runs client and server concurrently in one task, so a failed
+    /// assertion on the server side fails the test directly.
+    async fn run<C: Future, V: Future<Output = ()>>(client: C, server: V) -> C::Output {
+        let (out, ()) = tokio::join!(client, server);
+        out
+    }
+
+    fn secret(s: &str) -> SecretString {
+        SecretString::from(s)
+    }
+
+    fn xoauth2_line(user: &str, token: &str) -> String {
+        STANDARD.encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
+    }
+
+    fn assert_no_secrets(err: &Pop3Error, secrets: &[&str]) {
+        let shown = format!("{err} / {err:?}");
+        for s in secrets {
+            assert!(!shown.contains(s), "error text leaks {s:?}: {shown}");
+        }
+    }
+
+    /// What the server sends for `body` in a RETR answer.
+    fn dot_stuff(body: &[u8]) -> Vec<u8> {
+        let mut out = b"+OK message follows\r\n".to_vec();
+        for line in body.split_inclusive(|&b| b == b'\n') {
+            if line.first() == Some(&b'.') {
+                out.push(b'.');
+            }
+            out.extend_from_slice(line);
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    // --- greeting -------------------------------------------------------
+
+    #[tokio::test]
+    async fn greeting_ok_returns_banner_text() {
+        let (mut c, mut s) = pair();
+        let got = run(c.greeting(), async {
+            s.send("+OK POP3 server ready <1896.697170952@dbc.mtview.ca.us>\r\n")
+                .await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, "POP3 server ready <1896.697170952@dbc.mtview.ca.us>");
+    }
+
+    #[tokio::test]
+    async fn greeting_bare_ok_and_lowercase() {
+        let (mut c, mut s) = pair();
+        let got = run(c.greeting(), s.send("+ok\n")).await.unwrap();
+        assert_eq!(got, "");
+    }
+
+    #[tokio::test]
+    async fn greeting_err_is_an_error_with_the_text() {
+        let (mut c, mut s) = pair();
+        let err = run(c.greeting(), s.send("-ERR too many connections\r\n"))
+            .await
+            .unwrap_err();
+        match &err {
+            Pop3Error::Err { step, text } => {
+                assert_eq!(*step, "greeting");
+                assert_eq!(text, "too many connections");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            err.to_string(),
+            "POP3 greeting refused: -ERR too many connections"
+        );
+    }
+
+    #[tokio::test]
+    async fn greeting_garbage_is_protocol_error() {
+        let (mut c, mut s) = pair();
+        let err = run(c.greeting(), s.send("* OK IMAP4rev1 ready\r\n"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Pop3Error::Protocol {
+                    step: "greeting",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("IMAP4rev1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn plus_okay_is_not_plus_ok() {
+        let (mut c, mut s) = pair();
+        let err = run(c.greeting(), s.send("+OKAY\r\n")).await.unwrap_err();
+        assert!(matches!(err, Pop3Error::Protocol { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn greeting_closed_connection() {
+        let (mut c, s) = pair();
+        drop(s);
+        let err = c.greeting().await.unwrap_err();
+        assert!(
+            matches!(err, Pop3Error::Closed { step: "greeting" }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "POP3 server closed the connection during greeting"
+        );
+    }
+
+    #[tokio::test]
+    async fn status_line_over_cap_is_protocol_error() {
+        let (mut c, mut s) = pair();
+        let long = format!("+OK {}\r\n", "a".repeat(MAX_LINE + 10));
+        let err = run(c.greeting(), s.send(long)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Pop3Error::Protocol {
+                    step: "greeting",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("longer than"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn status_line_just_under_cap_is_fine() {
+        let (mut c, mut s) = pair();
+        let text = "b".repeat(MAX_LINE - "+OK \r\n".len());
+        let line = format!("+OK {text}\r\n");
+        assert_eq!(line.len(), MAX_LINE);
+        let got = run(c.greeting(), s.send(line)).await.unwrap();
+        assert_eq!(got, text);
+    }
+
+    #[tokio::test]
+    async fn control_characters_in_server_text_are_neutralised() {
+        let (mut c, mut s) = pair();
+        let err = run(c.greeting(), s.send("-ERR bad\x1b[31m red\r\n"))
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().contains('\x1b'), "{err}");
+    }
+
+    // --- CAPA / STLS ----------------------------------------------------
+
+    #[tokio::test]
+    async fn capa_parses_capabilities() {
+        let (mut c, mut s) = pair();
+        let caps = run(c.capa(), async {
+            s.expect("CAPA\r\n").await;
+            s.send(
+                "+OK Capability list follows\r\n\
+                 TOP\r\n\
+                 USER\r\n\
+                 SASL PLAIN xoauth2\r\n\
+                 RESP-CODES\r\n\
+                 pipelining\r\n\
+                 UIDL\r\n\
+                 STLS\r\n\
+                 IMPLEMENTATION Example POP3 1.0\r\n\
+                 .\r\n",
+            )
+            .await;
+        })
+        .await
+        .unwrap();
+        assert!(caps.uidl && caps.user && caps.stls && caps.pipelining);
+        assert_eq!(caps.sasl, vec!["PLAIN".to_owned(), "XOAUTH2".to_owned()]);
+        assert_eq!(caps.raw.len(), 8);
+        assert_eq!(caps.raw[2], "SASL PLAIN xoauth2");
+        assert_eq!(caps.raw[7], "IMPLEMENTATION Example POP3 1.0");
+    }
+
+    #[tokio::test]
+    async fn capa_minimal_server() {
+        let (mut c, mut s) = pair();
+        let caps = run(c.capa(), async {
+            s.expect("CAPA\r\n").await;
+            s.send("+OK\r\nTOP\r\n.\r\n").await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            caps,
+            Capabilities {
+                raw: vec!["TOP".to_owned()],
+                ..Capabilities::default()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn capa_err_means_no_capabilities() {
+        let (mut c, mut s) = pair();
+        let caps = run(c.capa(), async {
+            s.expect("CAPA\r\n").await;
+            s.send("-ERR unknown command\r\n").await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(caps, Capabilities::default());
+        // The connection is still in step.
+        run(c.noop(), async {
+            s.expect("NOOP\r\n").await;
+            s.send("+OK\r\n").await;
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn stls_clean_hands_back_the_stream() {
+        let (mut c, mut s) = pair();
+        run(c.stls(), async {
+            s.expect("STLS\r\n").await;
+            s.send("+OK Begin TLS negotiation\r\n").await;
+        })
+        .await
+        .unwrap();
+        let mut raw = c.into_inner().unwrap();
+        // The stream is usable as is for the handshake.
+        s.send("\x16\x03\x01").await;
+        let mut hello = [0u8; 3];
+        raw.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello, b"\x16\x03\x01");
+    }
+
+    #[tokio::test]
+    async fn stls_with_injected_bytes_refuses_into_inner() {
+        let (mut c, mut s) = pair();
+        run(c.stls(), async {
+            s.expect("STLS\r\n").await;
+            // Plaintext sent in the same segment as the +OK: an attacker
+            // injecting a response that would be read as if over TLS.
+            s.send("+OK Begin TLS negotiation\r\n+OK logged in\r\n")
+                .await;
+        })
+        .await
+        .unwrap();
+        let err = c.into_inner().unwrap_err();
+        assert!(
+            matches!(err, Pop3Error::Protocol { step: "STLS", .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("before the TLS handshake"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stls_refused() {
+        let (mut c, mut s) = pair();
+        let err = run(c.stls(), async {
+            s.expect("STLS\r\n").await;
+            s.send("-ERR TLS not available\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, Pop3Error::Err { step: "STLS", text } if text == "TLS not available"),
+            "{err:?}"
+        );
+    }
+
+    // --- XOAUTH2 --------------------------------------------------------
+
+    #[tokio::test]
+    async fn xoauth2_two_step_exact_bytes() {
+        let (mut c, mut s) = pair();
+        let token = secret(TOKEN);
+        run(c.auth_xoauth2("helpdesk@example.com", &token), async {
+            s.expect("AUTH XOAUTH2\r\n").await;
+            // Nothing more may come before the server's go-ahead.
+            s.quiet(Duration::from_millis(100)).await;
+            s.send("+ \r\n").await;
+            s.expect(format!(
+                "{}\r\n",
+                xoauth2_line("helpdesk@example.com", TOKEN)
+            ))
+            .await;
+            s.send("+OK User successfully authenticated.\r\n").await;
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn xoauth2_accepts_bare_plus() {
+        let (mut c, mut s) = pair();
+        let token = secret(TOKEN);
+        run(c.auth_xoauth2("u@example.com", &token), async {
+            s.expect("AUTH XOAUTH2\r\n").await;
+            s.send("+\r\n").await;
+            s.expect(format!("{}\r\n", xoauth2_line("u@example.com", TOKEN)))
+                .await;
+            s.send("+OK\r\n").await;
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn xoauth2_error_challenge_is_answered_and_decoded() {
+        let (mut c, mut s) = pair();
+        let token = secret(TOKEN);
+        let err = run(c.auth_xoauth2("u@example.com", &token), async {
+            s.expect("AUTH XOAUTH2\r\n").await;
+            s.send("+ \r\n").await;
+            s.expect(format!("{}\r\n", xoauth2_line("u@example.com", TOKEN)))
+                .await;
+            s.send("+ eyJzdGF0dXMiOiI0MDEifQ==\r\n").await;
+            // The client must end the exchange with an empty line.
+            s.expect("\r\n").await;
+            s.send("-ERR Authentication failure: unknown user name or bad password.\r\n")
+                .await;
+        })
+        .await
+        .unwrap_err();
+        match &err {
+            Pop3Error::AuthRejected { text } => {
+                assert!(text.starts_with("Authentication failure"), "{text}");
+                assert!(text.contains(r#"{"status":"401"}"#), "{text}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let shown = err.to_string();
+        assert!(shown.contains(r#""status":"401""#), "{shown}");
+        assert_no_secrets(&err, &[TOKEN, &xoauth2_line("u@example.com", TOKEN), "eyJ"]);
+    }
+
+    #[tokio::test]
+    async fn xoauth2_undecodable_challenge_keeps_the_err_text() {
+        let (mut c, mut s) = pair();
+        let token = secret(TOKEN);
+        let err = run(c.auth_xoauth2("u@example.com", &token), async {
+            s.expect("AUTH XOAUTH2\r\n").await;
+            s.send("+\r\n").await;
+            s.expect(format!("{}\r\n", xoauth2_line("u@example.com", TOKEN)))
+                .await;
+            s.send("+ not*base64\r\n").await;
+            s.expect("\r\n").await;
+            s.send("-ERR denied\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, Pop3Error::AuthRejected { text } if text == "denied"),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn xoauth2_rejected_at_once() {
+        let (mut c, mut s) = pair();
+        let token = secret(TOKEN);
+        let err = run(c.auth_xoauth2("u@example.com", &token), async {
+            s.expect("AUTH XOAUTH2\r\n").await;
+            s.send("-ERR Unrecognized authentication type\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, Pop3Error::AuthRejected { text } if text == "Unrecognized authentication type"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "POP3 authentication rejected: -ERR Unrecognized authentication type"
+        );
+    }
+
+    #[tokio::test]
+    async fn xoauth2_rejected_after_credentials_without_challenge() {
+        let (mut c, mut s) = pair();
+        let token = secret(TOKEN);
+        let err = run(c.auth_xoauth2("u@example.com", &token), async {
+            s.expect("AUTH XOAUTH2\r\n").await;
+            s.send("+\r\n").await;
+            s.expect(format!("{}\r\n", xoauth2_line("u@example.com", TOKEN)))
+                .await;
+            s.send("-ERR [AUTH] Invalid credentials\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, Pop3Error::AuthRejected { text } if text == "[AUTH] Invalid credentials"),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn xoauth2_server_echoing_secrets_is_redacted() {
+        let (mut c, mut s) = pair();
+        let token = secret(TOKEN);
+        let line = xoauth2_line("u@example.com", TOKEN);
+        let err = run(c.auth_xoauth2("u@example.com", &token), async {
+            s.expect("AUTH XOAUTH2\r\n").await;
+            s.send("+\r\n").await;
+            s.expect(format!("{line}\r\n")).await;
+            s.send(format!("-ERR bad command {line} token {TOKEN}\r\n"))
+                .await;
+        })
+        .await
+        .unwrap_err();
+        assert_no_secrets(&err, &[TOKEN, &line]);
+        assert!(err.to_string().contains("[redacted]"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn xoauth2_garbage_echoing_secrets_is_redacted() {
+        let (mut c, mut s) = pair();
+        let token = secret(TOKEN);
+        let line = xoauth2_line("u@example.com", TOKEN);
+        let err = run(c.auth_xoauth2("u@example.com", &token), async {
+            s.expect("AUTH XOAUTH2\r\n").await;
+            s.send("+\r\n").await;
+            s.expect(format!("{line}\r\n")).await;
+            s.send(format!("{line}\r\n")).await;
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Pop3Error::Protocol { .. }), "{err:?}");
+        assert_no_secrets(&err, &[TOKEN, &line]);
+    }
+
+    #[tokio::test]
+    async fn xoauth2_ok_before_credentials_is_protocol_error() {
+        let (mut c, mut s) = pair();
+        let token = secret(TOKEN);
+        let err = run(c.auth_xoauth2("u@example.com", &token), async {
+            s.expect("AUTH XOAUTH2\r\n").await;
+            s.send("+OK\r\n").await;
+            s.quiet(Duration::from_millis(50)).await;
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Pop3Error::Protocol { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn xoauth2_refuses_separator_in_user_without_sending() {
+        let (mut c, mut s) = pair();
+        let token = secret(TOKEN);
+        let err = run(c.auth_xoauth2("u\x01auth=x", &token), async {
+            s.quiet(Duration::from_millis(50)).await;
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Pop3Error::Protocol { .. }), "{err:?}");
+    }
+
+    // --- PLAIN, USER/PASS -----------------------------------------------
+
+    #[tokio::test]
+    async fn auth_plain_exact_bytes() {
+        let (mut c, mut s) = pair();
+        let password = secret(PASSWORD);
+        run(c.auth_plain("helpdesk", &password), async {
+            s.expect("AUTH PLAIN\r\n").await;
+            s.quiet(Duration::from_millis(50)).await;
+            s.send("+ \r\n").await;
+            let want = STANDARD.encode(format!("\0helpdesk\0{PASSWORD}"));
+            assert_eq!(want, "AGhlbHBkZXNrAGNvcnJlY3QgaG9yc2UgYmF0dGVyeSBzdGFwbGU=");
+            s.expect(format!("{want}\r\n")).await;
+            s.send("+OK maildrop locked and ready\r\n").await;
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn auth_plain_rejected() {
+        let (mut c, mut s) = pair();
+        let password = secret(PASSWORD);
+        let err = run(c.auth_plain("helpdesk", &password), async {
+            s.expect("AUTH PLAIN\r\n").await;
+            s.send("+\r\n").await;
+            s.expect(format!(
+                "{}\r\n",
+                STANDARD.encode(format!("\0helpdesk\0{PASSWORD}"))
+            ))
+            .await;
+            s.send("-ERR [AUTH] Authentication failed.\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, Pop3Error::AuthRejected { text } if text == "[AUTH] Authentication failed."),
+            "{err:?}"
+        );
+        assert_no_secrets(
+            &err,
+            &[
+                PASSWORD,
+                &STANDARD.encode(format!("\0helpdesk\0{PASSWORD}")),
+            ],
+        );
+    }
+
+    #[tokio::test]
+    async fn user_pass_ok() {
+        let (mut c, mut s) = pair();
+        let password = secret(PASSWORD);
+        run(c.user_pass("helpdesk", &password), async {
+            s.expect("USER helpdesk\r\n").await;
+            s.send("+OK\r\n").await;
+            s.expect(format!("PASS {PASSWORD}\r\n")).await;
+            s.send("+OK logged in\r\n").await;
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn user_pass_rejected_at_pass() {
+        let (mut c, mut s) = pair();
+        let password = secret(PASSWORD);
+        let err = run(c.user_pass("helpdesk", &password), async {
+            s.expect("USER helpdesk\r\n").await;
+            s.send("+OK\r\n").await;
+            s.expect(format!("PASS {PASSWORD}\r\n")).await;
+            // A careless server echoing the command back.
+            s.send(format!("-ERR invalid password for PASS {PASSWORD}\r\n"))
+                .await;
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Pop3Error::AuthRejected { .. }), "{err:?}");
+        assert!(err.to_string().contains("invalid password"), "{err}");
+        assert_no_secrets(&err, &[PASSWORD]);
+    }
+
+    #[tokio::test]
+    async fn user_pass_rejected_at_user_sends_no_password() {
+        let (mut c, mut s) = pair();
+        let password = secret(PASSWORD);
+        let err = run(c.user_pass("nobody", &password), async {
+            s.expect("USER nobody\r\n").await;
+            s.send("-ERR no such user\r\n").await;
+            s.quiet(Duration::from_millis(50)).await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, Pop3Error::AuthRejected { text } if text == "no such user"),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn user_pass_refuses_line_breaks_without_sending() {
+        let (mut c, mut s) = pair();
+        let password = secret("pw\r\nDELE 1");
+        let err = run(c.user_pass("helpdesk", &password), async {
+            s.quiet(Duration::from_millis(50)).await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, Pop3Error::Protocol { step: "PASS", .. }),
+            "{err:?}"
+        );
+        assert_no_secrets(&err, &["pw", "DELE 1"]);
+    }
+
+    // --- STAT, UIDL, LIST -----------------------------------------------
+
+    #[tokio::test]
+    async fn stat_ok() {
+        let (mut c, mut s) = pair();
+        let got = run(c.stat(), async {
+            s.expect("STAT\r\n").await;
+            s.send("+OK 2 320\r\n").await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, (2, 320));
+    }
+
+    #[tokio::test]
+    async fn stat_malformed() {
+        let (mut c, mut s) = pair();
+        let err = run(c.stat(), async {
+            s.expect("STAT\r\n").await;
+            s.send("+OK lots\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, Pop3Error::Protocol { step: "STAT", .. }),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn uidl_multiline() {
+        let (mut c, mut s) = pair();
+        let got = run(c.uidl(), async {
+            s.expect("UIDL\r\n").await;
+            s.send(
+                "+OK unique-id listing follows\r\n\
+                 1 whqtswO00WBw418f9t5JxYwZ\r\n\
+                 2  QhdPYR:00WBw1Ph7x7\r\n\
+                 3 ..dotted\n\
+                 .\r\n",
+            )
+            .await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (1, "whqtswO00WBw418f9t5JxYwZ".to_owned()),
+                (2, "QhdPYR:00WBw1Ph7x7".to_owned()),
+                (3, "..dotted".to_owned()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn uidl_empty_mailbox() {
+        let (mut c, mut s) = pair();
+        let got = run(c.uidl(), async {
+            s.expect("UIDL\r\n").await;
+            s.send("+OK\r\n.\r\n").await;
+        })
+        .await
+        .unwrap();
+        assert!(got.is_empty());
+    }
+
+    #[tokio::test]
+    async fn uidl_err() {
+        let (mut c, mut s) = pair();
+        let err = run(c.uidl(), async {
+            s.expect("UIDL\r\n").await;
+            s.send("-ERR unknown command\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, Pop3Error::Err { step: "UIDL", text } if text == "unknown command"),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "POP3 UIDL refused: -ERR unknown command");
+    }
+
+    #[tokio::test]
+    async fn uidl_malformed_line_drains_and_keeps_connection_in_step() {
+        let (mut c, mut s) = pair();
+        let err = run(c.uidl(), async {
+            s.expect("UIDL\r\n").await;
+            s.send("+OK\r\n1 a\r\nbogus\r\n2 b\r\n3\r\n.\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, Pop3Error::Protocol { step: "UIDL", detail } if detail.contains("bogus")),
+            "{err:?}"
+        );
+        run(c.noop(), async {
+            s.expect("NOOP\r\n").await;
+            s.send("+OK\r\n").await;
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn uidl_non_utf8_uid_is_refused() {
+        let (mut c, mut s) = pair();
+        let err = run(c.uidl(), async {
+            s.expect("UIDL\r\n").await;
+            s.send(b"+OK\r\n1 ab\xff\r\n.\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Pop3Error::Protocol { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn uidl_line_over_cap() {
+        let (mut c, mut s) = pair();
+        let err = run(c.uidl(), async {
+            s.expect("UIDL\r\n").await;
+            s.send(format!("+OK\r\n1 {}\r\n.\r\n", "x".repeat(MAX_LINE)))
+                .await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, Pop3Error::Protocol { step: "UIDL", .. }),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn list_sizes() {
+        let (mut c, mut s) = pair();
+        let got = run(c.list(), async {
+            s.expect("LIST\r\n").await;
+            s.send("+OK 2 messages (320 octets)\r\n1 120\r\n2 200\r\n.\r\n")
+                .await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, vec![(1, 120), (2, 200)]);
+    }
+
+    #[tokio::test]
+    async fn list_malformed() {
+        let (mut c, mut s) = pair();
+        let err = run(c.list(), async {
+            s.expect("LIST\r\n").await;
+            s.send("+OK\r\n1 -5\r\n.\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, Pop3Error::Protocol { step: "LIST", .. }),
+            "{err:?}"
+        );
+    }
+
+    // --- RETR -----------------------------------------------------------
+
+    #[tokio::test]
+    async fn retr_unstuffs_dots_and_keeps_crlf() {
+        let (mut c, mut s) = pair();
+        let mut out = Vec::new();
+        run(c.retr(1, &mut out), async {
+            s.expect("RETR 1\r\n").await;
+            s.send(
+                "+OK 120 octets\r\n\
+                 Subject: hi\r\n\
+                 \r\n\
+                 ..foo\r\n\
+                 ..\r\n\
+                 ...\r\n\
+                 a.b\r\n\
+                 . \r\n\
+                 .\r\n",
+            )
+            .await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Subject: hi\r\n\r\n.foo\r\n.\r\n..\r\na.b\r\n \r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn retr_appends_and_back_to_back() {
+        let (mut c, mut s) = pair();
+        let mut first = b"kept".to_vec();
+        let mut second = Vec::new();
+        run(
+            async {
+                c.retr(1, &mut first).await.unwrap();
+                c.retr(2, &mut second).await.unwrap();
+            },
+            async {
+                s.expect("RETR 1\r\n").await;
+                // The second answer arrives early and sits in the buffer.
+                s.send("+OK\r\none\r\n.\r\n+OK\r\ntwo\r\n.\r\n").await;
+                s.expect("RETR 2\r\n").await;
+            },
+        )
+        .await;
+        assert_eq!(first, b"keptone\r\n");
+        assert_eq!(second, b"two\r\n");
+    }
+
+    #[tokio::test]
+    async fn retr_very_long_line() {
+        let (mut c, mut s) = pair();
+        let long = "x".repeat(100_000);
+        let mut out = Vec::new();
+        run(c.retr(7, &mut out), async {
+            s.expect("RETR 7\r\n").await;
+            s.send(format!("+OK\r\nSubject: long\r\n\r\n{long}\r\n.\r\n"))
+                .await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(out.len(), "Subject: long\r\n\r\n".len() + 100_002);
+        assert!(out.ends_with(format!("{long}\r\n").as_bytes()));
+    }
+
+    #[tokio::test]
+    async fn retr_empty_body() {
+        let (mut c, mut s) = pair();
+        let mut out = Vec::new();
+        run(c.retr(1, &mut out), async {
+            s.expect("RETR 1\r\n").await;
+            s.send("+OK 0 octets\r\n.\r\n").await;
+        })
+        .await
+        .unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn retr_bare_lf() {
+        let (mut c, mut s) = pair();
+        let mut out = Vec::new();
+        run(c.retr(1, &mut out), async {
+            s.expect("RETR 1\r\n").await;
+            s.send("+OK\nSubject: x\n\n..dot\n..\nend\r\n.\n").await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(out, b"Subject: x\n\n.dot\n.\nend\r\n");
+    }
+
+    #[tokio::test]
+    async fn retr_split_across_many_small_writes() {
+        let body: &[u8] = b"From: a@example.com\r\n\
+            Subject: split\r\n\
+            \r\n\
+            .leading dot\r\n\
+            .\r\n\
+            ..\r\n\
+            \r\n\
+            last line without dot\r\n";
+        let wire = dot_stuff(body);
+        for chunk in [1, 2, 3, 5, 7, 13] {
+            // A 7-byte pipe also forces the server's writes to be split.
+            let (mut c, mut s) = pair_with(7, TIMEOUT);
+            let mut out = Vec::new();
+            run(c.retr(3, &mut out), async {
+                s.expect("RETR 3\r\n").await;
+                for piece in wire.chunks(chunk) {
+                    s.send(piece).await;
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .unwrap();
+            assert_eq!(out, body, "chunk size {chunk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn retr_terminator_split_after_dot() {
+        let (mut c, mut s) = pair_with(1, TIMEOUT);
+        let mut out = Vec::new();
+        run(c.retr(1, &mut out), async {
+            s.expect("RETR 1\r\n").await;
+            s.send("+OK\r\nbody\r\n.").await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s.send("\r").await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s.send("\n").await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(out, b"body\r\n");
+    }
+
+    #[tokio::test]
+    async fn retr_server_closes_mid_message() {
+        let (mut c, mut s) = pair();
+        let mut out = b"previous".to_vec();
+        let err = run(c.retr(1, &mut out), async {
+            s.expect("RETR 1\r\n").await;
+            s.send("+OK\r\nSubject: cut\r\n\r\nhalf a mess").await;
+            s.io.shutdown().await.unwrap();
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Pop3Error::Closed { step: "RETR" }), "{err:?}");
+        assert_eq!(out, b"previous", "a cut-off message must not be kept");
+    }
+
+    #[tokio::test]
+    async fn retr_server_closes_after_last_line_without_terminator() {
+        let (mut c, mut s) = pair();
+        let mut out = Vec::new();
+        let err = run(c.retr(1, &mut out), async {
+            s.expect("RETR 1\r\n").await;
+            s.send("+OK\r\nline\r\n.").await;
+            s.io.shutdown().await.unwrap();
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Pop3Error::Closed { step: "RETR" }), "{err:?}");
+        assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn retr_server_stalls() {
+        let timeout = Duration::from_millis(200);
+        let (mut c, mut s) = pair_with(64 * 1024, timeout);
+        let mut out = Vec::new();
+        let started = tokio::time::Instant::now();
+        let err = run(c.retr(1, &mut out), async {
+            s.expect("RETR 1\r\n").await;
+            s.send("+OK\r\nSubject: slow\r\n").await;
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, Pop3Error::Timeout { step: "RETR", after } if after == timeout),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(out.is_empty());
+        assert_eq!(
+            err.to_string(),
+            "POP3 server did not answer RETR within 200ms"
+        );
+    }
+
+    #[tokio::test]
+    async fn retr_timeout_is_per_read_not_per_message() {
+        let timeout = Duration::from_millis(500);
+        let (mut c, mut s) = pair_with(64 * 1024, timeout);
+        let mut out = Vec::new();
+        run(c.retr(1, &mut out), async {
+            s.expect("RETR 1\r\n").await;
+            s.send("+OK\r\n").await;
+            // Ten pieces 100 ms apart: a second in all, twice the timeout,
+            // but no single wait comes close to it.
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                s.send("chunk\r\n").await;
+            }
+            s.send(".\r\n").await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(out, b"chunk\r\n".repeat(10));
+    }
+
+    #[tokio::test]
+    async fn retr_err() {
+        let (mut c, mut s) = pair();
+        let mut out = Vec::new();
+        let err = run(c.retr(9, &mut out), async {
+            s.expect("RETR 9\r\n").await;
+            s.send("-ERR no such message\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, Pop3Error::Err { step: "RETR", text } if text == "no such message"),
+            "{err:?}"
+        );
+        assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn command_write_to_closed_server_is_an_error() {
+        let (mut c, s) = pair();
+        drop(s);
+        let err = c.noop().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Pop3Error::Io { step: "NOOP", .. } | Pop3Error::Closed { step: "NOOP" }
+            ),
+            "{err:?}"
+        );
+    }
+
+    // --- DELE, NOOP, QUIT -----------------------------------------------
+
+    #[tokio::test]
+    async fn dele_ok_and_err() {
+        let (mut c, mut s) = pair();
+        run(
+            async {
+                c.dele(1).await.unwrap();
+                let err = c.dele(2).await.unwrap_err();
+                assert!(
+                    matches!(&err, Pop3Error::Err { step: "DELE", text } if text == "message 2 already deleted"),
+                    "{err:?}"
+                );
+            },
+            async {
+                s.expect("DELE 1\r\n").await;
+                s.send("+OK message 1 deleted\r\n").await;
+                s.expect("DELE 2\r\n").await;
+                s.send("-ERR message 2 already deleted\r\n").await;
+            },
+        )
+        .await;
+        run(c.noop(), async {
+            s.expect("NOOP\r\n").await;
+            s.send("+OK\r\n").await;
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn noop_ok() {
+        let (mut c, mut s) = pair();
+        run(c.noop(), async {
+            s.expect("NOOP\r\n").await;
+            s.send("+OK\r\n").await;
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn quit_ok_closes_our_side() {
+        let (c, mut s) = pair();
+        run(c.quit(), async {
+            s.expect("QUIT\r\n").await;
+            s.send("+OK dewey POP3 server signing off (maildrop empty)\r\n")
+                .await;
+            s.expect_eof().await;
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn quit_err_is_reported() {
+        let (c, mut s) = pair();
+        let err = run(c.quit(), async {
+            s.expect("QUIT\r\n").await;
+            s.send("-ERR some deleted messages not removed\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, Pop3Error::Err { step: "QUIT", text } if text == "some deleted messages not removed"),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn quit_without_answer_is_reported() {
+        let (c, mut s) = pair();
+        let err = run(c.quit(), async {
+            s.expect("QUIT\r\n").await;
+            s.io.shutdown().await.unwrap();
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Pop3Error::Closed { step: "QUIT" }), "{err:?}");
+    }
+
+    // --- staying in step -----------------------------------------------
+
+    fn assert_out_of_step(err: &Pop3Error, want_step: &str) {
+        assert!(
+            matches!(err, Pop3Error::Protocol { step, detail } if *step == want_step && detail.contains("out of step")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancelled_retr_refuses_further_commands() {
+        let (mut c, mut s) = pair();
+        let mut out = Vec::new();
+        run(
+            async {
+                // As in a select! against shutdown: the RETR future is dropped
+                // half-way through the message.
+                let cut = tokio::time::timeout(Duration::from_millis(100), c.retr(1, &mut out));
+                assert!(cut.await.is_err(), "RETR should still have been running");
+            },
+            async {
+                s.expect("RETR 1\r\n").await;
+                // The rest of this message would answer DELE and QUIT.
+                s.send("+OK\r\nSubject: x\r\n\r\n").await;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                s.send("+OK\r\n+OK\r\n.\r\n").await;
+            },
+        )
+        .await;
+        let err = run(c.dele(1), s.quiet(Duration::from_millis(50)))
+            .await
+            .unwrap_err();
+        assert_out_of_step(&err, "DELE");
+        // QUIT consumes the connection, so the server sees it close with
+        // nothing sent.
+        let err = run(c.quit(), s.expect_eof()).await.unwrap_err();
+        assert_out_of_step(&err, "QUIT");
+    }
+
+    #[tokio::test]
+    async fn late_answer_after_timeout_is_not_taken_for_the_next() {
+        let (mut c, mut s) = pair_with(64 * 1024, Duration::from_millis(100));
+        let err = run(c.noop(), async {
+            s.expect("NOOP\r\n").await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            // Would parse as a STAT answer of 5 messages.
+            s.send("+OK 5 500\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, Pop3Error::Timeout { step: "NOOP", .. }),
+            "{err:?}"
+        );
+        let err = run(c.stat(), s.quiet(Duration::from_millis(50)))
+            .await
+            .unwrap_err();
+        assert_out_of_step(&err, "STAT");
+    }
+
+    #[tokio::test]
+    async fn garbage_answer_refuses_further_commands() {
+        let (mut c, mut s) = pair();
+        let err = run(c.noop(), async {
+            s.expect("NOOP\r\n").await;
+            s.send("what?\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, Pop3Error::Protocol { step: "NOOP", .. }),
+            "{err:?}"
+        );
+        let err = run(c.noop(), s.quiet(Duration::from_millis(50)))
+            .await
+            .unwrap_err();
+        assert_out_of_step(&err, "NOOP");
+    }
+
+    #[tokio::test]
+    async fn into_inner_refused_after_failed_stls() {
+        let (mut c, mut s) = pair_with(64 * 1024, Duration::from_millis(100));
+        let err = run(c.stls(), async {
+            s.expect("STLS\r\n").await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, Pop3Error::Timeout { step: "STLS", .. }),
+            "{err:?}"
+        );
+        assert_out_of_step(&c.into_inner().unwrap_err(), "STLS");
+    }
+
+    #[tokio::test]
+    async fn rejected_auth_allows_fallback_login() {
+        let (mut c, mut s) = pair();
+        let password = secret(PASSWORD);
+        let err = run(c.auth_plain("helpdesk", &password), async {
+            s.expect("AUTH PLAIN\r\n").await;
+            s.send("-ERR mechanism not supported\r\n").await;
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Pop3Error::AuthRejected { .. }), "{err:?}");
+        run(c.user_pass("helpdesk", &password), async {
+            s.expect("USER helpdesk\r\n").await;
+            s.send("+OK\r\n").await;
+            s.expect(format!("PASS {PASSWORD}\r\n")).await;
+            s.send("+OK\r\n").await;
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_leave_connection_usable() {
+        let (mut c, mut s) = pair();
+        let password = secret("bad\npassword");
+        let err = c.user_pass("helpdesk", &password).await.unwrap_err();
+        assert!(
+            matches!(err, Pop3Error::Protocol { step: "PASS", .. }),
+            "{err:?}"
+        );
+        run(c.noop(), async {
+            s.expect("NOOP\r\n").await;
+            s.send("+OK\r\n").await;
+        })
+        .await
+        .unwrap();
+    }
+
+    // --- hygiene --------------------------------------------------------
+
+    #[tokio::test]
+    async fn debug_does_not_show_buffers() {
+        let (mut c, mut s) = pair();
+        run(c.stls(), async {
+            s.expect("STLS\r\n").await;
+            s.send("+OK\r\nSECRET-BUFFERED-BYTES\r\n").await;
+        })
+        .await
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("buffered_bytes: 23"), "{shown}");
+    }
+
+    /// Asserts that no 12-character piece of any secret shows, which also
+    /// catches a secret cut short by a shortened quote.
+    fn assert_no_fragments(err: &Pop3Error, secrets: &[&str]) {
+        let shown = format!("{err} / {err:?}");
+        for secret in secrets {
+            let chars: Vec<char> = secret.chars().collect();
+            for piece in chars.windows(12.min(chars.len())) {
+                let piece: String = piece.iter().collect();
+                assert!(
+                    !shown.contains(&piece),
+                    "error text leaks {piece:?} of a secret: {shown}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn no_error_display_contains_secrets() {
+        // A token as long as a real one, so that the base64 line is far
+        // longer than any quote of server output.
+        let token_text = format!("eyJ0eXAiOiJKV1Qi.{}", "Zq9-x_Kp".repeat(200));
+        let token = secret(&token_text);
+        let password_text = "pass\twith tab and spaces";
+        let password = secret(password_text);
+        let user = "helpdesk@example.com";
+        let xo_line = xoauth2_line(user, &token_text);
+        let plain_line = STANDARD.encode(format!("\0{user}\0{password_text}"));
+        let secrets = [
+            token_text.as_str(),
+            password_text,
+            xo_line.as_str(),
+            plain_line.as_str(),
+        ];
+        let mut errors = Vec::new();
+
+        // Hostile XOAUTH2 servers: echo as garbage, in -ERR, inside the
+        // JSON challenge.
+        let echoes = [
+            format!("{xo_line}\r\n"),
+            format!("-ERR you sent {xo_line} with {token_text}\r\n"),
+            format!(
+                "+ {}\r\n",
+                STANDARD.encode(format!(r#"{{"status":"401","got":"{token_text}"}}"#))
+            ),
+        ];
+        for echo in echoes {
+            let (mut c, mut s) = pair();
+            let err = run(c.auth_xoauth2(user, &token), async {
+                s.expect("AUTH XOAUTH2\r\n").await;
+                s.send("+ \r\n").await;
+                s.expect(format!("{xo_line}\r\n")).await;
+                s.send(&echo).await;
+                if echo.starts_with('+') {
+                    s.expect("\r\n").await;
+                    s.send(format!("-ERR denied {token_text}\r\n")).await;
+                }
+            })
+            .await
+            .unwrap_err();
+            errors.push(err);
+        }
+
+        // Hostile PLAIN and USER/PASS servers.
+        for echo in [
+            format!("{plain_line}\r\n"),
+            format!("-ERR {plain_line} / {password_text}\r\n"),
+        ] {
+            let (mut c, mut s) = pair();
+            let err = run(c.auth_plain(user, &password), async {
+                s.expect("AUTH PLAIN\r\n").await;
+                s.send("+\r\n").await;
+                s.expect(format!("{plain_line}\r\n")).await;
+                s.send(&echo).await;
+            })
+            .await
+            .unwrap_err();
+            errors.push(err);
+        }
+        for echo in [
+            format!("PASS {password_text}\r\n"),
+            format!("-ERR bad PASS {password_text}\r\n"),
+        ] {
+            let (mut c, mut s) = pair();
+            let err = run(c.user_pass(user, &password), async {
+                s.expect(format!("USER {user}\r\n")).await;
+                s.send("+OK\r\n").await;
+                s.expect(format!("PASS {password_text}\r\n")).await;
+                s.send(&echo).await;
+            })
+            .await
+            .unwrap_err();
+            errors.push(err);
+        }
+
+        // Failures that are not the server's text at all.
+        let bad = secret("line\r\nbreak");
+        errors.push(pair().0.user_pass(user, &bad).await.unwrap_err());
+        let bad_token = secret("tok\x01en");
+        errors.push(pair().0.auth_xoauth2(user, &bad_token).await.unwrap_err());
+        let (mut c, s) = pair_with(1024, Duration::from_millis(50));
+        errors.push(c.auth_plain(user, &password).await.unwrap_err());
+        drop(s);
+
+        assert_eq!(errors.len(), 10);
+        for err in &errors {
+            assert_no_fragments(err, &secrets);
+            assert_no_fragments(err, &["line\r\nbreak", "tok\x01en"]);
+        }
+        // The echoes were there, and were cut out rather than dropped.
+        for err in &errors[..7] {
+            assert!(err.to_string().contains("[redacted]"), "{err}");
+        }
+    }
+
+    #[test]
+    fn scrub_replaces_every_occurrence() {
+        let mut line = b"-ERR abc and abc, abcabc".to_vec();
+        scrub(&mut line, &["", "abc", "absent"]);
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "-ERR [redacted] and [redacted], [redacted][redacted]"
+        );
+    }
+
+    #[test]
+    fn challenge_decoding() {
+        assert_eq!(
+            decode_challenge("eyJzdGF0dXMiOiI0MDEifQ==", &[]).as_deref(),
+            Some(r#"{"status":"401"}"#)
+        );
+        assert_eq!(
+            decode_challenge("eyJzdGF0dXMiOiI0MDEifQ", &[]).as_deref(),
+            Some(r#"{"status":"401"}"#)
+        );
+        assert_eq!(decode_challenge("", &[]), None);
+        assert_eq!(decode_challenge("%%%", &[]), None);
+    }
+
+    #[test]
+    fn reply_classification() {
+        assert!(matches!(parse_reply(b"+OK\r\n"), Some(Reply::Ok(t)) if t.is_empty()));
+        assert!(matches!(parse_reply(b"+OK hi there\r\n"), Some(Reply::Ok(t)) if t == "hi there"));
+        assert!(matches!(parse_reply(b"-ERR\n"), Some(Reply::Err(t)) if t.is_empty()));
+        assert!(matches!(parse_reply(b"-err nope\r\n"), Some(Reply::Err(t)) if t == "nope"));
+        assert!(matches!(parse_reply(b"+\r\n"), Some(Reply::Continue(t)) if t.is_empty()));
+        assert!(matches!(parse_reply(b"+ \r\n"), Some(Reply::Continue(t)) if t.is_empty()));
+        assert!(matches!(parse_reply(b"+ abc=\r\n"), Some(Reply::Continue(t)) if t == "abc="));
+        assert!(parse_reply(b"-ERROR\r\n").is_none());
+        assert!(parse_reply(b"OK\r\n").is_none());
+        assert!(parse_reply(b"\r\n").is_none());
+    }
+
+    #[test]
+    fn long_garbage_is_quoted_short() {
+        let q = quote("z".repeat(10_000).as_bytes());
+        assert!(q.len() < MAX_QUOTED + 10, "{q}");
+        assert!(q.ends_with('…'));
+    }
+}
