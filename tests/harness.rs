@@ -537,6 +537,7 @@ async fn plain_password_option_and_restart() {
         &idp.introspection_url(),
         DovecotOptions {
             plain_password: Some("plainpw".into()),
+            ..DovecotOptions::default()
         },
     );
     let port = dovecot.imaps_port();
