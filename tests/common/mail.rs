@@ -70,6 +70,15 @@ pub fn mail(i: usize) -> Vec<u8> {
     m.into_bytes()
 }
 
+/// [`mail`]`(i)` without its Message-ID header: such a mail can only be
+/// recognised again by its content.
+pub fn mail_without_message_id(i: usize) -> Vec<u8> {
+    let text = String::from_utf8(mail(i)).expect("mail() is UTF-8");
+    let header = format!("Message-ID: {}\r\n", message_id(i));
+    assert!(text.contains(&header));
+    text.replacen(&header, "", 1).into_bytes()
+}
+
 const FILLER: &str = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.";
 
 fn filler_lines(bytes: usize, html: bool) -> String {
