@@ -100,3 +100,102 @@ pub async fn pop3s_greeting(port: u16, ca_file: &Path) -> String {
     let _ = reader.get_mut().write_all(b"QUIT\r\n").await;
     line.trim_end().to_owned()
 }
+
+/// A blocking clear-text line client for the plain IMAP / POP3 ports (or a
+/// [`super::Proxy`] in front of them), for harness checks. Reads time out
+/// after 10 s; `None` means the server closed the connection.
+pub struct LineClient {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+    tag: u32,
+    /// The server's first line.
+    pub greeting: String,
+}
+
+impl LineClient {
+    pub fn connect(port: u16) -> LineClient {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("set timeout");
+        let writer = stream.try_clone().expect("clone");
+        let mut client = LineClient {
+            reader: std::io::BufReader::new(stream),
+            writer,
+            tag: 0,
+            greeting: String::new(),
+        };
+        client.greeting = client.line().expect("a greeting");
+        client
+    }
+
+    /// Sends one line (CRLF added).
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write as _;
+        self.writer
+            .write_all(format!("{line}\r\n").as_bytes())
+            .expect("send");
+    }
+
+    /// The next line without its ending; `None` at end of stream or on a
+    /// reset connection.
+    pub fn line(&mut self) -> Option<String> {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim_end_matches(['\r', '\n']).to_owned()),
+        }
+    }
+
+    /// IMAP: sends `TAG command` and returns every response line up to and
+    /// including the tagged one; `None` if the connection ended first.
+    pub fn imap(&mut self, command: &str) -> Option<Vec<String>> {
+        self.tag += 1;
+        let tag = format!("t{}", self.tag);
+        self.send(&format!("{tag} {command}"));
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line()?;
+            let done = line.starts_with(&format!("{tag} "));
+            lines.push(line);
+            if done {
+                return Some(lines);
+            }
+        }
+    }
+
+    /// IMAP AUTHENTICATE XOAUTH2 with the initial response; the tagged line.
+    pub fn imap_xoauth2(&mut self, user: &str, token: &str) -> Option<String> {
+        let lines = self.imap(&format!(
+            "AUTHENTICATE XOAUTH2 {}",
+            xoauth2_b64(user, token)
+        ))?;
+        lines.last().cloned()
+    }
+
+    /// POP3: sends `command`; returns the status line, then (for a `+OK`
+    /// answer when `multi_line`) the lines up to the terminating ".".
+    pub fn pop3(&mut self, command: &str, multi_line: bool) -> Option<Vec<String>> {
+        self.send(command);
+        let status = self.line()?;
+        let mut lines = vec![status.clone()];
+        if multi_line && status.starts_with("+OK") {
+            loop {
+                let line = self.line()?;
+                if line == "." {
+                    break;
+                }
+                lines.push(line);
+            }
+        }
+        Some(lines)
+    }
+}
+
+/// The base64 SASL XOAUTH2 initial response.
+pub fn xoauth2_b64(user: &str, token: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
+}

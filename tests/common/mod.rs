@@ -7,6 +7,8 @@
 //! - [`Dovecot`]: a real Dovecot 2.3 on loopback, XOAUTH2 via the IdP.
 //! - [`mail`]: deterministic test mails.
 //! - [`certs`], [`imap`]: TLS / raw IMAP / POP3 client helpers.
+//! - [`Proxy`]: a loopback proxy for plaintext IMAP / POP3 that records the
+//!   client's lines and can SIGKILL the daemon on one of them.
 //! - [`setup`]: a whole mail2ticket test environment (maintained with the library).
 //!
 //! Not every test file uses every item, hence the module-wide allows.
@@ -18,15 +20,17 @@ pub mod dovecot;
 pub mod idp;
 pub mod imap;
 pub mod mail;
+pub mod proxy;
 pub mod setup;
 pub mod time;
 
 pub use client_cert::{ClientCert, JWT_BEARER_ASSERTION_TYPE};
-pub use dovecot::{Dovecot, DovecotOptions};
+pub use dovecot::{Dovecot, DovecotOptions, NO_IDLE_NO_MOVE_CAPABILITY};
 pub use idp::{
     DEFAULT_CLIENT_ID, DEFAULT_TENANT, DEVICE_CODE_GRANT, IdP, InjectedBody, browser_sign_in,
 };
-pub use mail::{mail, mail_of_size, malformed_mail, message_id};
+pub use mail::{mail, mail_of_size, mail_without_message_id, malformed_mail, message_id};
+pub use proxy::{Action, Proxy};
 
 /// Scope a mailbox client asks Entra ID for, for IMAP and POP3 with refresh.
 pub const OUTLOOK_SCOPE: &str = "https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/POP.AccessAsUser.All offline_access";
