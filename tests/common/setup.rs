@@ -10,11 +10,15 @@ use std::time::Duration;
 use mail2ticket::config::Config;
 use sqlx::SqlitePool;
 
-use super::{Dovecot, IdP};
+use super::proxy::{Action, Proxy};
+use super::{Dovecot, DovecotOptions, IdP};
 
 /// The mailbox most tests read, and its password at the IdP.
 pub const USER: &str = "helpdesk@test.example";
 pub const PASSWORD: &str = "correct horse battery staple";
+/// The password of every user at a Dovecot started by
+/// [`Env::start_with_plain_password`] (PLAIN/LOGIN, after TLS only).
+pub const PLAIN_PASSWORD: &str = "plain-secret-4711";
 
 pub struct Env {
     pub idp: IdP,
@@ -39,7 +43,21 @@ pub struct ReaderSpec {
     pub oauth: String,
     pub password_file: PathBuf,
     pub trust_test_ca: bool,
+    /// Written only for IMAP readers.
     pub folder: String,
+    /// "imap" (from [`Env::reader`]) or "pop3" (from [`Env::pop3_reader`]).
+    pub protocol: &'static str,
+    /// `tls`: "implicit", "starttls" or "none"; `None` leaves the default.
+    /// With "none" no `ca_file` is written.
+    pub tls: Option<&'static str>,
+    /// `auth`: with `Some("plain")` the entry gets `auth = "plain"` and the
+    /// password, and no `oauth` / `grant`; `None` leaves the default.
+    pub auth: Option<&'static str>,
+    /// `after`, e.g. "seen", "keep", "delete", "move:Done"; `None` leaves
+    /// the protocol's default.
+    pub after: Option<String>,
+    /// Writes `idle = true`.
+    pub idle: bool,
     pub poll_interval: &'static str,
     pub timeout: &'static str,
     /// `None` leaves the daemon's default.
@@ -48,11 +66,37 @@ pub struct ReaderSpec {
     pub extra: String,
 }
 
+impl ReaderSpec {
+    /// The same reader without TLS (`tls = "none"`) on a loopback `port`,
+    /// e.g. a [`Proxy`] in front of Dovecot's plain port.
+    pub fn plaintext(self, port: u16) -> ReaderSpec {
+        ReaderSpec {
+            host: "127.0.0.1".into(),
+            port,
+            tls: Some("none"),
+            ..self
+        }
+    }
+
+    /// The same reader with `after` set.
+    pub fn after(self, after: &str) -> ReaderSpec {
+        ReaderSpec {
+            after: Some(after.into()),
+            ..self
+        }
+    }
+}
+
 impl Env {
     pub fn start() -> Env {
+        Env::start_with(DovecotOptions::default())
+    }
+
+    /// Like [`Env::start`], with a Dovecot started with `opts`.
+    pub fn start_with(opts: DovecotOptions) -> Env {
         let idp = IdP::start();
         idp.add_user(USER, PASSWORD);
-        let dovecot = Dovecot::start(&idp.introspection_url());
+        let dovecot = Dovecot::start_with(&idp.introspection_url(), opts);
         let dir = tempfile::tempdir().expect("tempdir");
         let env = Env {
             idp,
@@ -94,10 +138,45 @@ impl Env {
             password_file: self.password_file(USER),
             trust_test_ca: true,
             folder: "INBOX".into(),
+            protocol: "imap",
+            tls: None,
+            auth: None,
+            after: None,
+            idle: false,
             poll_interval: "1s",
             timeout: "10s",
             batch_size: None,
             extra: String::new(),
+        }
+    }
+
+    /// A POP3 reader of the default mailbox over implicit TLS (POP3S).
+    pub fn pop3_reader(&self, name: &str) -> ReaderSpec {
+        ReaderSpec {
+            protocol: "pop3",
+            port: self.dovecot.pop3s_port(),
+            ..self.reader(name)
+        }
+    }
+
+    /// An Env whose Dovecot also accepts [`PLAIN_PASSWORD`] for any user by
+    /// PLAIN/LOGIN (IMAP) or USER/PASS, AUTH PLAIN (POP3), over TLS only.
+    pub fn start_with_plain_password() -> Env {
+        Env::start_with(DovecotOptions {
+            plain_password: Some(PLAIN_PASSWORD.into()),
+            ..DovecotOptions::default()
+        })
+    }
+
+    /// `reader` switched to `auth = "plain"` with [`PLAIN_PASSWORD`] (for an
+    /// Env from [`Env::start_with_plain_password`]).
+    pub fn with_plain_auth(&self, reader: ReaderSpec) -> ReaderSpec {
+        let password_file = self.path("plain-password");
+        std::fs::write(&password_file, format!("{PLAIN_PASSWORD}\n")).expect("write password");
+        ReaderSpec {
+            auth: Some("plain"),
+            password_file,
+            ..reader
         }
     }
 
@@ -133,21 +212,31 @@ impl Env {
         for r in readers {
             write!(
                 text,
-                "\n[[reader]]\nname = \"{}\"\nprotocol = \"imap\"\nhost = \"{}\"\nport = {}\n\
-                 username = \"{}\"\noauth = \"{}\"\n\
-                 grant = \"{}\"\nfolder = \"{}\"\npoll_interval = \"{}\"\ntimeout = \"{}\"\n",
-                r.name,
-                r.host,
-                r.port,
-                r.username,
-                r.oauth,
-                r.grant,
-                r.folder,
-                r.poll_interval,
-                r.timeout,
+                "\n[[reader]]\nname = \"{}\"\nprotocol = \"{}\"\nhost = \"{}\"\nport = {}\n\
+                 username = \"{}\"\npoll_interval = \"{}\"\ntimeout = \"{}\"\n",
+                r.name, r.protocol, r.host, r.port, r.username, r.poll_interval, r.timeout,
             )
             .expect("format");
-            if r.grant == "password" {
+            let plain = r.auth == Some("plain");
+            if let Some(auth) = r.auth {
+                writeln!(text, "auth = \"{auth}\"").expect("format");
+            }
+            if !plain {
+                writeln!(text, "oauth = \"{}\"\ngrant = \"{}\"", r.oauth, r.grant).expect("format");
+            }
+            if r.protocol == "imap" {
+                writeln!(text, "folder = \"{}\"", r.folder).expect("format");
+            }
+            if let Some(tls) = r.tls {
+                writeln!(text, "tls = \"{tls}\"").expect("format");
+            }
+            if let Some(after) = &r.after {
+                writeln!(text, "after = \"{after}\"").expect("format");
+            }
+            if r.idle {
+                writeln!(text, "idle = true").expect("format");
+            }
+            if plain || r.grant == "password" {
                 writeln!(
                     text,
                     "password = {{ file = \"{}\" }}",
@@ -158,7 +247,7 @@ impl Env {
             if let Some(batch_size) = r.batch_size {
                 writeln!(text, "batch_size = {batch_size}").expect("format");
             }
-            if r.trust_test_ca {
+            if r.trust_test_ca && r.tls != Some("none") {
                 writeln!(text, "ca_file = \"{}\"", self.dovecot.ca_file().display())
                     .expect("format");
             }
@@ -358,4 +447,144 @@ impl Drop for ChildGuard {
             let _ = self.0.wait();
         }
     }
+}
+
+impl Env {
+    /// Every mail became exactly one ticket: `n` tickets, `n` emails, `n`
+    /// distinct dedup keys (Message-ID or content hash).
+    pub async fn assert_exactly_once(&self, n: usize) {
+        let n = n as i64;
+        let counts = (
+            self.count("SELECT COUNT(*) FROM tickets").await,
+            self.count("SELECT COUNT(*) FROM emails").await,
+            self.count("SELECT COUNT(DISTINCT dedup_key) FROM emails")
+                .await,
+        );
+        assert_eq!(counts, (n, n, n), "(tickets, emails, distinct mails)");
+    }
+
+    /// Ledger rows (IMAP `source_positions` or POP3 `pop3_uidls`) whose
+    /// after-step has not been done yet.
+    pub async fn pending(&self, table: &str) -> i64 {
+        self.count(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE after_state = 'pending'"
+        ))
+        .await
+    }
+
+    /// Starts the mail2ticket binary (`run`, until killed), logging errors only.
+    pub fn spawn_daemon_binary(&self, config: &Path) -> ChildGuard {
+        ChildGuard(
+            std::process::Command::new(binary())
+                .args(["-c", config.to_str().expect("utf-8 path"), "run"])
+                .env("RUST_LOG", "error")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start the daemon"),
+        )
+    }
+
+    /// SIGKILLs the daemon binary again and again while it works through
+    /// `mails` mails: half of the rounds kill it at a random moment after it
+    /// committed something in that round (so the kills land mid-mailbox,
+    /// between and inside batches), the other half at a random moment after
+    /// start (connecting, signing in, fetching). Stops early once every mail
+    /// is a ticket. Returns the ticket count after each kill.
+    pub fn kill_daemon_repeatedly(&self, config: &Path, mails: usize, rounds: u64) -> Vec<i64> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let loaded = Config::load(config).expect("valid config");
+        runtime.block_on(self.init_db(&loaded));
+        let tickets = || runtime.block_on(self.count("SELECT COUNT(*) FROM tickets"));
+        let mut after_each_kill = Vec::new();
+        for round in 0..rounds {
+            let before = tickets();
+            if before >= mails as i64 {
+                break;
+            }
+            let mut child = self.spawn_daemon_binary(config);
+            if round % 2 == 0 {
+                // Bounded; if nothing was committed the kill lands anyway.
+                runtime.block_on(wait_until(Duration::from_secs(20), || async {
+                    self.count("SELECT COUNT(*) FROM tickets").await > before
+                }));
+                std::thread::sleep(Duration::from_millis(rand::random_range(0..150)));
+            } else {
+                std::thread::sleep(Duration::from_millis(50 + rand::random_range(0..400)));
+            }
+            child.0.kill().expect("SIGKILL");
+            child.0.wait().expect("reap");
+            after_each_kill.push(tickets());
+        }
+        after_each_kill
+    }
+}
+
+/// `mail2ticket -c CONFIG run --once`; panics with its output unless it
+/// exits 0.
+pub fn run_once_binary(config: &Path) -> std::process::Output {
+    let out = std::process::Command::new(binary())
+        .args(["-c", config.to_str().expect("utf-8 path"), "run", "--once"])
+        .output()
+        .expect("run --once");
+    assert!(
+        out.status.success(),
+        "run --once failed with {}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `mail2ticket -c CONFIG check [READER]`: (exit code, stdout, stderr).
+pub fn check_binary(config: &Path, reader: Option<&str>) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new(binary());
+    cmd.args(["-c", config.to_str().expect("utf-8 path"), "check"]);
+    cmd.args(reader);
+    let out = cmd.output().expect("run check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `run --once` with a reader going through `proxy`, which SIGKILLs
+/// it on the first client line that is one of `commands` (never
+/// forwarded). Panics unless the daemon died of exactly that kill.
+pub fn run_once_killed_at(config: &Path, proxy: &Proxy, commands: &[&str]) {
+    let mut child = ChildGuard(
+        std::process::Command::new(binary())
+            .args(["-c", config.to_str().expect("utf-8 path"), "run", "--once"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start run --once"),
+    );
+    for command in commands {
+        proxy.on_client_line(command, Action::Kill(child.0.id()));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run --once neither finished nor sent any of {commands:?} within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    proxy.disarm();
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "run --once should have been killed at one of {commands:?}, but exited with {status}"
+    );
+    assert_eq!(proxy.fired().len(), 1, "exactly one command was held back");
 }
