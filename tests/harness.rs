@@ -8,10 +8,11 @@ use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::imap::{XOAuth2, imaps_connect, imaps_xoauth2, pop3s_greeting};
+use common::imap::{LineClient, XOAuth2, imaps_connect, imaps_xoauth2, pop3s_greeting};
 use common::{
-    ClientCert, DEFAULT_CLIENT_ID, DEVICE_CODE_GRANT, Dovecot, DovecotOptions, IdP,
-    JWT_BEARER_ASSERTION_TYPE, OUTLOOK_SCOPE, browser_sign_in, mail, mail_of_size, malformed_mail,
+    Action, ClientCert, DEFAULT_CLIENT_ID, DEVICE_CODE_GRANT, Dovecot, DovecotOptions, IdP,
+    JWT_BEARER_ASSERTION_TYPE, NO_IDLE_NO_MOVE_CAPABILITY, OUTLOOK_SCOPE, Proxy, browser_sign_in,
+    mail, mail_of_size, malformed_mail,
 };
 use serde_json::{Value, json};
 
@@ -561,6 +562,241 @@ async fn plain_password_option_and_restart() {
         .await
         .map_err(|(e, _)| e)
         .expect("LOGIN after restart failed");
+}
+
+/// Words of an IMAP CAPABILITY line (untagged or a `[CAPABILITY ...]` code).
+fn capability_words(lines: &[String]) -> HashSet<String> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            l.strip_prefix("* CAPABILITY ")
+                .or_else(|| l.split_once("[CAPABILITY ").map(|(_, rest)| rest))
+        })
+        .flat_map(|caps| caps.split([' ', ']']))
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A process for the proxy to kill: `sleep 60`, killed on drop.
+fn victim() -> common::setup::ChildGuard {
+    common::setup::ChildGuard(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("start sleep"),
+    )
+}
+
+/// Waits (10 s at most) for `child` to exit; true if SIGKILL ended it.
+fn died_of_sigkill(child: &mut common::setup::ChildGuard) -> bool {
+    use std::os::unix::process::ExitStatusExt as _;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            return status.signal() == Some(9);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn proxy_command_matching() {
+    use common::proxy::is_command;
+    assert!(is_command("DELE 3", "DELE"));
+    assert!(is_command("dele 3", "DELE"));
+    assert!(is_command("QUIT", "QUIT"));
+    assert!(is_command("A7 UID MOVE 1:5 Done", "UID MOVE"));
+    assert!(is_command("A7 uid copy 4 Done", "UID COPY"));
+    assert!(!is_command("A7 UID MOVED", "UID MOVE"));
+    assert!(!is_command("t1 DELETE Done", "DELE"));
+    assert!(!is_command("dXNlcj1oZWxwZGVzaxDELE", "DELE"));
+    assert!(!is_command("A7 UID FETCH 1:* (UID) DELE", "DELE"));
+}
+
+/// Through the proxy to Dovecot's plain IMAP port: XOAUTH2 works in clear
+/// text from loopback (LOGIN does not), every client line is recorded, a
+/// disarmed trigger does nothing, and an armed kill trigger kills the
+/// process and holds the command back from the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_forwards_records_and_kills_before_forwarding() {
+    let idp = IdP::start();
+    idp.add_user(USER, PASSWORD);
+    let dovecot = Dovecot::start(&idp.introspection_url());
+    dovecot.create_folder(USER, "Done");
+    dovecot.deliver(USER, &mail(1));
+    let token = access_token(&idp, USER, PASSWORD).await;
+    let proxy = Proxy::start(dovecot.imap_port());
+
+    let mut imap = LineClient::connect(proxy.port());
+    assert!(imap.greeting.starts_with("* OK"), "{}", imap.greeting);
+    let pre_login = capability_words(std::slice::from_ref(&imap.greeting));
+    assert!(pre_login.contains("LOGINDISABLED"), "{pre_login:?}");
+    assert!(pre_login.contains("AUTH=XOAUTH2"), "{pre_login:?}");
+    let login = imap
+        .imap("LOGIN alice@contoso.example wrong")
+        .expect("LOGIN answered");
+    assert!(
+        login.last().is_some_and(|l| l.starts_with("t1 NO")),
+        "{login:?}"
+    );
+    let auth = imap
+        .imap_xoauth2(USER, &token)
+        .expect("AUTHENTICATE answered");
+    assert!(
+        auth.starts_with("t2 OK"),
+        "XOAUTH2 in clear text from loopback: {auth}"
+    );
+    let caps = imap.imap("CAPABILITY").expect("CAPABILITY answered");
+    let caps = capability_words(&caps);
+    for cap in ["IDLE", "MOVE", "UIDPLUS"] {
+        assert!(caps.contains(cap), "Dovecot lacks {cap}: {caps:?}");
+    }
+    let select = imap.imap("SELECT INBOX").expect("SELECT answered");
+    assert!(select.iter().any(|l| l == "* 1 EXISTS"), "{select:?}");
+
+    proxy.on_client_line("NOOP", Action::Drop);
+    proxy.disarm();
+    let noop = imap.imap("NOOP").expect("a disarmed trigger does nothing");
+    assert!(
+        noop.last().is_some_and(|l| l.starts_with("t5 OK")),
+        "{noop:?}"
+    );
+
+    let mut child = victim();
+    proxy.on_client_line("UID COPY", Action::Kill(child.0.id()));
+    proxy.on_client_line("UID MOVE", Action::Kill(child.0.id()));
+    assert_eq!(imap.imap("UID MOVE 1 Done"), None, "connection dropped");
+    assert!(
+        died_of_sigkill(&mut child),
+        "the trigger killed the process"
+    );
+    assert_eq!(proxy.fired(), ["t6 UID MOVE 1 Done"]);
+    assert_eq!(
+        dovecot.message_count(USER, "INBOX"),
+        1,
+        "MOVE never arrived"
+    );
+    assert_eq!(dovecot.message_count(USER, "Done"), 0);
+
+    let lines = proxy.client_lines();
+    assert_eq!(lines.len(), 6, "every client line is recorded");
+    assert!(lines[1].starts_with("t2 AUTHENTICATE XOAUTH2 "));
+    assert_eq!(
+        &lines[2..],
+        [
+            "t3 CAPABILITY",
+            "t4 SELECT INBOX",
+            "t5 NOOP",
+            "t6 UID MOVE 1 Done"
+        ]
+    );
+
+    // The other trigger went with the fired one; new connections still work.
+    let mut again = LineClient::connect(proxy.port());
+    let auth = again.imap_xoauth2(USER, &token).expect("answered");
+    assert!(auth.starts_with("t1 OK"), "{auth}");
+    let select = again.imap("SELECT INBOX").expect("answered");
+    assert!(select.last().is_some_and(|l| l.starts_with("t2 OK")));
+    let copy = again
+        .imap("UID COPY 1 Done")
+        .expect("not held back any more");
+    assert!(
+        copy.last().is_some_and(|l| l.starts_with("t3 OK")),
+        "{copy:?}"
+    );
+    assert_eq!(proxy.connections(), 2);
+    assert_eq!(dovecot.message_count(USER, "Done"), 1);
+}
+
+/// POP3 on the plain port: two-step AUTH XOAUTH2 in clear text from
+/// loopback, the UIDL format of the harness (`%08Xu%08Xv`: UID and
+/// UIDVALIDITY in hex), and a dropped DELE deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pop3_through_the_proxy_two_step_xoauth2_and_uidl_format() {
+    let idp = IdP::start();
+    idp.add_user(USER, PASSWORD);
+    let dovecot = Dovecot::start(&idp.introspection_url());
+    dovecot.deliver_many(USER, (0..3).map(mail));
+    let token = access_token(&idp, USER, PASSWORD).await;
+    let proxy = Proxy::start(dovecot.pop3_port());
+    let login = |pop3: &mut LineClient| {
+        let capa = pop3.pop3("CAPA", true).expect("CAPA answered");
+        assert!(capa.iter().any(|l| l == "UIDL"), "{capa:?}");
+        assert!(
+            capa.iter()
+                .any(|l| l.starts_with("SASL") && l.contains("XOAUTH2")),
+            "{capa:?}"
+        );
+        let go_on = pop3.pop3("AUTH XOAUTH2", false).expect("AUTH answered");
+        assert_eq!(go_on, ["+ "], "empty continuation");
+        let ok = pop3
+            .pop3(&common::imap::xoauth2_b64(USER, &token), false)
+            .expect("answered");
+        assert!(ok[0].starts_with("+OK"), "XOAUTH2 in clear text: {ok:?}");
+    };
+
+    let mut pop3 = LineClient::connect(proxy.port());
+    assert!(pop3.greeting.starts_with("+OK"), "{}", pop3.greeting);
+    login(&mut pop3);
+    let uidl = pop3.pop3("UIDL", true).expect("UIDL answered");
+    let uidvalidity = dovecot.uidvalidity(USER, "INBOX");
+    let expected: Vec<String> = (1..=3)
+        .map(|n| format!("{n} {n:08x}{uidvalidity:08x}"))
+        .collect();
+    assert_eq!(&uidl[1..], expected, "UIDL is %08Xu%08Xv");
+    proxy.on_client_line("DELE", Action::Drop);
+    assert_eq!(pop3.pop3("DELE 1", false), None, "connection dropped");
+    assert_eq!(proxy.fired(), ["DELE 1"]);
+
+    let mut pop3 = LineClient::connect(proxy.port());
+    login(&mut pop3);
+    let stat = pop3.pop3("STAT", false).expect("STAT answered");
+    assert!(stat[0].starts_with("+OK 3 "), "{stat:?}");
+    assert!(pop3.pop3("QUIT", false).is_some());
+    assert_eq!(dovecot.message_count(USER, "INBOX"), 3, "nothing deleted");
+    let lines = proxy.client_lines();
+    assert_eq!(lines.iter().filter(|l| *l == "AUTH XOAUTH2").count(), 2);
+}
+
+/// `imap_capability` hides IDLE and MOVE before and after login (Dovecot
+/// still executes them if asked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_capability_knob_hides_idle_and_move() {
+    let idp = IdP::start();
+    idp.add_user(USER, PASSWORD);
+    let dovecot = Dovecot::start_with(
+        &idp.introspection_url(),
+        DovecotOptions {
+            imap_capability: Some(NO_IDLE_NO_MOVE_CAPABILITY.into()),
+            ..DovecotOptions::default()
+        },
+    );
+    let token = access_token(&idp, USER, PASSWORD).await;
+    let mut imap = LineClient::connect(dovecot.imap_port());
+    let auth = imap.imap(&format!(
+        "AUTHENTICATE XOAUTH2 {}",
+        common::imap::xoauth2_b64(USER, &token)
+    ));
+    let auth = auth.expect("AUTHENTICATE answered");
+    assert!(
+        auth.last().is_some_and(|l| l.starts_with("t1 OK")),
+        "login failed"
+    );
+    let caps = imap.imap("CAPABILITY").expect("CAPABILITY answered");
+    for words in [
+        capability_words(std::slice::from_ref(&imap.greeting)),
+        capability_words(&auth),
+        capability_words(&caps),
+    ] {
+        assert!(words.contains("UIDPLUS"), "{words:?}");
+        assert!(words.contains("IMAP4rev1"), "{words:?}");
+        assert!(
+            !words.contains("IDLE") && !words.contains("MOVE"),
+            "{words:?}"
+        );
+    }
 }
 
 #[test]
