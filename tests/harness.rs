@@ -616,7 +616,8 @@ fn proxy_command_matching() {
 }
 
 /// Through the proxy to Dovecot's plain IMAP port: XOAUTH2 works in clear
-/// text from loopback (LOGIN does not), every client line is recorded, a
+/// text from loopback (LOGIN is disabled: this Dovecot has no plain
+/// mechanism), every client line is recorded, a
 /// disarmed trigger does nothing, and an armed kill trigger kills the
 /// process and holds the command back from the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -797,6 +798,60 @@ async fn imap_capability_knob_hides_idle_and_move() {
             "{words:?}"
         );
     }
+}
+
+/// Dovecot counts a loopback connection as secured: with a plain password,
+/// LOGIN and USER/PASS work in clear text on the plain ports from 127.0.0.1
+/// despite `disable_plaintext_auth = yes`; the login line then says
+/// "secured" where a login under TLS says "TLS".
+#[tokio::test]
+async fn plaintext_auth_is_allowed_from_loopback() {
+    let idp = IdP::start();
+    let dovecot = Dovecot::start_with(
+        &idp.introspection_url(),
+        DovecotOptions {
+            plain_password: Some("plainpw".into()),
+            ..DovecotOptions::default()
+        },
+    );
+    let mut imap = LineClient::connect(dovecot.imap_port());
+    assert!(imap.greeting.contains("AUTH=PLAIN"), "{}", imap.greeting);
+    assert!(
+        !imap.greeting.contains("LOGINDISABLED"),
+        "{}",
+        imap.greeting
+    );
+    let login = imap
+        .imap("LOGIN dave@contoso.example plainpw")
+        .expect("answered");
+    assert!(
+        login.last().is_some_and(|l| l.starts_with("t1 OK")),
+        "{login:?}"
+    );
+    let line = dovecot.login_line("imap-login", "dave@contoso.example");
+    assert!(
+        line.contains("method=PLAIN") && line.contains(", secured,"),
+        "{line}"
+    );
+
+    let mut pop3 = LineClient::connect(dovecot.pop3_port());
+    assert_eq!(
+        pop3.pop3("USER erin@contoso.example", false),
+        Some(vec!["+OK".to_string()])
+    );
+    let pass = pop3.pop3("PASS plainpw", false).expect("answered");
+    assert!(pass[0].starts_with("+OK"), "{pass:?}");
+    let line = dovecot.login_line("pop3-login", "erin@contoso.example");
+    assert!(line.contains(", secured,"), "{line}");
+
+    let client = imaps_connect(dovecot.imaps_port(), dovecot.ca_file()).await;
+    client
+        .login("frank@contoso.example", "plainpw")
+        .await
+        .map_err(|(e, _)| e)
+        .expect("LOGIN over IMAPS");
+    let line = dovecot.login_line("imap-login", "frank@contoso.example");
+    assert!(line.contains(", TLS,"), "{line}");
 }
 
 #[test]

@@ -28,7 +28,10 @@ pub struct DovecotOptions {
     /// Also accept `AUTHENTICATE PLAIN` / `LOGIN` (IMAP) and `USER`/`PASS`,
     /// `AUTH PLAIN` (POP3) for ANY user with this one password, through a
     /// `passdb { driver = static }` restricted to the plain mechanisms.
-    /// (Over TLS only: `disable_plaintext_auth = yes` stays.)
+    /// `disable_plaintext_auth = yes` stays, but Dovecot counts a loopback
+    /// connection (remote IP = local IP) as "secured", so from 127.0.0.1
+    /// these work in clear text on the plain ports too. Whether a login was
+    /// under TLS shows in its log line (`..., TLS, ...` vs `..., secured, ...`).
     pub plain_password: Option<String>,
     /// Replaces the capabilities Dovecot advertises (`imap_capability`),
     /// before and after login, e.g. [`NO_IDLE_NO_MOVE_CAPABILITY`]. Dovecot
@@ -323,17 +326,19 @@ impl Dovecot {
         self.ports.pop3s
     }
 
-    /// Plain IMAP (143-style); offers STARTTLS. Before STARTTLS it says
-    /// LOGINDISABLED and refuses PLAIN/LOGIN (`disable_plaintext_auth`),
-    /// but AUTHENTICATE XOAUTH2 / OAUTHBEARER work in clear text: Dovecot
-    /// does not count them as plaintext mechanisms. That is what a
-    /// `tls = "none"` reader (e.g. through [`super::proxy::Proxy`]) uses.
+    /// Plain IMAP (143-style); offers STARTTLS. From loopback, AUTHENTICATE
+    /// XOAUTH2 / OAUTHBEARER work in clear text (what a `tls = "none"`
+    /// reader, e.g. through [`super::proxy::Proxy`], uses). Without
+    /// [`DovecotOptions::plain_password`] it says LOGINDISABLED (no plain
+    /// mechanism exists); with it, LOGIN works in clear text from loopback
+    /// too (see there).
     pub fn imap_port(&self) -> u16 {
         self.ports.imap
     }
 
     /// Plain POP3 (110-style); offers STLS. As on [`Dovecot::imap_port`],
-    /// AUTH XOAUTH2 works before STLS, USER/PASS and AUTH PLAIN do not.
+    /// AUTH XOAUTH2 works before STLS from loopback, and so do USER/PASS
+    /// and AUTH PLAIN with [`DovecotOptions::plain_password`].
     pub fn pop3_port(&self) -> u16 {
         self.ports.pop3
     }
@@ -385,6 +390,26 @@ impl Dovecot {
             tail(&self.log, 80),
             tail(&self.stderr_log, 20)
         )
+    }
+
+    /// Waits (up to 10 s: Dovecot logs asynchronously) for a `service`
+    /// ("imap-login" / "pop3-login") login line of `user`, and returns it,
+    /// e.g. `imap-login: Info: Login: user=<u>, method=PLAIN, rip=127.0.0.1,
+    /// lip=127.0.0.1, mpid=42, TLS, session=<...>`.
+    pub fn login_line(&self, service: &str, user: &str) -> String {
+        let needle = format!("{service}: Info: Login: user=<{}>,", user.to_lowercase());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.log().lines().rfind(|l| l.contains(&needle)) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the Dovecot log\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The whole Dovecot log.
