@@ -588,3 +588,107 @@ pub fn run_once_killed_at(config: &Path, proxy: &Proxy, commands: &[&str]) {
     );
     assert_eq!(proxy.fired().len(), 1, "exactly one command was held back");
 }
+
+/// The capability words of a `check` line (`...; capabilities: IDLE MOVE`).
+pub fn check_capabilities(line: &str) -> Vec<String> {
+    line.split_once("capabilities:")
+        .map(|(_, caps)| caps.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+impl Env {
+    /// Polls once (`run --once` in this process), expecting `reader` to
+    /// succeed; returns its report.
+    pub async fn poll_ok(&self, config: &Config, reader: &str) -> mail2ticket::source::PollReport {
+        let results = self.poll_once(config).await;
+        let (_, result) = results
+            .iter()
+            .find(|(name, _)| name == reader)
+            .unwrap_or_else(|| panic!("{reader} was not polled"));
+        match result {
+            Ok(report) => *report,
+            Err(e) => panic!("{reader} failed: {e}\n{}", self.dovecot.log_tail()),
+        }
+    }
+
+    /// The crash window between a ticket's commit and its after-step:
+    /// `run --once` for `reader` through a proxy in front of Dovecot's
+    /// plain `plain_port` is SIGKILLed at the first of `commands` (the
+    /// after-step, never forwarded). Checks that what was committed by then
+    /// is tickets whose `ledger` rows are all pending, with the mailbox
+    /// untouched (`mails` in INBOX); then runs `run --once` again straight
+    /// to Dovecot, which must leave `mails` tickets exactly once and nothing
+    /// pending. The caller checks where the mail ended up.
+    pub async fn kill_at_after_step_then_rerun(
+        &self,
+        reader: ReaderSpec,
+        plain_port: u16,
+        commands: &[&str],
+        ledger: &str,
+        mails: usize,
+    ) {
+        let proxy = Proxy::start(plain_port);
+        let config = self.write_config(&[reader.clone().plaintext(proxy.port())]);
+        tokio::task::block_in_place(|| run_once_killed_at(&config, &proxy, commands));
+        let committed = self.count("SELECT COUNT(*) FROM tickets").await;
+        assert!(committed > 0, "the kill came after a commit");
+        self.assert_exactly_once(committed as usize).await;
+        let rows = self.count(&format!("SELECT COUNT(*) FROM {ledger}")).await;
+        assert_eq!(rows, committed, "one {ledger} row per committed mail");
+        assert_eq!(self.pending(ledger).await, committed, "all still pending");
+        assert_eq!(
+            self.dovecot.message_count(USER, "INBOX"),
+            mails,
+            "the after-step never reached the server"
+        );
+
+        let config = self.write_config(&[reader.plaintext(plain_port)]);
+        tokio::task::block_in_place(|| run_once_binary(&config));
+        self.assert_exactly_once(mails).await;
+        assert_eq!(self.pending(ledger).await, 0, "every after-step done");
+    }
+
+    /// Plain auth after STARTTLS / STLS: `reader` (of an Env from
+    /// [`Env::start_with_plain_password`]) with `tls = "starttls"` and
+    /// `auth = "plain"`, through a proxy in front of Dovecot's plain
+    /// `plain_port`, ingests two mails without asking the identity provider
+    /// anything. Dovecot would take PLAIN in clear text from loopback, so
+    /// the proof of the upgrade is the proxy (the client sent `starttls`,
+    /// the password never crossed in clear) and Dovecot's login line
+    /// (`method=PLAIN`, `TLS`) for `service` ("imap-login"/"pop3-login").
+    pub async fn assert_plain_auth_over_starttls(
+        &self,
+        reader: ReaderSpec,
+        plain_port: u16,
+        starttls: &str,
+        service: &str,
+    ) {
+        self.dovecot.deliver_many(USER, (0..2).map(super::mail));
+        let proxy = Proxy::start(plain_port);
+        let name = reader.name.clone();
+        let reader = self.with_plain_auth(ReaderSpec {
+            tls: Some("starttls"),
+            port: proxy.port(),
+            ..reader
+        });
+        let config = self.config(&[reader]);
+        let report = self.poll_ok(&config, &name).await;
+        assert_eq!((report.fetched, report.created), (2, 2));
+        self.assert_exactly_once(2).await;
+        assert_eq!(self.idp.total_requests(), 0, "no token was asked for");
+        assert_eq!(self.last_error(&name).await, None);
+
+        let lines = proxy.client_lines();
+        assert!(
+            lines.iter().any(|l| super::proxy::is_command(l, starttls)),
+            "the client sent no {starttls}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains(PLAIN_PASSWORD)),
+            "the password crossed in clear text"
+        );
+        let login = tokio::task::block_in_place(|| self.dovecot.login_line(service, USER));
+        assert!(login.contains("method=PLAIN"), "{login}");
+        assert!(login.contains(", TLS,"), "{login}");
+    }
+}
