@@ -617,9 +617,9 @@ fn proxy_command_matching() {
 
 /// Through the proxy to Dovecot's plain IMAP port: XOAUTH2 works in clear
 /// text from loopback (LOGIN is disabled: this Dovecot has no plain
-/// mechanism), every client line is recorded, a
-/// disarmed trigger does nothing, and an armed kill trigger kills the
-/// process and holds the command back from the server.
+/// mechanism), every client line is recorded, a disarmed trigger does
+/// nothing, an armed kill trigger kills the process and holds the command
+/// back from the server; TLS passes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_forwards_records_and_kills_before_forwarding() {
     let idp = IdP::start();
@@ -709,6 +709,15 @@ async fn proxy_forwards_records_and_kills_before_forwarding() {
     );
     assert_eq!(proxy.connections(), 2);
     assert_eq!(dovecot.message_count(USER, "Done"), 1);
+
+    // Binary data without line ends (TLS) passes through unchanged.
+    let tls_proxy = Proxy::start(dovecot.imaps_port());
+    let mut session = imaps_xoauth2(tls_proxy.port(), dovecot.ca_file(), USER, &token)
+        .await
+        .expect("IMAPS through the proxy");
+    let inbox = session.select("INBOX").await.expect("SELECT");
+    assert_eq!(inbox.exists, 1);
+    session.logout().await.expect("LOGOUT");
 }
 
 /// POP3 on the plain port: two-step AUTH XOAUTH2 in clear text from

@@ -2,10 +2,10 @@
 //! `tls = "none"`), on its own threads, so it works the same from `#[test]`
 //! and `#[tokio::test]` functions.
 //!
-//! It forwards bytes both ways, records every line the client sends, and
-//! can act on a client line *before* forwarding it: typically SIGKILL the
-//! daemon and drop both connections, so that the server never sees the
-//! command. mail2ticket sends its after-step (`UID STORE`, `UID MOVE`,
+//! It forwards bytes both ways (TLS after STARTTLS too), records every
+//! line the client sends, and can act on a client line *before* the line
+//! is complete at the server: typically SIGKILL the daemon and drop both
+//! connections, so that the server never executes the command. mail2ticket sends its after-step (`UID STORE`, `UID MOVE`,
 //! `UID COPY`, `UID EXPUNGE`, POP3 `DELE`) only after the ticket's commit,
 //! so killing on that line lands exactly between the commit and the
 //! after-step.
@@ -13,7 +13,7 @@
 //! The recorded lines include SASL responses, i.e. tokens: never print
 //! them in an assertion message.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,8 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// What a trigger does with the client line that matched it. The line is
-/// never forwarded and both connections are dropped.
+/// What a trigger does with the client line that matched it. The line's
+/// end is never forwarded (the server never executes it) and both
+/// connections are dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// SIGKILL this process (and wait until it is dead), then drop.
@@ -96,7 +97,7 @@ impl Proxy {
     }
 
     /// Arms a one-shot trigger: the first client line that *is* the command
-    /// `pattern` fires `action` instead of being forwarded. A line matches
+    /// `pattern` fires `action` instead of being completed at the server. A line matches
     /// when it, or the line without its first word (an IMAP tag), starts
     /// with `pattern` (ASCII case-insensitive) followed by a space or the
     /// end of the line: "DELE" matches `DELE 3`, "UID MOVE" matches
@@ -174,35 +175,54 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     }
 }
 
+/// Client to server. Bytes are forwarded as they come (after STARTTLS the
+/// stream is binary and has no lines), except that the end of a line is
+/// held until the whole line has been recorded and checked against the
+/// triggers: a server acts on a command only at its line end, so a fired
+/// trigger drops the connection before the command is complete.
 fn forward_lines(client: TcpStream, mut server: TcpStream, shared: &Shared) {
-    let mut reader = BufReader::new(&client);
+    let mut buf = [0u8; 16 * 1024];
+    // The current line so far (already forwarded).
     let mut line = Vec::new();
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line) {
+        let n = match (&client).read(&mut buf) {
             Ok(0) | Err(_) => {
                 // Client done: let the server finish its answer and close.
                 let _ = server.shutdown(Shutdown::Write);
                 return;
             }
-            Ok(_) => {}
-        }
-        let text = String::from_utf8_lossy(&line)
-            .trim_end_matches(['\r', '\n'])
-            .to_owned();
-        shared.lines.lock().expect("lock").push(text.clone());
-        if let Some(action) = take_trigger(shared, &text) {
-            shared.fired.lock().expect("lock").push(text);
-            if let Action::Kill(pid) = action {
-                kill_and_wait(pid);
+            Ok(n) => n,
+        };
+        let mut chunk = &buf[..n];
+        while let Some(at) = chunk.iter().position(|&b| b == b'\n') {
+            let (end, rest) = chunk.split_at(at + 1);
+            line.extend_from_slice(end);
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches(['\r', '\n'])
+                .to_owned();
+            line.clear();
+            shared.lines.lock().expect("lock").push(text.clone());
+            if let Some(action) = take_trigger(shared, &text) {
+                shared.fired.lock().expect("lock").push(text);
+                if let Action::Kill(pid) = action {
+                    kill_and_wait(pid);
+                }
+                let _ = client.shutdown(Shutdown::Both);
+                let _ = server.shutdown(Shutdown::Both);
+                return;
             }
-            let _ = client.shutdown(Shutdown::Both);
-            let _ = server.shutdown(Shutdown::Both);
-            return;
+            if server.write_all(end).is_err() {
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            }
+            chunk = rest;
         }
-        if server.write_all(&line).is_err() {
-            let _ = client.shutdown(Shutdown::Both);
-            return;
+        if !chunk.is_empty() {
+            if server.write_all(chunk).is_err() {
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            }
+            line.extend_from_slice(chunk);
         }
     }
 }
