@@ -222,6 +222,10 @@ pub async fn poll(
         session.conn.list().await?.into_iter().collect()
     };
     let mut index = 0;
+    // A RETR cut off by shutdown leaves the connection out of step: no
+    // DELE or QUIT can follow, so the session is abandoned (the server
+    // then deletes nothing, and the next poll deletes what is pending).
+    let mut cut_off = false;
     while index < new.len() && !cancel.is_cancelled() {
         // A batch: up to batch_size mails or BATCH_BYTES, whichever first.
         let mut raw: Vec<(u32, String, Vec<u8>)> = Vec::new();
@@ -234,7 +238,10 @@ pub async fn poll(
             let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(64 << 20));
             let retr = tokio::select! {
                 r = session.conn.retr(*number, &mut body) => r,
-                () = cancel.cancelled() => break,
+                () = cancel.cancelled() => {
+                    cut_off = true;
+                    break;
+                }
             };
             retr?;
             bytes += body.len();
@@ -257,7 +264,7 @@ pub async fn poll(
             .await?;
         report.created += outcome.created;
         report.duplicates += outcome.duplicates;
-        if delete {
+        if delete && !cut_off {
             for (number, uidl) in numbers {
                 session.conn.dele(number).await?;
                 deleted.push(uidl);
@@ -265,6 +272,9 @@ pub async fn poll(
         }
     }
     report.interrupted = index < new.len();
+    if cut_off {
+        return Ok(report);
+    }
     session.conn.quit().await?;
     gone.extend(deleted);
     store.mark_pop3_done(&reader.name, &gone).await?;
