@@ -111,8 +111,9 @@ async fn after_move_into_a_single_level_non_ascii_folder() {
 }
 
 /// A move target that does not exist: `check` fails naming it, a poll
-/// records it in last_error and moves nothing. Once the folder exists the
-/// after-step is retried: no ticket twice, and the mail lands there.
+/// records it in last_error and moves nothing. Once the folder exists (and
+/// `check` passes) the after-step is retried: no ticket twice, and the mail
+/// lands there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_to_a_missing_folder_is_named_and_retried_once_it_exists() {
     const FOLDER: &str = "Archiv/Fehlt";
@@ -138,7 +139,13 @@ async fn move_to_a_missing_folder_is_named_and_retried_once_it_exists() {
     assert!(tickets <= 3, "{tickets} tickets for 3 mails");
     env.assert_exactly_once(tickets as usize).await;
 
+    assert_ne!(env.state("helpdesk").await, "ok");
+
+    // The admin creates the folder and runs `check`, as last_error advises
+    // (a missing folder stops the reader until then); the reader goes on.
     env.dovecot.create_folder(USER, FOLDER);
+    let (code, stdout, stderr) = block_in_place(|| check_binary(&config.path, Some("helpdesk")));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
     env.poll_ok(&config, "helpdesk").await;
     env.assert_exactly_once(3).await;
     assert_eq!(env.dovecot.message_count(USER, "INBOX"), 0);
