@@ -85,7 +85,7 @@ async fn keep_leaves_the_mailbox_alone_then_delete_empties_it_exactly_once() {
 /// the mailbox ends up empty.
 #[test]
 fn killing_the_pop3_daemon_repeatedly_never_duplicates_or_loses() {
-    const MAILS: usize = 300;
+    const MAILS: usize = 1000;
     let env = Env::start();
     env.dovecot.deliver_many(USER, (0..MAILS).map(mail));
     let mut reader = env.pop3_reader("pop").after("delete");

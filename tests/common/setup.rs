@@ -511,9 +511,9 @@ impl Env {
                 runtime.block_on(wait_until(Duration::from_secs(20), || async {
                     self.count("SELECT COUNT(*) FROM tickets").await > before
                 }));
-                std::thread::sleep(Duration::from_millis(rand::random_range(0..150)));
+                std::thread::sleep(Duration::from_millis(rand::random_range(0..60)));
             } else {
-                std::thread::sleep(Duration::from_millis(50 + rand::random_range(0..400)));
+                std::thread::sleep(Duration::from_millis(30 + rand::random_range(0..200)));
             }
             child.0.kill().expect("SIGKILL");
             child.0.wait().expect("reap");
