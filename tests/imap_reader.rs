@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::setup::{ChildGuard, Env, PASSWORD, USER, assert_no_secret_in, binary, wait_until};
+use common::setup::{
+    ChildGuard, Env, PASSWORD, USER, assert_no_secret_in, binary, run_once_binary, wait_until,
+};
 use common::{mail, malformed_mail};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -694,11 +696,7 @@ fn sigterm_mid_batch_exits_cleanly_and_loses_nothing() {
         "the signal arrived mid-mailbox ({at_stop} tickets)"
     );
 
-    let out = std::process::Command::new(binary())
-        .args(["-c", config.path.to_str().expect("utf-8"), "run", "--once"])
-        .output()
-        .expect("second run");
-    assert!(out.status.success());
+    run_once_binary(&config.path);
     runtime.block_on(async {
         assert_eq!(
             env.count("SELECT COUNT(*) FROM tickets").await,
@@ -747,17 +745,9 @@ fn shutdown_does_not_wait_forever_for_a_hanging_server() {
     );
     child.terminate();
     // Generous bound: the point is "not the 300 s network timeout".
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(exit) = child.0.try_wait().expect("wait") {
-            break exit;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let exit = child
+        .wait_for_exit(Duration::from_secs(60))
+        .expect("the daemon did not stop");
     assert_eq!(exit.code(), Some(0));
     drop(silent);
 }
@@ -802,15 +792,7 @@ fn killing_the_daemon_mid_batch_never_duplicates_or_loses() {
         "the kills should land mid-mailbox: counts after each kill {intermediate:?}"
     );
 
-    let out = std::process::Command::new(binary())
-        .args(["-c", config.to_str().expect("utf-8"), "run", "--once"])
-        .output()
-        .expect("final run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    run_once_binary(&config);
     runtime.block_on(async {
         assert_eq!(
             env.count("SELECT COUNT(*) FROM tickets").await,

@@ -16,6 +16,13 @@ use tokio::task::block_in_place;
 
 const MAILS: usize = 10;
 
+/// Delivers [`mail`]`(i)` and waits up to `limit` for it to be ticket
+/// number `i + 1`.
+async fn becomes_a_ticket(env: &Env, i: usize, limit: Duration) -> bool {
+    env.dovecot.deliver(USER, &mail(i));
+    env.wait_for_tickets(i as i64 + 1, limit).await
+}
+
 /// Delivers [`MAILS`] mails to INBOX and polls them with `after` (`None`:
 /// the default): exactly one ticket each, nothing left pending, and a
 /// second poll (which must also find nothing new) adds nothing.
@@ -195,30 +202,22 @@ async fn idle_makes_new_mail_a_ticket_at_once_and_survives_a_server_restart() {
         "the first poll ingested the waiting mail"
     );
 
-    env.dovecot.deliver(USER, &mail(1));
     assert!(
-        env.wait_for_tickets(2, Duration::from_secs(2)).await,
+        becomes_a_ticket(&env, 1, Duration::from_secs(2)).await,
         "IDLE: a new mail is a ticket within 2 s"
     );
 
     block_in_place(|| env.dovecot.restart());
-    env.dovecot.deliver(USER, &mail(2));
     assert!(
-        env.wait_for_tickets(3, Duration::from_secs(30)).await,
+        becomes_a_ticket(&env, 2, Duration::from_secs(30)).await,
         "the reader reconnected after the restart"
     );
-    env.dovecot.deliver(USER, &mail(3));
     assert!(
-        env.wait_for_tickets(4, Duration::from_secs(2)).await,
+        becomes_a_ticket(&env, 3, Duration::from_secs(2)).await,
         "and IDLEs again: a new mail is a ticket within 2 s"
     );
 
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(30), daemon)
-        .await
-        .expect("the daemon stops while idling")
-        .expect("daemon task")
-        .expect("daemon ran");
+    env.stop_daemon(cancel, daemon).await;
     env.assert_exactly_once(4).await;
     assert_eq!(env.dovecot.seen_count(USER, "INBOX"), 4);
 }
@@ -248,19 +247,12 @@ async fn idle_without_server_support_falls_back_to_polling() {
 
     let (cancel, daemon) = env.spawn_daemon(&config).await;
     for i in 0..3 {
-        env.dovecot.deliver(USER, &mail(i));
         assert!(
-            env.wait_for_tickets(i as i64 + 1, Duration::from_secs(30))
-                .await,
+            becomes_a_ticket(&env, i, Duration::from_secs(30)).await,
             "mail {i} became a ticket by polling"
         );
     }
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(30), daemon)
-        .await
-        .expect("the daemon stops")
-        .expect("daemon task")
-        .expect("daemon ran");
+    env.stop_daemon(cancel, daemon).await;
 
     let lines = proxy.client_lines();
     assert!(

@@ -165,6 +165,17 @@ impl LineClient {
         }
     }
 
+    /// Like [`LineClient::imap`]; panics unless the answer is a tagged OK.
+    pub fn imap_ok(&mut self, command: &str) -> Vec<String> {
+        let verb = command.split(' ').next().unwrap_or_default().to_owned();
+        let lines = self
+            .imap(command)
+            .unwrap_or_else(|| panic!("{verb}: the connection ended"));
+        let tagged = lines.last().expect("a tagged line");
+        assert_eq!(tagged.split(' ').nth(1), Some("OK"), "{verb}: {tagged}");
+        lines
+    }
+
     /// IMAP AUTHENTICATE XOAUTH2 with the initial response; the tagged line.
     pub fn imap_xoauth2(&mut self, user: &str, token: &str) -> Option<String> {
         let lines = self.imap(&format!(

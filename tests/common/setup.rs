@@ -321,6 +321,21 @@ impl Env {
         (cancel, handle)
     }
 
+    /// Cancels a daemon from [`Env::spawn_daemon`] and waits (30 s at most)
+    /// for it to stop cleanly.
+    pub async fn stop_daemon(
+        &self,
+        cancel: tokio_util::sync::CancellationToken,
+        daemon: tokio::task::JoinHandle<Result<(), mail2ticket::daemon::StartError>>,
+    ) {
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(30), daemon)
+            .await
+            .expect("the daemon stops within 30 s of cancellation")
+            .expect("daemon task")
+            .expect("daemon ran");
+    }
+
     /// Waits (up to `limit`) until the database holds exactly `n` tickets.
     pub async fn wait_for_tickets(&self, n: i64, limit: Duration) -> bool {
         wait_until(limit, || async {
@@ -430,6 +445,20 @@ where
 pub struct ChildGuard(pub std::process::Child);
 
 impl ChildGuard {
+    /// Waits up to `limit` for the process to exit; `None` if it still runs.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait for a child") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM, as systemd and Docker do to stop a service.
     pub fn terminate(&self) {
         let status = std::process::Command::new("kill")
@@ -568,17 +597,11 @@ pub fn run_once_killed_at(config: &Path, proxy: &Proxy, commands: &[&str]) {
     for command in commands {
         proxy.on_client_line(command, Action::Kill(child.0.id()));
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "run --once neither finished nor sent any of {commands:?} within 120 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = child
+        .wait_for_exit(Duration::from_secs(120))
+        .unwrap_or_else(|| {
+            panic!("run --once neither finished nor sent any of {commands:?} within 120 s")
+        });
     proxy.disarm();
     use std::os::unix::process::ExitStatusExt as _;
     assert_eq!(
