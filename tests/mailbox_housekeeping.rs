@@ -117,6 +117,41 @@ async fn after_move_into_a_single_level_non_ascii_folder() {
     assert_moves_into("Traité").await;
 }
 
+/// `move:` on a server without MOVE: UID COPY, then `\Deleted` and UID
+/// EXPUNGE of exactly those UIDs (UIDPLUS), never UID MOVE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_without_the_move_extension_copies_and_expunges() {
+    let env = Env::start_with(DovecotOptions {
+        imap_capability: Some(NO_IDLE_NO_MOVE_CAPABILITY.into()),
+        ..DovecotOptions::default()
+    });
+    env.dovecot.create_folder(USER, "Done");
+    env.dovecot.deliver_many(USER, (0..MAILS).map(mail));
+    let proxy = Proxy::start(env.dovecot.imap_port());
+    let reader = env
+        .reader("helpdesk")
+        .plaintext(proxy.port())
+        .after("move:Done");
+    let config = env.config(&[reader]);
+    let report = env.poll_ok(&config, "helpdesk").await;
+    assert_eq!(report.created, MAILS);
+    assert_eq!(env.pending("source_positions").await, 0);
+
+    let lines = proxy.client_lines();
+    assert!(
+        !lines.iter().any(|l| is_command(l, "UID MOVE")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| is_command(l, "UID COPY")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| is_command(l, "UID EXPUNGE")),
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| is_command(l, "EXPUNGE")), "{lines:?}");
+    assert_eq!(env.dovecot.message_count(USER, "Done"), MAILS);
+    assert_eq!(env.dovecot.message_count(USER, "INBOX"), 0);
+}
+
 /// A move target that does not exist: `check` fails naming it, a poll
 /// records it in last_error and moves nothing. Once the folder exists (and
 /// `check` passes) the after-step is retried: no ticket twice, and the mail
