@@ -1,7 +1,8 @@
 //! mail2ticket turns support mailboxes into helpdesk tickets.
 //!
-//! It logs into each configured mailbox with OAuth 2.0 (SASL XOAUTH2), turns
-//! every new mail into a ticket exactly once in SQLite, and records per
+//! It logs into each configured mailbox (IMAP or POP3) with OAuth 2.0 (SASL
+//! XOAUTH2) or, for servers that still take one, a password; turns every
+//! new mail into a ticket exactly once in SQLite, and records per
 //! reader what went wrong when it cannot.
 //!
 //! # Layout
@@ -13,15 +14,19 @@
 //! * [`auth`]: the token store (grants, caching, refresh, rotation, sorting
 //!   failures into retry / sign in again / fix the config), the national
 //!   clouds, and the interactive sign-in behind `authorize`.
-//! * [`transport`]: TCP plus verified TLS; owns every trust decision.
-//! * [`source`]: one module per mailbox protocol ([`source::imap`]); finds
-//!   new mail, fetches it, and cleans up after the commit.
+//! * [`transport`]: TCP plus verified TLS (implicit, or after the
+//!   protocol's STARTTLS); owns every trust decision.
+//! * [`source`]: one module per mailbox protocol ([`source::imap`],
+//!   [`source::pop3`] with its wire protocol beside it); finds new mail,
+//!   fetches it, and runs the after-step (seen, delete, move) once the
+//!   commit is done; IMAP IDLE lives here too.
 //! * [`ingest`]: raw bytes to a parsed mail; never fails.
-//! * [`store`]: SQLite through sqlx: schema, exactly-once commits, reader
-//!   health, sealed tokens.
+//! * [`store`]: SQLite through sqlx: schema, exactly-once commits with each
+//!   protocol's ledger (IMAP folder positions, POP3 UIDLs), reader health,
+//!   sealed tokens.
 //! * [`reader`]: one poll of one reader, linking token, protocol and health.
-//! * [`scheduler`]: one task per reader, intervals, backoff, and parking
-//!   readers that wait for an admin.
+//! * [`scheduler`]: one task per reader, intervals (or IDLE), backoff, and
+//!   parking readers that wait for an admin.
 //! * [`daemon`]: start-up wiring and the `run` / `run --once` / `check` /
 //!   `authorize` modes.
 //! * [`shutdown`]: the cancellation token and the signals that fire it.

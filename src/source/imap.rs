@@ -573,7 +573,7 @@ pub async fn check(
 }
 
 /// Waits in IDLE on a kept connection until the server reports a change,
-/// [`IDLE_RENEW`] passes, or `cancel` fires.
+/// 25 minutes pass (`IDLE_RENEW`), or `cancel` fires.
 pub async fn idle(kept: &mut Option<Connection>, cancel: &CancellationToken) -> Idled {
     let Some(conn) = kept.take() else {
         return Idled::Unsupported;
