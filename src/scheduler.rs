@@ -83,31 +83,37 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
     let mut link = Link::default();
     while !cancel.is_cancelled() {
         let delay = match reader::poll_and_record(&ctx, &reader, &mut link, &cancel).await {
-            Ok(report) if reader.idle => {
-                log_report(&reader, report);
-                failures = 0;
-                match reader::wait_for_mail(&mut link, &cancel).await {
-                    Idled::Changed => continue,
-                    Idled::Cancelled => break,
-                    Idled::Unsupported => reader.poll_interval,
-                    Idled::Lost(e) => {
-                        // Polling at once reconnects; the backoff keeps a
-                        // server that drops every IDLE from being hammered.
-                        failures = 1;
-                        let delay = backoff(failures, reader.poll_interval);
-                        tracing::warn!(
-                            reader = %reader.name,
-                            error = %e,
-                            "IDLE connection lost; reconnecting"
-                        );
-                        delay
-                    }
-                }
-            }
             Ok(report) => {
                 failures = 0;
-                log_report(&reader, report);
-                reader.poll_interval
+                if report.fetched > 0 {
+                    tracing::info!(
+                        reader = %reader.name,
+                        fetched = report.fetched,
+                        tickets = report.created,
+                        duplicates = report.duplicates,
+                        "poll done"
+                    );
+                }
+                if !reader.idle {
+                    reader.poll_interval
+                } else {
+                    match reader::wait_for_mail(&mut link, &cancel).await {
+                        Idled::Changed => continue,
+                        Idled::Cancelled => break,
+                        Idled::Unsupported => reader.poll_interval,
+                        Idled::Lost(e) => {
+                            // Polling at once reconnects; the backoff keeps
+                            // a server that drops every IDLE from being
+                            // hammered.
+                            tracing::warn!(
+                                reader = %reader.name,
+                                error = %e,
+                                "IDLE connection lost; reconnecting"
+                            );
+                            backoff(1, reader.poll_interval)
+                        }
+                    }
+                }
             }
             Err(e) if e.state().is_parked() => {
                 tracing::error!(
@@ -146,18 +152,6 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
             () = cancel.cancelled() => break,
             () = tokio::time::sleep(delay) => {}
         }
-    }
-}
-
-fn log_report(reader: &ReaderConfig, report: crate::source::PollReport) {
-    if report.fetched > 0 {
-        tracing::info!(
-            reader = %reader.name,
-            fetched = report.fetched,
-            tickets = report.created,
-            duplicates = report.duplicates,
-            "poll done"
-        );
     }
 }
 
