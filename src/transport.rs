@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::Tls;
+use crate::config::{ReaderConfig, Tls};
 
 /// The stream every mail protocol module speaks over.
 #[derive(Debug)]
@@ -87,6 +87,19 @@ pub struct Endpoint<'a> {
     pub tls: Tls,
     pub ca_file: Option<&'a Path>,
     pub timeout: Duration,
+}
+
+impl<'a> Endpoint<'a> {
+    /// Where a reader's mail server is.
+    pub fn of(reader: &'a ReaderConfig) -> Endpoint<'a> {
+        Endpoint {
+            host: &reader.host,
+            port: reader.port,
+            tls: reader.tls,
+            ca_file: reader.ca_file.as_deref(),
+            timeout: reader.timeout,
+        }
+    }
 }
 
 /// Connects: a verified TLS stream for `tls = "implicit"`, else plain TCP

@@ -224,13 +224,7 @@ where
 impl Session {
     async fn open(reader: &ReaderConfig, credential: &Credential) -> Result<Session, ImapError> {
         let t = reader.timeout;
-        let endpoint = Endpoint {
-            host: &reader.host,
-            port: reader.port,
-            tls: reader.tls,
-            ca_file: reader.ca_file.as_deref(),
-            timeout: t,
-        };
+        let endpoint = Endpoint::of(reader);
         let stream = transport::connect(&endpoint).await?;
         let mut client = async_imap::Client::new(stream);
         match tokio::time::timeout(t, client.read_response()).await {

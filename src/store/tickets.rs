@@ -102,9 +102,8 @@ impl Store {
         mails: &[(String, ParsedMail)],
         pending: bool,
     ) -> Result<BatchOutcome, StoreError> {
-        let mut outcome = BatchOutcome::default();
         if mails.is_empty() {
-            return Ok(outcome);
+            return Ok(BatchOutcome::default());
         }
         let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
         let mut q = QueryBuilder::new("SELECT uidl FROM pop3_uidls WHERE reader = ");
@@ -117,27 +116,16 @@ impl Store {
             .into_iter()
             .map(|(uidl,)| uidl)
             .collect();
-        let fresh: Vec<&(String, ParsedMail)> = mails
-            .iter()
-            .filter(|(uidl, _)| !recorded.contains(uidl))
-            .collect();
-        outcome.already_recorded = mails.len() - fresh.len();
-        let stored = store_mails(&mut tx, reader, fresh.iter().map(|(_, m)| m)).await?;
-        outcome.created = stored.created;
-        outcome.duplicates = stored.duplicates;
+        let (outcome, rows) =
+            store_unrecorded(&mut tx, reader, mails, |uidl| recorded.contains(uidl)).await?;
         let state = if pending { "pending" } else { "done" };
-        let rows: Vec<(&str, i64)> = fresh
-            .iter()
-            .map(|(uidl, _)| uidl.as_str())
-            .zip(stored.email_ids)
-            .collect();
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             let mut q = QueryBuilder::new(
                 "INSERT INTO pop3_uidls (reader, uidl, email_id, after_state, ingested_at) ",
             );
             q.push_values(chunk, |mut row, (uidl, email_id)| {
                 row.push_bind(reader)
-                    .push_bind(*uidl)
+                    .push_bind(uidl.as_str())
                     .push_bind(*email_id)
                     .push_bind(state)
                     .push(NOW);
@@ -178,12 +166,11 @@ impl Store {
         mails: &[(u32, ParsedMail)],
         after_done: &[u32],
     ) -> Result<BatchOutcome, StoreError> {
-        let mut outcome = BatchOutcome::default();
         let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
         mark_after_done(&mut tx, pos, after_done).await?;
         if mails.is_empty() {
             tx.commit().await?;
-            return Ok(outcome);
+            return Ok(BatchOutcome::default());
         }
 
         // Two lookups per batch rather than two per mail: positions already
@@ -199,19 +186,10 @@ impl Store {
             .into_iter()
             .map(|(uid,)| uid)
             .collect();
-        let fresh: Vec<&(u32, ParsedMail)> = mails
-            .iter()
-            .filter(|(uid, _)| !recorded.contains(&i64::from(*uid)))
-            .collect();
-        outcome.already_recorded = mails.len() - fresh.len();
-        let stored = store_mails(&mut tx, &pos.reader, fresh.iter().map(|(_, m)| m)).await?;
-        outcome.created = stored.created;
-        outcome.duplicates = stored.duplicates;
-        let positions: Vec<(u32, i64)> = fresh
-            .iter()
-            .map(|(uid, _)| *uid)
-            .zip(stored.email_ids)
-            .collect();
+        let (outcome, positions) = store_unrecorded(&mut tx, &pos.reader, mails, |uid| {
+            recorded.contains(&i64::from(*uid))
+        })
+        .await?;
         for chunk in positions.chunks(ROWS_PER_INSERT) {
             let mut q = QueryBuilder::new(
                 "INSERT INTO source_positions (reader, folder, uidvalidity, uid, email_id, ingested_at) ",
@@ -220,7 +198,7 @@ impl Store {
                 row.push_bind(pos.reader.as_str())
                     .push_bind(pos.folder.as_str())
                     .push_bind(i64::from(pos.uidvalidity))
-                    .push_bind(i64::from(*uid))
+                    .push_bind(i64::from(**uid))
                     .push_bind(*email_id)
                     .push(NOW);
             });
@@ -231,33 +209,29 @@ impl Store {
     }
 }
 
-/// What storing a run of mails did.
-struct Stored {
-    /// The email each mail is (new or already known), in input order.
-    email_ids: Vec<i64>,
-    created: usize,
-    duplicates: usize,
-}
-
-/// Stores each mail as a new ticket unless its Message-ID (or content
-/// hash) is already an email, by any reader: the one place where "one
-/// mail is one email" is decided, for every protocol's ledger.
-async fn store_mails<'m>(
+/// Stores each mail of a batch whose ledger key is not `recorded` yet: a
+/// new ticket, unless its Message-ID (or content hash) is already an email,
+/// by any reader. The one place where "one mail is one email" is decided,
+/// for every protocol's ledger. Returns the outcome and, for each mail
+/// stored, its key and the email it is, for the caller's ledger rows.
+async fn store_unrecorded<'m, K>(
     tx: &mut Transaction<'_, Sqlite>,
     reader: &str,
-    mails: impl Iterator<Item = &'m ParsedMail> + Clone,
-) -> Result<Stored, StoreError> {
-    let mut stored = Stored {
-        email_ids: Vec::new(),
-        created: 0,
-        duplicates: 0,
+    mails: &'m [(K, ParsedMail)],
+    recorded: impl Fn(&K) -> bool,
+) -> Result<(BatchOutcome, Vec<(&'m K, i64)>), StoreError> {
+    let fresh: Vec<&(K, ParsedMail)> = mails.iter().filter(|(key, _)| !recorded(key)).collect();
+    let mut outcome = BatchOutcome {
+        already_recorded: mails.len() - fresh.len(),
+        ..BatchOutcome::default()
     };
-    if mails.clone().next().is_none() {
-        return Ok(stored);
+    let mut stored = Vec::with_capacity(fresh.len());
+    if fresh.is_empty() {
+        return Ok((outcome, stored));
     }
     // One lookup per batch rather than one per mail.
     let mut q = QueryBuilder::new("SELECT dedup_key, id FROM emails WHERE dedup_key IN ");
-    in_list(&mut q, mails.clone().map(|m| m.dedup_key.as_str()));
+    in_list(&mut q, fresh.iter().map(|(_, m)| m.dedup_key.as_str()));
     let mut known: HashMap<String, i64> = q
         .build_query_as::<(String, i64)>()
         .fetch_all(&mut **tx)
@@ -275,15 +249,15 @@ async fn store_mails<'m>(
         .fetch_one(&mut **tx)
         .await?;
     let mut new_mails: Vec<NewMail<'_>> = Vec::new();
-    for mail in mails {
+    for (key, mail) in fresh {
         // `known` also catches the same mail twice within one batch.
         let email_id = match known.get(&mail.dedup_key) {
             Some(&id) => {
-                stored.duplicates += 1;
+                outcome.duplicates += 1;
                 id
             }
             None => {
-                stored.created += 1;
+                outcome.created += 1;
                 let id = next_email;
                 new_mails.push(NewMail {
                     ticket_id: next_ticket,
@@ -296,10 +270,10 @@ async fn store_mails<'m>(
                 id
             }
         };
-        stored.email_ids.push(email_id);
+        stored.push((key, email_id));
     }
     insert_new_mails(tx, reader, &new_mails).await?;
-    Ok(stored)
+    Ok((outcome, stored))
 }
 
 async fn mark_after_done(

@@ -74,13 +74,7 @@ struct Session {
 impl Session {
     async fn open(reader: &ReaderConfig, credential: &Credential) -> Result<Session, Pop3Error> {
         let t = reader.timeout;
-        let endpoint = Endpoint {
-            host: &reader.host,
-            port: reader.port,
-            tls: reader.tls,
-            ca_file: reader.ca_file.as_deref(),
-            timeout: t,
-        };
+        let endpoint = Endpoint::of(reader);
         let mut conn = Connection::new(transport::connect(&endpoint).await?, t);
         conn.greeting().await?;
         let mut caps = conn.capa().await?;
