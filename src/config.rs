@@ -64,6 +64,22 @@ pub struct DaemonConfig {
     pub poll_interval: Duration,
     /// How long readers get to reach a safe point after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; off when `None`.
+    pub listen: Option<std::net::SocketAddr>,
+    pub log_format: LogFormat,
+    /// Reload when the file changes, not only on SIGHUP.
+    pub watch_config: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event (journald, a terminal).
+    #[default]
+    Text,
+    /// One JSON object per event (Docker, log shippers).
+    Json,
 }
 
 /// One Entra ID app registration.
@@ -335,6 +351,10 @@ enum SecretSource {
     Literal(SecretString),
     Env(String),
     File(PathBuf),
+    /// A systemd credential (`LoadCredential=`): a file of this name in
+    /// `$CREDENTIALS_DIRECTORY`, which systemd makes readable to the
+    /// service alone.
+    Credential(String),
 }
 
 /// Reading a secret failed; says which one and why, never what it is.
@@ -358,11 +378,13 @@ impl SecretRef {
                 Ok(_) => Err(fail(format!("environment variable {var} is empty"))),
                 Err(_) => Err(fail(format!("environment variable {var} is not set"))),
             },
-            SecretSource::File(path) => match std::fs::read_to_string(path) {
-                // Files written by editors and `echo` end in a newline that is
-                // never part of the secret.
-                Ok(value) => Ok(SecretString::from(value.trim_end_matches(['\r', '\n']))),
-                Err(e) => Err(fail(format!("cannot read {}: {e}", path.display()))),
+            SecretSource::File(path) => read_secret_file(path).map_err(fail),
+            SecretSource::Credential(name) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) => read_secret_file(&Path::new(&dir).join(name)).map_err(fail),
+                None => Err(fail(format!(
+                    "credential {name:?}: $CREDENTIALS_DIRECTORY is not set (add \
+                     LoadCredential={name}:/path/to/file to the systemd unit)"
+                ))),
             },
         }
     }
@@ -376,12 +398,22 @@ impl SecretRef {
     }
 }
 
+/// A secret file's contents. Files written by editors and `echo` end in a
+/// newline that is never part of the secret.
+fn read_secret_file(path: &Path) -> Result<SecretString, String> {
+    match std::fs::read_to_string(path) {
+        Ok(value) => Ok(SecretString::from(value.trim_end_matches(['\r', '\n']))),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
 impl fmt::Debug for SecretRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.source {
             SecretSource::Literal(_) => "literal [REDACTED]".to_string(),
             SecretSource::Env(var) => format!("env {var}"),
             SecretSource::File(path) => format!("file {}", path.display()),
+            SecretSource::Credential(name) => format!("credential {name}"),
         };
         write!(f, "SecretRef({kind})")
     }
@@ -416,6 +448,9 @@ struct RawStore {
 struct RawDaemon {
     poll_interval: Option<HumanDuration>,
     shutdown_timeout: Option<HumanDuration>,
+    listen: Option<std::net::SocketAddr>,
+    log_format: Option<LogFormat>,
+    watch_config: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -471,12 +506,13 @@ enum RawAuth {
 #[derive(Deserialize)]
 #[serde(
     untagged,
-    expecting = "a string, { env = \"VAR\" } or { file = \"path\" }"
+    expecting = "a string, { env = \"VAR\" }, { file = \"path\" } or { credential = \"name\" }"
 )]
 enum RawSecret {
     Literal(String),
     Env { env: String },
     File { file: PathBuf },
+    Credential { credential: String },
 }
 
 /// A duration written like `60s`, `5m` or `1h 30m`.
@@ -567,6 +603,9 @@ impl Config {
                 .daemon
                 .shutdown_timeout
                 .map_or(Duration::from_secs(30), |d| d.0),
+            listen: raw.daemon.listen,
+            log_format: raw.daemon.log_format.unwrap_or_default(),
+            watch_config: raw.daemon.watch_config.unwrap_or(false),
         };
         let store = StoreConfig {
             database: raw
@@ -990,6 +1029,7 @@ impl Locator<'_> {
             RawSecret::Literal(v) => SecretSource::Literal(SecretString::from(v)),
             RawSecret::Env { env } => SecretSource::Env(env),
             RawSecret::File { file } => SecretSource::File(base_dir.join(file)),
+            RawSecret::Credential { credential } => SecretSource::Credential(credential),
         };
         SecretRef { source, origin }
     }
