@@ -5,6 +5,7 @@
 //! ticket), reader health (`readers.last_error` and friends) and the sealed
 //! token rows. Nothing else in the crate writes SQL.
 
+mod health;
 mod key;
 mod tickets;
 mod tokens;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+pub use health::{DaemonStatus, ReaderEvent, ReaderStatus};
 pub use key::{KeyError, StoreKey};
 pub use tickets::{BatchOutcome, FolderPosition};
 
@@ -109,23 +111,6 @@ pub struct ReaderIdentity<'a> {
     pub config_hash: &'a str,
 }
 
-/// One row of `readers`, as `status` shows it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ReaderStatus {
-    pub name: String,
-    pub protocol: String,
-    pub state: String,
-    pub grant_type: Option<String>,
-    pub last_poll_at: Option<String>,
-    pub last_success_at: Option<String>,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<String>,
-    pub consecutive_failures: i64,
-    /// Whole days since the reader's refresh token was last used, when it
-    /// has one.
-    pub refresh_idle_days: Option<i64>,
-}
-
 impl Store {
     /// Opens (creating if missing) the database, applies migrations and
     /// checks that the store key matches it.
@@ -192,133 +177,8 @@ impl Store {
         &self.pool
     }
 
-    /// Makes sure a `readers` row exists for a configured reader and says
-    /// which account it uses. A stopped reader whose settings or secrets
-    /// changed is released: the change may be the fix. Returns the state.
-    pub async fn register_reader(
-        &self,
-        reader: ReaderIdentity<'_>,
-    ) -> Result<ReaderState, StoreError> {
-        let (state,): (String,) = sqlx::query_as(
-            "INSERT INTO readers (name, protocol, oauth, account, grant_type, config_hash)
-             VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (name) DO UPDATE SET protocol = excluded.protocol,
-                 oauth = excluded.oauth, account = excluded.account,
-                 grant_type = excluded.grant_type, config_hash = excluded.config_hash,
-                 state = CASE
-                     WHEN readers.config_hash IS NOT excluded.config_hash
-                          AND readers.state IN ('needs_authorization', 'misconfigured')
-                     THEN 'ok' ELSE readers.state END
-             RETURNING state",
-        )
-        .bind(reader.name)
-        .bind(reader.protocol)
-        .bind(reader.oauth)
-        .bind(reader.account)
-        .bind(reader.grant)
-        .bind(reader.config_hash)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(ReaderState::parse(&state).unwrap_or(ReaderState::Ok))
-    }
-
     /// A keyed digest of `data` under the store key (see [`StoreKey::digest`]).
     pub fn digest(&self, data: &[u8]) -> String {
         self.key.digest(data)
-    }
-
-    /// The reader's state and `last_error`, if it has a row.
-    pub async fn reader_state(
-        &self,
-        reader: &str,
-    ) -> Result<Option<(ReaderState, Option<String>)>, StoreError> {
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT state, last_error FROM readers WHERE name = ?")
-                .bind(reader)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.and_then(|(s, e)| Some((ReaderState::parse(&s)?, e))))
-    }
-
-    /// After a successful sign-in: the stopped readers of this account may
-    /// try again (the sign-in just proved app and account work). Returns
-    /// their names.
-    pub async fn release_authorized(
-        &self,
-        oauth: &str,
-        account: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "UPDATE readers SET state = 'ok', last_error = NULL, consecutive_failures = 0
-             WHERE oauth = ? AND account = ? COLLATE NOCASE
-                   AND state IN ('needs_authorization', 'misconfigured')
-             RETURNING name",
-        )
-        .bind(oauth)
-        .bind(account)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(n,)| n).collect())
-    }
-
-    pub async fn record_poll_start(&self, reader: &str) -> Result<(), StoreError> {
-        sqlx::query(&format!(
-            "UPDATE readers SET last_poll_at = {NOW} WHERE name = ?"
-        ))
-        .bind(reader)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// A success clears `last_error`; `last_error_at` keeps the time of the
-    /// most recent failure for whoever investigates later.
-    pub async fn record_success(&self, reader: &str) -> Result<(), StoreError> {
-        sqlx::query(&format!(
-            "UPDATE readers SET last_success_at = {NOW}, last_error = NULL,
-             consecutive_failures = 0, state = 'ok' WHERE name = ?"
-        ))
-        .bind(reader)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Records a failure and the state it leaves the reader in; returns the
-    /// number of failures in a row.
-    pub async fn record_failure(
-        &self,
-        reader: &str,
-        state: ReaderState,
-        error: &str,
-    ) -> Result<i64, StoreError> {
-        let row: Option<(i64,)> = sqlx::query_as(&format!(
-            "UPDATE readers SET last_error = ?, last_error_at = {NOW}, state = ?,
-             consecutive_failures = consecutive_failures + 1 WHERE name = ?
-             RETURNING consecutive_failures"
-        ))
-        .bind(error)
-        .bind(state.as_str())
-        .bind(reader)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map_or(1, |r| r.0))
-    }
-
-    pub async fn reader_statuses(&self) -> Result<Vec<ReaderStatus>, StoreError> {
-        // A refresh token is only ever used by readers with a delegated grant.
-        Ok(sqlx::query_as(
-            "SELECT r.name, r.protocol, r.state, r.grant_type, r.last_poll_at, r.last_success_at,
-                    r.last_error, r.last_error_at, r.consecutive_failures,
-                    CAST(julianday('now') - julianday(t.last_used_at) AS INTEGER)
-                        AS refresh_idle_days
-             FROM readers r
-             LEFT JOIN oauth_tokens t
-               ON t.oauth = r.oauth AND t.account = r.account COLLATE NOCASE
-                  AND r.grant_type <> 'client_credentials'
-             ORDER BY r.name",
-        )
-        .fetch_all(&self.pool)
-        .await?)
     }
 }
