@@ -9,6 +9,7 @@
 //! plain is only reachable through `tls = "none"`, which config accepts for
 //! loopback hosts only.
 
+use crate::metrics::FailureClass;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,6 +32,17 @@ pub enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
     /// Before STARTTLS, or `tls = "none"` on loopback.
     Plain(TcpStream),
+}
+
+impl ConnectError {
+    /// A CA file that cannot be used is the admin's to fix; everything
+    /// else here is the network or the server's certificate.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            ConnectError::CaFile { .. } => FailureClass::Config,
+            _ => FailureClass::Connection,
+        }
+    }
 }
 
 impl Stream {

@@ -15,7 +15,7 @@ mod credential;
 mod entra;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use oauth2::{RefreshToken, ResourceOwnerPassword, ResourceOwnerUsername, Scope, TokenResponse};
@@ -23,6 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
 use crate::config::{Grant, OAuthApp, SecretError, SecretRef};
+use crate::metrics::FailureClass;
 use crate::store::{ReaderState, Store, StoreError};
 pub use authorize::{Authorized, CodeFlowOptions, Interaction};
 pub use cloud::{Cloud, Service};
@@ -132,6 +133,25 @@ impl AuthError {
         }
     }
 
+    pub fn class(&self) -> FailureClass {
+        match self {
+            AuthError::Rejected(_) if self.state() == ReaderState::Misconfigured => {
+                FailureClass::Config
+            }
+            AuthError::Rejected(_) | AuthError::NotAuthorized { .. } | AuthError::SignIn(_) => {
+                FailureClass::Auth
+            }
+            AuthError::Secret(_) | AuthError::UnknownApp(_) | AuthError::BadApp { .. } => {
+                FailureClass::Config
+            }
+            AuthError::Unreachable { .. } | AuthError::Unavailable { .. } => {
+                FailureClass::Connection
+            }
+            AuthError::Malformed { .. } => FailureClass::Protocol,
+            AuthError::Store(_) => FailureClass::Store,
+        }
+    }
+
     /// How long the identity platform asked us to wait, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -203,16 +223,24 @@ struct CachedToken {
 pub struct TokenStore {
     store: Store,
     http: TokenHttp,
-    apps: HashMap<String, OAuthApp>,
+    /// Replaced whole on a config reload; a poll in flight keeps the app
+    /// it started with.
+    apps: RwLock<HashMap<String, Arc<OAuthApp>>>,
     accounts: Mutex<HashMap<AccountKey, Arc<tokio::sync::Mutex<Account>>>>,
 }
 
 impl std::fmt::Debug for TokenStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenStore")
-            .field("apps", &self.apps.keys().collect::<Vec<_>>())
+            .field("apps", &self.apps().keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
+}
+
+fn app_map(apps: &[OAuthApp]) -> HashMap<String, Arc<OAuthApp>> {
+    apps.iter()
+        .map(|a| (a.name.clone(), Arc::new(a.clone())))
+        .collect()
 }
 
 /// Adds the app's credential (if it uses an assertion) to a token request.
@@ -237,15 +265,27 @@ impl TokenStore {
         Ok(TokenStore {
             store,
             http,
-            apps: apps.iter().map(|a| (a.name.clone(), a.clone())).collect(),
+            apps: RwLock::new(app_map(apps)),
             accounts: Mutex::new(HashMap::new()),
         })
     }
 
-    fn app(&self, name: &str) -> Result<&OAuthApp, AuthError> {
-        self.apps
+    fn apps(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<OAuthApp>>> {
+        // A map replaced whole is consistent even if a writer panicked.
+        self.apps.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn app(&self, name: &str) -> Result<Arc<OAuthApp>, AuthError> {
+        self.apps()
             .get(name)
+            .cloned()
             .ok_or_else(|| AuthError::UnknownApp(name.to_string()))
+    }
+
+    /// Takes the `[[oauth]]` apps of a reloaded configuration. Cached tokens
+    /// stay: the readers of a changed app are restarted, and reload theirs.
+    pub fn set_apps(&self, apps: &[OAuthApp]) {
+        *self.apps.write().unwrap_or_else(|e| e.into_inner()) = app_map(apps);
     }
 
     fn account(&self, key: AccountKey) -> Arc<tokio::sync::Mutex<Account>> {
@@ -257,19 +297,29 @@ impl TokenStore {
 
     /// The scope a request needs, from the app's cloud and the grant.
     pub fn scope(&self, req: &TokenRequest<'_>) -> Result<String, AuthError> {
-        Ok(scope_for(self.app(req.oauth)?, req))
+        Ok(scope_for(&*self.app(req.oauth)?, req))
     }
 
     /// A valid access token for the request, from cache, refresh or grant.
     pub async fn access_token(&self, req: &TokenRequest<'_>) -> Result<SecretString, AuthError> {
+        Ok(self.access_token_from(req).await?.0)
+    }
+
+    /// [`TokenStore::access_token`], saying whether the identity platform
+    /// was asked (true) or the cache answered.
+    pub async fn access_token_from(
+        &self,
+        req: &TokenRequest<'_>,
+    ) -> Result<(SecretString, bool), AuthError> {
         let app = self.app(req.oauth)?;
+        let app = &*app;
         let scope = scope_for(app, req);
         let account = self.account(AccountKey::of(req));
         let mut account = account.lock().await;
         if let Some(cached) = account.access.get(&scope)
             && Instant::now() < cached.renew_at
         {
-            return Ok(cached.token.clone());
+            return Ok((cached.token.clone(), false));
         }
         if let Some((until, status, detail)) = &account.not_before {
             let now = Instant::now();
@@ -293,7 +343,7 @@ impl TokenStore {
         {
             account.not_before = Some((Instant::now() + *wait, *status, detail.clone()));
         }
-        result
+        result.map(|token| (token, true))
     }
 
     async fn obtain(

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::{CheckReport, Credential, PollReport};
 use crate::config::{After, ReaderConfig, Tls};
 use crate::ingest::{self, ParseTaskFailed};
+use crate::metrics::{FailureClass, ReaderMetrics};
 use crate::store::{FolderPosition, Store, StoreError};
 use crate::transport::{self, ConnectError, Endpoint, Stream};
 
@@ -73,6 +74,19 @@ impl ImapError {
     /// The server refused the credential (not the network, not the folder).
     pub fn is_auth_rejected(&self) -> bool {
         matches!(self, ImapError::AuthRejected { .. })
+    }
+
+    pub fn class(&self) -> FailureClass {
+        match self {
+            ImapError::Connect(e) => e.class(),
+            ImapError::AuthRejected { .. } => FailureClass::Auth,
+            ImapError::NotConnected { .. } | ImapError::Timeout { .. } => FailureClass::Connection,
+            ImapError::NoStartTls { .. }
+            | ImapError::NoFolder { .. }
+            | ImapError::NoMoveTarget { .. } => FailureClass::Config,
+            ImapError::NoUidValidity { .. } | ImapError::Protocol { .. } => FailureClass::Protocol,
+            ImapError::Parser(_) | ImapError::Store(_) => FailureClass::Store,
+        }
     }
 }
 
@@ -567,8 +581,16 @@ pub async fn check(
 }
 
 /// Waits in IDLE on a kept connection until the server reports a change,
-/// 25 minutes pass (`IDLE_RENEW`), or `cancel` fires.
-pub async fn idle(kept: &mut Option<Connection>, cancel: &CancellationToken) -> Idled {
+/// `at_most` passes (capped at `IDLE_RENEW`), or `cancel` fires. The
+/// caller passes its poll interval: an IDLE that died silently (a NAT
+/// dropping the idle flow) then delays mail by one interval, not forever,
+/// and every interval records a success that `status` can see.
+pub async fn idle(
+    kept: &mut Option<Connection>,
+    cancel: &CancellationToken,
+    at_most: Duration,
+) -> Idled {
+    let renew = IDLE_RENEW.min(at_most);
     let Some(conn) = kept.take() else {
         return Idled::Unsupported;
     };
@@ -591,10 +613,10 @@ pub async fn idle(kept: &mut Option<Connection>, cancel: &CancellationToken) -> 
     let outcome = {
         // The renewal bound is ours, not the crate's: its timer restarts on
         // every keep-alive the server sends, so it alone would never renew.
-        let (wait, _stop) = handle.wait_with_timeout(IDLE_RENEW);
+        let (wait, _stop) = handle.wait_with_timeout(renew);
         tokio::select! {
             () = cancel.cancelled() => return Idled::Cancelled,
-            r = tokio::time::timeout(IDLE_RENEW, wait) => r,
+            r = tokio::time::timeout(renew, wait) => r,
         }
     };
     let changed = match outcome {
@@ -635,7 +657,7 @@ async fn session_for_poll(
         match step(conn.session.timeout, "NOOP", conn.session.inner.noop()).await {
             Ok(()) => return Ok((conn.session, conn.selected)),
             Err(e) => {
-                tracing::debug!(reader = %reader.name, error = %e, "kept IMAP connection is gone; reconnecting");
+                tracing::debug!(error = %e, "kept IMAP connection is gone; reconnecting");
             }
         }
     }
@@ -654,6 +676,7 @@ pub async fn poll(
     store: &Store,
     cancel: &CancellationToken,
     kept: &mut Option<Connection>,
+    meter: &ReaderMetrics,
 ) -> Result<PollReport, ImapError> {
     let (mut session, selected) = session_for_poll(reader, credential, kept).await?;
     let pos = position(reader, &selected);
@@ -671,7 +694,6 @@ pub async fn poll(
         && let Some(old) = store.other_uidvalidity(&pos).await?
     {
         tracing::warn!(
-            reader = %reader.name,
             folder = %reader.folder,
             old,
             new = pos.uidvalidity,
@@ -680,11 +702,11 @@ pub async fn poll(
     }
     let uids = session.uids_after(watermark).await?;
     if !uids.is_empty() {
-        tracing::debug!(reader = %reader.name, new = uids.len(), "new mail");
+        tracing::debug!(new = uids.len(), "new mail");
     }
     let chunks: Vec<&[u32]> = uids.chunks(reader.batch_size).collect();
     let mut next = match chunks.first() {
-        Some(first) => fetch_unless_cancelled(&mut session, first, cancel).await?,
+        Some(first) => fetch_unless_cancelled(&mut session, first, cancel, meter).await?,
         None => None,
     };
     // Committed, after-step not yet done on the server.
@@ -708,13 +730,15 @@ pub async fn poll(
             async {
                 let parsed = ingest::parse_batch(raw).await?;
                 let uids: Vec<u32> = parsed.iter().map(|(uid, _)| *uid).collect();
+                let committing = std::time::Instant::now();
                 let outcome = store.commit_batch(&pos, &parsed, &to_record).await?;
+                meter.committed(parsed.len(), &outcome, committing.elapsed());
                 Ok::<_, ImapError>((uids, outcome))
             },
             async {
                 let ok = run_after(&mut session, reader, &to_do, &mut after_failed).await;
                 let prefetched = match following {
-                    Some(chunk) => fetch_unless_cancelled(&mut session, chunk, cancel).await,
+                    Some(chunk) => fetch_unless_cancelled(&mut session, chunk, cancel, meter).await,
                     None => Ok(None),
                 };
                 (ok, prefetched)
@@ -722,7 +746,6 @@ pub async fn poll(
         );
         let (committed, outcome) = committed?;
         tracing::debug!(
-            reader = %reader.name,
             mails = committed.len(),
             created = outcome.created,
             ms = started.elapsed().as_millis() as u64,
@@ -761,12 +784,18 @@ async fn fetch_unless_cancelled(
     session: &mut Session,
     uids: &[u32],
     cancel: &CancellationToken,
+    meter: &ReaderMetrics,
 ) -> Result<Option<Vec<(u32, Vec<u8>)>>, ImapError> {
     if cancel.is_cancelled() {
         return Ok(None);
     }
+    let started = std::time::Instant::now();
     tokio::select! {
-        raw = session.fetch(uids) => raw.map(Some),
+        raw = session.fetch(uids) => {
+            let raw = raw?;
+            meter.fetched(started.elapsed());
+            Ok(Some(raw))
+        }
         () = cancel.cancelled() => Ok(None),
     }
 }
@@ -788,7 +817,6 @@ async fn run_after(
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(
-                reader = %reader.name,
                 after = %reader.after.as_str(),
                 count = uids.len(),
                 error = %e,

@@ -20,6 +20,7 @@ use self::proto::{Capabilities, Connection, Pop3Error as WireError};
 use super::{CheckReport, Credential, PollReport};
 use crate::config::{After, ReaderConfig, Tls};
 use crate::ingest::{self, ParseTaskFailed};
+use crate::metrics::{FailureClass, ReaderMetrics};
 use crate::store::{Store, StoreError};
 use crate::transport::{self, ConnectError, Endpoint, Stream};
 
@@ -56,6 +57,23 @@ impl Pop3Error {
     /// The server refused the credential (not the network).
     pub fn is_auth_rejected(&self) -> bool {
         matches!(self, Pop3Error::AuthRejected { .. })
+    }
+
+    pub fn class(&self) -> FailureClass {
+        match self {
+            Pop3Error::Connect(e) => e.class(),
+            Pop3Error::Wire(
+                WireError::Io { .. } | WireError::Closed { .. } | WireError::Timeout { .. },
+            ) => FailureClass::Connection,
+            Pop3Error::Wire(WireError::AuthRejected { .. }) | Pop3Error::AuthRejected { .. } => {
+                FailureClass::Auth
+            }
+            Pop3Error::Wire(WireError::Err { .. } | WireError::Protocol { .. }) => {
+                FailureClass::Protocol
+            }
+            Pop3Error::NoStartTls { .. } | Pop3Error::NoUidl { .. } => FailureClass::Config,
+            Pop3Error::Parser(_) | Pop3Error::Store(_) => FailureClass::Store,
+        }
     }
 }
 
@@ -168,6 +186,7 @@ pub async fn poll(
     credential: &Credential,
     store: &Store,
     cancel: &CancellationToken,
+    meter: &ReaderMetrics,
 ) -> Result<PollReport, Pop3Error> {
     let delete = match reader.after {
         After::Delete => true,
@@ -207,7 +226,7 @@ pub async fn poll(
         }
     }
     if !new.is_empty() {
-        tracing::debug!(reader = %reader.name, new = new.len(), "new mail");
+        tracing::debug!(new = new.len(), "new mail");
     }
 
     let sizes: HashMap<u32, u64> = if new.is_empty() {
@@ -224,6 +243,7 @@ pub async fn poll(
         // A batch: up to batch_size mails or BATCH_BYTES, whichever first.
         let mut raw: Vec<(u32, String, Vec<u8>)> = Vec::new();
         let mut bytes = 0;
+        let fetching = std::time::Instant::now();
         while index < new.len() && raw.len() < reader.batch_size && bytes < BATCH_BYTES {
             let (number, uidl) = &new[index];
             let size = sizes.get(number).copied().unwrap_or(0);
@@ -245,6 +265,7 @@ pub async fn poll(
         if raw.is_empty() {
             break;
         }
+        meter.fetched(fetching.elapsed());
         report.fetched += raw.len();
         let numbers: Vec<(u32, String)> = raw.iter().map(|(n, u, _)| (*n, u.clone())).collect();
         let parsed = ingest::parse_batch(
@@ -253,9 +274,11 @@ pub async fn poll(
                 .collect(),
         )
         .await?;
+        let committing = std::time::Instant::now();
         let outcome = store
             .commit_pop3_batch(&reader.name, &parsed, delete)
             .await?;
+        meter.committed(parsed.len(), &outcome, committing.elapsed());
         report.created += outcome.created;
         report.duplicates += outcome.duplicates;
         if delete && !cut_off {

@@ -1,0 +1,409 @@
+//! Metrics: per-reader counters, gauges and histograms in a Prometheus
+//! registry, rendered for `/metrics`.
+//!
+//! Owns the metric names and labels (a public interface: dashboards and
+//! alerts are built on them) and their encoding, which prometheus-client
+//! does. One [`Metrics`] per daemon, no global registry; each reader task
+//! holds a [`ReaderMetrics`] with its label filled in.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::store::{BatchOutcome, ReaderState};
+
+/// The content type of the classic Prometheus text format.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of the OpenMetrics text format.
+pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+const STATES: [ReaderState; 4] = [
+    ReaderState::Ok,
+    ReaderState::Retrying,
+    ReaderState::NeedsAuthorization,
+    ReaderState::Misconfigured,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReaderLabel {
+    reader: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    reader: String,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IgnoredLabels {
+    reader: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    reader: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabel {
+    result: &'static str,
+}
+
+type DurationFamily = Family<ReaderLabel, Histogram, fn() -> Histogram>;
+
+/// Durations from 5 ms to about 80 s: one fetch or commit of a batch.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+#[derive(Debug)]
+struct Families {
+    polls: Family<ReaderLabel, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    tickets_created: Family<ReaderLabel, Counter>,
+    emails_ingested: Family<ReaderLabel, Counter>,
+    emails_ignored: Family<IgnoredLabels, Counter>,
+    token_refreshes: Family<ReaderLabel, Counter>,
+    last_success: Family<ReaderLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    state: Family<StateLabels, Gauge>,
+    fetch_duration: DurationFamily,
+    commit_duration: DurationFamily,
+    reloads: Family<ReloadLabel, Counter>,
+}
+
+/// The daemon's registry; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    families: Arc<Families>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let families = Families {
+            polls: Family::default(),
+            failures: Family::default(),
+            tickets_created: Family::default(),
+            emails_ingested: Family::default(),
+            emails_ignored: Family::default(),
+            token_refreshes: Family::default(),
+            last_success: Family::default(),
+            state: Family::default(),
+            fetch_duration: Family::new_with_constructor(duration_histogram),
+            commit_duration: Family::new_with_constructor(duration_histogram),
+            reloads: Family::default(),
+        };
+        let mut registry = Registry::with_prefix("mail2ticket");
+        let f = &families;
+        registry.register("polls", "Polls started", f.polls.clone());
+        registry.register(
+            "poll_failures",
+            "Failed polls by class: auth, connection, protocol, store, config",
+            f.failures.clone(),
+        );
+        registry.register(
+            "tickets_created",
+            "Tickets opened",
+            f.tickets_created.clone(),
+        );
+        registry.register(
+            "emails_ingested",
+            "Mails stored as emails",
+            f.emails_ingested.clone(),
+        );
+        registry.register(
+            "emails_ignored",
+            "Mails fetched but not stored, by reason",
+            f.emails_ignored.clone(),
+        );
+        registry.register(
+            "token_refreshes",
+            "Access tokens obtained from the identity platform",
+            f.token_refreshes.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last successful poll",
+            f.last_success.clone(),
+        );
+        registry.register(
+            "reader_state",
+            "1 for the reader's current state, 0 for the others",
+            f.state.clone(),
+        );
+        registry.register(
+            "fetch_duration_seconds",
+            "Time to fetch one batch from the mail server",
+            f.fetch_duration.clone(),
+        );
+        registry.register(
+            "commit_duration_seconds",
+            "Time to commit one batch to the database",
+            f.commit_duration.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result (ok, error)",
+            f.reloads.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            families: Arc::new(families),
+        }
+    }
+
+    /// The handle one reader records through.
+    pub fn reader(&self, name: &str) -> ReaderMetrics {
+        ReaderMetrics {
+            label: ReaderLabel {
+                reader: name.to_string(),
+            },
+            families: self.families.clone(),
+        }
+    }
+
+    /// Drops every series of a reader that left the configuration.
+    pub fn forget(&self, name: &str) {
+        let f = &self.families;
+        let label = ReaderLabel {
+            reader: name.to_string(),
+        };
+        for family in [
+            &f.polls,
+            &f.tickets_created,
+            &f.emails_ingested,
+            &f.token_refreshes,
+        ] {
+            family.remove(&label);
+        }
+        f.last_success.remove(&label);
+        f.fetch_duration.remove(&label);
+        f.commit_duration.remove(&label);
+        for class in FailureClass::ALL {
+            f.failures.remove(&FailureLabels {
+                reader: name.to_string(),
+                class: class.as_str(),
+            });
+        }
+        for reason in IGNORED_REASONS {
+            f.emails_ignored.remove(&IgnoredLabels {
+                reader: name.to_string(),
+                reason,
+            });
+        }
+        for state in STATES {
+            f.state.remove(&StateLabels {
+                reader: name.to_string(),
+                state: state.as_str(),
+            });
+        }
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.families
+            .reloads
+            .get_or_create(&ReloadLabel { result })
+            .inc();
+    }
+
+    /// The exposition: OpenMetrics when the scraper asks for it (`Accept`),
+    /// else the classic Prometheus text format. Returns the content type
+    /// and the body.
+    pub fn render(&self, openmetrics: bool) -> (&'static str, String) {
+        let mut body = String::new();
+        // Writing into a String cannot fail.
+        let _ = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut body, &self.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut body, &self.registry)
+        };
+        let content_type = if openmetrics {
+            OPENMETRICS_TEXT
+        } else {
+            PROMETHEUS_TEXT
+        };
+        (content_type, body)
+    }
+}
+
+/// What kind of failure a poll had, for alerting: `auth` (the identity
+/// platform or the server refused the credential), `connection` (DNS, TCP,
+/// TLS, timeouts), `protocol` (the server answered something unusable),
+/// `store` (the database), `config` (only an admin can fix it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    Auth,
+    Connection,
+    Protocol,
+    Store,
+    Config,
+}
+
+impl FailureClass {
+    const ALL: [FailureClass; 5] = [
+        FailureClass::Auth,
+        FailureClass::Connection,
+        FailureClass::Protocol,
+        FailureClass::Store,
+        FailureClass::Config,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Auth => "auth",
+            FailureClass::Connection => "connection",
+            FailureClass::Protocol => "protocol",
+            FailureClass::Store => "store",
+            FailureClass::Config => "config",
+        }
+    }
+}
+
+/// Why a fetched mail was not stored. Only duplicates so far.
+const IGNORED_REASONS: [&str; 1] = ["duplicate"];
+
+/// One reader's view of the registry; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ReaderMetrics {
+    label: ReaderLabel,
+    families: Arc<Families>,
+}
+
+impl ReaderMetrics {
+    pub fn poll_started(&self) {
+        self.families.polls.get_or_create(&self.label).inc();
+    }
+
+    pub fn failed(&self, class: FailureClass) {
+        self.families
+            .failures
+            .get_or_create(&FailureLabels {
+                reader: self.label.reader.clone(),
+                class: class.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn succeeded(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.families
+            .last_success
+            .get_or_create(&self.label)
+            .set(now.as_secs_f64());
+    }
+
+    pub fn state(&self, current: ReaderState) {
+        for state in STATES {
+            self.families
+                .state
+                .get_or_create(&StateLabels {
+                    reader: self.label.reader.clone(),
+                    state: state.as_str(),
+                })
+                .set(i64::from(state == current));
+        }
+    }
+
+    pub fn token_obtained(&self) {
+        self.families
+            .token_refreshes
+            .get_or_create(&self.label)
+            .inc();
+    }
+
+    pub fn fetched(&self, took: Duration) {
+        self.families
+            .fetch_duration
+            .get_or_create(&self.label)
+            .observe(took.as_secs_f64());
+    }
+
+    /// A committed batch of `mails` fetched mails.
+    pub fn committed(&self, mails: usize, outcome: &BatchOutcome, took: Duration) {
+        let f = &self.families;
+        f.commit_duration
+            .get_or_create(&self.label)
+            .observe(took.as_secs_f64());
+        f.tickets_created
+            .get_or_create(&self.label)
+            .inc_by(outcome.created as u64);
+        let stored = mails.saturating_sub(outcome.duplicates + outcome.already_recorded);
+        f.emails_ingested
+            .get_or_create(&self.label)
+            .inc_by(stored as u64);
+        f.emails_ignored
+            .get_or_create(&IgnoredLabels {
+                reader: self.label.reader.clone(),
+                reason: "duplicate",
+            })
+            .inc_by(outcome.duplicates as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_each_reader_labelled_and_forgets_removed_ones() {
+        let metrics = Metrics::new();
+        let a = metrics.reader("a");
+        a.poll_started();
+        a.committed(
+            3,
+            &BatchOutcome {
+                created: 2,
+                duplicates: 1,
+                already_recorded: 0,
+            },
+            Duration::from_millis(20),
+        );
+        a.state(ReaderState::Retrying);
+        a.failed(FailureClass::Connection);
+        let b = metrics.reader("b");
+        b.poll_started();
+        metrics.reload(false);
+
+        let (content_type, text) = metrics.render(false);
+        assert_eq!(content_type, PROMETHEUS_TEXT);
+        for line in [
+            "mail2ticket_polls_total{reader=\"a\"} 1",
+            "mail2ticket_tickets_created_total{reader=\"a\"} 2",
+            "mail2ticket_emails_ingested_total{reader=\"a\"} 2",
+            "mail2ticket_emails_ignored_total{reader=\"a\",reason=\"duplicate\"} 1",
+            "mail2ticket_poll_failures_total{reader=\"a\",class=\"connection\"} 1",
+            "mail2ticket_reader_state{reader=\"a\",state=\"retrying\"} 1",
+            "mail2ticket_reader_state{reader=\"a\",state=\"ok\"} 0",
+            "mail2ticket_commit_duration_seconds_count{reader=\"a\"} 1",
+            "mail2ticket_config_reloads_total{result=\"error\"} 1",
+            "mail2ticket_polls_total{reader=\"b\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(!text.contains("# EOF"));
+
+        metrics.forget("a");
+        let (_, text) = metrics.render(true);
+        assert!(!text.contains("reader=\"a\""), "{text}");
+        assert!(text.contains("reader=\"b\""));
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+}
