@@ -1,20 +1,32 @@
-//! The daemon: start-up wiring and the three ways to run readers.
+//! The daemon: start-up wiring and the ways to run readers.
 //!
-//! Owns the order of start-up (database and migrations, store key, reader
-//! rows, token store) and what `run`, `run --once`, `check` and
-//! `authorize` do with it.
+//! Owns the order of start-up (HTTP listener, database and migrations,
+//! store key, reader rows, token store, READY), the supervisor loop of
+//! `run` (heartbeat, watchdog, systemd status, config reloads) and what
+//! `run --once`, `check` and `authorize` do with the same parts.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::auth::{AuthError, Authorized, CodeFlowOptions, Interaction, TokenStore};
 use crate::config::{Config, Grant, ReaderConfig};
+use crate::liveness::Liveness;
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::reader::{self, Context, PollError};
-use crate::scheduler;
+use crate::reload::Triggers;
+use crate::scheduler::{Registered, Scheduler};
 use crate::source::{CheckReport, PollReport};
 use crate::store::{ReaderIdentity, Store, StoreError};
+use crate::{http, status};
+
+/// The scheduler's heartbeat when no systemd watchdog sets a faster one.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -22,6 +34,13 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("[daemon] listen = \"{addr}\": cannot listen there: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install the SIGHUP handler: {0}")]
+    Signal(std::io::Error),
     #[error("reader {0:?} uses grant = \"client_credentials\": app-only readers need no sign-in")]
     AppOnly(String),
     #[error(
@@ -36,52 +55,321 @@ pub enum StartError {
     },
 }
 
-/// Opens the store and registers every configured reader.
+/// Opens the store and builds what every reader shares.
 pub async fn start(config: &Config) -> Result<Arc<Context>, StartError> {
     let store = Store::open(&config.store).await?;
+    let tokens = TokenStore::new(store.clone(), &config.oauth)?;
+    Ok(Arc::new(Context {
+        store,
+        tokens,
+        metrics: Metrics::new(),
+    }))
+}
+
+/// Makes sure every configured reader has its row (releasing a parked
+/// reader whose settings changed) and returns them with their
+/// fingerprints and states.
+pub async fn register(ctx: &Context, config: &Config) -> Result<Vec<Registered>, StoreError> {
+    let mut registered = Vec::with_capacity(config.readers.len());
     for reader in &config.readers {
         let oauth = reader.oauth();
         let app = oauth.and_then(|o| config.app(&o.app));
-        let config_hash = store.digest(&reader.fingerprint_material(app));
-        let state = store
+        let fingerprint = ctx.store.digest(&reader.fingerprint_material(app));
+        let state = ctx
+            .store
             .register_reader(ReaderIdentity {
                 name: &reader.name,
                 protocol: reader.protocol.as_str(),
                 oauth: oauth.map(|o| o.app.as_str()),
                 account: &reader.username,
                 grant: reader.login.as_str(),
-                config_hash: &config_hash,
+                config_hash: &fingerprint,
             })
             .await?;
-        tracing::info!(
-            reader = %reader.name,
-            protocol = reader.protocol.as_str(),
-            host = %reader.host,
-            tls = reader.tls.as_str(),
-            grant = reader.login.as_str(),
-            after = %reader.after.as_str(),
-            state = state.as_str(),
-            "reader configured"
-        );
+        registered.push(Registered {
+            config: reader.clone(),
+            fingerprint,
+            state,
+        });
     }
-    let tokens = TokenStore::new(store.clone(), &config.oauth)?;
-    Ok(Arc::new(Context { store, tokens }))
+    Ok(registered)
 }
 
-/// Runs the scheduler until `cancel` fires.
-pub async fn run(config: &Config, cancel: CancellationToken) -> Result<(), StartError> {
-    let ctx = start(config).await?;
-    if config.readers.is_empty() {
-        tracing::warn!(path = %config.path.display(), "no [[reader]] configured; waiting for shutdown");
+fn log_reader(what: &'static str, r: &Registered) {
+    let reader = &r.config;
+    tracing::info!(
+        reader = %reader.name,
+        protocol = reader.protocol.as_str(),
+        host = %reader.host,
+        tls = reader.tls.as_str(),
+        grant = reader.login.as_str(),
+        after = %reader.after.as_str(),
+        state = r.state.as_str(),
+        "{what}"
+    );
+}
+
+/// Runs the daemon until `shutdown` fires: the readers, the heartbeat
+/// behind `/healthz` and the systemd watchdog, reloads on SIGHUP (or a
+/// changed file), and the HTTP endpoint when configured.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let notifier = Notifier::from_env();
+    // Well inside the watchdog: a ping every third of WatchdogSec.
+    let period = notifier
+        .watchdog()
+        .map_or(HEARTBEAT, |w| (w / 3).min(HEARTBEAT));
+    // Bound early, so a taken port or a bad address fails start-up.
+    let listener = match config.daemon.listen {
+        Some(addr) => Some(
+            http::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
+    let mut triggers =
+        Triggers::new(&config.path, config.daemon.watch_config).map_err(StartError::Signal)?;
+    let ctx = start(&config).await?;
+    let readers = register(&ctx, &config).await?;
+    for r in &readers {
+        log_reader("reader configured", r);
     }
-    scheduler::run(
-        ctx,
-        config.readers.clone(),
-        cancel,
+    if readers.is_empty() {
+        tracing::warn!(path = %config.path.display(), "no [[reader]] configured; add one and reload");
+    }
+    // Absolute, so that `status` run from elsewhere names the right file.
+    let config_path = std::fs::canonicalize(&config.path).unwrap_or_else(|_| config.path.clone());
+    ctx.store
+        .daemon_started(
+            std::process::id(),
+            period,
+            &config_path.display().to_string(),
+        )
+        .await?;
+
+    let liveness = Liveness::new(period);
+    let stop_http = CancellationToken::new();
+    let http_task = listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+        }
+        tokio::spawn(http::serve(
+            listener,
+            liveness.clone(),
+            ctx.metrics.clone(),
+            stop_http.clone(),
+        ))
+    });
+
+    let mut scheduler = Scheduler::new(
+        ctx.clone(),
+        shutdown.clone(),
         config.daemon.shutdown_timeout,
-    )
-    .await;
+    );
+    scheduler.apply(readers);
+    let mut supervisor = Supervisor {
+        ctx: ctx.clone(),
+        liveness: liveness.clone(),
+        notifier,
+        config,
+        status_line: String::new(),
+    };
+    supervisor.beat().await;
+    supervisor.status_line = supervisor.summary().await;
+    liveness.set_ready(true);
+    supervisor.notifier.ready(&supervisor.status_line);
+
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            trigger = triggers.next() => {
+                tracing::info!(trigger = trigger.as_str(), "reloading the configuration");
+                supervisor.notifier.reloading();
+                supervisor.reload(&mut scheduler, &mut triggers).await;
+                supervisor.status_line = supervisor.summary().await;
+                supervisor.notifier.ready(&supervisor.status_line);
+            }
+            _ = tick.tick() => {
+                supervisor.beat().await;
+                scheduler.reap();
+                supervisor.update_status().await;
+            }
+        }
+    }
+
+    liveness.set_ready(false);
+    supervisor.notifier.stopping();
+    scheduler.stop().await;
+    stop_http.cancel();
+    if let Some(task) = http_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP endpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "HTTP endpoint task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if let Err(e) = ctx.store.daemon_stopped().await {
+        tracing::warn!(error = %e, "could not record the daemon's stop");
+    }
     Ok(())
+}
+
+/// The supervisor loop's state: what it beats, tells systemd and reloads.
+struct Supervisor {
+    ctx: Arc<Context>,
+    liveness: Liveness,
+    notifier: Notifier,
+    /// The configuration running now.
+    config: Config,
+    /// The last STATUS= sent.
+    status_line: String,
+}
+
+impl Supervisor {
+    /// One heartbeat: a database write within one period. Only a success
+    /// pings the watchdog.
+    async fn beat(&self) {
+        let limit = self.liveness.period().max(Duration::from_secs(1));
+        let failure = match tokio::time::timeout(limit, self.ctx.store.heartbeat()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "the database took no write within {:.1} s",
+                limit.as_secs_f64()
+            )),
+        };
+        match failure {
+            None => {
+                self.liveness.beat_ok();
+                self.notifier.ping();
+            }
+            Some(why) => {
+                if self.liveness.alive().is_ok() {
+                    tracing::error!(error = %why, "scheduler heartbeat failed; reporting unhealthy");
+                }
+                self.liveness.beat_failed(why);
+            }
+        }
+    }
+
+    /// The one-line STATUS=, e.g. `5 readers: 4 ok, 1 needs_authorization`.
+    async fn summary(&self) -> String {
+        let rows = match self.ctx.store.reader_statuses().await {
+            Ok(rows) => rows,
+            Err(e) => return format!("cannot read reader states: {e}"),
+        };
+        let mut line = status::summary(&rows, &self.config);
+        if let Ok(Some(daemon)) = self.ctx.store.daemon_status().await
+            && daemon.reload_error.is_some()
+        {
+            line.push_str("; config reload failed, see `mail2ticket status`");
+        }
+        line
+    }
+
+    async fn update_status(&mut self) {
+        let line = self.summary().await;
+        if line != self.status_line {
+            self.notifier.status(&line);
+            self.status_line = line;
+        }
+    }
+
+    /// Loads the file again and applies it; an invalid file changes
+    /// nothing but the recorded reload error.
+    async fn reload(&mut self, scheduler: &mut Scheduler, triggers: &mut Triggers) {
+        let store = &self.ctx.store;
+        let new = match Config::load(&self.config.path) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+                self.ctx.metrics.reload(false);
+                if let Err(e2) = store.record_reload(Err(&e.to_string())).await {
+                    tracing::warn!(error = %e2, "could not record the reload error");
+                }
+                return;
+            }
+        };
+        for (what, changed) in [
+            (
+                "[store]",
+                format!("{:?}", new.store) != format!("{:?}", self.config.store),
+            ),
+            (
+                "[daemon] listen",
+                new.daemon.listen != self.config.daemon.listen,
+            ),
+            (
+                "[daemon] log_format",
+                new.daemon.log_format != self.config.daemon.log_format,
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    setting = what,
+                    "changed in the file; takes effect at the next restart"
+                );
+            }
+        }
+        self.ctx.tokens.set_apps(&new.oauth);
+        let registered = match register(&self.ctx, &new).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed; the running configuration stays");
+                self.ctx.metrics.reload(false);
+                return;
+            }
+        };
+        let by_name: std::collections::HashMap<&str, &Registered> = registered
+            .iter()
+            .map(|r| (r.config.name.as_str(), r))
+            .collect();
+        scheduler.set_grace(new.daemon.shutdown_timeout);
+        let applied = scheduler.apply(registered.clone());
+        for name in &applied.added {
+            if let Some(r) = by_name.get(name.as_str()) {
+                log_reader("reader added", r);
+            }
+        }
+        for name in &applied.changed {
+            if let Some(r) = by_name.get(name.as_str()) {
+                log_reader("reader changed; restarting it", r);
+            }
+        }
+        for name in &applied.removed {
+            tracing::info!(reader = %name, "reader removed; stopping it after its current transaction");
+            if let Err(e) = store
+                .record_event(name, "info", "removed from the configuration; stopped")
+                .await
+            {
+                tracing::warn!(reader = %name, error = %e, "could not record the reader's removal");
+            }
+        }
+        triggers.set_watch(new.daemon.watch_config);
+        self.config = Config {
+            // Not applied before a restart (warned above).
+            store: self.config.store.clone(),
+            daemon: crate::config::DaemonConfig {
+                listen: self.config.daemon.listen,
+                log_format: self.config.daemon.log_format,
+                ..new.daemon.clone()
+            },
+            ..new
+        };
+        self.ctx.metrics.reload(true);
+        if let Err(e) = store.record_reload(Ok(())).await {
+            tracing::warn!(error = %e, "could not record the reload");
+        }
+        tracing::info!(
+            added = applied.added.len(),
+            removed = applied.removed.len(),
+            changed = applied.changed.len(),
+            unchanged = registered.len() - applied.added.len() - applied.changed.len(),
+            "configuration reloaded"
+        );
+    }
 }
 
 /// Polls every reader once, each until nothing is pending, concurrently.
@@ -90,6 +378,7 @@ pub async fn run_once(
     cancel: CancellationToken,
 ) -> Result<Vec<(String, Result<PollReport, PollError>)>, StartError> {
     let ctx = start(config).await?;
+    register(&ctx, config).await?;
     let results = for_each_reader(&config.readers, |reader| {
         let (ctx, cancel) = (ctx.clone(), cancel.clone());
         async move { reader::poll_unless_stopped(&ctx, &reader, &cancel).await }
@@ -105,6 +394,7 @@ pub async fn check(
 ) -> Result<Vec<(String, Result<CheckReport, PollError>)>, StartError> {
     let selected = select_readers(config, names)?;
     let ctx = start(config).await?;
+    register(&ctx, config).await?;
     Ok(for_each_reader(&selected, |reader| {
         let ctx = ctx.clone();
         async move { reader::check_and_record(&ctx, &reader).await }
@@ -135,6 +425,7 @@ pub async fn authorize(
         return Err(StartError::AppOnly(reader.name));
     }
     let ctx = start(config).await?;
+    register(&ctx, config).await?;
     let result = match method {
         SignInMethod::Code(options) => ctx.tokens.authorize_code(&request, options, ui).await,
         SignInMethod::Device => ctx.tokens.authorize_device(&request, ui).await,
@@ -176,7 +467,8 @@ where
 {
     let mut tasks = JoinSet::new();
     for (i, reader) in readers.iter().enumerate() {
-        let fut = op(reader.clone());
+        let fut =
+            op(reader.clone()).instrument(tracing::info_span!("reader", reader = %reader.name));
         tasks.spawn(async move { (i, fut.await) });
     }
     let mut results: Vec<Option<T>> = readers.iter().map(|_| None).collect();

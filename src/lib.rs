@@ -38,9 +38,14 @@
 pub mod auth;
 pub mod config;
 pub mod daemon;
+pub mod http;
 pub mod ingest;
+pub mod liveness;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod reader;
+pub mod reload;
 pub mod scheduler;
 pub mod shutdown;
 pub mod source;

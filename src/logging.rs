@@ -1,4 +1,8 @@
-//! Logging: tracing to stderr, filtered by `RUST_LOG` (default `info`).
+//! Logging: tracing to stderr, filtered by `RUST_LOG` (default `info`), as
+//! text (journald, terminals) or one JSON object per line (Docker, log
+//! shippers). A reader's events carry its name through the `reader` span
+//! its task runs in: `reader{reader=NAME}:` in text, `"span":{"reader":..}`
+//! in JSON.
 //!
 //! Owns one safety rule: some dependencies trace raw protocol lines, and an
 //! IMAP `AUTHENTICATE` line carries a bearer token. Those targets are capped
@@ -6,6 +10,8 @@
 //! a reader never writes a credential into the journal.
 
 use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
 use tracing_subscriber::filter::Directive;
 
 /// Targets whose TRACE output includes credentials, and the level they are
@@ -24,9 +30,16 @@ pub fn filter() -> EnvFilter {
 }
 
 /// Installs the subscriber for the process.
-pub fn init() {
-    tracing_subscriber::fmt()
+pub fn init(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }

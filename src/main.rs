@@ -36,8 +36,22 @@ enum Command {
     },
     /// Connect, authenticate and select the folder of each reader (all by default).
     Check { readers: Vec<String> },
-    /// Show each reader's health from the database.
-    Status,
+    /// Show the daemon's and each reader's health from the database.
+    Status {
+        /// One reader, with its history (state changes, failures,
+        /// recoveries), newest first.
+        #[arg(long)]
+        reader: Option<String>,
+        /// History rows shown with --reader.
+        #[arg(long, default_value_t = 50, requires = "reader")]
+        limit: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 when the running daemon's heartbeat is recent, 1 otherwise
+    /// (for Docker's HEALTHCHECK and scripts).
+    Health,
     /// Sign in for a reader (grant authorization_code or device_code) and
     /// store its refresh token.
     Authorize {
@@ -81,7 +95,14 @@ impl Interaction for Terminal {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    mail2ticket::logging::init();
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    mail2ticket::logging::init(config.daemon.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -89,7 +110,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    match runtime.block_on(dispatch(cli.command, config)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -98,9 +119,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&cli.config)?;
-    match cli.command {
+async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Run { once } => {
             let cancel = CancellationToken::new();
             shutdown::cancel_on_signal(cancel.clone()).context("installing signal handlers")?;
@@ -113,7 +133,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     )
                 }))
             } else {
-                daemon::run(&config, cancel).await?;
+                daemon::run(config, cancel).await?;
                 tracing::info!("stopped");
                 Ok(ExitCode::SUCCESS)
             }
@@ -167,10 +187,49 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => Err(e.into()),
             }
         }
-        Command::Status => {
+        Command::Status {
+            reader,
+            limit,
+            json,
+        } => {
             let store = Store::open(&config.store).await?;
-            print!("{}", status::render(&store.reader_statuses().await?));
+            let mut rows = store.reader_statuses().await?;
+            if let Some(name) = &reader {
+                rows.retain(|r| &r.name == name);
+                if rows.is_empty() {
+                    anyhow::bail!("no reader named {name:?} in the database");
+                }
+            }
+            let mut report = status::Report::new(&config, store.daemon_status().await?, rows);
+            if let Some(name) = &reader {
+                let events = store.reader_events(name, limit).await?;
+                for r in &mut report.readers {
+                    r.events = Some(events.clone());
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", status::render_report(&report));
+            }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Health => {
+            let store = Store::open(&config.store).await?;
+            let verdict = match store.daemon_status().await? {
+                Some(daemon) => status::daemon_alive(&daemon),
+                None => Err("the daemon never ran on this database".into()),
+            };
+            Ok(match verdict {
+                Ok(()) => {
+                    println!("healthy");
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    println!("unhealthy: {why}");
+                    ExitCode::from(1)
+                }
+            })
         }
     }
 }

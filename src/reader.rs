@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Service, TokenRequest, TokenStore};
 use crate::config::{Grant, Login, OAuthLogin, Protocol, ReaderConfig, SecretError};
+use crate::metrics::{FailureClass, Metrics, ReaderMetrics};
 use crate::source::{CheckReport, Credential, PollReport, imap, pop3};
 use crate::store::{ReaderState, Store, StoreError};
 
@@ -19,6 +20,7 @@ use crate::store::{ReaderState, Store, StoreError};
 pub struct Context {
     pub store: Store,
     pub tokens: TokenStore,
+    pub metrics: Metrics,
 }
 
 /// Why a poll failed; the text is the reader's `last_error`.
@@ -57,6 +59,18 @@ impl PollError {
             | PollError::Pop3(pop3::Pop3Error::NoUidl { .. }) => ReaderState::Misconfigured,
             PollError::Imap(_) | PollError::Pop3(_) | PollError::Store(_) => ReaderState::Retrying,
             PollError::Stopped { state, .. } => *state,
+        }
+    }
+
+    /// The kind of failure, for `mail2ticket_poll_failures_total`.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            PollError::Auth(e) => e.class(),
+            PollError::Imap(e) => e.class(),
+            PollError::Pop3(e) => e.class(),
+            PollError::Store(_) => FailureClass::Store,
+            PollError::PasswordRejected(_) => FailureClass::Auth,
+            PollError::Secret(_) | PollError::Stopped { .. } => FailureClass::Config,
         }
     }
 
@@ -139,6 +153,7 @@ impl LoginError for pop3::Pop3Error {
 async fn with_credential<T, E, F, Fut>(
     ctx: &Context,
     reader: &ReaderConfig,
+    meter: &ReaderMetrics,
     op: F,
 ) -> Result<T, PollError>
 where
@@ -149,7 +164,10 @@ where
     match &reader.login {
         Login::OAuth(oauth) => {
             let request = oauth_request(reader, oauth);
-            let token = ctx.tokens.access_token(&request).await?;
+            let (token, obtained) = ctx.tokens.access_token_from(&request).await?;
+            if obtained {
+                meter.token_obtained();
+            }
             match op(Credential::Token(token)).await {
                 Err(e) if e.is_auth_rejected() => {
                     ctx.tokens.invalidate(&request).await;
@@ -179,9 +197,14 @@ pub struct Link {
 /// How waiting for new mail ended; see [`wait_for_mail`].
 pub use crate::source::imap::Idled;
 
-/// Waits on the reader's kept connection for new mail (IMAP IDLE).
-pub async fn wait_for_mail(link: &mut Link, cancel: &CancellationToken) -> Idled {
-    imap::idle(&mut link.imap, cancel).await
+/// Waits on the reader's kept connection for new mail (IMAP IDLE), at most
+/// one poll interval.
+pub async fn wait_for_mail(
+    reader: &ReaderConfig,
+    link: &mut Link,
+    cancel: &CancellationToken,
+) -> Idled {
+    imap::idle(&mut link.imap, cancel, reader.poll_interval).await
 }
 
 async fn poll(
@@ -189,33 +212,46 @@ async fn poll(
     reader: &ReaderConfig,
     link: &mut Link,
     cancel: &CancellationToken,
+    meter: &ReaderMetrics,
 ) -> Result<PollReport, PollError> {
     match reader.protocol {
         Protocol::Imap => {
-            with_credential(ctx, reader, |credential| async move {
-                imap::poll(reader, &credential, &ctx.store, cancel, &mut link.imap).await
+            with_credential(ctx, reader, meter, |credential| async move {
+                imap::poll(
+                    reader,
+                    &credential,
+                    &ctx.store,
+                    cancel,
+                    &mut link.imap,
+                    meter,
+                )
+                .await
             })
             .await
         }
         Protocol::Pop3 => {
-            with_credential(ctx, reader, |credential| async move {
-                pop3::poll(reader, &credential, &ctx.store, cancel).await
+            with_credential(ctx, reader, meter, |credential| async move {
+                pop3::poll(reader, &credential, &ctx.store, cancel, meter).await
             })
             .await
         }
     }
 }
 
-async fn check(ctx: &Context, reader: &ReaderConfig) -> Result<CheckReport, PollError> {
+async fn check(
+    ctx: &Context,
+    reader: &ReaderConfig,
+    meter: &ReaderMetrics,
+) -> Result<CheckReport, PollError> {
     match reader.protocol {
         Protocol::Imap => {
-            with_credential(ctx, reader, |credential| async move {
+            with_credential(ctx, reader, meter, |credential| async move {
                 imap::check(reader, &credential, &ctx.store).await
             })
             .await
         }
         Protocol::Pop3 => {
-            with_credential(ctx, reader, |credential| async move {
+            with_credential(ctx, reader, meter, |credential| async move {
                 pop3::check(reader, &credential, &ctx.store).await
             })
             .await
@@ -247,9 +283,11 @@ pub async fn poll_and_record(
     link: &mut Link,
     cancel: &CancellationToken,
 ) -> Result<PollReport, PollError> {
-    log_store_error(reader, ctx.store.record_poll_start(&reader.name).await);
-    let result = poll(ctx, reader, link, cancel).await;
-    record(ctx, reader, &result).await;
+    log_store_error(ctx.store.record_poll_start(&reader.name).await);
+    let meter = ctx.metrics.reader(&reader.name);
+    meter.poll_started();
+    let result = poll(ctx, reader, link, cancel, &meter).await;
+    record(ctx, reader, &meter, &result).await;
     result
 }
 
@@ -258,29 +296,42 @@ pub async fn check_and_record(
     ctx: &Context,
     reader: &ReaderConfig,
 ) -> Result<CheckReport, PollError> {
-    log_store_error(reader, ctx.store.record_poll_start(&reader.name).await);
-    let result = check(ctx, reader).await;
-    record(ctx, reader, &result).await;
+    log_store_error(ctx.store.record_poll_start(&reader.name).await);
+    let meter = ctx.metrics.reader(&reader.name);
+    let result = check(ctx, reader, &meter).await;
+    record(ctx, reader, &meter, &result).await;
     result
 }
 
-async fn record<T>(ctx: &Context, reader: &ReaderConfig, result: &Result<T, PollError>) {
+async fn record<T>(
+    ctx: &Context,
+    reader: &ReaderConfig,
+    meter: &ReaderMetrics,
+    result: &Result<T, PollError>,
+) {
     match result {
-        Ok(_) => log_store_error(reader, ctx.store.record_success(&reader.name).await),
+        Ok(_) => {
+            meter.succeeded();
+            meter.state(ReaderState::Ok);
+            log_store_error(ctx.store.record_success(&reader.name).await);
+        }
         Err(e) => {
             let state = e.state();
+            meter.failed(e.class());
+            meter.state(state);
             let text = match advice(reader, state) {
                 Some(advice) => format!("{e}; {advice}"),
                 None => e.to_string(),
             };
             let r = ctx.store.record_failure(&reader.name, state, &text).await;
-            log_store_error(reader, r.map(|_| ()));
+            log_store_error(r.map(|_| ()));
         }
     }
 }
 
-fn log_store_error(reader: &ReaderConfig, result: Result<(), StoreError>) {
+/// Runs inside the reader's span, which names it.
+fn log_store_error(result: Result<(), StoreError>) {
     if let Err(e) = result {
-        tracing::error!(reader = %reader.name, error = %e, "could not record reader health");
+        tracing::error!(error = %e, "could not record reader health");
     }
 }

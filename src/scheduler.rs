@@ -6,15 +6,21 @@
 //! (they make no requests until `authorize` or `check` releases them),
 //! waiting in IMAP IDLE instead of sleeping for `idle = true` readers, and
 //! independence: a reader that hangs or fails only ever delays itself.
+//! Owns the set of running readers too: [`Scheduler::apply`] brings it in
+//! line with a (re)loaded configuration without touching readers that did
+//! not change.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::ReaderConfig;
 use crate::reader::{self, Context, Idled, Link};
+use crate::store::ReaderState;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
@@ -22,44 +28,202 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
 /// database read: the identity platform is not asked.
 const PARKED_RECHECK: Duration = Duration::from_secs(5);
 
-/// Runs every reader until `cancel` fires; returns when all have stopped.
-///
-/// After `cancel`, readers get `grace` to reach a safe point. A reader that
-/// is committing finishes within it; one stuck waiting on a server (login,
-/// fetch) is abandoned, which loses nothing: its mail is still on the
-/// server and above the ledger's watermark.
-pub async fn run(
+/// A reader as configured, with what tells a changed one apart.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub config: ReaderConfig,
+    /// Keyed digest of its settings, its app's and their secrets' values.
+    pub fingerprint: String,
+    pub state: ReaderState,
+}
+
+/// What [`Scheduler::apply`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+struct Slot {
+    fingerprint: String,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    config: ReaderConfig,
+}
+
+/// The running readers.
+pub struct Scheduler {
     ctx: Arc<Context>,
-    readers: Vec<ReaderConfig>,
-    cancel: CancellationToken,
+    shutdown: CancellationToken,
+    /// After a stop, how long a reader gets to reach a safe point.
     grace: Duration,
-) {
-    let mut tasks = JoinSet::new();
-    for reader in readers {
-        tasks.spawn(run_reader(ctx.clone(), reader, cancel.clone()));
+    slots: HashMap<String, Slot>,
+    /// Removed readers finishing their current transaction.
+    retiring: Vec<(String, JoinHandle<()>)>,
+}
+
+impl Scheduler {
+    pub fn new(ctx: Arc<Context>, shutdown: CancellationToken, grace: Duration) -> Scheduler {
+        Scheduler {
+            ctx,
+            shutdown,
+            grace,
+            slots: HashMap::new(),
+            retiring: Vec::new(),
+        }
     }
-    let grace_over = async {
-        cancel.cancelled().await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::pin!(grace_over);
-    loop {
-        tokio::select! {
-            done = tasks.join_next() => match done {
-                None => break,
-                Some(Err(e)) if !e.is_cancelled() => {
-                    tracing::error!(error = %e, "a reader task ended abnormally");
-                }
-                Some(_) => {}
-            },
-            () = &mut grace_over => {
-                tracing::warn!(
-                    readers = tasks.len(),
-                    "readers still busy after the shutdown grace period; abandoning them"
-                );
-                tasks.shutdown().await;
-                break;
+
+    pub fn set_grace(&mut self, grace: Duration) {
+        self.grace = grace;
+    }
+
+    /// Starts added readers, stops removed ones after their current
+    /// transaction, and restarts changed ones (the new task starts once the
+    /// old one stopped, so one reader never runs twice). Readers whose
+    /// fingerprint is unchanged keep running, connections and all.
+    pub fn apply(&mut self, readers: Vec<Registered>) -> Applied {
+        let mut applied = Applied::default();
+        let wanted: HashMap<&str, &Registered> = readers
+            .iter()
+            .map(|r| (r.config.name.as_str(), r))
+            .collect();
+        let gone: Vec<String> = self
+            .slots
+            .keys()
+            .filter(|name| !wanted.contains_key(name.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(slot) = self.slots.remove(&name) {
+                slot.stop.cancel();
+                self.retiring.push((name.clone(), slot.task));
+                applied.removed.push(name);
             }
+        }
+        for registered in readers {
+            let name = registered.config.name.clone();
+            let previous = match self.slots.remove(&name) {
+                Some(slot) if slot.fingerprint == registered.fingerprint => {
+                    self.slots.insert(name, slot);
+                    continue;
+                }
+                Some(slot) => {
+                    slot.stop.cancel();
+                    applied.changed.push(name.clone());
+                    Some(slot.task)
+                }
+                None => {
+                    applied.added.push(name.clone());
+                    None
+                }
+            };
+            self.spawn(registered, previous);
+        }
+        applied
+    }
+
+    fn spawn(&mut self, registered: Registered, previous: Option<JoinHandle<()>>) {
+        let stop = self.shutdown.child_token();
+        let ctx = self.ctx.clone();
+        let config = registered.config.clone();
+        let grace = self.grace;
+        ctx.metrics.reader(&config.name).state(registered.state);
+        let span = tracing::info_span!("reader", reader = %config.name);
+        let task = tokio::spawn(
+            {
+                let (stop, config) = (stop.clone(), config.clone());
+                async move {
+                    if let Some(previous) = previous {
+                        finish(previous, grace).await;
+                        // Its replacement may use a changed app or secret:
+                        // nothing cached for the old one may be reused.
+                        if let Some(request) = reader::token_request(&config) {
+                            ctx.tokens.reload(&request).await;
+                        }
+                    }
+                    run_reader(ctx, config, stop).await;
+                }
+            }
+            .instrument(span),
+        );
+        self.slots.insert(
+            registered.config.name.clone(),
+            Slot {
+                fingerprint: registered.fingerprint,
+                stop,
+                task,
+                config,
+            },
+        );
+    }
+
+    /// Collects readers that stopped: removed ones that finished (their
+    /// metrics go with them), and running ones that ended on their own,
+    /// which only a bug (a panic) does; those are started again.
+    pub fn reap(&mut self) {
+        let (done, busy): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
+            .into_iter()
+            .partition(|(_, task)| task.is_finished());
+        self.retiring = busy;
+        for (name, _) in done {
+            if !self.slots.contains_key(&name) {
+                self.ctx.metrics.forget(&name);
+            }
+        }
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let ended: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.task.is_finished())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in ended {
+            if let Some(slot) = self.slots.remove(&name) {
+                tracing::error!(reader = %name, "reader task ended unexpectedly; starting it again");
+                let registered = Registered {
+                    config: slot.config,
+                    fingerprint: slot.fingerprint,
+                    state: ReaderState::Ok,
+                };
+                self.spawn(registered, Some(slot.task));
+            }
+        }
+    }
+
+    /// After shutdown began: waits for every reader, each bounded by the
+    /// grace period. A reader that is committing finishes within it; one
+    /// stuck waiting on a server (login, fetch) is abandoned, which loses
+    /// nothing: its mail is still on the server and above the ledger's
+    /// watermark.
+    pub async fn stop(self) {
+        for slot in self.slots.values() {
+            slot.stop.cancel();
+        }
+        let grace = self.grace;
+        let all = self
+            .slots
+            .into_values()
+            .map(|slot| slot.task)
+            .chain(self.retiring.into_iter().map(|(_, task)| task))
+            .map(|task| finish(task, grace));
+        futures::future::join_all(all).await;
+    }
+}
+
+/// Waits up to `grace` for a stopped reader's task, then abandons it.
+async fn finish(mut task: JoinHandle<()>, grace: Duration) {
+    match tokio::time::timeout(grace, &mut task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_panic() => {
+            tracing::error!(error = %e, "a reader task panicked");
+        }
+        Ok(Err(_)) => {}
+        Err(_) => {
+            tracing::warn!("reader still busy after the grace period; abandoning it");
+            task.abort();
         }
     }
 }
@@ -71,7 +235,6 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
         && state.is_parked()
     {
         tracing::warn!(
-            reader = %reader.name,
             state = state.as_str(),
             "reader stays stopped until an admin acts; see `mail2ticket status`"
         );
@@ -87,7 +250,6 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
                 failures = 0;
                 if report.fetched > 0 {
                     tracing::info!(
-                        reader = %reader.name,
                         fetched = report.fetched,
                         tickets = report.created,
                         duplicates = report.duplicates,
@@ -97,7 +259,7 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
                 if !reader.idle {
                     reader.poll_interval
                 } else {
-                    match reader::wait_for_mail(&mut link, &cancel).await {
+                    match reader::wait_for_mail(&reader, &mut link, &cancel).await {
                         Idled::Changed => continue,
                         Idled::Cancelled => break,
                         Idled::Unsupported => reader.poll_interval,
@@ -106,8 +268,7 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
                             // a server that drops every IDLE from being
                             // hammered.
                             tracing::warn!(
-                                reader = %reader.name,
-                                error = %e,
+                                        error = %e,
                                 "IDLE connection lost; reconnecting"
                             );
                             backoff(1, reader.poll_interval)
@@ -117,15 +278,14 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
             }
             Err(e) if e.state().is_parked() => {
                 tracing::error!(
-                    reader = %reader.name,
-                    state = e.state().as_str(),
+                            state = e.state().as_str(),
                     error = %e,
                     "reader stopped until an admin acts; see `mail2ticket status`"
                 );
                 if !wait_for_release(&ctx, &reader, &cancel).await {
                     break;
                 }
-                tracing::info!(reader = %reader.name, "reader released; polling again");
+                tracing::info!("reader released; polling again");
                 if let Some(request) = reader::token_request(&reader) {
                     ctx.tokens.reload(&request).await;
                 }
@@ -139,8 +299,7 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
                     // value must not silence a reader.
                     .max(e.retry_after().unwrap_or_default().min(MAX_RETRY_AFTER));
                 tracing::warn!(
-                    reader = %reader.name,
-                    error = %e,
+                            error = %e,
                     failures,
                     retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())),
                     "poll failed"
@@ -172,7 +331,7 @@ async fn wait_for_release(
             Ok(Some((state, _))) if state.is_parked() => {}
             Ok(_) => return true,
             Err(e) => {
-                tracing::warn!(reader = %reader.name, error = %e, "cannot read the reader's state");
+                tracing::warn!(error = %e, "cannot read the reader's state");
             }
         }
     }

@@ -1,7 +1,201 @@
-//! `status`: reader health from the database, as a table for humans, with
-//! warnings for what will break if nobody acts.
+//! `status` and `health`: reader and daemon health from the database, as a
+//! table for humans (with warnings for what will break if nobody acts) or
+//! as JSON for scripts, and the one-line summary systemd shows.
+//!
+//! Owns the judgements made on the rows: stale (no success in three poll
+//! intervals), a daemon alive (a recent heartbeat), a refresh token about
+//! to die of inactivity.
 
-use crate::store::ReaderStatus;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::store::{DaemonStatus, ReaderEvent, ReaderState, ReaderStatus};
+
+/// A reader is stale after this many poll intervals without a success.
+pub const STALE_AFTER_INTERVALS: u32 = 3;
+/// The daemon counts as dead after this many heartbeats missed.
+const MISSED_HEARTBEATS: f64 = 3.0;
+
+/// Everything `status` shows.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub daemon: DaemonView,
+    pub readers: Vec<ReaderView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DaemonView {
+    pub running: bool,
+    #[serde(flatten)]
+    pub row: Option<DaemonStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReaderView {
+    #[serde(flatten)]
+    pub row: ReaderStatus,
+    /// In the configuration file now (a removed reader keeps its rows).
+    pub configured: bool,
+    pub stale: bool,
+    pub poll_interval_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<ReaderEvent>>,
+}
+
+impl Report {
+    /// Judges the rows against the configuration.
+    pub fn new(config: &Config, daemon: Option<DaemonStatus>, rows: Vec<ReaderStatus>) -> Report {
+        let intervals: HashMap<&str, Duration> = config
+            .readers
+            .iter()
+            .map(|r| (r.name.as_str(), r.poll_interval))
+            .collect();
+        let readers = rows
+            .into_iter()
+            .map(|row| {
+                let interval = intervals.get(row.name.as_str()).copied();
+                ReaderView {
+                    configured: interval.is_some(),
+                    stale: interval.is_some_and(|i| is_stale(&row, i)),
+                    poll_interval_seconds: interval.map(|i| i.as_secs()),
+                    row,
+                    events: None,
+                }
+            })
+            .collect();
+        Report {
+            daemon: DaemonView {
+                running: daemon.as_ref().is_some_and(|d| daemon_alive(d).is_ok()),
+                row: daemon,
+            },
+            readers,
+        }
+    }
+}
+
+fn is_stale(row: &ReaderStatus, interval: Duration) -> bool {
+    let limit = (interval * STALE_AFTER_INTERVALS).as_secs_f64();
+    row.seconds_without_success.is_some_and(|s| s > limit)
+}
+
+/// `Ok` when the daemon's heartbeat is recent; else why it is not.
+pub fn daemon_alive(d: &DaemonStatus) -> Result<(), String> {
+    if let Some(stopped) = &d.stopped_at
+        && d.heartbeat_at.is_none()
+    {
+        return Err(format!("the daemon (pid {}) stopped at {stopped}", d.pid));
+    }
+    let limit = d.heartbeat_seconds * MISSED_HEARTBEATS;
+    match d.heartbeat_age {
+        Some(age) if age <= limit => Ok(()),
+        Some(age) => Err(format!(
+            "no heartbeat from the daemon (pid {}) for {}; expected every {}",
+            d.pid,
+            seconds(age),
+            seconds(d.heartbeat_seconds)
+        )),
+        None => Err(format!("the daemon (pid {}) never beat", d.pid)),
+    }
+}
+
+fn seconds(s: f64) -> String {
+    let whole = Duration::from_secs(s.max(0.0).round() as u64);
+    if whole.is_zero() {
+        format!("{s:.1}s")
+    } else {
+        humantime::format_duration(whole).to_string()
+    }
+}
+
+/// systemd's STATUS= line: `5 readers: 4 ok, 1 needs_authorization`.
+pub fn summary(rows: &[ReaderStatus], config: &Config) -> String {
+    let configured: Vec<&ReaderStatus> = rows
+        .iter()
+        .filter(|r| config.reader(&r.name).is_some())
+        .collect();
+    let n = configured.len();
+    let mut line = format!("{n} reader{}", if n == 1 { "" } else { "s" });
+    let counts: Vec<String> = [
+        ReaderState::Ok,
+        ReaderState::Retrying,
+        ReaderState::NeedsAuthorization,
+        ReaderState::Misconfigured,
+    ]
+    .into_iter()
+    .filter_map(|state| {
+        let k = configured
+            .iter()
+            .filter(|r| r.state == state.as_str())
+            .count();
+        (k > 0).then(|| format!("{k} {}", state.as_str()))
+    })
+    .collect();
+    if !counts.is_empty() {
+        line.push_str(": ");
+        line.push_str(&counts.join(", "));
+    }
+    line
+}
+
+/// The daemon line(s) above the table.
+fn daemon_lines(d: &DaemonView) -> String {
+    let Some(row) = &d.row else {
+        return "daemon: never ran on this database\n".into();
+    };
+    let mut out = match daemon_alive(row) {
+        Ok(()) => format!(
+            "daemon: running (pid {}, since {}, config {})\n",
+            row.pid, row.started_at, row.config_path
+        ),
+        Err(why) => format!("daemon: not running: {why}\n"),
+    };
+    if let Some(error) = &row.reload_error {
+        out.push_str(&format!(
+            "daemon: config reload failed at {}; the previous configuration is still running: {error}\n",
+            row.reload_error_at.as_deref().unwrap_or("?")
+        ));
+    }
+    out
+}
+
+/// The whole text report: daemon, table, warnings, and the history of
+/// readers that carry it.
+pub fn render_report(report: &Report) -> String {
+    let mut out = daemon_lines(&report.daemon);
+    let rows: Vec<ReaderStatus> = report.readers.iter().map(|r| r.row.clone()).collect();
+    out.push_str(&render(&rows));
+    for r in &report.readers {
+        if !r.configured {
+            out.push_str(&format!(
+                "note: {}: no longer in the configuration; its rows are kept\n",
+                r.row.name
+            ));
+        } else if r.stale {
+            let interval = Duration::from_secs(r.poll_interval_seconds.unwrap_or(0));
+            out.push_str(&format!(
+                "warning: {}: stale: no success for {} ({STALE_AFTER_INTERVALS}x its poll interval \
+                 of {} is the limit); see `mail2ticket status --reader {}`\n",
+                r.row.name,
+                seconds(r.row.seconds_without_success.unwrap_or(0.0)),
+                humantime::format_duration(interval),
+                r.row.name
+            ));
+        }
+        if let Some(events) = &r.events {
+            out.push_str(&format!("\nhistory of {} (newest first):\n", r.row.name));
+            if events.is_empty() {
+                out.push_str("(none)\n");
+            }
+            for e in events {
+                out.push_str(&format!("{}  {:<5}  {}\n", e.at, e.level, e.message));
+            }
+        }
+    }
+    out
+}
 
 /// Entra ends a refresh token after 90 days without use; warn ten days
 /// ahead, while a restart or a `check` still saves it.
@@ -92,12 +286,14 @@ mod tests {
             protocol: "imap".into(),
             state: "retrying".into(),
             grant_type: Some("password".into()),
+            added_at: Some("2026-11-20T10:00:00Z".into()),
             last_poll_at: Some("2026-11-25T10:00:00Z".into()),
             last_success_at: None,
             last_error: Some("connection refused: 127.0.0.1:1".into()),
             last_error_at: Some("2026-11-25T10:00:00Z".into()),
             consecutive_failures: 3,
             refresh_idle_days: Some(2),
+            seconds_without_success: Some(400.0),
         }
     }
 

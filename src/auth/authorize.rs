@@ -71,6 +71,7 @@ impl TokenStore {
         ui: &impl Interaction,
     ) -> Result<Authorized, AuthError> {
         let app = self.app(req.oauth)?;
+        let app = &*app;
         let client = self.client(app)?;
         let scope = super::scope_for(app, req);
         let port = options.port.unwrap_or(app.redirect_port);
@@ -155,6 +156,7 @@ impl TokenStore {
         ui: &impl Interaction,
     ) -> Result<Authorized, AuthError> {
         let app = self.app(req.oauth)?;
+        let app = &*app;
         let client = self.client(app)?;
         let scope = super::scope_for(app, req);
         let credential = Credential::for_request(app)?;

@@ -316,7 +316,7 @@ impl Env {
         let cancel = tokio_util::sync::CancellationToken::new();
         let handle = tokio::spawn({
             let (config, cancel) = (config.clone(), cancel.clone());
-            async move { mail2ticket::daemon::run(&config, cancel).await }
+            async move { mail2ticket::daemon::run(config, cancel).await }
         });
         (cancel, handle)
     }

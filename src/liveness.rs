@@ -1,0 +1,117 @@
+//! Liveness and readiness: what `/healthz`, `/readyz` and the systemd
+//! watchdog report.
+//!
+//! Owns one rule: the daemon is alive only while the scheduler's heartbeat
+//! keeps succeeding. The heartbeat is a database write made by the
+//! scheduler's own loop, so a hung loop, a wedged runtime or a database
+//! that takes no writes all stop it; no separate timer vouches for a
+//! scheduler that stopped working.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Shared between the scheduler (which beats) and the HTTP endpoints (which
+/// read); cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    period: Duration,
+    last: Mutex<Beat>,
+    ready: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Beat {
+    ok_at: Option<Instant>,
+    failure: Option<String>,
+}
+
+/// Beats missed before the daemon counts as dead.
+const MISSED_BEATS: u32 = 3;
+
+impl Liveness {
+    /// The scheduler beats every `period`.
+    pub fn new(period: Duration) -> Liveness {
+        Liveness {
+            inner: Arc::new(Inner {
+                period,
+                last: Mutex::new(Beat {
+                    ok_at: None,
+                    failure: None,
+                }),
+                ready: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn period(&self) -> Duration {
+        self.inner.period
+    }
+
+    fn last(&self) -> std::sync::MutexGuard<'_, Beat> {
+        // The guarded value is two plain fields, consistent after any panic.
+        self.inner.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn beat_ok(&self) {
+        let mut last = self.last();
+        last.ok_at = Some(Instant::now());
+        last.failure = None;
+    }
+
+    pub fn beat_failed(&self, why: String) {
+        self.last().failure = Some(why);
+    }
+
+    /// `Ok` while the last heartbeat succeeded and is recent; else why not.
+    pub fn alive(&self) -> Result<(), String> {
+        let last = self.last();
+        if let Some(why) = &last.failure {
+            return Err(format!("scheduler heartbeat failed: {why}"));
+        }
+        let limit = self.inner.period * MISSED_BEATS;
+        match last.ok_at {
+            None => Err("the scheduler has not started".into()),
+            Some(at) if at.elapsed() > limit => Err(format!(
+                "no scheduler heartbeat for {:.1} s",
+                at.elapsed().as_secs_f64()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Ready: started (store open, readers registered) and not stopping.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alive_only_while_beats_succeed_and_are_recent() {
+        let live = Liveness::new(Duration::from_millis(20));
+        assert!(live.alive().is_err(), "not alive before the first beat");
+        live.beat_ok();
+        assert!(live.alive().is_ok());
+        live.beat_failed("database is locked".into());
+        let why = live.alive().expect_err("a failed beat is not alive");
+        assert!(why.contains("database is locked"), "{why}");
+        live.beat_ok();
+        assert!(live.alive().is_ok());
+        std::thread::sleep(Duration::from_millis(80));
+        let why = live.alive().expect_err("a stale beat is not alive");
+        assert!(why.contains("no scheduler heartbeat"), "{why}");
+    }
+}
