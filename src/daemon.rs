@@ -242,14 +242,18 @@ impl Supervisor {
         };
         match failure {
             None => {
-                self.liveness.beat_ok();
+                if self.liveness.beat_ok() {
+                    tracing::info!("scheduler heartbeat works again");
+                }
                 self.notifier.ping();
             }
             Some(why) => {
-                if self.liveness.alive().is_ok() {
-                    tracing::error!(error = %why, "scheduler heartbeat failed; reporting unhealthy");
+                // Once per run of failures: a long outage must not flood the log.
+                if self.liveness.beat_failed(why.clone()) {
+                    tracing::warn!(error = %why, "scheduler heartbeat failed; no watchdog pings until it works");
+                } else {
+                    tracing::debug!(error = %why, "scheduler heartbeat failed again");
                 }
-                self.liveness.beat_failed(why);
             }
         }
     }

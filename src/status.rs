@@ -324,4 +324,117 @@ mod tests {
         );
         assert!(warning.contains("(in 7 days)"), "{warning}");
     }
+
+    fn config(readers: &[(&str, u64)]) -> Config {
+        let mut text = String::from("[daemon]\npoll_interval = \"60s\"\n");
+        for (name, secs) in readers {
+            text.push_str(&format!(
+                "[[reader]]\nname = \"{name}\"\nprotocol = \"imap\"\nhost = \"127.0.0.1\"\n\
+                 tls = \"none\"\nusername = \"u\"\nauth = \"plain\"\npassword = \"p\"\n\
+                 poll_interval = \"{secs}s\"\n"
+            ));
+        }
+        Config::parse(std::path::Path::new("/etc/m2t.toml"), &text).expect("config")
+    }
+
+    fn named(name: &str, state: &str, without_success: f64) -> ReaderStatus {
+        ReaderStatus {
+            name: name.into(),
+            state: state.into(),
+            seconds_without_success: Some(without_success),
+            ..row()
+        }
+    }
+
+    fn daemon(age: Option<f64>, stopped: bool) -> DaemonStatus {
+        DaemonStatus {
+            pid: 42,
+            started_at: "2026-11-25T10:00:00Z".into(),
+            heartbeat_at: age.map(|_| "2026-11-25T10:00:00.000Z".into()),
+            heartbeat_seconds: 5.0,
+            stopped_at: stopped.then(|| "2026-11-25T11:00:00Z".into()),
+            config_path: "/etc/m2t.toml".into(),
+            reloaded_at: None,
+            reload_error: None,
+            reload_error_at: None,
+            heartbeat_age: age,
+        }
+    }
+
+    #[test]
+    fn summary_counts_configured_readers_by_state() {
+        let config = config(&[("a", 60), ("b", 60), ("c", 60)]);
+        let rows = [
+            named("a", "ok", 1.0),
+            named("b", "needs_authorization", 1.0),
+            named("c", "ok", 1.0),
+            named("removed", "retrying", 1.0),
+        ];
+        assert_eq!(
+            summary(&rows, &config),
+            "3 readers: 2 ok, 1 needs_authorization"
+        );
+        assert_eq!(summary(&rows[..1], &config), "1 reader: 1 ok");
+        assert_eq!(summary(&[], &config), "0 readers");
+    }
+
+    #[test]
+    fn stale_means_three_poll_intervals_without_success() {
+        let config = config(&[("fast", 10), ("slow", 600)]);
+        let report = Report::new(
+            &config,
+            Some(daemon(Some(1.0), false)),
+            vec![
+                named("fast", "ok", 31.0),
+                named("slow", "ok", 31.0),
+                named("gone", "ok", 99_999.0),
+            ],
+        );
+        let stale: Vec<(&str, bool, bool)> = report
+            .readers
+            .iter()
+            .map(|r| (r.row.name.as_str(), r.stale, r.configured))
+            .collect();
+        assert_eq!(
+            stale,
+            [
+                ("fast", true, true),
+                ("slow", false, true),
+                ("gone", false, false)
+            ]
+        );
+        assert!(report.daemon.running);
+        let text = render_report(&report);
+        assert!(text.starts_with("daemon: running (pid 42"), "{text}");
+        assert!(
+            text.contains("warning: fast: stale: no success for 31s"),
+            "{text}"
+        );
+        assert!(!text.contains("warning: slow"), "{text}");
+        assert!(
+            text.contains("note: gone: no longer in the configuration"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(json["readers"][0]["stale"], true);
+        assert_eq!(json["readers"][0]["poll_interval_seconds"], 10);
+        assert_eq!(json["readers"][2]["configured"], false);
+        assert_eq!(json["daemon"]["pid"], 42);
+        assert!(json["readers"][0].get("events").is_none());
+    }
+
+    #[test]
+    fn daemon_is_alive_only_with_a_recent_heartbeat() {
+        assert!(daemon_alive(&daemon(Some(14.0), false)).is_ok());
+        let old = daemon_alive(&daemon(Some(16.0), false)).expect_err("old heartbeat");
+        assert!(
+            old.contains("no heartbeat from the daemon (pid 42) for 16s"),
+            "{old}"
+        );
+        let stopped = daemon_alive(&daemon(None, true)).expect_err("stopped");
+        assert!(
+            stopped.contains("stopped at 2026-11-25T11:00:00Z"),
+            "{stopped}"
+        );
+    }
 }
