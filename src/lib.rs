@@ -27,11 +27,21 @@
 //! * [`reader`]: one poll of one reader, linking token, protocol and health.
 //! * [`scheduler`]: one task per reader, intervals (or IDLE), backoff, and
 //!   parking readers that wait for an admin.
-//! * [`daemon`]: start-up wiring and the `run` / `run --once` / `check` /
+//! * [`daemon`]: start-up wiring, the supervisor loop of `run` (heartbeat,
+//!   reloads, systemd status), and the `run --once` / `check` /
 //!   `authorize` modes.
+//!
+//! Around that path, for the people who run it:
+//!
 //! * [`shutdown`]: the cancellation token and the signals that fire it.
-//! * [`status`]: the `status` table and its warnings.
-//! * [`logging`]: the tracing subscriber, with credential-bearing targets capped.
+//! * [`reload`]: what asks for a config reload (SIGHUP, a changed file).
+//! * [`liveness`]: the heartbeat rule behind `/healthz` and the watchdog.
+//! * [`notify`]: what systemd is told (READY, STATUS, WATCHDOG, STOPPING).
+//! * [`metrics`]: the Prometheus registry and every metric's name.
+//! * [`http`]: `/healthz`, `/readyz`, `/metrics`.
+//! * [`status`]: `status` and `health`: tables, JSON, stale readers.
+//! * [`logging`]: the tracing subscriber (text or JSON), with
+//!   credential-bearing targets capped.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls these.
 

@@ -115,7 +115,12 @@ impl Scheduler {
                 }
                 None => {
                     applied.added.push(name.clone());
-                    None
+                    // Removed by an earlier reload and back before its old
+                    // task finished: the new one waits for it.
+                    self.retiring
+                        .iter()
+                        .position(|(retired, _)| *retired == name)
+                        .map(|i| self.retiring.swap_remove(i).1)
                 }
             };
             self.spawn(registered, previous);
