@@ -260,12 +260,12 @@ impl Supervisor {
 
     /// The one-line STATUS=, e.g. `5 readers: 4 ok, 1 needs_authorization`.
     async fn summary(&self) -> String {
-        let rows = match self.ctx.store.reader_statuses().await {
+        let rows = match self.ctx.store.status_view().reader_statuses().await {
             Ok(rows) => rows,
             Err(e) => return format!("cannot read reader states: {e}"),
         };
         let mut line = status::summary(&rows, &self.config);
-        if let Ok(Some(daemon)) = self.ctx.store.daemon_status().await
+        if let Ok(Some(daemon)) = self.ctx.store.status_view().daemon_status().await
             && daemon.reload_error.is_some()
         {
             line.push_str("; config reload failed, see `mail2ticket status`");

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use mail2ticket::auth::{CodeFlowOptions, Interaction};
 use mail2ticket::config::{self, Config};
 use mail2ticket::daemon::SignInMethod;
-use mail2ticket::{daemon, shutdown, status, store::Store};
+use mail2ticket::{daemon, shutdown, status, store::StatusView};
 
 /// Turns support mailboxes into helpdesk tickets.
 #[derive(Parser)]
@@ -192,7 +192,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             limit,
             json,
         } => {
-            let store = Store::open(&config.store).await?;
+            let store = StatusView::open(&config.store).await?;
             let mut rows = store.reader_statuses().await?;
             if let Some(name) = &reader {
                 rows.retain(|r| &r.name == name);
@@ -215,7 +215,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
         Command::Health => {
-            let store = Store::open(&config.store).await?;
+            let store = StatusView::open(&config.store).await?;
             let verdict = match store.daemon_status().await? {
                 Some(daemon) => status::daemon_alive(&daemon),
                 None => Err("the daemon never ran on this database".into()),

@@ -8,7 +8,7 @@
 
 use sqlx::{Sqlite, Transaction};
 
-use super::{BEGIN_WRITE, NOW, ReaderIdentity, ReaderState, Store, StoreError};
+use super::{BEGIN_WRITE, NOW, ReaderIdentity, ReaderState, StatusView, Store, StoreError};
 
 /// History rows kept per reader.
 pub const EVENTS_KEPT: i64 = 1000;
@@ -244,41 +244,6 @@ impl Store {
         Ok(())
     }
 
-    /// The reader's newest `limit` history rows, newest first.
-    pub async fn reader_events(
-        &self,
-        reader: &str,
-        limit: i64,
-    ) -> Result<Vec<ReaderEvent>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT at, level, message FROM reader_events WHERE reader = ?
-             ORDER BY id DESC LIMIT ?",
-        )
-        .bind(reader)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    pub async fn reader_statuses(&self) -> Result<Vec<ReaderStatus>, StoreError> {
-        // A refresh token is only ever used by readers with a delegated grant.
-        Ok(sqlx::query_as(
-            "SELECT r.name, r.protocol, r.state, r.grant_type, r.added_at, r.last_poll_at,
-                    r.last_success_at, r.last_error, r.last_error_at, r.consecutive_failures,
-                    CAST(julianday('now') - julianday(t.last_used_at) AS INTEGER)
-                        AS refresh_idle_days,
-                    (julianday('now') - julianday(COALESCE(r.last_success_at, r.added_at)))
-                        * 86400.0 AS seconds_without_success
-             FROM readers r
-             LEFT JOIN oauth_tokens t
-               ON t.oauth = r.oauth AND t.account = r.account COLLATE NOCASE
-                  AND r.grant_type <> 'client_credentials'
-             ORDER BY r.name",
-        )
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
     /// Claims the `daemon` row for this process.
     pub async fn daemon_started(
         &self,
@@ -340,6 +305,43 @@ impl Store {
             }
         };
         Ok(())
+    }
+}
+
+impl StatusView {
+    /// The reader's newest `limit` history rows, newest first.
+    pub async fn reader_events(
+        &self,
+        reader: &str,
+        limit: i64,
+    ) -> Result<Vec<ReaderEvent>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT at, level, message FROM reader_events WHERE reader = ?
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(reader)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn reader_statuses(&self) -> Result<Vec<ReaderStatus>, StoreError> {
+        // A refresh token is only ever used by readers with a delegated grant.
+        Ok(sqlx::query_as(
+            "SELECT r.name, r.protocol, r.state, r.grant_type, r.added_at, r.last_poll_at,
+                    r.last_success_at, r.last_error, r.last_error_at, r.consecutive_failures,
+                    CAST(julianday('now') - julianday(t.last_used_at) AS INTEGER)
+                        AS refresh_idle_days,
+                    (julianday('now') - julianday(COALESCE(r.last_success_at, r.added_at)))
+                        * 86400.0 AS seconds_without_success
+             FROM readers r
+             LEFT JOIN oauth_tokens t
+               ON t.oauth = r.oauth AND t.account = r.account COLLATE NOCASE
+                  AND r.grant_type <> 'client_credentials'
+             ORDER BY r.name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn daemon_status(&self) -> Result<Option<DaemonStatus>, StoreError> {
@@ -419,7 +421,11 @@ mod tests {
                 .await
                 .expect("failure");
         }
-        let events = store.reader_events("r", 5000).await.expect("events");
+        let events = store
+            .status_view()
+            .reader_events("r", 5000)
+            .await
+            .expect("events");
         assert_eq!(events.len() as i64, EVENTS_KEPT);
         assert_eq!(events[0].message, "retrying: failure 1004");
         assert_eq!(events[0].level, "warn");
@@ -427,7 +433,11 @@ mod tests {
             events.last().map(|e| e.message.as_str()),
             Some("retrying: failure 5")
         );
-        let other = store.reader_events("other", 10).await.expect("events");
+        let other = store
+            .status_view()
+            .reader_events("other", 10)
+            .await
+            .expect("events");
         assert_eq!(other.len(), 1, "pruning is per reader");
     }
 
@@ -442,7 +452,11 @@ mod tests {
             .expect("failure");
         store.record_success("r").await.expect("success");
         store.record_success("r").await.expect("success");
-        let events = store.reader_events("r", 10).await.expect("events");
+        let events = store
+            .status_view()
+            .reader_events("r", 10)
+            .await
+            .expect("events");
         let messages: Vec<(&str, &str)> = events
             .iter()
             .map(|e| (e.level.as_str(), e.message.as_str()))
@@ -472,15 +486,30 @@ mod tests {
             .record_reload(Err("/etc/x.toml:3: bad"))
             .await
             .expect("reload");
-        let status = store.daemon_status().await.expect("status").expect("row");
+        let status = store
+            .status_view()
+            .daemon_status()
+            .await
+            .expect("status")
+            .expect("row");
         assert_eq!(status.reload_error.as_deref(), Some("/etc/x.toml:3: bad"));
         assert!(status.heartbeat_age.is_some_and(|age| age < 60.0));
         store.record_reload(Ok(())).await.expect("reload");
-        let status = store.daemon_status().await.expect("status").expect("row");
+        let status = store
+            .status_view()
+            .daemon_status()
+            .await
+            .expect("status")
+            .expect("row");
         assert_eq!(status.reload_error, None);
         assert!(status.reloaded_at.is_some());
         store.daemon_stopped().await.expect("stop");
-        let status = store.daemon_status().await.expect("status").expect("row");
+        let status = store
+            .status_view()
+            .daemon_status()
+            .await
+            .expect("status")
+            .expect("row");
         assert!(status.heartbeat_at.is_none() && status.stopped_at.is_some());
     }
 }

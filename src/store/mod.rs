@@ -16,7 +16,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use health::{DaemonStatus, ReaderEvent, ReaderStatus};
+pub use health::{DaemonStatus, EVENTS_KEPT, ReaderEvent, ReaderStatus};
 pub use key::{KeyError, StoreKey};
 pub use tickets::{BatchOutcome, FolderPosition};
 
@@ -38,6 +38,11 @@ const KEY_CHECK_PLAINTEXT: &[u8] = b"mail2ticket store key check";
 pub enum StoreError {
     #[error("database {url}: {source}")]
     Open { url: String, source: sqlx::Error },
+    #[error(
+        "database {} does not exist; has the daemon run with this configuration? \
+         (a relative [store] database is relative to the working directory)", .file.display()
+    )]
+    Missing { file: std::path::PathBuf },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -111,17 +116,58 @@ pub struct ReaderIdentity<'a> {
     pub config_hash: &'a str,
 }
 
-impl Store {
-    /// Opens (creating if missing) the database, applies migrations and
-    /// checks that the store key matches it.
-    pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
-            url: config.database.clone(),
-            source,
-        };
+/// Read access to health and history, for `status` and `health`: needs
+/// no store key and creates nothing, so an admin can run them from any
+/// directory and as another user without leaving a stray database or key
+/// file behind.
+#[derive(Clone, Debug)]
+pub struct StatusView {
+    pool: SqlitePool,
+}
+
+impl StatusView {
+    /// Opens the existing database; an error if there is none.
+    pub async fn open(config: &StoreConfig) -> Result<StatusView, StoreError> {
+        // Read-only, and without the daemon's pragmas: run as root while
+        // the daemon is stopped, a writing connection would leave a -wal
+        // file owned by root that the daemon's user cannot open.
         let options = SqliteConnectOptions::from_str(&config.database)
-            .map_err(open_err)?
-            .create_if_missing(true)
+            .map_err(|source| StoreError::Open {
+                url: config.database.clone(),
+                source,
+            })?
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(5));
+        let file = options.get_filename().to_path_buf();
+        if !file.exists() {
+            return Err(StoreError::Missing { file });
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: config.database.clone(),
+                source,
+            })?;
+        Ok(StatusView { pool })
+    }
+}
+
+impl Store {
+    /// The same queries as [`StatusView`], on the daemon's own pool.
+    pub fn status_view(&self) -> StatusView {
+        StatusView {
+            pool: self.pool.clone(),
+        }
+    }
+
+    fn options(config: &StoreConfig) -> Result<SqliteConnectOptions, StoreError> {
+        let options = SqliteConnectOptions::from_str(&config.database)
+            .map_err(|source| StoreError::Open {
+                url: config.database.clone(),
+                source,
+            })?
             // WAL lets `status` read while a reader commits. NORMAL survives
             // any process crash; a power cut may roll back the last commits,
             // which is safe here: new mail is found by UID, not by \Seen, so
@@ -133,6 +179,17 @@ impl Store {
             // Checkpoint every 32 MiB of WAL rather than 4 MiB: far fewer
             // checkpoint fsyncs while a big mailbox is ingested.
             .pragma("wal_autocheckpoint", "8000");
+        Ok(options)
+    }
+
+    /// Opens (creating if missing) the database, applies migrations and
+    /// checks that the store key matches it.
+    pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            url: config.database.clone(),
+            source,
+        };
+        let options = Store::options(config)?.create_if_missing(true);
         let database_file = options.get_filename().to_path_buf();
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

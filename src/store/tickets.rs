@@ -513,7 +513,7 @@ mod tests {
                 .expect("fail"),
             2
         );
-        let s = &store.reader_statuses().await.expect("status")[0];
+        let s = &store.status_view().reader_statuses().await.expect("status")[0];
         assert_eq!(s.last_error.as_deref(), Some("boom again"));
         assert_eq!(s.consecutive_failures, 2);
         assert_eq!(s.state, "needs_authorization");
@@ -565,7 +565,7 @@ mod tests {
         .await
         .expect("age the token");
         store.record_success("r").await.expect("ok");
-        let s = &store.reader_statuses().await.expect("status")[0];
+        let s = &store.status_view().reader_statuses().await.expect("status")[0];
         assert_eq!(s.last_error, None);
         assert_eq!(s.consecutive_failures, 0);
         assert_eq!(s.state, "ok");
