@@ -23,6 +23,13 @@ pub enum KeyError {
     #[error("store key {path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error(
+        "no store key for this database: none configured ([store] key_file), none in \
+         $CREDENTIALS_DIRECTORY/mail2ticket.key, none at {}. The database was sealed with \
+         a key; run this as the daemon does (same user, same credentials), or point \
+         key_file at the key", .beside.display()
+    )]
+    Missing { beside: PathBuf },
+    #[error(
         "store key {path} does not match this database: stored tokens cannot be decrypted. \
          Restore the key file this database was created with, or delete the database's \
          oauth_tokens and store_key_check rows to start over (readers then sign in again)"
@@ -47,8 +54,15 @@ impl fmt::Debug for StoreKey {
 
 impl StoreKey {
     /// Finds the key as described in the module docs; generates one beside
-    /// `database_file` only when no key was configured anywhere.
-    pub fn locate(configured: Option<&Path>, database_file: &Path) -> Result<StoreKey, KeyError> {
+    /// `database_file` only when no key was configured anywhere and the
+    /// database has never been sealed with one (`new_database`): a key
+    /// generated for a database sealed under another key could only fail
+    /// the key check, and would leave a stray file behind.
+    pub fn locate(
+        configured: Option<&Path>,
+        database_file: &Path,
+        new_database: bool,
+    ) -> Result<StoreKey, KeyError> {
         if let Some(path) = configured {
             return StoreKey::read(path);
         }
@@ -63,8 +77,10 @@ impl StoreKey {
         let path = PathBuf::from(name);
         if path.exists() {
             StoreKey::read(&path)
-        } else {
+        } else if new_database {
             StoreKey::generate(&path)
+        } else {
+            Err(KeyError::Missing { beside: path })
         }
     }
 
@@ -197,7 +213,7 @@ mod tests {
     fn generated_key_is_private_and_round_trips() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("m.db");
-        let key = StoreKey::locate(None, &db).expect("generate");
+        let key = StoreKey::locate(None, &db, true).expect("generate");
         let mode = std::fs::metadata(dir.path().join("m.db.key"))
             .expect("key file")
             .permissions()
@@ -211,18 +227,25 @@ mod tests {
         );
         assert!(key.open(b"other row", &sealed).is_err(), "context is bound");
 
-        let again = StoreKey::locate(None, &db).expect("re-read");
+        let again = StoreKey::locate(None, &db, true).expect("re-read");
         assert_eq!(
             again.open(b"row", &sealed).expect("same key"),
             b"refresh-token-value"
+        );
+        std::fs::remove_file(key.path()).expect("remove the key");
+        let err = StoreKey::locate(None, &db, false).expect_err("a sealed database");
+        assert!(matches!(err, KeyError::Missing { .. }), "{err}");
+        assert!(
+            !key.path().exists(),
+            "no key generated for a sealed database"
         );
     }
 
     #[test]
     fn wrong_key_is_an_error_not_garbage() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let a = StoreKey::locate(None, &dir.path().join("a.db")).expect("a");
-        let b = StoreKey::locate(None, &dir.path().join("b.db")).expect("b");
+        let a = StoreKey::locate(None, &dir.path().join("a.db"), true).expect("a");
+        let b = StoreKey::locate(None, &dir.path().join("b.db"), true).expect("b");
         let err = b.open(b"x", &a.seal(b"x", b"secret")).unwrap_err();
         assert!(
             err.to_string().contains("does not match this database"),
@@ -235,9 +258,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("k");
         std::fs::write(&path, "not hex").expect("write");
-        let err = StoreKey::locate(Some(&path), Path::new("unused")).unwrap_err();
+        let err = StoreKey::locate(Some(&path), Path::new("unused"), true).unwrap_err();
         assert!(err.to_string().contains("64 hex digits"), "{err}");
-        let missing = StoreKey::locate(Some(&dir.path().join("nope")), Path::new("x")).unwrap_err();
+        let missing =
+            StoreKey::locate(Some(&dir.path().join("nope")), Path::new("x"), true).unwrap_err();
         assert!(missing.to_string().contains("nope"), "{missing}");
     }
 }

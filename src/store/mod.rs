@@ -198,7 +198,10 @@ impl Store {
             .map_err(open_err)?;
         sqlx::migrate!("./migrations").run(&pool).await?;
 
-        let key = StoreKey::locate(config.key_file.as_deref(), &database_file)?;
+        let (sealed,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM store_key_check")
+            .fetch_one(&pool)
+            .await?;
+        let key = StoreKey::locate(config.key_file.as_deref(), &database_file, sealed == 0)?;
         let store = Store {
             pool,
             key: std::sync::Arc::new(key),
