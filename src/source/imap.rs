@@ -377,6 +377,20 @@ impl Session {
     }
 
     /// UIDs above `watermark`, ascending.
+    /// Takes the server's unsolicited announcements the crate set aside;
+    /// true when one says the folder grew (new mail).
+    fn take_announcements(&mut self) -> bool {
+        let mut grew = false;
+        while let Ok(response) = self.inner.unsolicited_responses.try_recv() {
+            grew |= matches!(
+                response,
+                async_imap::types::UnsolicitedResponse::Exists(_)
+                    | async_imap::types::UnsolicitedResponse::Recent(1..)
+            );
+        }
+        grew
+    }
+
     async fn uids_after(&mut self, watermark: u32) -> Result<Vec<u32>, ImapError> {
         let query = format!("UID {}:*", watermark.saturating_add(1));
         let found = step(self.timeout, "UID SEARCH", self.inner.uid_search(query)).await?;
@@ -591,12 +605,19 @@ pub async fn idle(
     at_most: Duration,
 ) -> Idled {
     let renew = IDLE_RENEW.min(at_most);
-    let Some(conn) = kept.take() else {
+    let Some(mut conn) = kept.take() else {
         return Idled::Unsupported;
     };
     if !conn.session.caps.idle {
         conn.session.logout().await;
         return Idled::Unsupported;
+    }
+    // Mail that arrived after the poll's search was announced (EXISTS) in
+    // answer to a later command, and IDLE would not announce it again:
+    // poll at once instead of waiting for the next change.
+    if conn.session.take_announcements() {
+        *kept = Some(conn);
+        return Idled::Changed;
     }
     let Connection { session, selected } = conn;
     let Session {
@@ -701,6 +722,8 @@ pub async fn poll(
         );
     }
     let uids = session.uids_after(watermark).await?;
+    // Whatever was announced up to here, this search has seen.
+    session.take_announcements();
     if !uids.is_empty() {
         tracing::debug!(new = uids.len(), "new mail");
     }
