@@ -28,6 +28,8 @@ pub struct Env {
     oauth_extra: Mutex<String>,
     /// Further `[[oauth]]` entries (whole tables).
     more_apps: Mutex<String>,
+    /// TOML lines added to the `[daemon]` table.
+    daemon_extra: Mutex<String>,
 }
 
 /// One `[[reader]]` entry; `Env::reader` fills in working defaults.
@@ -104,6 +106,7 @@ impl Env {
             dir,
             oauth_extra: Mutex::new(String::new()),
             more_apps: Mutex::new(String::new()),
+            daemon_extra: Mutex::new(String::new()),
         };
         env.set_password(USER, PASSWORD);
         env
@@ -185,6 +188,17 @@ impl Env {
         *self.oauth_extra.lock().expect("lock") = toml.to_string();
     }
 
+    /// Sets TOML lines written into the `[daemon]` table after
+    /// `poll_interval` (e.g. `listen = "127.0.0.1:8080"`), replacing what
+    /// an earlier call set.
+    pub fn set_daemon_extra(&self, toml: &str) {
+        let mut lines = toml.to_string();
+        if !lines.is_empty() && !lines.ends_with('\n') {
+            lines.push('\n');
+        }
+        *self.daemon_extra.lock().expect("lock") = lines;
+    }
+
     /// Adds a whole `[[oauth]]` entry named `name` for the same IdP app,
     /// with `extra` TOML lines.
     pub fn add_app(&self, name: &str, extra: &str) {
@@ -204,8 +218,9 @@ impl Env {
 
     pub fn config_toml(&self, readers: &[ReaderSpec]) -> String {
         let mut text = format!(
-            "[store]\ndatabase = \"sqlite://{db}\"\n\n[daemon]\npoll_interval = \"1s\"\n",
+            "[store]\ndatabase = \"sqlite://{db}\"\n\n[daemon]\npoll_interval = \"1s\"\n{daemon}",
             db = self.db_file().display(),
+            daemon = self.daemon_extra.lock().expect("lock"),
         );
         text.push_str(&self.app_toml("test", &self.oauth_extra.lock().expect("lock")));
         text.push_str(&self.more_apps.lock().expect("lock"));
@@ -461,11 +476,30 @@ impl ChildGuard {
 
     /// Sends SIGTERM, as systemd and Docker do to stop a service.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGHUP, as `systemctl reload` does (`ExecReload=kill -HUP`).
+    pub fn hangup(&self) {
+        self.signal("HUP");
+    }
+
+    /// Sends the signal `name` ("TERM", "HUP", ...) with `kill -s`.
+    pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
+            .args(["-s", name, &self.0.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
     }
 }
 
@@ -714,4 +748,325 @@ impl Env {
         assert!(login.contains("method=PLAIN"), "{login}");
         assert!(login.contains(", TLS,"), "{login}");
     }
+}
+
+// -- Running as a service: signals, HTTP, notify, status (issue 5) --------
+
+/// A loopback TCP port that was free a moment ago (bound, then released),
+/// e.g. for `[daemon] listen`.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// The password of a mailbox added with [`Env::add_mailbox`].
+pub fn mailbox_password(user: &str) -> String {
+    format!("secret of {user}")
+}
+
+static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One row of `reader_events`.
+#[derive(Clone, Debug)]
+pub struct ReaderEvent {
+    pub id: i64,
+    pub at: String,
+    pub level: String,
+    pub message: String,
+}
+
+impl Env {
+    /// Another mailbox account besides [`USER`]: known to the IdP with
+    /// [`mailbox_password`], which its password file holds. Dovecot takes
+    /// any user the IdP vouches for.
+    pub fn add_mailbox(&self, user: &str) {
+        let password = mailbox_password(user);
+        self.idp.add_user(user, &password);
+        self.set_password(user, &password);
+    }
+
+    /// [`Env::reader`] for the mailbox `user` (from [`Env::add_mailbox`]).
+    pub fn reader_of(&self, name: &str, user: &str) -> ReaderSpec {
+        ReaderSpec {
+            username: user.into(),
+            password_file: self.password_file(user),
+            ..self.reader(name)
+        }
+    }
+
+    /// Creates and migrates the database without loading the config file
+    /// (whose `[daemon]` keys this crate version may not know yet), so
+    /// that a test can query it while a daemon it started is starting up.
+    pub async fn init_store(&self) {
+        let store = mail2ticket::config::StoreConfig {
+            database: format!("sqlite://{}", self.db_file().display()),
+            key_file: None,
+        };
+        mail2ticket::store::Store::open(&store)
+            .await
+            .expect("open the test database");
+    }
+
+    /// Writes the config file the way editors and config management do: a
+    /// new file renamed over the old one, so a watcher never reads half of
+    /// it. Returns its path.
+    pub fn write_config_atomically(&self, readers: &[ReaderSpec]) -> PathBuf {
+        let path = self.path("config.toml");
+        let tmp = self.path("config.toml.new");
+        std::fs::write(&tmp, self.config_toml(readers)).expect("write config");
+        std::fs::rename(&tmp, &path).expect("rename config");
+        path
+    }
+
+    /// Tickets made by one reader.
+    pub async fn tickets_of(&self, reader: &str) -> i64 {
+        let pool = self.db().await;
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tickets WHERE reader = ?")
+            .bind(reader)
+            .fetch_one(&pool)
+            .await
+            .expect("count tickets");
+        pool.close().await;
+        n
+    }
+
+    /// `readers.last_poll_at` of one reader (None before its first poll or
+    /// before its row exists).
+    pub async fn last_poll_at(&self, reader: &str) -> Option<String> {
+        let pool = self.db().await;
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT last_poll_at FROM readers WHERE name = ?")
+                .bind(reader)
+                .fetch_optional(&pool)
+                .await
+                .expect("query readers");
+        pool.close().await;
+        row.and_then(|r| r.0)
+    }
+
+    /// Waits (up to `limit`) until `reader` has started `n` more polls,
+    /// i.e. its `last_poll_at` took `n` new values. The column has whole
+    /// seconds and polls are at least a second apart, so each poll shows.
+    pub async fn wait_for_polls(&self, reader: &str, n: usize, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut last = self.last_poll_at(reader).await;
+        let mut seen = 0;
+        loop {
+            let now = self.last_poll_at(reader).await;
+            if now != last {
+                seen += 1;
+                last = now;
+            }
+            if seen >= n {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The reader's `reader_events` rows, oldest first (by id).
+    pub async fn reader_events(&self, reader: &str) -> Vec<ReaderEvent> {
+        let pool = self.db().await;
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT id, at, level, message FROM reader_events WHERE reader = ? ORDER BY id",
+        )
+        .bind(reader)
+        .fetch_all(&pool)
+        .await
+        .expect("query reader_events");
+        pool.close().await;
+        rows.into_iter()
+            .map(|(id, at, level, message)| ReaderEvent {
+                id,
+                at,
+                level,
+                message,
+            })
+            .collect()
+    }
+
+    /// Starts `mail2ticket -c CONFIG run` as a service would: stderr goes to
+    /// a file in the test dir ([`DaemonProcess::stderr`]), `RUST_LOG=info`
+    /// unless `envs` says otherwise, and no `NOTIFY_SOCKET` / `WATCHDOG_*`
+    /// inherited from the test's own environment (`envs` may set them).
+    pub fn spawn_service(&self, config: &Path, envs: &[(&str, &str)]) -> DaemonProcess {
+        let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr_file = self.path(&format!("daemon-{n}.stderr"));
+        let stderr = std::fs::File::create(&stderr_file).expect("create the stderr file");
+        let mut cmd = std::process::Command::new(binary());
+        cmd.args(["-c", config.to_str().expect("utf-8 path"), "run"])
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr);
+        for (key, value) in envs {
+            cmd.env(key, value);
+        }
+        DaemonProcess {
+            child: ChildGuard(cmd.spawn().expect("start the daemon")),
+            stderr_file,
+        }
+    }
+}
+
+/// `mail2ticket run` started by [`Env::spawn_service`]; killed on Drop.
+pub struct DaemonProcess {
+    pub child: ChildGuard,
+    pub stderr_file: PathBuf,
+}
+
+impl DaemonProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    pub fn hangup(&self) {
+        self.child.hangup();
+    }
+
+    pub fn terminate(&self) {
+        self.child.terminate();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_running()
+    }
+
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        self.child.wait_for_exit(limit)
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read(&self.stderr_file)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The last `n` lines of stderr, for assertion messages.
+    pub fn stderr_tail(&self, n: usize) -> String {
+        let text = self.stderr();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- daemon stderr (last {n} lines) ---\n{}\n--- end ---",
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        )
+    }
+}
+
+/// Runs the binary with `args`, killing it after `limit`:
+/// (exit code, stdout, stderr). Panics if it had to be killed.
+pub fn run_binary(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
+    let mut child = ChildGuard(
+        std::process::Command::new(binary())
+            .args(args)
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start mail2ticket"),
+    );
+    // Read both pipes while waiting, so a chatty child never blocks.
+    fn drain<R: std::io::Read + Send + 'static>(
+        pipe: Option<R>,
+    ) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    }
+    let out = drain(child.0.stdout.take());
+    let err = drain(child.0.stderr.take());
+    let status = child
+        .wait_for_exit(limit)
+        .unwrap_or_else(|| panic!("mail2ticket {args:?} did not finish within {limit:?}"));
+    let stdout = out.join().expect("stdout reader");
+    let stderr = err.join().expect("stderr reader");
+    (status.code(), stdout, stderr)
+}
+
+/// `mail2ticket -c CONFIG status ARGS...`: (exit code, stdout, stderr).
+pub fn status_binary(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut all = vec!["-c", config.to_str().expect("utf-8 path"), "status"];
+    all.extend_from_slice(args);
+    run_binary(&all, Duration::from_secs(60))
+}
+
+/// `mail2ticket -c CONFIG status --json [--reader NAME]`, parsed; panics
+/// unless it exits 0 with one JSON object on stdout.
+pub fn status_json(config: &Path, reader: Option<&str>) -> serde_json::Value {
+    let mut args = vec!["--json"];
+    if let Some(name) = reader {
+        args.extend(["--reader", name]);
+    }
+    let (code, stdout, stderr) = status_binary(config, &args);
+    assert_eq!(code, Some(0), "status {args:?} failed: {stdout}{stderr}");
+    let value: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("status {args:?} printed no JSON ({e}): {stdout}"));
+    assert!(
+        value.is_object(),
+        "status {args:?}: not an object: {stdout}"
+    );
+    value
+}
+
+/// The entry named `name` in the `readers` array of `status --json`.
+pub fn status_reader<'v>(status: &'v serde_json::Value, name: &str) -> &'v serde_json::Value {
+    status["readers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("status --json has no readers array: {status}"))
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("status --json lists no reader {name:?}: {status}"))
+}
+
+/// `mail2ticket -c CONFIG health`: (exit code, stdout and stderr together).
+pub fn health_binary(config: &Path) -> (Option<i32>, String) {
+    let (code, stdout, stderr) = run_binary(
+        &["-c", config.to_str().expect("utf-8 path"), "health"],
+        Duration::from_secs(60),
+    );
+    (code, format!("{stdout}{stderr}"))
+}
+
+/// `GET http://127.0.0.1:PORT/PATH`: (status code, body), or why no answer
+/// came (e.g. nothing listening yet). Bounded by a 20 s timeout.
+pub async fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .text()
+        .await
+        .map_err(|e| format!("GET {url}: body: {e}"))?;
+    Ok((status, body))
+}
+
+/// Waits (up to `limit`) until `GET PATH` answers `status`.
+pub async fn wait_for_http_status(port: u16, path: &str, status: u16, limit: Duration) -> bool {
+    wait_until(limit, || async {
+        http_get(port, path)
+            .await
+            .is_ok_and(|(code, _)| code == status)
+    })
+    .await
 }
