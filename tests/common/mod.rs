@@ -10,6 +10,8 @@
 //! - [`Proxy`]: a loopback proxy for plaintext IMAP / POP3 that records the
 //!   client's lines and can SIGKILL the daemon on one of them.
 //! - [`setup`]: a whole mail2ticket test environment (maintained with the library).
+//! - [`metrics`]: a parser for the `/metrics` exposition.
+//! - [`NotifySocket`]: the systemd end of the notify protocol (`NOTIFY_SOCKET`).
 //!
 //! Not every test file uses every item, hence the module-wide allows.
 #![allow(dead_code, unused_imports)]
@@ -20,6 +22,8 @@ pub mod dovecot;
 pub mod idp;
 pub mod imap;
 pub mod mail;
+pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod setup;
 pub mod time;
@@ -30,6 +34,8 @@ pub use idp::{
     DEFAULT_CLIENT_ID, DEFAULT_TENANT, DEVICE_CODE_GRANT, IdP, InjectedBody, browser_sign_in,
 };
 pub use mail::{mail, mail_of_size, mail_without_message_id, malformed_mail, message_id};
+pub use metrics::Metrics;
+pub use notify::NotifySocket;
 pub use proxy::{Action, Proxy};
 
 /// Scope a mailbox client asks Entra ID for, for IMAP and POP3 with refresh.
