@@ -1040,11 +1040,13 @@ pub fn health_binary(config: &Path) -> (Option<i32>, String) {
 }
 
 /// `GET http://127.0.0.1:PORT/PATH`: (status code, body), or why no answer
-/// came (e.g. nothing listening yet). Bounded by a 20 s timeout.
+/// came (e.g. nothing listening yet). Bounded by a 40 s timeout: longer
+/// than the daemon's 30 s SQLite busy timeout, so a probe that waits on a
+/// locked database still gets its answer.
 pub async fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
     let client = reqwest::Client::builder()
         .no_proxy()
-        .timeout(Duration::from_secs(20))
+        .timeout(Duration::from_secs(40))
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
     let url = format!("http://127.0.0.1:{port}{path}");
