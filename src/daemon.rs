@@ -274,7 +274,13 @@ impl Supervisor {
     }
 
     async fn update_status(&mut self) {
-        let line = self.summary().await;
+        // Bounded like the heartbeat: the loop that beats must never wait
+        // on the database for long, or a locked database would silence
+        // the heartbeat's own failure reports.
+        let limit = self.liveness.period().max(Duration::from_secs(1));
+        let Ok(line) = tokio::time::timeout(limit, self.summary()).await else {
+            return;
+        };
         if line != self.status_line {
             self.notifier.status(&line);
             self.status_line = line;

@@ -1,6 +1,7 @@
 //! A small reader for the Prometheus / OpenMetrics text exposition that
 //! `GET /metrics` serves: enough to look samples up by name and labels,
-//! and strict about the shape (`# EOF` last, a `# TYPE` for every family).
+//! and strict about the shape (`# EOF`, when there, last; a `# TYPE` for every
+//! family).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -30,12 +31,15 @@ const SUFFIXES: &[&str] = &[
 impl Metrics {
     /// Parses `text`; Err says what is malformed: a line that is neither a
     /// comment nor a sample, a bad label set or value, no `# EOF` as the
-    /// last line, or a sample whose family has no `# TYPE` line.
+    /// last line (OpenMetrics), or a sample whose family has no `# TYPE` line.
     pub fn parse(text: &str) -> Result<Metrics, String> {
         let lines: Vec<&str> = text.lines().collect();
-        match lines.iter().rposition(|l| !l.trim().is_empty()) {
-            Some(last) if lines[last] == "# EOF" => {}
-            _ => return Err("the exposition does not end with `# EOF`".into()),
+        // OpenMetrics ends with `# EOF`; the classic text format has none.
+        let last = lines.iter().rposition(|l| !l.trim().is_empty());
+        if let Some(eof) = lines.iter().position(|l| *l == "# EOF")
+            && Some(eof) != last
+        {
+            return Err("`# EOF` is not the last line".into());
         }
         let mut types = HashMap::new();
         let mut samples = Vec::new();
@@ -224,6 +228,7 @@ fn parse_value(text: &str) -> Result<f64, String> {
 
 /// `GET /metrics` from a daemon listening on `port`, parsed; panics with
 /// the reason (no answer, not 200, malformed) otherwise.
+/// Scrapes `/metrics` in the classic Prometheus text format (no `Accept`).
 pub async fn scrape(port: u16) -> Metrics {
     let (status, body) = super::setup::http_get(port, "/metrics")
         .await
@@ -256,4 +261,23 @@ pub async fn wait_for_metrics(
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// Scrapes `/metrics` asking for OpenMetrics, as Prometheus does; the
+/// answer must end with `# EOF`.
+pub async fn scrape_openmetrics(port: u16) -> Metrics {
+    let (status, body) = super::setup::http_get_with(
+        port,
+        "/metrics",
+        Some("application/openmetrics-text; version=1.0.0,text/plain;q=0.5"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("scraping /metrics: {e}"));
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    assert_eq!(
+        body.lines().last(),
+        Some("# EOF"),
+        "OpenMetrics ends with # EOF:\n{body}"
+    );
+    Metrics::parse(&body).unwrap_or_else(|e| panic!("malformed /metrics ({e}):\n{body}"))
 }

@@ -1044,14 +1044,26 @@ pub fn health_binary(config: &Path) -> (Option<i32>, String) {
 /// than the daemon's 30 s SQLite busy timeout, so a probe that waits on a
 /// locked database still gets its answer.
 pub async fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    http_get_with(port, path, None).await
+}
+
+/// [`http_get`] with an `Accept` header.
+pub async fn http_get_with(
+    port: u16,
+    path: &str,
+    accept: Option<&str>,
+) -> Result<(u16, String), String> {
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(40))
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
     let url = format!("http://127.0.0.1:{port}{path}");
-    let response = client
-        .get(&url)
+    let mut request = client.get(&url);
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request
         .send()
         .await
         .map_err(|e| format!("GET {url}: {e}"))?;
