@@ -8,9 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::proxy::is_command;
-use common::setup::{Env, ReaderSpec, USER, check_binary, check_capabilities, run_once_binary};
+use common::setup::{
+    Env, ReaderSpec, USER, check_binary, check_capabilities, run_once_binary, wait_until,
+};
 use common::{
-    DovecotOptions, NO_IDLE_NO_MOVE_CAPABILITY, Proxy, mail, mail_without_message_id, message_id,
+    Action, DovecotOptions, NO_IDLE_NO_MOVE_CAPABILITY, Proxy, mail, mail_without_message_id,
+    message_id,
 };
 use tokio::task::block_in_place;
 
@@ -255,6 +258,41 @@ async fn idle_makes_new_mail_a_ticket_at_once_and_survives_a_server_restart() {
     env.stop_daemon(cancel, daemon).await;
     env.assert_exactly_once(4).await;
     assert_eq!(env.dovecot.seen_count(USER, "INBOX"), 4);
+}
+
+/// Mail that arrives between an IDLE reader's search and its IDLE (here:
+/// while its after-step is held up) is announced in the answer to the
+/// after-step, not in IDLE; the reader must take it at once instead of at
+/// its next poll interval (an hour here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_takes_mail_announced_before_it_began_idling() {
+    let env = Env::start();
+    let proxy = Proxy::start(env.dovecot.imap_port());
+    let reader = ReaderSpec {
+        idle: true,
+        poll_interval: "1h",
+        ..env.reader("helpdesk").plaintext(proxy.port())
+    };
+    let config = env.config(&[reader]);
+    env.dovecot.deliver(USER, &mail(0));
+    proxy.on_client_line("UID STORE", Action::Hold(Duration::from_secs(2)));
+    let (cancel, daemon) = env.spawn_daemon(&config).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            !proxy.fired().is_empty()
+        })
+        .await,
+        "the reader's after-step reached the proxy"
+    );
+    // The first mail is committed and its \Seen is on hold: the reader has
+    // searched already and will IDLE next.
+    env.dovecot.deliver(USER, &mail(1));
+    assert!(
+        env.wait_for_tickets(2, Duration::from_secs(15)).await,
+        "the mail announced during the after-step became a ticket without waiting for IDLE"
+    );
+    env.stop_daemon(cancel, daemon).await;
+    env.assert_exactly_once(2).await;
 }
 
 /// `idle = true` against a server without IDLE (nor MOVE): the reader

@@ -21,15 +21,18 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// What a trigger does with the client line that matched it. The line's
-/// end is never forwarded (the server never executes it) and both
-/// connections are dropped.
+/// What a trigger does with the client line that matched it. With `Kill`
+/// and `Drop` the line's end is never forwarded (the server never executes
+/// it) and both connections are dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// SIGKILL this process (and wait until it is dead), then drop.
     Kill(u32),
     /// Only drop the connections, like a network failure.
     Drop,
+    /// Hold the command this long, then pass it on: a window in which the
+    /// test can change the mailbox between two of the client's commands.
+    Hold(Duration),
 }
 
 struct Trigger {
@@ -204,12 +207,16 @@ fn forward_lines(client: TcpStream, mut server: TcpStream, shared: &Shared) {
             shared.lines.lock().expect("lock").push(text.clone());
             if let Some(action) = take_trigger(shared, &text) {
                 shared.fired.lock().expect("lock").push(text);
-                if let Action::Kill(pid) = action {
-                    kill_and_wait(pid);
+                match action {
+                    Action::Hold(time) => std::thread::sleep(time),
+                    Action::Kill(pid) => kill_and_wait(pid),
+                    Action::Drop => {}
                 }
-                let _ = client.shutdown(Shutdown::Both);
-                let _ = server.shutdown(Shutdown::Both);
-                return;
+                if !matches!(action, Action::Hold(_)) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    let _ = server.shutdown(Shutdown::Both);
+                    return;
+                }
             }
             if server.write_all(end).is_err() {
                 let _ = client.shutdown(Shutdown::Both);
