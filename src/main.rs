@@ -202,9 +202,9 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             }
             let mut report = status::Report::new(&config, store.daemon_status().await?, rows);
             if let Some(name) = &reader {
-                let events = store.reader_events(name, limit).await?;
-                for r in &mut report.readers {
-                    r.events = Some(events.clone());
+                // `rows` was narrowed to this one reader above.
+                if let Some(r) = report.readers.first_mut() {
+                    r.events = Some(store.reader_events(name, limit).await?);
                 }
             }
             if json {

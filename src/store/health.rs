@@ -385,14 +385,9 @@ async fn insert_event(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreConfig;
 
     async fn store(dir: &tempfile::TempDir) -> Store {
-        let config = StoreConfig {
-            database: format!("sqlite://{}", dir.path().join("t.db").display()),
-            key_file: None,
-        };
-        let store = Store::open(&config).await.expect("open");
+        let store = crate::store::open_in(dir).await;
         store
             .register_reader(ReaderIdentity {
                 name: "r",

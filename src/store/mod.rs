@@ -116,6 +116,16 @@ pub struct ReaderIdentity<'a> {
     pub config_hash: &'a str,
 }
 
+/// A fresh store in a test's temporary directory.
+#[cfg(test)]
+pub(crate) async fn open_in(dir: &tempfile::TempDir) -> Store {
+    let config = StoreConfig {
+        database: format!("sqlite://{}", dir.path().join("t.db").display()),
+        key_file: None,
+    };
+    Store::open(&config).await.expect("open store")
+}
+
 /// Read access to health and history, for `status` and `health`: needs
 /// no store key and creates nothing, so an admin can run them from any
 /// directory and as another user without leaving a stray database or key

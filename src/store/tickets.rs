@@ -403,13 +403,7 @@ mod tests {
     use crate::ingest::parse;
     use crate::store::{ReaderIdentity, ReaderState};
 
-    async fn store(dir: &tempfile::TempDir) -> Store {
-        let config = StoreConfig {
-            database: format!("sqlite://{}", dir.path().join("t.db").display()),
-            key_file: None,
-        };
-        Store::open(&config).await.expect("open store")
-    }
+    use crate::store::open_in as store;
 
     async fn count(store: &Store, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM {table}");
