@@ -62,6 +62,17 @@ impl Cloud {
         }
     }
 
+    /// The SMTP submission host (port 587, STARTTLS) of Exchange Online in
+    /// this cloud, for acknowledgements.
+    pub fn smtp_host(self) -> &'static str {
+        match self {
+            Cloud::Global => "smtp.office365.com",
+            Cloud::Usgov => "smtp.office365.us",
+            Cloud::UsgovDod => "smtp-dod.office365.us",
+            Cloud::China => "smtp.partner.outlook.cn",
+        }
+    }
+
     /// Hosts that are known to belong to this cloud's Exchange Online.
     fn known_hosts(self) -> &'static [&'static str] {
         match self {

@@ -1,29 +1,72 @@
-//! Ingest: turning raw RFC 5322 bytes into what a ticket needs.
+//! Ingest: turning raw RFC 5322 bytes into what a ticket needs, and judging
+//! what the mail is before the store decides which ticket it belongs to.
 //!
 //! Owns the rule that every mail becomes *something*: a mail the parser
 //! cannot fully understand still yields a [`ParsedMail`] (at worst the raw
 //! text as its body, with a `parse_note`), so a bad mail never stalls a
-//! mailbox or sends a reader into a retry loop.
+//! mailbox or sends a reader into a retry loop. Beside parsing: the loop
+//! guard ([`guard`]), routing rules ([`rules`]) and how a mail names its
+//! ticket ([`thread`]).
 
+pub mod guard;
 mod parse;
+pub mod rules;
+pub mod thread;
 
-pub use parse::{Attachment, ParsedMail, parse};
+use std::sync::Arc;
+
+use crate::config::MailPolicy;
+
+pub use guard::Verdict;
+pub use parse::{
+    Attachment, Limits, ParsedMail, Report, human_size, parse, parse_with, sanitize_filename,
+};
+pub use rules::Routing;
+
+/// A mail with what the guard and the rules made of it: everything the
+/// store needs to decide its ticket.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub mail: ParsedMail,
+    pub verdict: Verdict,
+    pub routing: Routing,
+    pub policy: Arc<MailPolicy>,
+}
+
+impl Incoming {
+    /// Parses and judges one raw mail read by `reader`.
+    pub fn new(raw: &[u8], reader: &str, policy: &Arc<MailPolicy>) -> Incoming {
+        let mail = parse_with(raw, &Limits::from(&policy.tickets));
+        let verdict = guard::check(&mail, policy);
+        let routing = rules::route(&mail, reader, &policy.rules);
+        Incoming {
+            mail,
+            verdict,
+            routing,
+            policy: Arc::clone(policy),
+        }
+    }
+}
 
 /// The parsing task could not run (the runtime is shutting down).
 #[derive(Debug, thiserror::Error)]
 #[error("the mail parser task failed: {0}")]
 pub struct ParseTaskFailed(String);
 
-/// Parses a batch off the async threads: a large attachment can take a
-/// while. [`parse`] contains its own panics, so the task only fails if the
-/// runtime is shutting down; the batch is then not committed at all (it is
-/// fetched again next time) rather than stored without its content.
+/// Parses and judges a batch off the async threads: a large attachment can
+/// take a while. [`parse`] contains its own panics, so the task only fails
+/// if the runtime is shutting down; the batch is then not committed at all
+/// (it is fetched again next time) rather than stored without its content.
 pub async fn parse_batch<K: Send + 'static>(
     raw: Vec<(K, Vec<u8>)>,
-) -> Result<Vec<(K, ParsedMail)>, ParseTaskFailed> {
+    reader: &str,
+    policy: &Arc<MailPolicy>,
+) -> Result<Vec<(K, Incoming)>, ParseTaskFailed> {
+    let reader = reader.to_string();
+    let policy = Arc::clone(policy);
     tokio::task::spawn_blocking(move || {
         raw.into_iter()
-            .map(|(key, bytes)| (key, parse(&bytes)))
+            .map(|(key, bytes)| (key, Incoming::new(&bytes, &reader, &policy)))
             .collect::<Vec<_>>()
     })
     .await

@@ -1,13 +1,20 @@
-//! MIME parsing with mail-parser, and the fallback for what it cannot read.
+//! MIME parsing with mail-parser, the fallback for what it cannot read,
+//! and the size limits.
 
-use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
+use mail_parser::{
+    Address, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
+};
 use sha2::{Digest, Sha256};
+
+use crate::config::TicketsConfig;
 
 /// What one mail contributes to a ticket.
 #[derive(Debug, Clone, Default)]
 pub struct ParsedMail {
-    /// Message-ID when present, else `sha256:<hex of the raw bytes>`: one
-    /// mail is one email, whichever reader saw it first.
+    /// Message-ID when present, else `sha256:<hex>` of the headers that
+    /// identify a mail (From, To, Cc, Subject, Date) and the body: one mail
+    /// is one email, whichever reader saw it first, even though each
+    /// delivery adds its own trace headers.
     pub dedup_key: String,
     pub message_id: Option<String>,
     pub in_reply_to: Option<String>,
@@ -25,13 +32,54 @@ pub struct ParsedMail {
     pub attachments: Vec<Attachment>,
     /// Set when the mail could not be fully understood.
     pub parse_note: Option<String>,
+    /// Every top-level header in order: name as written, value unfolded.
+    pub headers: Vec<(String, String)>,
+    /// The top-level MIME type, lower-case, without parameters.
+    pub mime_type: String,
+    /// Set for a multipart/report (a delivery or disposition report).
+    pub report: Option<Report>,
+    /// The raw mail's size in bytes.
+    pub size: usize,
+    /// The raw mail, with `keep_raw = true`.
+    pub raw: Option<Vec<u8>>,
+    /// What a size limit left out, for a human to read.
+    pub limit_note: Option<String>,
+}
+
+impl ParsedMail {
+    /// The value of the first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A multipart/report (RFC 6522).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Its report-type, e.g. `delivery-status`; lower-case.
+    pub report_type: String,
+    /// Message-IDs of the mail the report is about, from its returned
+    /// message or headers part.
+    pub original_ids: Vec<String>,
 }
 
 #[derive(Clone, Default)]
 pub struct Attachment {
+    /// Sanitised for export: no directories, no control characters.
     pub filename: Option<String>,
     pub content_type: String,
-    pub content: Vec<u8>,
+    pub size: usize,
+    /// Hex SHA-256 of the content.
+    pub sha256: String,
+    /// Content-ID without angle brackets (inline images are `cid:` URLs).
+    pub content_id: Option<String>,
+    pub inline: bool,
+    /// `None` when a size limit kept it out; see `dropped`.
+    pub content: Option<Vec<u8>>,
+    pub dropped: Option<String>,
 }
 
 impl std::fmt::Debug for Attachment {
@@ -39,13 +87,52 @@ impl std::fmt::Debug for Attachment {
         f.debug_struct("Attachment")
             .field("filename", &self.filename)
             .field("content_type", &self.content_type)
-            .field("size", &self.content.len())
+            .field("size", &self.size)
+            .field("content_id", &self.content_id)
+            .field("inline", &self.inline)
+            .field("dropped", &self.dropped)
             .finish()
     }
 }
 
-/// Parses `raw`; never fails and never panics.
+/// Size limits and what to keep; from `[tickets]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_email_size: u64,
+    pub max_attachment_size: u64,
+    pub keep_raw: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_email_size: 50 << 20,
+            max_attachment_size: 25 << 20,
+            keep_raw: false,
+        }
+    }
+}
+
+impl From<&TicketsConfig> for Limits {
+    fn from(t: &TicketsConfig) -> Self {
+        Limits {
+            max_email_size: t.max_email_size,
+            max_attachment_size: t.max_attachment_size,
+            keep_raw: t.keep_raw,
+        }
+    }
+}
+
+/// The most text kept of each body of a mail over `max_email_size`.
+const OVERSIZE_BODY_KEPT: usize = 1 << 20;
+
+/// Parses `raw` with the default limits; never fails and never panics.
 pub fn parse(raw: &[u8]) -> ParsedMail {
+    parse_with(raw, &Limits::default())
+}
+
+/// Parses `raw` and applies `limits`; never fails and never panics.
+pub fn parse_with(raw: &[u8], limits: &Limits) -> ParsedMail {
     // mail-parser is robust, but a panic here would make the same mail fail
     // on every poll; containing it costs nothing on the happy path.
     let parsed = std::panic::catch_unwind(|| parse_mime(raw));
@@ -62,9 +149,136 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
     };
     mail.dedup_key = match &mail.message_id {
         Some(id) => id.clone(),
-        None => format!("sha256:{:x}", Sha256::digest(raw)),
+        None => content_key(raw),
     };
+    mail.size = raw.len();
+    apply_limits(&mut mail, limits);
+    if limits.keep_raw {
+        mail.raw = Some(raw.to_vec());
+    }
     mail
+}
+
+/// The key of a mail without a Message-ID: what identifies it wherever it
+/// was delivered (trace headers such as Received differ per mailbox).
+fn content_key(raw: &[u8]) -> String {
+    let split = find_body(raw);
+    let (head, body) = raw.split_at(split);
+    let mut hash = Sha256::new();
+    if let Some(headers) = MessageParser::default().parse_headers(head) {
+        for name in ["From", "To", "Cc", "Subject", "Date"] {
+            for h in headers.headers() {
+                if h.name.as_str().eq_ignore_ascii_case(name) {
+                    hash.update(name.as_bytes());
+                    hash.update(b":");
+                    let value = head.get(h.offset_start as usize..h.offset_end as usize);
+                    hash.update(unfold(value.unwrap_or_default()).as_bytes());
+                    hash.update(b"\n");
+                }
+            }
+        }
+    } else {
+        hash.update(head);
+    }
+    hash.update(b"\n");
+    hash.update(body);
+    format!("sha256:{:x}", hash.finalize())
+}
+
+/// Where the body starts: after the first empty line (or at the end).
+fn find_body(raw: &[u8]) -> usize {
+    for (i, w) in raw.windows(2).enumerate() {
+        if w == b"\n\n" {
+            return i + 2;
+        }
+        if w == b"\n\r" && raw.get(i + 2) == Some(&b'\n') {
+            return i + 3;
+        }
+    }
+    raw.len()
+}
+
+fn unfold(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value);
+    text.split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn apply_limits(mail: &mut ParsedMail, limits: &Limits) {
+    let mut notes = Vec::new();
+    if mail.size as u64 > limits.max_email_size {
+        let why = format!(
+            "the mail ({}) is larger than max_email_size ({})",
+            human_size(mail.size as u64),
+            human_size(limits.max_email_size)
+        );
+        let mut dropped = 0;
+        for a in &mut mail.attachments {
+            if a.content.take().is_some() {
+                a.dropped = Some(why.clone());
+                dropped += 1;
+            }
+        }
+        let mut cut = false;
+        cut |= truncate(&mut mail.body_text, OVERSIZE_BODY_KEPT);
+        if let Some(html) = &mut mail.body_html {
+            cut |= truncate(html, OVERSIZE_BODY_KEPT);
+        }
+        let mut note = format!("{why}: ");
+        note.push_str(&match dropped {
+            0 => "it was kept".to_string(),
+            1 => "its attachment was not stored".to_string(),
+            n => format!("its {n} attachments were not stored"),
+        });
+        if cut {
+            note.push_str(&format!(
+                "; its text was cut to the first {}",
+                human_size(OVERSIZE_BODY_KEPT as u64)
+            ));
+        }
+        notes.push(note);
+    } else {
+        for a in &mut mail.attachments {
+            if a.size as u64 > limits.max_attachment_size {
+                a.content = None;
+                let why = format!(
+                    "larger than max_attachment_size ({})",
+                    human_size(limits.max_attachment_size)
+                );
+                notes.push(format!(
+                    "attachment {} ({}, {}) was not stored: {why}",
+                    a.filename.as_deref().map_or("(unnamed)".into(), |f| format!("{f:?}")),
+                    a.content_type,
+                    human_size(a.size as u64)
+                ));
+                a.dropped = Some(why);
+            }
+        }
+    }
+    if !notes.is_empty() {
+        mail.limit_note = Some(notes.join("; "));
+    }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary.
+fn truncate(text: &mut String, max: usize) -> bool {
+    if text.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    true
+}
+
+/// Sizes as an admin reads them: `30.0 MiB`.
+pub fn human_size(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
 fn parse_mime(raw: &[u8]) -> Option<ParsedMail> {
@@ -102,20 +316,19 @@ fn parse_mime(raw: &[u8]) -> Option<ParsedMail> {
         .filter_map(|i| message.body_html(i).map(|s| s.into_owned()))
         .collect();
 
-    let attachments = message
-        .attachments()
-        .map(|part| Attachment {
-            filename: part.attachment_name().map(str::to_string),
-            content_type: part
-                .content_type()
-                .map(|ct| match ct.subtype() {
-                    Some(sub) => format!("{}/{}", ct.ctype(), sub),
-                    None => ct.ctype().to_string(),
-                })
-                .unwrap_or_else(|| "application/octet-stream".into()),
-            content: part.contents().to_vec(),
+    let attachments = message.attachments().map(attachment).collect();
+    let headers = message
+        .headers()
+        .iter()
+        .map(|h| {
+            let value = raw.get(h.offset_start as usize..h.offset_end as usize);
+            (h.name.as_str().to_string(), unfold(value.unwrap_or_default()))
         })
         .collect();
+    let mime_type = message
+        .content_type()
+        .map_or_else(|| "text/plain".to_string(), mime_type_of);
+    let report = (mime_type == "multipart/report").then(|| report(&message));
 
     let mut note = None;
     if from_addr.is_none() {
@@ -140,8 +353,122 @@ fn parse_mime(raw: &[u8]) -> Option<ParsedMail> {
         },
         attachments,
         parse_note: note,
-        dedup_key: String::new(),
+        headers,
+        mime_type,
+        report,
+        ..ParsedMail::default()
     })
+}
+
+fn mime_type_of(ct: &mail_parser::ContentType<'_>) -> String {
+    match ct.subtype() {
+        Some(sub) => format!("{}/{}", ct.ctype(), sub),
+        None => ct.ctype().to_string(),
+    }
+    .to_ascii_lowercase()
+}
+
+fn attachment(part: &MessagePart<'_>) -> Attachment {
+    let content = part.contents();
+    let content_id = part
+        .content_id()
+        .map(|id| id.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+        .filter(|id| !id.is_empty());
+    // Inline when the sender says so, or when it has a Content-ID and no
+    // disposition at all (how many clients embed images).
+    let inline = match part.content_disposition() {
+        Some(d) => d.is_inline(),
+        None => content_id.is_some(),
+    };
+    Attachment {
+        filename: part.attachment_name().and_then(sanitize_filename),
+        content_type: part
+            .content_type()
+            .map_or_else(|| "application/octet-stream".to_string(), mime_type_of),
+        size: content.len(),
+        sha256: format!("{:x}", Sha256::digest(content)),
+        content_id,
+        inline,
+        content: Some(content.to_vec()),
+        dropped: None,
+    }
+}
+
+/// The report type and the Message-IDs a multipart/report is about.
+fn report(message: &Message<'_>) -> Report {
+    let report_type = message
+        .content_type()
+        .and_then(|ct| ct.attribute("report-type"))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let mut original_ids = Vec::new();
+    for part in &message.parts {
+        let ids: Vec<String> = match &part.body {
+            PartType::Message(inner) => inner.message_id().map(str::to_string).into_iter().collect(),
+            _ => {
+                let kind = part.content_type().map(mime_type_of).unwrap_or_default();
+                if kind == "text/rfc822-headers" || kind == "message/rfc822-headers" {
+                    MessageParser::default()
+                        .parse_headers(part.contents())
+                        .and_then(|h| h.message_id().map(str::to_string))
+                        .into_iter()
+                        .collect()
+                } else {
+                    Vec::new()
+                }
+            }
+        };
+        for id in ids {
+            if !original_ids.contains(&id) {
+                original_ids.push(id);
+            }
+        }
+    }
+    Report {
+        report_type,
+        original_ids,
+    }
+}
+
+/// A filename that is safe to write anywhere: the last path component,
+/// without control characters or characters Windows forbids, not a
+/// reserved device name, at most 200 bytes; `None` when nothing is left.
+pub fn sanitize_filename(name: &str) -> Option<String> {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    let cleaned: String = base
+        .chars()
+        .map(|c| match c {
+            c if c.is_control() => '_',
+            '<' | '>' | ':' | '"' | '|' | '?' | '*' => '_',
+            c => c,
+        })
+        .collect();
+    let mut cleaned = cleaned.trim().trim_matches('.').trim().to_string();
+    if cleaned.is_empty() {
+        return None;
+    }
+    let stem = cleaned.split('.').next().unwrap_or_default().to_ascii_uppercase();
+    const RESERVED: [&str; 22] = [
+        "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7",
+        "COM8", "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+    ];
+    if RESERVED.contains(&stem.as_str()) {
+        cleaned.insert(0, '_');
+    }
+    if cleaned.len() > 200 {
+        // Keep the extension: it is what opens the file.
+        let ext = cleaned
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_string())
+            .filter(|e| e.len() <= 16);
+        let keep = 200 - ext.as_ref().map_or(0, |e| e.len() + 1);
+        truncate(&mut cleaned, keep);
+        if let Some(ext) = ext {
+            cleaned.push('.');
+            cleaned.push_str(&ext);
+        }
+    }
+    Some(cleaned)
 }
 
 fn fallback(raw: &[u8], note: &str) -> ParsedMail {
@@ -238,7 +565,9 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--XX--\r\n";
         let a = &mail.attachments[0];
         assert_eq!(a.filename.as_deref(), Some("r.pdf"));
         assert_eq!(a.content_type, "application/pdf");
-        assert_eq!(a.content, b"%PDF-1.4\n");
+        assert_eq!(a.content.as_deref(), Some(&b"%PDF-1.4\n"[..]));
+        assert_eq!(a.size, 9);
+        assert!(!a.inline);
         assert!(mail.body_text.contains("see file"));
     }
 

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::{NOW, Store, StoreError};
-use crate::ingest::ParsedMail;
+use crate::ingest::{Incoming, ParsedMail};
 
 /// A folder of one reader at one UIDVALIDITY: the space UIDs live in.
 #[derive(Debug, Clone)]
@@ -99,7 +99,7 @@ impl Store {
     pub async fn commit_pop3_batch(
         &self,
         reader: &str,
-        mails: &[(String, ParsedMail)],
+        mails: &[(String, Incoming)],
         pending: bool,
     ) -> Result<BatchOutcome, StoreError> {
         if mails.is_empty() {
@@ -163,7 +163,7 @@ impl Store {
     pub async fn commit_batch(
         &self,
         pos: &FolderPosition,
-        mails: &[(u32, ParsedMail)],
+        mails: &[(u32, Incoming)],
         after_done: &[u32],
     ) -> Result<BatchOutcome, StoreError> {
         let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
@@ -217,10 +217,10 @@ impl Store {
 async fn store_unrecorded<'m, K>(
     tx: &mut Transaction<'_, Sqlite>,
     reader: &str,
-    mails: &'m [(K, ParsedMail)],
+    mails: &'m [(K, Incoming)],
     recorded: impl Fn(&K) -> bool,
 ) -> Result<(BatchOutcome, Vec<(&'m K, i64)>), StoreError> {
-    let fresh: Vec<&(K, ParsedMail)> = mails.iter().filter(|(key, _)| !recorded(key)).collect();
+    let fresh: Vec<(&K, &ParsedMail)> = mails.iter().filter(|(key, _)| !recorded(key)).map(|(k, i)| (k, &i.mail)).collect();
     let mut outcome = BatchOutcome {
         already_recorded: mails.len() - fresh.len(),
         ..BatchOutcome::default()
@@ -387,7 +387,7 @@ async fn insert_new_mails(
             .bind(new.email_id)
             .bind(&a.filename)
             .bind(&a.content_type)
-            .bind(i64::try_from(a.content.len()).unwrap_or(i64::MAX))
+            .bind(i64::try_from(a.size).unwrap_or(i64::MAX))
             .bind(&a.content)
             .execute(&mut **tx)
             .await?;

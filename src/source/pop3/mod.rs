@@ -272,6 +272,8 @@ pub async fn poll(
             raw.into_iter()
                 .map(|(_, uidl, body)| (uidl, body))
                 .collect(),
+            &reader.name,
+            &reader.mail,
         )
         .await?;
         let committing = std::time::Instant::now();

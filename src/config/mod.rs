@@ -12,6 +12,14 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod mail;
+mod rules;
+
+pub use mail::{
+    ClosedReply, GuardConfig, MailPolicy, ReplyConfig, SubjectTag, TagFrom, TicketsConfig,
+};
+pub use rules::{Matcher, Route, Rule, RuleAction, RuleMode, Rules};
+
 use crate::auth::Cloud;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -49,6 +57,11 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub oauth: Vec<OAuthApp>,
     pub readers: Vec<ReaderConfig>,
+    /// `[tickets]`, `[guard]` and the rules, as every reader's
+    /// [`ReaderConfig::mail`] holds them.
+    pub tickets: TicketsConfig,
+    pub guard: GuardConfig,
+    pub rules: Rules,
 }
 
 #[derive(Debug, Clone)]
@@ -295,6 +308,10 @@ pub struct ReaderConfig {
     pub timeout: Duration,
     /// Mails fetched and committed together.
     pub batch_size: usize,
+    /// Acknowledgements of new tickets, when `[reader.reply]` is set.
+    pub reply: Option<ReplyConfig>,
+    /// How this reader's mail becomes tickets: threading, guard, rules, limits.
+    pub mail: std::sync::Arc<MailPolicy>,
 }
 
 impl ReaderConfig {
@@ -434,6 +451,14 @@ struct RawConfig {
     oauth: Vec<RawOAuth>,
     #[serde(default)]
     reader: Vec<RawReader>,
+    #[serde(default)]
+    tickets: mail::RawTickets,
+    #[serde(default)]
+    guard: mail::RawGuard,
+    #[serde(default)]
+    rules: rules::RawRules,
+    #[serde(default)]
+    rule: Vec<Spanned<rules::RawRule>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -494,6 +519,8 @@ struct RawReader {
     poll_interval: Option<HumanDuration>,
     timeout: Option<HumanDuration>,
     batch_size: Option<Spanned<usize>>,
+    allow_auto_submitted: Option<bool>,
+    reply: Option<Spanned<mail::RawReply>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -517,7 +544,7 @@ enum RawSecret {
 
 /// A duration written like `60s`, `5m` or `1h 30m`.
 #[derive(Clone, Copy)]
-struct HumanDuration(Duration);
+pub(crate) struct HumanDuration(Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -692,6 +719,22 @@ impl Config {
                 redirect_port: app.redirect_port.unwrap_or(DEFAULT_REDIRECT_PORT),
             });
         }
+
+        // Every reader's address is ours, whichever reader a mail arrives
+        // through: the guard needs them all before the first reader.
+        let ours: Vec<String> = raw
+            .reader
+            .iter()
+            .flat_map(|r| {
+                let reply_from = r.reply.as_ref().and_then(|p| p.get_ref().from_address());
+                std::iter::once(r.username.clone()).chain(reply_from)
+            })
+            .collect();
+        let shared = mail::Shared {
+            tickets: mail::tickets(&locate, raw.tickets)?,
+            guard: mail::guard(&locate, raw.guard, ours)?,
+            rules: rules::build(&locate, raw.rules, raw.rule)?,
+        };
 
         let mut readers = Vec::new();
         let mut reader_names = HashSet::new();
@@ -899,6 +942,27 @@ impl Config {
                 Some(b) => b.into_inner(),
                 None => 100,
             };
+            let reply = match r.reply {
+                Some(raw) => {
+                    let span = raw.span();
+                    Some(mail::reply(
+                        &locate,
+                        raw.into_inner(),
+                        mail::ReplyDefaults {
+                            username: &r.username,
+                            smtp_host: app.map(|a| a.cloud.smtp_host()),
+                            base_dir,
+                            span,
+                        },
+                    )?)
+                }
+                None => None,
+            };
+            let mail = shared.policy(
+                r.allow_auto_submitted.unwrap_or(false),
+                reply.as_ref().map(|p| p.from.as_str()),
+                &r.username,
+            );
             readers.push(ReaderConfig {
                 name,
                 protocol,
@@ -914,15 +978,25 @@ impl Config {
                 poll_interval: r.poll_interval.map_or(daemon.poll_interval, |d| d.0),
                 timeout: r.timeout.map_or(Duration::from_secs(60), |d| d.0),
                 batch_size,
+                reply,
+                mail,
             });
         }
 
+        let mail::Shared {
+            tickets,
+            guard,
+            rules,
+        } = shared;
         Ok(Config {
             path: path.to_path_buf(),
             store,
             daemon,
             oauth,
             readers,
+            tickets,
+            guard,
+            rules,
         })
     }
 
@@ -946,7 +1020,7 @@ fn default_port(protocol: Protocol, tls: Tls) -> u16 {
 }
 
 /// Whether `host` names this machine, so plain text never leaves it.
-fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .trim_matches(|c| c == '[' || c == ']')
@@ -955,7 +1029,7 @@ fn is_loopback(host: &str) -> bool {
 }
 
 /// Turns byte offsets into `file:line: key:` messages.
-struct Locator<'a> {
+pub(crate) struct Locator<'a> {
     path: &'a Path,
     text: &'a str,
 }
@@ -998,7 +1072,7 @@ impl Locator<'_> {
         }
     }
 
-    fn at(&self, span: Range<usize>, key: &str, message: &str) -> ConfigError {
+    pub(crate) fn at(&self, span: Range<usize>, key: &str, message: &str) -> ConfigError {
         let table = self.key_at(span.start);
         let table = table.rsplit_once('.').map_or(table.as_str(), |(t, _)| t);
         ConfigError::Invalid {

@@ -1,0 +1,397 @@
+//! What the configuration says about mail once it is read: threading and
+//! limits (`[tickets]`), the loop guard (`[guard]`), and acknowledgements
+//! (`[reader.reply]`). Routing rules are in [`super::rules`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::rules::Rules;
+use super::{ConfigError, HumanDuration, Locator, Tls};
+
+/// Everything the ingest path of one reader decides with; shared, and
+/// rebuilt on reload.
+#[derive(Debug)]
+pub struct MailPolicy {
+    pub tickets: TicketsConfig,
+    pub guard: GuardConfig,
+    pub rules: Rules,
+    /// This reader turns machine-sent mail (Auto-Submitted, bulk, lists)
+    /// into tickets, still never acknowledged.
+    pub allow_auto_submitted: bool,
+    /// Acknowledge new tickets of this reader (`[reader.reply]` is set).
+    pub acknowledge: bool,
+    /// The domain of our outbound Message-IDs: the reply address's.
+    pub message_id_domain: String,
+}
+
+/// `[tickets]`: how mail finds its ticket, and size limits.
+#[derive(Debug, Clone)]
+pub struct TicketsConfig {
+    pub subject_tag: SubjectTag,
+    pub closed_reply: ClosedReply,
+    pub tag_from: TagFrom,
+    /// Recognise replies by the token hidden in our outbound Message-IDs.
+    pub hidden_token: bool,
+    pub max_email_size: u64,
+    pub max_attachment_size: u64,
+    /// Keep every raw mail (stored once by content).
+    pub keep_raw: bool,
+}
+
+/// What a reply to a closed ticket does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClosedReply {
+    /// Joins the ticket and sets it open again.
+    Reopen,
+    /// Joins the ticket, which stays closed.
+    Attach,
+    /// Opens a new ticket.
+    NewTicket,
+}
+
+/// Who may join a ticket by its subject tag alone (or by forwarding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TagFrom {
+    /// The requester, or an address already on the ticket's mail (From, To, Cc).
+    Participants,
+    /// Anyone.
+    Anyone,
+}
+
+/// The ticket number as it appears in subjects, e.g. `[#123]`: written with
+/// [`SubjectTag::format`], found with [`SubjectTag::find`].
+#[derive(Debug, Clone)]
+pub struct SubjectTag {
+    template: String,
+    pattern: Regex,
+}
+
+impl SubjectTag {
+    /// `template` holds `{id}` once, e.g. `"[#{id}]"` or `"[ACME-{id}]"`.
+    pub fn new(template: &str) -> Result<SubjectTag, String> {
+        let Some((before, after)) = template.split_once("{id}") else {
+            return Err(format!("{template:?} must contain {{id}}, e.g. \"[#{{id}}]\""));
+        };
+        if after.contains("{id}") {
+            return Err("{id} may appear only once".into());
+        }
+        if before.trim().is_empty() && after.trim().is_empty() {
+            return Err(
+                "the tag needs text around {id}, e.g. \"[#{id}]\", or any number in a subject would match"
+                    .into(),
+            );
+        }
+        let pattern = format!(
+            "(?i){}([0-9]{{1,18}}){}",
+            regex::escape(before),
+            regex::escape(after)
+        );
+        let pattern = Regex::new(&pattern).map_err(|e| e.to_string())?;
+        Ok(SubjectTag {
+            template: template.to_string(),
+            pattern,
+        })
+    }
+
+    pub fn format(&self, id: i64) -> String {
+        self.template.replace("{id}", &id.to_string())
+    }
+
+    /// Every ticket number tagged in `subject`, first first.
+    pub fn find(&self, subject: &str) -> Vec<i64> {
+        self.pattern
+            .captures_iter(subject)
+            .filter_map(|c| c.get(1)?.as_str().parse().ok())
+            .collect()
+    }
+
+    pub fn template(&self) -> &str {
+        &self.template
+    }
+}
+
+/// `[guard]`: the loop and auto-reply guard, on for every reader.
+#[derive(Debug, Clone)]
+pub struct GuardConfig {
+    /// Mails a sender may turn into tickets (or replies) per `rate_window`;
+    /// 0 switches the limit off.
+    pub rate_limit: u32,
+    pub rate_window: Duration,
+    /// Lower-case addresses that are ours: every reader's username and
+    /// reply address, plus `own_addresses`. Mail from them is never a ticket.
+    pub own_addresses: Vec<String>,
+}
+
+impl GuardConfig {
+    pub fn is_own(&self, address: &str) -> bool {
+        let address = address.trim().to_ascii_lowercase();
+        self.own_addresses.iter().any(|a| *a == address)
+    }
+}
+
+/// `[reader.reply]`: acknowledge each new ticket by mail.
+#[derive(Debug, Clone)]
+pub struct ReplyConfig {
+    /// The From address (default: the reader's username).
+    pub from: String,
+    /// SMTP submission host (default: the cloud's, e.g. smtp.office365.com).
+    pub host: String,
+    pub port: u16,
+    /// `starttls` (default, port 587) or `implicit` (port 465); `none` only
+    /// on loopback.
+    pub tls: Tls,
+    pub ca_file: Option<PathBuf>,
+    /// Templates; `{tag}`, `{id}`, `{subject}`, `{requester}` and
+    /// `{requester_name}` are replaced.
+    pub subject: String,
+    pub body: String,
+}
+
+pub const DEFAULT_REPLY_SUBJECT: &str = "{tag} {subject}";
+pub const DEFAULT_REPLY_BODY: &str = "Hello,\n\n\
+Thank you for your message. We have opened ticket {tag} for it and will get back to you.\n\n\
+Please keep {tag} in the subject when you reply, so that your answer reaches the same ticket.\n\n\
+This message was sent automatically.\n";
+
+// ---------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTickets {
+    subject_tag: Option<Spanned<String>>,
+    closed_reply: Option<ClosedReply>,
+    tag_from: Option<TagFrom>,
+    hidden_token: Option<bool>,
+    max_email_size: Option<Spanned<bytesize::ByteSize>>,
+    max_attachment_size: Option<Spanned<bytesize::ByteSize>>,
+    keep_raw: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGuard {
+    rate_limit: Option<u32>,
+    rate_window: Option<HumanDuration>,
+    #[serde(default)]
+    own_addresses: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReply {
+    from: Option<Spanned<String>>,
+    host: Option<String>,
+    port: Option<u16>,
+    tls: Option<Tls>,
+    ca_file: Option<PathBuf>,
+    subject: Option<String>,
+    body: Option<String>,
+    body_file: Option<Spanned<PathBuf>>,
+}
+
+impl RawReply {
+    pub(super) fn from_address(&self) -> Option<String> {
+        self.from.as_ref().map(|f| f.get_ref().clone())
+    }
+}
+
+const DEFAULT_MAX_EMAIL: u64 = 50 * 1024 * 1024;
+const DEFAULT_MAX_ATTACHMENT: u64 = 25 * 1024 * 1024;
+
+pub(super) fn tickets(locate: &Locator<'_>, raw: RawTickets) -> Result<TicketsConfig, ConfigError> {
+    let subject_tag = match raw.subject_tag {
+        Some(t) => SubjectTag::new(t.get_ref()).map_err(|e| locate.at(t.span(), "subject_tag", &e))?,
+        None => SubjectTag::new("[#{id}]").map_err(|e| locate.at(0..0, "subject_tag", &e))?,
+    };
+    let size = |value: Option<Spanned<bytesize::ByteSize>>, key: &str, default: u64| match value {
+        Some(v) if v.get_ref().as_u64() == 0 => {
+            Err(locate.at(v.span(), key, "must be more than 0 bytes"))
+        }
+        Some(v) => Ok(v.get_ref().as_u64()),
+        None => Ok(default),
+    };
+    Ok(TicketsConfig {
+        subject_tag,
+        closed_reply: raw.closed_reply.unwrap_or(ClosedReply::Reopen),
+        tag_from: raw.tag_from.unwrap_or(TagFrom::Participants),
+        hidden_token: raw.hidden_token.unwrap_or(true),
+        max_email_size: size(raw.max_email_size, "max_email_size", DEFAULT_MAX_EMAIL)?,
+        max_attachment_size: size(
+            raw.max_attachment_size,
+            "max_attachment_size",
+            DEFAULT_MAX_ATTACHMENT,
+        )?,
+        keep_raw: raw.keep_raw.unwrap_or(false),
+    })
+}
+
+/// The guard settings; `ours` are the readers' usernames and reply
+/// addresses, always counted as our own.
+pub(super) fn guard(
+    locate: &Locator<'_>,
+    raw: RawGuard,
+    ours: impl IntoIterator<Item = String>,
+) -> Result<GuardConfig, ConfigError> {
+    let mut own_addresses: Vec<String> = Vec::new();
+    for a in raw.own_addresses {
+        if !a.get_ref().contains('@') {
+            return Err(locate.at(
+                a.span(),
+                "own_addresses",
+                &format!("{:?} is not a mail address", a.get_ref()),
+            ));
+        }
+        own_addresses.push(a.get_ref().trim().to_ascii_lowercase());
+    }
+    own_addresses.extend(
+        ours.into_iter()
+            .filter(|a| a.contains('@'))
+            .map(|a| a.trim().to_ascii_lowercase()),
+    );
+    own_addresses.sort();
+    own_addresses.dedup();
+    Ok(GuardConfig {
+        rate_limit: raw.rate_limit.unwrap_or(20),
+        rate_window: raw
+            .rate_window
+            .map_or(Duration::from_secs(3600), |d| d.0),
+        own_addresses,
+    })
+}
+
+/// Where the reply goes out: the fields a reader's `[reader.reply]` needs
+/// from the reader itself.
+pub(super) struct ReplyDefaults<'a> {
+    pub username: &'a str,
+    /// The cloud's SMTP host, for an OAuth reader.
+    pub smtp_host: Option<&'a str>,
+    pub base_dir: &'a std::path::Path,
+    /// Where `[reader.reply]` was written, for errors.
+    pub span: std::ops::Range<usize>,
+}
+
+pub(super) fn reply(
+    locate: &Locator<'_>,
+    raw: RawReply,
+    defaults: ReplyDefaults<'_>,
+) -> Result<ReplyConfig, ConfigError> {
+    let from = match raw.from {
+        Some(f) if !f.get_ref().contains('@') => {
+            return Err(locate.at(f.span(), "reply.from", "must be a mail address"));
+        }
+        Some(f) => f.into_inner(),
+        None if defaults.username.contains('@') => defaults.username.to_string(),
+        None => {
+            return Err(locate.at(
+                defaults.span,
+                "reply.from",
+                "the reader's username is not a mail address; set from = \"support@example.com\"",
+            ));
+        }
+    };
+    let host = match (raw.host, defaults.smtp_host) {
+        (Some(h), _) => h,
+        (None, Some(h)) => h.to_string(),
+        (None, None) => {
+            return Err(locate.at(
+                defaults.span,
+                "reply.host",
+                "a password reader's reply needs the SMTP submission host",
+            ));
+        }
+    };
+    let tls = raw.tls.unwrap_or(Tls::StartTls);
+    if tls == Tls::None && !super::is_loopback(&host) {
+        return Err(locate.at(
+            defaults.span,
+            "reply.tls",
+            &format!(
+                "tls = \"none\" would send credentials in clear to {host}; it is only accepted \
+                 for a loopback host. Use \"starttls\" (port 587) or \"implicit\" (port 465)"
+            ),
+        ));
+    }
+    let port = raw.port.unwrap_or(match tls {
+        Tls::Implicit => 465,
+        Tls::StartTls | Tls::None => 587,
+    });
+    let body = match (raw.body, raw.body_file) {
+        (Some(_), Some(f)) => {
+            return Err(locate.at(f.span(), "reply.body_file", "set body or body_file, not both"));
+        }
+        (Some(b), None) => b,
+        (None, Some(f)) => {
+            let path = defaults.base_dir.join(f.get_ref());
+            std::fs::read_to_string(&path).map_err(|e| {
+                locate.at(
+                    f.span(),
+                    "reply.body_file",
+                    &format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+        }
+        (None, None) => DEFAULT_REPLY_BODY.to_string(),
+    };
+    Ok(ReplyConfig {
+        from,
+        host,
+        port,
+        tls,
+        ca_file: raw.ca_file.map(|p| defaults.base_dir.join(p)),
+        subject: raw
+            .subject
+            .unwrap_or_else(|| DEFAULT_REPLY_SUBJECT.to_string()),
+        body,
+    })
+}
+
+/// The domain part of an address.
+pub(super) fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map_or(address, |(_, d)| d)
+}
+
+/// The settings every reader's policy shares.
+pub(super) struct Shared {
+    pub tickets: TicketsConfig,
+    pub guard: GuardConfig,
+    pub rules: Rules,
+}
+
+impl Shared {
+    pub fn policy(&self, allow_auto_submitted: bool, reply_from: Option<&str>, username: &str) -> Arc<MailPolicy> {
+        Arc::new(MailPolicy {
+            tickets: self.tickets.clone(),
+            guard: self.guard.clone(),
+            rules: self.rules.clone(),
+            allow_auto_submitted,
+            acknowledge: reply_from.is_some(),
+            message_id_domain: domain_of(reply_from.unwrap_or(username)).to_ascii_lowercase(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_tag_round_trips() {
+        let tag = SubjectTag::new("[#{id}]").expect("tag");
+        assert_eq!(tag.format(42), "[#42]");
+        assert_eq!(tag.find("Re: Printer [#42] still broken"), vec![42]);
+        assert_eq!(tag.find("RE: [#7] and [#9]"), vec![7, 9]);
+        assert!(tag.find("Order #42 [42]").is_empty());
+        let tag = SubjectTag::new("[ACME-{id}]").expect("tag");
+        assert_eq!(tag.find("AW: [acme-1001] Frage"), vec![1001]);
+        assert!(SubjectTag::new("{id}").is_err());
+        assert!(SubjectTag::new("[#]").is_err());
+    }
+}
