@@ -1170,7 +1170,7 @@ poll_interval = "30s"
 
     #[test]
     fn example_file_is_valid() {
-        let text = include_str!("../config.example.toml");
+        let text = include_str!("../../config.example.toml");
         parse(text).expect("config.example.toml must stay valid");
     }
 
