@@ -54,6 +54,12 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AckLabels {
+    reader: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabel {
     result: &'static str,
 }
@@ -78,6 +84,7 @@ struct Families {
     fetch_duration: DurationFamily,
     commit_duration: DurationFamily,
     reloads: Family<ReloadLabel, Counter>,
+    acks: Family<AckLabels, Counter>,
 }
 
 /// The daemon's registry; cheap to clone.
@@ -107,6 +114,7 @@ impl Metrics {
             fetch_duration: Family::new_with_constructor(duration_histogram),
             commit_duration: Family::new_with_constructor(duration_histogram),
             reloads: Family::default(),
+            acks: Family::default(),
         };
         let mut registry = Registry::with_prefix("mail2ticket");
         let f = &families;
@@ -161,6 +169,12 @@ impl Metrics {
             "Configuration reloads by result (ok, error)",
             f.reloads.clone(),
         );
+        registry.register(
+            "acks",
+            "Acknowledgement attempts by result: sent, retry (failed, tried again later), \
+             failed (given up)",
+            f.acks.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             families: Arc::new(families),
@@ -212,6 +226,23 @@ impl Metrics {
                 state: state.as_str(),
             });
         }
+        for result in AckResult::ALL {
+            f.acks.remove(&AckLabels {
+                reader: name.to_string(),
+                result: result.as_str(),
+            });
+        }
+    }
+
+    /// One acknowledgement attempt of `reader`'s outbox.
+    pub fn ack(&self, reader: &str, result: AckResult) {
+        self.families
+            .acks
+            .get_or_create(&AckLabels {
+                reader: reader.to_string(),
+                result: result.as_str(),
+            })
+            .inc();
     }
 
     pub fn reload(&self, ok: bool) {
@@ -271,6 +302,28 @@ impl FailureClass {
             FailureClass::Protocol => "protocol",
             FailureClass::Store => "store",
             FailureClass::Config => "config",
+        }
+    }
+}
+
+/// How an acknowledgement attempt ended, for `mail2ticket_acks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckResult {
+    Sent,
+    /// Failed; the outbox tries again later.
+    Retry,
+    /// Failed for good (a final refusal, or out of attempts).
+    Failed,
+}
+
+impl AckResult {
+    const ALL: [AckResult; 3] = [AckResult::Sent, AckResult::Retry, AckResult::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckResult::Sent => "sent",
+            AckResult::Retry => "retry",
+            AckResult::Failed => "failed",
         }
     }
 }
@@ -381,6 +434,8 @@ mod tests {
         let b = metrics.reader("b");
         b.poll_started();
         metrics.reload(false);
+        metrics.ack("a", AckResult::Retry);
+        metrics.ack("a", AckResult::Sent);
 
         let (content_type, text) = metrics.render(false);
         assert_eq!(content_type, PROMETHEUS_TEXT);
@@ -395,6 +450,8 @@ mod tests {
             "mail2ticket_commit_duration_seconds_count{reader=\"a\"} 1",
             "mail2ticket_config_reloads_total{result=\"error\"} 1",
             "mail2ticket_polls_total{reader=\"b\"} 1",
+            "mail2ticket_acks_total{reader=\"a\",result=\"retry\"} 1",
+            "mail2ticket_acks_total{reader=\"a\",result=\"sent\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
