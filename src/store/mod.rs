@@ -2,11 +2,13 @@
 //!
 //! Owns the schema (embedded migrations, applied at open), the exactly-once
 //! rule (a mail's source position is written in the same transaction as its
-//! ticket), reader health (`readers.last_error` and friends) and the sealed
-//! token rows. Nothing else in the crate writes SQL.
+//! ticket), reader health (`readers.last_error` and friends), the sealed
+//! token rows and the outbox's attempts. Nothing else in the crate writes
+//! SQL.
 
 mod health;
 mod key;
+mod outbox;
 mod tickets;
 mod tokens;
 
@@ -18,6 +20,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use health::{DaemonStatus, EVENTS_KEPT, ReaderEvent, ReaderStatus};
 pub use key::{KeyError, StoreKey};
+pub use outbox::{AttemptRecorded, DueAck, MAX_ATTEMPTS, OutboxStatus, retry_delay};
 pub use tickets::{BatchOutcome, FolderPosition};
 
 use crate::config::StoreConfig;
