@@ -63,6 +63,7 @@ pub async fn start(config: &Config) -> Result<Arc<Context>, StartError> {
         store,
         tokens,
         metrics: Metrics::new(),
+        acks: tokio::sync::Notify::new(),
     }))
 }
 

@@ -24,6 +24,9 @@
 //! * [`store`]: SQLite through sqlx: schema, exactly-once commits with each
 //!   protocol's ledger (IMAP folder positions, POP3 UIDLs), reader health,
 //!   sealed tokens.
+//! * [`outbound`]: the acknowledgements the store queued, rendered and sent
+//!   over SMTP submission with the reader's login, retried from the outbox;
+//!   never in the way of ingest.
 //! * [`reader`]: one poll of one reader, linking token, protocol and health.
 //! * [`scheduler`]: one task per reader, intervals (or IDLE), backoff, and
 //!   parking readers that wait for an admin.
@@ -54,6 +57,7 @@ pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod outbound;
 pub mod reader;
 pub mod reload;
 pub mod scheduler;

@@ -21,6 +21,8 @@ pub struct Context {
     pub store: Store,
     pub tokens: TokenStore,
     pub metrics: Metrics,
+    /// Wakes the acknowledgement sender (a poll opened tickets).
+    pub acks: tokio::sync::Notify,
 }
 
 /// Why a poll failed; the text is the reader's `last_error`.
@@ -86,6 +88,15 @@ impl PollError {
 /// The token request behind a reader; `None` for a password login.
 pub fn token_request(reader: &ReaderConfig) -> Option<TokenRequest<'_>> {
     reader.oauth().map(|oauth| oauth_request(reader, oauth))
+}
+
+/// The token request for sending mail as the reader (acknowledgements over
+/// SMTP): the reader's login, with the SMTP scope.
+pub fn smtp_token_request(reader: &ReaderConfig) -> Option<TokenRequest<'_>> {
+    token_request(reader).map(|request| TokenRequest {
+        service: Service::Smtp,
+        ..request
+    })
 }
 
 fn oauth_request<'r>(reader: &'r ReaderConfig, oauth: &'r OAuthLogin) -> TokenRequest<'r> {

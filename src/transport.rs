@@ -49,6 +49,14 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }
+
+    /// The server's address, under TLS or not.
+    pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        match self {
+            Stream::Tls(s) => s.get_ref().0.peer_addr(),
+            Stream::Plain(s) => s.peer_addr(),
+        }
+    }
 }
 
 impl AsyncRead for Stream {
