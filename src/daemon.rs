@@ -2,8 +2,9 @@
 //!
 //! Owns the order of start-up (HTTP listener, database and migrations,
 //! store key, reader rows, token store, READY), the supervisor loop of
-//! `run` (heartbeat, watchdog, systemd status, config reloads) and what
-//! `run --once`, `check` and `authorize` do with the same parts.
+//! `run` (heartbeat, watchdog, systemd status, config reloads, the
+//! acknowledgement sender beside the readers) and what `run --once`,
+//! `check` and `authorize` do with the same parts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::reload::Triggers;
 use crate::scheduler::{Registered, Scheduler};
 use crate::source::{CheckReport, PollReport};
 use crate::store::{ReaderIdentity, Store, StoreError};
-use crate::{http, status};
+use crate::{http, outbound, status};
 
 /// The scheduler's heartbeat when no systemd watchdog sets a faster one.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -168,12 +169,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         config.daemon.shutdown_timeout,
     );
     scheduler.apply(readers);
+    // Acknowledgements go out beside the readers, never in their way.
+    let (replies, replies_now) = tokio::sync::watch::channel(outbound::readers(&config));
+    let sender = tokio::spawn(
+        outbound::run(ctx.clone(), replies_now, shutdown.clone())
+            .instrument(tracing::info_span!("outbox")),
+    );
     let mut supervisor = Supervisor {
         ctx: ctx.clone(),
         liveness: liveness.clone(),
         notifier,
         config,
         status_line: String::new(),
+        replies,
     };
     supervisor.beat().await;
     supervisor.status_line = supervisor.summary().await;
@@ -202,7 +210,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
     liveness.set_ready(false);
     supervisor.notifier.stopping();
-    scheduler.stop().await;
+    let grace = supervisor.config.daemon.shutdown_timeout;
+    // The sender finishes the attempt in progress; at most the grace period.
+    let (_, sender) = tokio::join!(scheduler.stop(), tokio::time::timeout(grace, sender));
+    match sender {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the acknowledgement sender ended abnormally"),
+        Err(_) => tracing::warn!(
+            "acknowledgement still being sent after the grace period; abandoning it \
+             (its row is tried again after a restart)"
+        ),
+    }
     stop_http.cancel();
     if let Some(task) = http_task {
         match task.await {
@@ -226,6 +244,8 @@ struct Supervisor {
     config: Config,
     /// The last STATUS= sent.
     status_line: String,
+    /// The readers the acknowledgement sender sends for.
+    replies: tokio::sync::watch::Sender<outbound::Readers>,
 }
 
 impl Supervisor {
@@ -369,6 +389,10 @@ impl Supervisor {
             },
             ..new
         };
+        // Rows of a reader whose reply settings changed use the new ones
+        // from their next attempt on.
+        self.replies.send_replace(outbound::readers(&self.config));
+        self.ctx.acks.notify_one();
         self.ctx.metrics.reload(true);
         if let Err(e) = store.record_reload(Ok(())).await {
             tracing::warn!(error = %e, "could not record the reload");
@@ -383,7 +407,10 @@ impl Supervisor {
     }
 }
 
-/// Polls every reader once, each until nothing is pending, concurrently.
+/// Polls every reader once, each until nothing is pending, concurrently;
+/// then sends the acknowledgements that are due. How sending went is
+/// logged and kept in the outbox (`status`), and does not change the
+/// readers' results: a mail server's refusal is no failed poll.
 pub async fn run_once(
     config: &Config,
     cancel: CancellationToken,
@@ -395,6 +422,20 @@ pub async fn run_once(
         async move { reader::poll_unless_stopped(&ctx, &reader, &cancel).await }
     })
     .await;
+    let drained = outbound::send_due(&ctx, &outbound::readers(config), &cancel)
+        .instrument(tracing::info_span!("outbox"))
+        .await;
+    match drained {
+        Ok(d) if d.sent + d.retried + d.failed + d.waiting > 0 => tracing::info!(
+            sent = d.sent,
+            retried = d.retried,
+            failed = d.failed,
+            waiting = d.waiting,
+            "acknowledgements"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot work through the outbox"),
+    }
     Ok(results)
 }
 

@@ -253,6 +253,10 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
         let delay = match reader::poll_and_record(&ctx, &reader, &mut link, &cancel).await {
             Ok(report) => {
                 failures = 0;
+                if report.created > 0 {
+                    // New tickets may have queued acknowledgements.
+                    ctx.acks.notify_one();
+                }
                 if report.fetched > 0 {
                     tracing::info!(
                         fetched = report.fetched,

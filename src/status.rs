@@ -1,6 +1,7 @@
-//! `status` and `health`: reader and daemon health from the database, as a
-//! table for humans (with warnings for what will break if nobody acts) or
-//! as JSON for scripts, and the one-line summary systemd shows.
+//! `status` and `health`: reader and daemon health (and each reader's
+//! acknowledgement outbox) from the database, as a table for humans (with
+//! warnings for what will break if nobody acts) or as JSON for scripts,
+//! and the one-line summary systemd shows.
 //!
 //! Owns the judgements made on the rows: stale (no success in three poll
 //! intervals), a daemon alive (a recent heartbeat), a refresh token about
@@ -12,7 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::store::{DaemonStatus, ReaderEvent, ReaderState, ReaderStatus};
+use crate::store::{DaemonStatus, OutboxStatus, ReaderEvent, ReaderState, ReaderStatus};
 
 /// A reader is stale after this many poll intervals without a success.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
@@ -43,6 +44,9 @@ pub struct ReaderView {
     pub poll_interval_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<ReaderEvent>>,
+    /// Its acknowledgements, when it ever queued one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<OutboxStatus>,
 }
 
 impl Report {
@@ -63,6 +67,7 @@ impl Report {
                     poll_interval_seconds: interval.map(|i| i.as_secs()),
                     row,
                     events: None,
+                    outbox: None,
                 }
             })
             .collect();
@@ -72,6 +77,17 @@ impl Report {
                 row: daemon,
             },
             readers,
+        }
+    }
+}
+
+impl Report {
+    /// Adds each reader's outbox counts (readers without an outbox get none).
+    pub fn set_outbox(&mut self, counts: Vec<OutboxStatus>) {
+        let mut by_reader: HashMap<String, OutboxStatus> =
+            counts.into_iter().map(|c| (c.reader.clone(), c)).collect();
+        for r in &mut self.readers {
+            r.outbox = by_reader.remove(&r.row.name);
         }
     }
 }
@@ -184,6 +200,9 @@ pub fn render_report(report: &Report) -> String {
                 r.row.name
             ));
         }
+        if let Some(outbox) = &r.outbox {
+            out.push_str(&outbox_line(&r.row.name, outbox));
+        }
         if let Some(events) = &r.events {
             out.push_str(&format!("\nhistory of {} (newest first):\n", r.row.name));
             if events.is_empty() {
@@ -195,6 +214,34 @@ pub fn render_report(report: &Report) -> String {
         }
     }
     out
+}
+
+/// `acknowledgements of NAME: 3 sent, 1 pending (oldest queued at ...), 0 failed`,
+/// then the last error of one not sent, and a warning for given-up ones.
+fn outbox_line(name: &str, o: &OutboxStatus) -> String {
+    let mut line = format!(
+        "acknowledgements of {name}: {} sent, {} pending",
+        o.sent, o.pending
+    );
+    if let Some(oldest) = &o.oldest_pending_at {
+        line.push_str(&format!(" (oldest queued at {oldest})"));
+    }
+    line.push_str(&format!(", {} failed", o.failed));
+    if let Some(error) = &o.last_error {
+        line.push_str(&format!(
+            "; last error ({}): {error}",
+            o.last_error_at.as_deref().unwrap_or("?")
+        ));
+    }
+    line.push('\n');
+    if o.failed > 0 {
+        line.push_str(&format!(
+            "warning: {name}: {} acknowledgement(s) given up; see the outbox table \
+             (state = 'failed', last_error)\n",
+            o.failed
+        ));
+    }
+    line
 }
 
 /// Entra ends a refresh token after 90 days without use; warn ten days
@@ -421,6 +468,46 @@ mod tests {
         assert_eq!(json["readers"][2]["configured"], false);
         assert_eq!(json["daemon"]["pid"], 42);
         assert!(json["readers"][0].get("events").is_none());
+    }
+
+    #[test]
+    fn outbox_counts_show_per_reader_with_the_last_error() {
+        let config = config(&[("a", 60), ("b", 60)]);
+        let mut report = Report::new(
+            &config,
+            Some(daemon(Some(1.0), false)),
+            vec![named("a", "ok", 1.0), named("b", "ok", 1.0)],
+        );
+        report.set_outbox(vec![OutboxStatus {
+            reader: "a".into(),
+            pending: 1,
+            failed: 1,
+            sent: 3,
+            oldest_pending_at: Some("2026-11-25T10:00:00Z".into()),
+            last_error: Some("connection refused: 127.0.0.1:1".into()),
+            last_error_at: Some("2026-11-25T10:01:00Z".into()),
+        }]);
+        let text = render_report(&report);
+        assert!(
+            text.contains(
+                "acknowledgements of a: 3 sent, 1 pending (oldest queued at 2026-11-25T10:00:00Z), \
+                 1 failed; last error (2026-11-25T10:01:00Z): connection refused: 127.0.0.1:1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("warning: a: 1 acknowledgement(s) given up"),
+            "{text}"
+        );
+        assert!(!text.contains("acknowledgements of b"), "{text}");
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(json["readers"][0]["outbox"]["pending"], 1);
+        assert_eq!(
+            json["readers"][0]["outbox"]["last_error"],
+            "connection refused: 127.0.0.1:1"
+        );
+        assert!(json["readers"][0]["outbox"].get("reader").is_none());
+        assert!(json["readers"][1].get("outbox").is_none());
     }
 
     #[test]
