@@ -1,7 +1,9 @@
 //! `Dovecot`: a real Dovecot (2.3) on loopback for one test, with a
 //! throw-away CA, XOAUTH2/OAUTHBEARER-only auth through
 //! `passdb { driver = oauth2 }` asking the test [`super::IdP`]'s
-//! introspection endpoint on every login.
+//! introspection endpoint on every login. Optionally its SMTP submission
+//! service too, relaying to a capture sink
+//! ([`DovecotOptions::submission_relay_port`]).
 //!
 //! Each instance has its own temp dir (config, base_dir, state_dir, log,
 //! maildirs) and its own free loopback ports, so many can run at once.
@@ -40,6 +42,15 @@ pub struct DovecotOptions {
     /// it honoured the list. STARTTLS, LOGINDISABLED and AUTH= are still
     /// added before login.
     pub imap_capability: Option<String>,
+    /// Also runs Dovecot's SMTP submission service (Debian's
+    /// dovecot-submissiond) on loopback ([`Dovecot::submission_port`]):
+    /// STARTTLS offered, AUTH XOAUTH2 / OAUTHBEARER through the same oauth2
+    /// passdb, every accepted mail relayed in plain SMTP to
+    /// `127.0.0.1:<this port>` (e.g. a
+    /// [`super::submission::CaptureSink`]). Like the IMAP plain port, a
+    /// loopback client counts as secured, so AUTH works before STARTTLS
+    /// too; the login line tells (`, TLS,` or `, secured,`).
+    pub submission_relay_port: Option<u16>,
 }
 
 /// Dovecot 2.3's own post-login capability list minus IDLE and MOVE (and
@@ -51,7 +62,7 @@ pub const NO_IDLE_NO_MOVE_CAPABILITY: &str = "IMAP4rev1 SASL-IR LOGIN-REFERRALS 
     CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES WITHIN CONTEXT=SEARCH LIST-STATUS BINARY \
     SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE SAVEDATE LITERAL+";
 
-const NOT_INSTALLED: &str = "Dovecot is not installed; run the test suite through scripts/test (it installs dovecot-imapd and dovecot-pop3d)";
+const NOT_INSTALLED: &str = "Dovecot is not installed; run the test suite through scripts/test (it installs dovecot-imapd, dovecot-pop3d and dovecot-submissiond)";
 
 /// The system user and group owning mail (they exist on every Debian).
 const MAIL_USER: &str = "nobody";
@@ -66,6 +77,8 @@ struct Ports {
     imaps: u16,
     pop3: u16,
     pop3s: u16,
+    /// Only listened on with [`DovecotOptions::submission_relay_port`].
+    submission: u16,
 }
 
 /// A running Dovecot; killed (and waited for) on Drop.
@@ -77,6 +90,8 @@ pub struct Dovecot {
     stderr_log: PathBuf,
     ca_file: PathBuf,
     ports: Ports,
+    /// Whether the submission service runs.
+    submission: bool,
     uid: u32,
     gid: u32,
     // Dropped last (fields drop after Drop::drop ran): removes everything.
@@ -98,6 +113,17 @@ impl Dovecot {
     /// passdb next to the oauth2 one).
     pub fn start_with(introspection_url: &str, opts: DovecotOptions) -> Dovecot {
         ensure_installed();
+        if opts.submission_relay_port.is_some() {
+            assert!(
+                [
+                    "/usr/lib/dovecot/submission",
+                    "/usr/libexec/dovecot/submission"
+                ]
+                .iter()
+                .any(|p| Path::new(p).is_file()),
+                "{NOT_INSTALLED} (the submission service, dovecot-submissiond, is missing)"
+            );
+        }
         let uid = lookup_id("/etc/passwd", MAIL_USER);
         let gid = lookup_id("/etc/group", MAIL_GROUP);
 
@@ -158,7 +184,9 @@ impl Dovecot {
                 imaps: 0,
                 pop3: 0,
                 pop3s: 0,
+                submission: 0,
             },
+            submission: opts.submission_relay_port.is_some(),
             uid,
             gid,
             _tmp: tmp,
@@ -307,13 +335,27 @@ impl Dovecot {
         }
     }
 
-    fn all_ports(&self) -> [u16; 4] {
-        [
+    fn all_ports(&self) -> Vec<u16> {
+        let mut ports = vec![
             self.ports.imap,
             self.ports.imaps,
             self.ports.pop3,
             self.ports.pop3s,
-        ]
+        ];
+        if self.submission {
+            ports.push(self.ports.submission);
+        }
+        ports
+    }
+
+    /// SMTP submission (587-style): STARTTLS offered; only with
+    /// [`DovecotOptions::submission_relay_port`].
+    pub fn submission_port(&self) -> u16 {
+        assert!(
+            self.submission,
+            "start Dovecot with DovecotOptions::submission_relay_port for submission"
+        );
+        self.ports.submission
     }
 
     /// IMAP over implicit TLS (993-style).
@@ -673,9 +715,9 @@ fn check_traversable(dir: &Path) {
     }
 }
 
-/// Four distinct free loopback ports (bound together, then released).
+/// Five distinct free loopback ports (bound together, then released).
 fn free_ports() -> Ports {
-    let ls: Vec<TcpListener> = (0..4)
+    let ls: Vec<TcpListener> = (0..5)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("cannot bind a loopback port"))
         .collect();
     let p: Vec<u16> = ls
@@ -687,6 +729,7 @@ fn free_ports() -> Ports {
         imaps: p[1],
         pop3: p[2],
         pop3s: p[3],
+        submission: p[4],
     }
 }
 
@@ -736,6 +779,31 @@ fn config_text(
         None => String::new(),
     };
     let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let (protocols, submission) = match opts.submission_relay_port {
+        Some(relay) => (
+            "imap pop3 submission",
+            format!(
+                r#"
+# SMTP submission relaying every mail to a capture sink on loopback.
+hostname = mx.test.example
+postmaster_address = postmaster@test.example
+submission_relay_host = 127.0.0.1
+submission_relay_port = {relay}
+submission_relay_ssl = no
+submission_relay_trusted = no
+
+service submission-login {{
+  inet_listener submission {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+}}
+"#,
+                port = ports.submission,
+            ),
+        ),
+        None => ("imap pop3", String::new()),
+    };
     format!(
         r#"# Generated by tests/common/dovecot.rs; standalone (no /etc/dovecot includes).
 instance_name = {instance_name}
@@ -744,7 +812,7 @@ state_dir = {d}/state
 log_path = {d}/dovecot.log
 info_log_path = {d}/dovecot.log
 debug_log_path = {d}/dovecot.log
-protocols = imap pop3
+protocols = {protocols}
 listen = 127.0.0.1
 shutdown_clients = yes
 
@@ -822,7 +890,7 @@ service anvil {{
     mode = 0
   }}
 }}
-"#,
+{submission}"#,
         cert = pki.cert_file.display(),
         key = pki.key_file.display(),
         oauth2_args = oauth2_args.display(),

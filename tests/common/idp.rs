@@ -101,7 +101,8 @@
 //! - Tokens: [`IdP::set_token_lifetime`] (refresh before expiry; exact
 //!   sub-second expiry at introspection), [`IdP::set_refresh_token_lifetime`]
 //!   (AADSTS700082), [`IdP::set_strict_rotation`] (the client must keep the
-//!   rotated refresh token), [`IdP::set_access_token_len`] (long SASL lines).
+//!   rotated refresh token), [`IdP::set_access_token_len`] (long SASL lines),
+//!   [`IdP::revoke_access_tokens`] (the mail server refuses a cached token).
 //! - App: [`IdP::set_confidential`], secrets and certificates (above),
 //!   [`IdP::grant_app_access`] (which mailbox an app-only token may open).
 //! - Authorization code: [`IdP::set_browser_user`], [`IdP::set_consent_denied`]
@@ -815,6 +816,16 @@ impl IdP {
     /// Refresh tokens older than this fail with AADSTS700082. Default: never.
     pub fn set_refresh_token_lifetime(&self, lifetime: Option<Duration>) {
         self.st().refresh_token_lifetime = lifetime;
+    }
+
+    /// Ends every access token issued so far: introspection answers
+    /// inactive for them, as Exchange refuses tokens after a password
+    /// reset or a revoked session. Tokens issued later work.
+    pub fn revoke_access_tokens(&self) {
+        let now = Instant::now();
+        for token in self.st().access_tokens.values_mut() {
+            token.expires_at = now;
+        }
     }
 
     /// Length of new opaque access tokens (default 96; real Entra tokens are

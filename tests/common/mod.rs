@@ -12,6 +12,8 @@
 //! - [`setup`]: a whole mail2ticket test environment (maintained with the library).
 //! - [`metrics`]: a parser for the `/metrics` exposition.
 //! - [`NotifySocket`]: the systemd end of the notify protocol (`NOTIFY_SOCKET`).
+//! - [`submission`]: the capture sink Dovecot's SMTP submission relays to,
+//!   and a bare SMTP client for wire-level checks.
 //!
 //! Not every test file uses every item, hence the module-wide allows.
 #![allow(dead_code, unused_imports)]
@@ -26,6 +28,7 @@ pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod setup;
+pub mod submission;
 pub mod time;
 
 pub use client_cert::{ClientCert, JWT_BEARER_ASSERTION_TYPE};
