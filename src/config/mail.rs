@@ -77,7 +77,9 @@ impl SubjectTag {
     /// `template` holds `{id}` once, e.g. `"[#{id}]"` or `"[ACME-{id}]"`.
     pub fn new(template: &str) -> Result<SubjectTag, String> {
         let Some((before, after)) = template.split_once("{id}") else {
-            return Err(format!("{template:?} must contain {{id}}, e.g. \"[#{{id}}]\""));
+            return Err(format!(
+                "{template:?} must contain {{id}}, e.g. \"[#{{id}}]\""
+            ));
         };
         if after.contains("{id}") {
             return Err("{id} may appear only once".into());
@@ -117,6 +119,30 @@ impl SubjectTag {
     }
 }
 
+impl Default for TicketsConfig {
+    fn default() -> Self {
+        TicketsConfig {
+            subject_tag: SubjectTag::default(),
+            closed_reply: ClosedReply::Reopen,
+            tag_from: TagFrom::Participants,
+            hidden_token: true,
+            max_email_size: 50 * 1024 * 1024,
+            max_attachment_size: 25 * 1024 * 1024,
+            keep_raw: false,
+        }
+    }
+}
+
+impl Default for SubjectTag {
+    /// `[#123]`.
+    fn default() -> Self {
+        SubjectTag {
+            template: "[#{id}]".into(),
+            pattern: Regex::new(r"(?i)\[\#([0-9]{1,18})\]").expect("a fixed, valid pattern"),
+        }
+    }
+}
+
 /// `[guard]`: the loop and auto-reply guard, on for every reader.
 #[derive(Debug, Clone)]
 pub struct GuardConfig {
@@ -129,10 +155,34 @@ pub struct GuardConfig {
     pub own_addresses: Vec<String>,
 }
 
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            rate_limit: 20,
+            rate_window: Duration::from_secs(3600),
+            own_addresses: Vec::new(),
+        }
+    }
+}
+
+impl Default for MailPolicy {
+    /// The documented defaults, for a reader that does not acknowledge.
+    fn default() -> Self {
+        MailPolicy {
+            tickets: TicketsConfig::default(),
+            guard: GuardConfig::default(),
+            rules: Rules::default(),
+            allow_auto_submitted: false,
+            acknowledge: false,
+            message_id_domain: "localhost".into(),
+        }
+    }
+}
+
 impl GuardConfig {
     pub fn is_own(&self, address: &str) -> bool {
         let address = address.trim().to_ascii_lowercase();
-        self.own_addresses.iter().any(|a| *a == address)
+        self.own_addresses.contains(&address)
     }
 }
 
@@ -198,18 +248,18 @@ pub(super) struct RawReply {
 }
 
 impl RawReply {
-    pub(super) fn from_address(&self) -> Option<String> {
+    pub(super) fn sender(&self) -> Option<String> {
         self.from.as_ref().map(|f| f.get_ref().clone())
     }
 }
 
-const DEFAULT_MAX_EMAIL: u64 = 50 * 1024 * 1024;
-const DEFAULT_MAX_ATTACHMENT: u64 = 25 * 1024 * 1024;
-
 pub(super) fn tickets(locate: &Locator<'_>, raw: RawTickets) -> Result<TicketsConfig, ConfigError> {
+    let defaults = TicketsConfig::default();
     let subject_tag = match raw.subject_tag {
-        Some(t) => SubjectTag::new(t.get_ref()).map_err(|e| locate.at(t.span(), "subject_tag", &e))?,
-        None => SubjectTag::new("[#{id}]").map_err(|e| locate.at(0..0, "subject_tag", &e))?,
+        Some(t) => {
+            SubjectTag::new(t.get_ref()).map_err(|e| locate.at(t.span(), "subject_tag", &e))?
+        }
+        None => defaults.subject_tag,
     };
     let size = |value: Option<Spanned<bytesize::ByteSize>>, key: &str, default: u64| match value {
         Some(v) if v.get_ref().as_u64() == 0 => {
@@ -220,16 +270,20 @@ pub(super) fn tickets(locate: &Locator<'_>, raw: RawTickets) -> Result<TicketsCo
     };
     Ok(TicketsConfig {
         subject_tag,
-        closed_reply: raw.closed_reply.unwrap_or(ClosedReply::Reopen),
-        tag_from: raw.tag_from.unwrap_or(TagFrom::Participants),
-        hidden_token: raw.hidden_token.unwrap_or(true),
-        max_email_size: size(raw.max_email_size, "max_email_size", DEFAULT_MAX_EMAIL)?,
+        closed_reply: raw.closed_reply.unwrap_or(defaults.closed_reply),
+        tag_from: raw.tag_from.unwrap_or(defaults.tag_from),
+        hidden_token: raw.hidden_token.unwrap_or(defaults.hidden_token),
+        max_email_size: size(
+            raw.max_email_size,
+            "max_email_size",
+            defaults.max_email_size,
+        )?,
         max_attachment_size: size(
             raw.max_attachment_size,
             "max_attachment_size",
-            DEFAULT_MAX_ATTACHMENT,
+            defaults.max_attachment_size,
         )?,
-        keep_raw: raw.keep_raw.unwrap_or(false),
+        keep_raw: raw.keep_raw.unwrap_or(defaults.keep_raw),
     })
 }
 
@@ -258,11 +312,10 @@ pub(super) fn guard(
     );
     own_addresses.sort();
     own_addresses.dedup();
+    let defaults = GuardConfig::default();
     Ok(GuardConfig {
-        rate_limit: raw.rate_limit.unwrap_or(20),
-        rate_window: raw
-            .rate_window
-            .map_or(Duration::from_secs(3600), |d| d.0),
+        rate_limit: raw.rate_limit.unwrap_or(defaults.rate_limit),
+        rate_window: raw.rate_window.map_or(defaults.rate_window, |d| d.0),
         own_addresses,
     })
 }
@@ -325,7 +378,11 @@ pub(super) fn reply(
     });
     let body = match (raw.body, raw.body_file) {
         (Some(_), Some(f)) => {
-            return Err(locate.at(f.span(), "reply.body_file", "set body or body_file, not both"));
+            return Err(locate.at(
+                f.span(),
+                "reply.body_file",
+                "set body or body_file, not both",
+            ));
         }
         (Some(b), None) => b,
         (None, Some(f)) => {
@@ -366,7 +423,12 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub fn policy(&self, allow_auto_submitted: bool, reply_from: Option<&str>, username: &str) -> Arc<MailPolicy> {
+    pub fn policy(
+        &self,
+        allow_auto_submitted: bool,
+        reply_from: Option<&str>,
+        username: &str,
+    ) -> Arc<MailPolicy> {
         Arc::new(MailPolicy {
             tickets: self.tickets.clone(),
             guard: self.guard.clone(),

@@ -726,7 +726,7 @@ impl Config {
             .reader
             .iter()
             .flat_map(|r| {
-                let reply_from = r.reply.as_ref().and_then(|p| p.get_ref().from_address());
+                let reply_from = r.reply.as_ref().and_then(|p| p.get_ref().sender());
                 std::iter::once(r.username.clone()).chain(reply_from)
             })
             .collect();

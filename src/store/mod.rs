@@ -7,6 +7,7 @@
 
 mod health;
 mod key;
+mod mails;
 mod tickets;
 mod tokens;
 
@@ -18,7 +19,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use health::{DaemonStatus, EVENTS_KEPT, ReaderEvent, ReaderStatus};
 pub use key::{KeyError, StoreKey};
-pub use tickets::{BatchOutcome, FolderPosition};
+pub use mails::BatchOutcome;
+pub use tickets::FolderPosition;
 
 use crate::config::StoreConfig;
 
