@@ -1083,6 +1083,17 @@ impl Locator<'_> {
         }
     }
 
+    /// Like [`Locator::at`], for a span that is a whole table (whose start
+    /// is its header line): `key` is given in full.
+    pub(crate) fn at_table(&self, span: Range<usize>, key: &str, message: &str) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line: self.line_of(span.start),
+            key: key.to_string(),
+            message: message.to_string(),
+        }
+    }
+
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let offset = e.span().map_or(0, |s| s.start);
         ConfigError::Invalid {

@@ -991,3 +991,81 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--XX--\r\n"
         assert_eq!(content, b"%PDF-1.4\n");
     }
 }
+
+#[cfg(test)]
+mod upgrade {
+    use sqlx::Connection;
+    use sqlx::migrate::Migrate;
+
+    use crate::config::StoreConfig;
+    use crate::store::Store;
+
+    /// A database written before ticket semantics keeps every row, and its
+    /// attachments' contents, through migration 0005.
+    #[tokio::test]
+    async fn migration_0005_keeps_existing_mail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("t.db");
+        let url = format!("sqlite://{}?mode=rwc", file.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("connect");
+        sqlx::query("PRAGMA foreign_keys = ON")
+            .execute(&mut conn)
+            .await
+            .expect("pragma");
+        conn.ensure_migrations_table().await.expect("table");
+        let migrator = sqlx::migrate!("./migrations");
+        for m in migrator.iter().filter(|m| m.version <= 4) {
+            conn.apply(m).await.expect("old migration");
+        }
+        sqlx::raw_sql(
+            "INSERT INTO tickets VALUES (1, 'r', 'Old', 'ann@x', 'Ann', 'closed', 't', 't');
+             INSERT INTO emails (id, ticket_id, reader, dedup_key, message_id, subject, received_at)
+                 VALUES (1, 1, 'r', 'old@x', 'old@x', 'Old', 't');
+             INSERT INTO attachments VALUES (1, 1, 'a.txt', 'text/plain', 3, X'616263');
+             INSERT INTO source_positions VALUES ('r', 'INBOX', 1, 1, 1, 'done', 't');
+             INSERT INTO pop3_uidls VALUES ('p', 'u1', 1, 'done', 't');",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("old rows");
+        conn.close().await.expect("close");
+
+        let store = Store::open(&StoreConfig {
+            database: format!("sqlite://{}", file.display()),
+            key_file: None,
+        })
+        .await
+        .expect("migrated");
+        let (ticket, disposition): (Option<i64>, String) =
+            sqlx::query_as("SELECT ticket_id, disposition FROM emails WHERE id = 1")
+                .fetch_one(store.pool())
+                .await
+                .expect("email");
+        assert_eq!((ticket, disposition.as_str()), (Some(1), "ticket"));
+        let (content,): (Vec<u8>,) = sqlx::query_as(
+            "SELECT b.content FROM attachments a JOIN blobs b ON b.key = a.blob WHERE a.id = 1",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("attachment content");
+        assert_eq!(content, b"abc");
+        let (tags, positions, uidls): (String, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT tags FROM tickets WHERE id = 1),
+                    (SELECT COUNT(*) FROM source_positions),
+                    (SELECT COUNT(*) FROM pop3_uidls)",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("counts");
+        assert_eq!((tags.as_str(), positions, uidls), ("[]", 1, 1));
+        // The children's foreign keys point at the rebuilt emails table.
+        let orphan = sqlx::query(
+            "INSERT INTO attachments (email_id, content_type, size) VALUES (99, 'x', 1)",
+        )
+        .execute(store.pool())
+        .await;
+        assert!(orphan.is_err(), "a foreign key still holds");
+    }
+}
