@@ -725,4 +725,19 @@ Content-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n-
         assert_eq!(report.original_ids, ["m2t.abc@contoso.com"]);
         assert_eq!(mail.header("from"), Some("MAILER-DAEMON@mx.example.net"));
     }
+
+    #[test]
+    fn charsets_decode_to_utf8() {
+        // "Grüße" in UTF-7, Shift_JIS "日本語", Windows-1252 "€uro", ISO-8859-2 "Łódź".
+        let mail = parse(b"From: a@example.net\r\nSubject: =?UTF-7?Q?Gr+APwA3w-e?=\r\n\r\nx\r\n");
+        assert_eq!(mail.subject, "Grüße");
+        let mail = parse(b"From: a@example.net\r\nSubject: =?Shift_JIS?B?k/qWe4zq?=\r\nContent-Type: text/plain; charset=Shift_JIS\r\n\r\n\x93\xfa\x96\x7b\x8c\xea\r\n");
+        assert_eq!(mail.subject, "日本語");
+        assert!(mail.body_text.contains("日本語"), "{}", mail.body_text);
+        let mail = parse(b"From: a@example.net\r\nSubject: s\r\nContent-Type: text/plain; charset=windows-1252\r\n\r\n\x80uro\r\n");
+        assert!(mail.body_text.contains("€uro"), "{}", mail.body_text);
+        let mail =
+            parse(b"From: a@example.net\r\nSubject: =?ISO-8859-2?Q?=A3=F3d=BC?=\r\n\r\nx\r\n");
+        assert_eq!(mail.subject, "Łódź");
+    }
 }
