@@ -135,10 +135,14 @@ fn main() {
         // (after the ingest runs, so their memory does not count there).
         let raw_mails: Vec<Vec<u8>> = (0..n).map(|i| common::mail_of_size(i, 5 * 1024)).collect();
         let parse_start = Instant::now();
-        let parsed: Vec<(u32, mail2ticket::ingest::ParsedMail)> = raw_mails
+        let policy = std::sync::Arc::new(mail2ticket::config::MailPolicy::default());
+        let parsed: Vec<(u32, mail2ticket::ingest::Incoming)> = raw_mails
             .iter()
             .enumerate()
-            .map(|(i, raw)| (i as u32 + 1, mail2ticket::ingest::parse(raw)))
+            .map(|(i, raw)| {
+                let incoming = mail2ticket::ingest::Incoming::new(raw, "store-only", &policy);
+                (i as u32 + 1, incoming)
+            })
             .collect();
         let parse_time = parse_start.elapsed();
         drop(raw_mails);

@@ -128,8 +128,8 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 let results = daemon::run_once(&config, cancel).await?;
                 Ok(report(results, |r| {
                     format!(
-                        "ok, {} fetched, {} new tickets, {} duplicates",
-                        r.fetched, r.created, r.duplicates
+                        "ok, {} fetched, {} new tickets, {} duplicates, {} replies, {} ignored",
+                        r.fetched, r.created, r.duplicates, r.joined, r.ignored
                     )
                 }))
             } else {

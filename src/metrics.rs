@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::ingest::guard::Reason;
 use crate::store::{BatchOutcome, ReaderState};
 
 /// The content type of the classic Prometheus text format.
@@ -131,12 +132,12 @@ impl Metrics {
         );
         registry.register(
             "emails_ingested",
-            "Mails stored as emails",
+            "Mails that opened or joined a ticket",
             f.emails_ingested.clone(),
         );
         registry.register(
             "emails_ignored",
-            "Mails fetched but not stored, by reason",
+            "Mails that opened no ticket: duplicates, and what the guard or a rule kept out, by reason",
             f.emails_ignored.clone(),
         );
         registry.register(
@@ -328,8 +329,20 @@ impl AckResult {
     }
 }
 
-/// Why a fetched mail was not stored. Only duplicates so far.
-const IGNORED_REASONS: [&str; 1] = ["duplicate"];
+/// Why a fetched mail opened or joined no ticket: a duplicate, or one of
+/// the guard's reasons (`ingest::guard::Reason`).
+const IGNORED_REASONS: [&str; 10] = [
+    "duplicate",
+    "auto-reply",
+    "auto-generated",
+    "bulk",
+    "mailing-list",
+    "bounce",
+    "own-address",
+    "loop",
+    "rate-limit",
+    "rule",
+];
 
 /// One reader's view of the registry; cheap to clone.
 #[derive(Clone, Debug)]
@@ -390,7 +403,7 @@ impl ReaderMetrics {
     }
 
     /// A committed batch of `mails` fetched mails.
-    pub fn committed(&self, mails: usize, outcome: &BatchOutcome, took: Duration) {
+    pub fn committed(&self, outcome: &BatchOutcome, took: Duration) {
         let f = &self.families;
         f.commit_duration
             .get_or_create(&self.label)
@@ -398,16 +411,26 @@ impl ReaderMetrics {
         f.tickets_created
             .get_or_create(&self.label)
             .inc_by(outcome.created as u64);
-        let stored = mails.saturating_sub(outcome.duplicates + outcome.already_recorded);
         f.emails_ingested
             .get_or_create(&self.label)
-            .inc_by(stored as u64);
+            .inc_by((outcome.created + outcome.joined) as u64);
         f.emails_ignored
             .get_or_create(&IgnoredLabels {
                 reader: self.label.reader.clone(),
                 reason: "duplicate",
             })
             .inc_by(outcome.duplicates as u64);
+        for reason in Reason::ALL {
+            let n = outcome.ignored(reason);
+            if n > 0 {
+                f.emails_ignored
+                    .get_or_create(&IgnoredLabels {
+                        reader: self.label.reader.clone(),
+                        reason: reason.as_str(),
+                    })
+                    .inc_by(n as u64);
+            }
+        }
     }
 }
 
@@ -420,10 +443,13 @@ mod tests {
         let metrics = Metrics::new();
         let a = metrics.reader("a");
         a.poll_started();
+        let mut ignored = [0; Reason::ALL.len()];
+        ignored[0] = 4; // auto-reply
         a.committed(
-            3,
             &BatchOutcome {
                 created: 2,
+                joined: 1,
+                ignored,
                 duplicates: 1,
                 already_recorded: 0,
             },
@@ -442,8 +468,9 @@ mod tests {
         for line in [
             "mail2ticket_polls_total{reader=\"a\"} 1",
             "mail2ticket_tickets_created_total{reader=\"a\"} 2",
-            "mail2ticket_emails_ingested_total{reader=\"a\"} 2",
+            "mail2ticket_emails_ingested_total{reader=\"a\"} 3",
             "mail2ticket_emails_ignored_total{reader=\"a\",reason=\"duplicate\"} 1",
+            "mail2ticket_emails_ignored_total{reader=\"a\",reason=\"auto-reply\"} 4",
             "mail2ticket_poll_failures_total{reader=\"a\",class=\"connection\"} 1",
             "mail2ticket_reader_state{reader=\"a\",state=\"retrying\"} 1",
             "mail2ticket_reader_state{reader=\"a\",state=\"ok\"} 0",

@@ -261,6 +261,8 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
                     tracing::info!(
                         fetched = report.fetched,
                         tickets = report.created,
+                        replies = report.joined,
+                        ignored = report.ignored,
                         duplicates = report.duplicates,
                         "poll done"
                     );

@@ -77,7 +77,9 @@ impl SubjectTag {
     /// `template` holds `{id}` once, e.g. `"[#{id}]"` or `"[ACME-{id}]"`.
     pub fn new(template: &str) -> Result<SubjectTag, String> {
         let Some((before, after)) = template.split_once("{id}") else {
-            return Err(format!("{template:?} must contain {{id}}, e.g. \"[#{{id}}]\""));
+            return Err(format!(
+                "{template:?} must contain {{id}}, e.g. \"[#{{id}}]\""
+            ));
         };
         if after.contains("{id}") {
             return Err("{id} may appear only once".into());
@@ -117,6 +119,30 @@ impl SubjectTag {
     }
 }
 
+impl Default for TicketsConfig {
+    fn default() -> Self {
+        TicketsConfig {
+            subject_tag: SubjectTag::default(),
+            closed_reply: ClosedReply::Reopen,
+            tag_from: TagFrom::Participants,
+            hidden_token: true,
+            max_email_size: 50 * 1024 * 1024,
+            max_attachment_size: 25 * 1024 * 1024,
+            keep_raw: false,
+        }
+    }
+}
+
+impl Default for SubjectTag {
+    /// `[#123]`.
+    fn default() -> Self {
+        SubjectTag {
+            template: "[#{id}]".into(),
+            pattern: Regex::new(r"(?i)\[\#([0-9]{1,18})\]").expect("a fixed, valid pattern"),
+        }
+    }
+}
+
 /// `[guard]`: the loop and auto-reply guard, on for every reader.
 #[derive(Debug, Clone)]
 pub struct GuardConfig {
@@ -129,10 +155,34 @@ pub struct GuardConfig {
     pub own_addresses: Vec<String>,
 }
 
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            rate_limit: 20,
+            rate_window: Duration::from_secs(3600),
+            own_addresses: Vec::new(),
+        }
+    }
+}
+
+impl Default for MailPolicy {
+    /// The documented defaults, for a reader that does not acknowledge.
+    fn default() -> Self {
+        MailPolicy {
+            tickets: TicketsConfig::default(),
+            guard: GuardConfig::default(),
+            rules: Rules::default(),
+            allow_auto_submitted: false,
+            acknowledge: false,
+            message_id_domain: "localhost".into(),
+        }
+    }
+}
+
 impl GuardConfig {
     pub fn is_own(&self, address: &str) -> bool {
         let address = address.trim().to_ascii_lowercase();
-        self.own_addresses.iter().any(|a| *a == address)
+        self.own_addresses.contains(&address)
     }
 }
 
@@ -198,18 +248,18 @@ pub(super) struct RawReply {
 }
 
 impl RawReply {
-    pub(super) fn from_address(&self) -> Option<String> {
+    pub(super) fn sender(&self) -> Option<String> {
         self.from.as_ref().map(|f| f.get_ref().clone())
     }
 }
 
-const DEFAULT_MAX_EMAIL: u64 = 50 * 1024 * 1024;
-const DEFAULT_MAX_ATTACHMENT: u64 = 25 * 1024 * 1024;
-
 pub(super) fn tickets(locate: &Locator<'_>, raw: RawTickets) -> Result<TicketsConfig, ConfigError> {
+    let defaults = TicketsConfig::default();
     let subject_tag = match raw.subject_tag {
-        Some(t) => SubjectTag::new(t.get_ref()).map_err(|e| locate.at(t.span(), "subject_tag", &e))?,
-        None => SubjectTag::new("[#{id}]").map_err(|e| locate.at(0..0, "subject_tag", &e))?,
+        Some(t) => {
+            SubjectTag::new(t.get_ref()).map_err(|e| locate.at(t.span(), "subject_tag", &e))?
+        }
+        None => defaults.subject_tag,
     };
     let size = |value: Option<Spanned<bytesize::ByteSize>>, key: &str, default: u64| match value {
         Some(v) if v.get_ref().as_u64() == 0 => {
@@ -220,16 +270,20 @@ pub(super) fn tickets(locate: &Locator<'_>, raw: RawTickets) -> Result<TicketsCo
     };
     Ok(TicketsConfig {
         subject_tag,
-        closed_reply: raw.closed_reply.unwrap_or(ClosedReply::Reopen),
-        tag_from: raw.tag_from.unwrap_or(TagFrom::Participants),
-        hidden_token: raw.hidden_token.unwrap_or(true),
-        max_email_size: size(raw.max_email_size, "max_email_size", DEFAULT_MAX_EMAIL)?,
+        closed_reply: raw.closed_reply.unwrap_or(defaults.closed_reply),
+        tag_from: raw.tag_from.unwrap_or(defaults.tag_from),
+        hidden_token: raw.hidden_token.unwrap_or(defaults.hidden_token),
+        max_email_size: size(
+            raw.max_email_size,
+            "max_email_size",
+            defaults.max_email_size,
+        )?,
         max_attachment_size: size(
             raw.max_attachment_size,
             "max_attachment_size",
-            DEFAULT_MAX_ATTACHMENT,
+            defaults.max_attachment_size,
         )?,
-        keep_raw: raw.keep_raw.unwrap_or(false),
+        keep_raw: raw.keep_raw.unwrap_or(defaults.keep_raw),
     })
 }
 
@@ -258,11 +312,10 @@ pub(super) fn guard(
     );
     own_addresses.sort();
     own_addresses.dedup();
+    let defaults = GuardConfig::default();
     Ok(GuardConfig {
-        rate_limit: raw.rate_limit.unwrap_or(20),
-        rate_window: raw
-            .rate_window
-            .map_or(Duration::from_secs(3600), |d| d.0),
+        rate_limit: raw.rate_limit.unwrap_or(defaults.rate_limit),
+        rate_window: raw.rate_window.map_or(defaults.rate_window, |d| d.0),
         own_addresses,
     })
 }
@@ -285,14 +338,14 @@ pub(super) fn reply(
 ) -> Result<ReplyConfig, ConfigError> {
     let from = match raw.from {
         Some(f) if !f.get_ref().contains('@') => {
-            return Err(locate.at(f.span(), "reply.from", "must be a mail address"));
+            return Err(locate.at(f.span(), "from", "must be a mail address"));
         }
         Some(f) => f.into_inner(),
         None if defaults.username.contains('@') => defaults.username.to_string(),
         None => {
-            return Err(locate.at(
+            return Err(locate.at_table(
                 defaults.span,
-                "reply.from",
+                "reader.reply.from",
                 "the reader's username is not a mail address; set from = \"support@example.com\"",
             ));
         }
@@ -301,18 +354,18 @@ pub(super) fn reply(
         (Some(h), _) => h,
         (None, Some(h)) => h.to_string(),
         (None, None) => {
-            return Err(locate.at(
+            return Err(locate.at_table(
                 defaults.span,
-                "reply.host",
+                "reader.reply.host",
                 "a password reader's reply needs the SMTP submission host",
             ));
         }
     };
     let tls = raw.tls.unwrap_or(Tls::StartTls);
     if tls == Tls::None && !super::is_loopback(&host) {
-        return Err(locate.at(
+        return Err(locate.at_table(
             defaults.span,
-            "reply.tls",
+            "reader.reply.tls",
             &format!(
                 "tls = \"none\" would send credentials in clear to {host}; it is only accepted \
                  for a loopback host. Use \"starttls\" (port 587) or \"implicit\" (port 465)"
@@ -325,7 +378,7 @@ pub(super) fn reply(
     });
     let body = match (raw.body, raw.body_file) {
         (Some(_), Some(f)) => {
-            return Err(locate.at(f.span(), "reply.body_file", "set body or body_file, not both"));
+            return Err(locate.at(f.span(), "body_file", "set body or body_file, not both"));
         }
         (Some(b), None) => b,
         (None, Some(f)) => {
@@ -333,7 +386,7 @@ pub(super) fn reply(
             std::fs::read_to_string(&path).map_err(|e| {
                 locate.at(
                     f.span(),
-                    "reply.body_file",
+                    "body_file",
                     &format!("cannot read {}: {e}", path.display()),
                 )
             })?
@@ -366,7 +419,12 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub fn policy(&self, allow_auto_submitted: bool, reply_from: Option<&str>, username: &str) -> Arc<MailPolicy> {
+    pub fn policy(
+        &self,
+        allow_auto_submitted: bool,
+        reply_from: Option<&str>,
+        username: &str,
+    ) -> Arc<MailPolicy> {
         Arc::new(MailPolicy {
             tickets: self.tickets.clone(),
             guard: self.guard.clone(),
@@ -393,5 +451,126 @@ mod tests {
         assert_eq!(tag.find("AW: [acme-1001] Frage"), vec![1001]);
         assert!(SubjectTag::new("{id}").is_err());
         assert!(SubjectTag::new("[#]").is_err());
+    }
+
+    const READER: &str = r#"
+[[oauth]]
+name = "contoso"
+tenant = "t"
+client_id = "c"
+
+[[reader]]
+name = "helpdesk"
+protocol = "imap"
+username = "helpdesk@contoso.com"
+oauth = "contoso"
+grant = "authorization_code"
+"#;
+
+    fn parse(text: &str) -> Result<super::super::Config, ConfigError> {
+        super::super::Config::parse(std::path::Path::new("/etc/m2t/config.toml"), text)
+    }
+
+    #[test]
+    fn defaults_apply_without_the_sections() {
+        let config = parse(READER).expect("valid");
+        let reader = &config.readers[0];
+        assert!(reader.reply.is_none());
+        let policy = &reader.mail;
+        assert!(!policy.acknowledge && !policy.allow_auto_submitted);
+        assert_eq!(policy.message_id_domain, "contoso.com");
+        assert_eq!(policy.tickets.subject_tag.format(5), "[#5]");
+        assert_eq!(policy.tickets.closed_reply, ClosedReply::Reopen);
+        assert_eq!(policy.tickets.max_attachment_size, 25 << 20);
+        assert_eq!(policy.guard.rate_limit, 20);
+        assert!(policy.guard.is_own("HelpDesk@Contoso.com"));
+    }
+
+    #[test]
+    fn sections_and_reply_are_read() {
+        let text = format!(
+            r#"
+[tickets]
+subject_tag = "[ACME-{{id}}]"
+closed_reply = "new_ticket"
+tag_from = "anyone"
+max_email_size = "10 MiB"
+max_attachment_size = 1000
+keep_raw = true
+
+[guard]
+rate_limit = 0
+rate_window = "30m"
+own_addresses = ["Alias@Contoso.com"]
+{READER}allow_auto_submitted = true
+[reader.reply]
+from = "noreply@support.contoso.com"
+subject = "Ticket {{tag}}"
+"#
+        );
+        let config = parse(&text).expect("valid");
+        let reader = &config.readers[0];
+        let policy = &reader.mail;
+        assert_eq!(policy.tickets.subject_tag.format(7), "[ACME-7]");
+        assert_eq!(policy.tickets.closed_reply, ClosedReply::NewTicket);
+        assert_eq!(policy.tickets.tag_from, TagFrom::Anyone);
+        assert_eq!(policy.tickets.max_email_size, 10 << 20);
+        assert_eq!(policy.tickets.max_attachment_size, 1000);
+        assert!(policy.tickets.keep_raw && policy.allow_auto_submitted && policy.acknowledge);
+        assert_eq!(policy.guard.rate_limit, 0);
+        assert!(policy.guard.is_own("alias@contoso.com"));
+        assert!(policy.guard.is_own("noreply@support.contoso.com"));
+        assert_eq!(policy.message_id_domain, "support.contoso.com");
+        let reply = reader.reply.as_ref().expect("reply");
+        assert_eq!(
+            (reply.host.as_str(), reply.port, reply.tls),
+            ("smtp.office365.com", 587, Tls::StartTls)
+        );
+        assert_eq!(reply.subject, "Ticket {tag}");
+        assert_eq!(reply.body, DEFAULT_REPLY_BODY);
+    }
+
+    #[test]
+    fn mistakes_name_file_line_and_key() {
+        let cases = [
+            (
+                "[tickets]\nsubject_tag = \"#\"\n",
+                ":3: tickets.subject_tag: ",
+            ),
+            (
+                "[tickets]\nclosed_reply = \"maybe\"\n",
+                ":3: tickets.closed_reply: ",
+            ),
+            (
+                "[tickets]\nmax_email_size = \"lots\"\n",
+                ":3: tickets.max_email_size: ",
+            ),
+            (
+                "[guard]\nown_addresses = [\"nobody\"]\n",
+                ":3: guard.own_addresses: ",
+            ),
+        ];
+        for (section, expected) in cases {
+            let err = parse(&format!("\n{section}{READER}"))
+                .expect_err(section)
+                .to_string();
+            assert!(err.starts_with("/etc/m2t/config.toml"), "{err}");
+            assert!(err.contains(expected), "{section}: {err}");
+        }
+        let err = parse(&format!(
+            "{READER}[reader.reply]\ntls = \"none\"\nhost = \"smtp.example.com\"\n"
+        ))
+        .expect_err("plain text to a remote host")
+        .to_string();
+        assert!(
+            err.contains("reader.reply.tls") && err.contains("loopback"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{READER}[reader.reply]\nbody = \"x\"\nbody_file = \"ack.txt\"\n"
+        ))
+        .expect_err("both bodies")
+        .to_string();
+        assert!(err.contains(":15: reader.reply.body_file: "), "{err}");
     }
 }

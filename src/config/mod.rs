@@ -726,7 +726,7 @@ impl Config {
             .reader
             .iter()
             .flat_map(|r| {
-                let reply_from = r.reply.as_ref().and_then(|p| p.get_ref().from_address());
+                let reply_from = r.reply.as_ref().and_then(|p| p.get_ref().sender());
                 std::iter::once(r.username.clone()).chain(reply_from)
             })
             .collect();
@@ -1079,6 +1079,17 @@ impl Locator<'_> {
             path: self.path.to_path_buf(),
             line: self.line_of(span.start),
             key: format!("{table}.{key}"),
+            message: message.to_string(),
+        }
+    }
+
+    /// Like [`Locator::at`], for a span that is a whole table (whose start
+    /// is its header line): `key` is given in full.
+    pub(crate) fn at_table(&self, span: Range<usize>, key: &str, message: &str) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line: self.line_of(span.start),
+            key: key.to_string(),
             message: message.to_string(),
         }
     }

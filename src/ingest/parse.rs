@@ -105,11 +105,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_email_size: 50 << 20,
-            max_attachment_size: 25 << 20,
-            keep_raw: false,
-        }
+        Limits::from(&TicketsConfig::default())
     }
 }
 
@@ -165,10 +161,12 @@ fn content_key(raw: &[u8]) -> String {
     let split = find_body(raw);
     let (head, body) = raw.split_at(split);
     let mut hash = Sha256::new();
+    let mut identified = false;
     if let Some(headers) = MessageParser::default().parse_headers(head) {
         for name in ["From", "To", "Cc", "Subject", "Date"] {
             for h in headers.headers() {
                 if h.name.as_str().eq_ignore_ascii_case(name) {
+                    identified = true;
                     hash.update(name.as_bytes());
                     hash.update(b":");
                     let value = head.get(h.offset_start as usize..h.offset_end as usize);
@@ -177,7 +175,9 @@ fn content_key(raw: &[u8]) -> String {
                 }
             }
         }
-    } else {
+    }
+    if !identified {
+        // Nothing to tell deliveries apart by: the bytes are all there is.
         hash.update(head);
     }
     hash.update(b"\n");
@@ -250,7 +250,9 @@ fn apply_limits(mail: &mut ParsedMail, limits: &Limits) {
                 );
                 notes.push(format!(
                     "attachment {} ({}, {}) was not stored: {why}",
-                    a.filename.as_deref().map_or("(unnamed)".into(), |f| format!("{f:?}")),
+                    a.filename
+                        .as_deref()
+                        .map_or("(unnamed)".into(), |f| format!("{f:?}")),
                     a.content_type,
                     human_size(a.size as u64)
                 ));
@@ -322,7 +324,10 @@ fn parse_mime(raw: &[u8]) -> Option<ParsedMail> {
         .iter()
         .map(|h| {
             let value = raw.get(h.offset_start as usize..h.offset_end as usize);
-            (h.name.as_str().to_string(), unfold(value.unwrap_or_default()))
+            (
+                h.name.as_str().to_string(),
+                unfold(value.unwrap_or_default()),
+            )
         })
         .collect();
     let mime_type = message
@@ -372,7 +377,12 @@ fn attachment(part: &MessagePart<'_>) -> Attachment {
     let content = part.contents();
     let content_id = part
         .content_id()
-        .map(|id| id.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+        .map(|id| {
+            id.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
         .filter(|id| !id.is_empty());
     // Inline when the sender says so, or when it has a Content-ID and no
     // disposition at all (how many clients embed images).
@@ -404,7 +414,9 @@ fn report(message: &Message<'_>) -> Report {
     let mut original_ids = Vec::new();
     for part in &message.parts {
         let ids: Vec<String> = match &part.body {
-            PartType::Message(inner) => inner.message_id().map(str::to_string).into_iter().collect(),
+            PartType::Message(inner) => {
+                inner.message_id().map(str::to_string).into_iter().collect()
+            }
             _ => {
                 let kind = part.content_type().map(mime_type_of).unwrap_or_default();
                 if kind == "text/rfc822-headers" || kind == "message/rfc822-headers" {
@@ -447,10 +459,14 @@ pub fn sanitize_filename(name: &str) -> Option<String> {
     if cleaned.is_empty() {
         return None;
     }
-    let stem = cleaned.split('.').next().unwrap_or_default().to_ascii_uppercase();
+    let stem = cleaned
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
     const RESERVED: [&str; 22] = [
-        "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7",
-        "COM8", "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+        "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+        "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
     ];
     if RESERVED.contains(&stem.as_str()) {
         cleaned.insert(0, '_');
@@ -595,5 +611,133 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--XX--\r\n";
         let mail = parse(raw);
         assert_eq!(mail.from_addr.as_deref(), Some("x@example.net"));
         assert!(!mail.subject.is_empty());
+    }
+
+    const WITH_FILES: &[u8] = b"From: a@example.net\r\nSubject: files\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/related; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/html\r\n\r\n<img src=\"cid:logo@x\">\r\n\
+--XX\r\nContent-Type: image/png\r\nContent-ID: <logo@x>\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n\
+--XX\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"..\\\\..\\\\evil\x07.exe\"\r\n\r\n\
+0123456789012345678901234567890123456789\r\n--XX--\r\n";
+
+    #[test]
+    fn attachments_carry_metadata_and_safe_names() {
+        let mail = parse(WITH_FILES);
+        assert_eq!(mail.attachments.len(), 2, "{:?}", mail.attachments);
+        let logo = &mail.attachments[0];
+        assert_eq!(logo.content_id.as_deref(), Some("logo@x"));
+        assert!(logo.inline);
+        assert_eq!(logo.content.as_deref(), Some(&b"\x89PNG\r\n\x1a\n"[..]));
+        assert_eq!(
+            logo.sha256,
+            format!("{:x}", Sha256::digest(b"\x89PNG\r\n\x1a\n"))
+        );
+        let exe = &mail.attachments[1];
+        assert_eq!(exe.filename.as_deref(), Some("evil_.exe"));
+        assert!(!exe.inline);
+        assert!(mail.limit_note.is_none());
+        assert!(mail.raw.is_none());
+    }
+
+    #[test]
+    fn limits_drop_contents_but_keep_the_mail() {
+        let limits = Limits {
+            max_email_size: 1 << 20,
+            max_attachment_size: 20,
+            keep_raw: true,
+        };
+        let mail = parse_with(WITH_FILES, &limits);
+        let exe = &mail.attachments[1];
+        assert!(exe.content.is_none());
+        assert_eq!(exe.size, 40);
+        assert_eq!(
+            exe.dropped.as_deref(),
+            Some("larger than max_attachment_size (20 B)")
+        );
+        assert!(mail.attachments[0].content.is_some(), "the small one stays");
+        let note = mail.limit_note.as_deref().unwrap_or_default();
+        assert!(
+            note.contains("\"evil_.exe\"") && note.contains("40 B"),
+            "{note}"
+        );
+        assert_eq!(mail.raw.as_deref(), Some(WITH_FILES));
+
+        let tiny = Limits {
+            max_email_size: 100,
+            ..limits
+        };
+        let mail = parse_with(WITH_FILES, &tiny);
+        assert!(
+            mail.attachments
+                .iter()
+                .all(|a| a.content.is_none() && a.dropped.is_some())
+        );
+        let note = mail.limit_note.as_deref().unwrap_or_default();
+        assert!(
+            note.contains("larger than max_email_size (100 B)"),
+            "{note}"
+        );
+        assert!(note.contains("its 2 attachments were not stored"), "{note}");
+    }
+
+    #[test]
+    fn filenames_are_made_safe() {
+        assert_eq!(
+            sanitize_filename("../../etc/passwd").as_deref(),
+            Some("passwd")
+        );
+        assert_eq!(
+            sanitize_filename("C:\\Users\\x\\a.txt").as_deref(),
+            Some("a.txt")
+        );
+        assert_eq!(
+            sanitize_filename("a\r\nb?.pdf").as_deref(),
+            Some("a__b_.pdf")
+        );
+        assert_eq!(sanitize_filename("con.txt").as_deref(), Some("_con.txt"));
+        assert_eq!(sanitize_filename(".."), None);
+        assert_eq!(sanitize_filename("   "), None);
+        let long = format!("{}.docx", "x".repeat(300));
+        let short = sanitize_filename(&long).unwrap_or_default();
+        assert_eq!(short.len(), 200);
+        assert!(short.ends_with(".docx"));
+    }
+
+    #[test]
+    fn deliveries_of_one_mail_share_a_content_key() {
+        let a = parse(b"Received: from a\r\nFrom: x@example.net\r\nSubject: s\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n\r\nbody\r\n");
+        let b = parse(b"Received: from b\r\nDelivered-To: other@contoso.com\r\nFrom: x@example.net\r\nSubject: s\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n\r\nbody\r\n");
+        let c = parse(b"From: x@example.net\r\nSubject: s\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n\r\nanother body\r\n");
+        assert!(a.dedup_key.starts_with("sha256:"));
+        assert_eq!(a.dedup_key, b.dedup_key);
+        assert_ne!(a.dedup_key, c.dedup_key);
+    }
+
+    #[test]
+    fn reports_name_the_mail_they_are_about() {
+        let raw = b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nsorry\r\n\
+--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\nFinal-Recipient: rfc822; x@y\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n\
+--B\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: help@contoso.com\r\nMessage-ID: <m2t.abc@contoso.com>\r\nSubject: [#1] s\r\n\r\n--B--\r\n";
+        let mail = parse(raw);
+        assert_eq!(mail.mime_type, "multipart/report");
+        let report = mail.report.clone().expect("a report");
+        assert_eq!(report.report_type, "delivery-status");
+        assert_eq!(report.original_ids, ["m2t.abc@contoso.com"]);
+        assert_eq!(mail.header("from"), Some("MAILER-DAEMON@mx.example.net"));
+    }
+
+    #[test]
+    fn charsets_decode_to_utf8() {
+        // "Grüße" in UTF-7, Shift_JIS "日本語", Windows-1252 "€uro", ISO-8859-2 "Łódź".
+        let mail = parse(b"From: a@example.net\r\nSubject: =?UTF-7?Q?Gr+APwA3w-e?=\r\n\r\nx\r\n");
+        assert_eq!(mail.subject, "Grüße");
+        let mail = parse(b"From: a@example.net\r\nSubject: =?Shift_JIS?B?k/qWe4zq?=\r\nContent-Type: text/plain; charset=Shift_JIS\r\n\r\n\x93\xfa\x96\x7b\x8c\xea\r\n");
+        assert_eq!(mail.subject, "日本語");
+        assert!(mail.body_text.contains("日本語"), "{}", mail.body_text);
+        let mail = parse(b"From: a@example.net\r\nSubject: s\r\nContent-Type: text/plain; charset=windows-1252\r\n\r\n\x80uro\r\n");
+        assert!(mail.body_text.contains("€uro"), "{}", mail.body_text);
+        let mail =
+            parse(b"From: a@example.net\r\nSubject: =?ISO-8859-2?Q?=A3=F3d=BC?=\r\n\r\nx\r\n");
+        assert_eq!(mail.subject, "Łódź");
     }
 }

@@ -1,3 +1,150 @@
-//! How a mail names the ticket it belongs to: Message-IDs it refers to,
-//! the token hidden in our own Message-IDs, the subject tag; and who may
-//! join a ticket.
+//! How a mail names the ticket it belongs to: the Message-IDs it answers,
+//! the token hidden in our own Message-IDs, the subject tag; and who counts
+//! as a participant of a ticket. Pure functions; the store looks the
+//! candidates up.
+
+use rand::Rng;
+
+use super::ParsedMail;
+
+/// Every Message-ID the mail answers, most telling first: In-Reply-To,
+/// then References from the newest back.
+pub fn referenced_ids(mail: &ParsedMail) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    let in_reply_to = mail.in_reply_to.iter().flat_map(|s| s.split_whitespace());
+    let references = mail
+        .references
+        .iter()
+        .flat_map(|s| s.split_whitespace().rev());
+    for id in in_reply_to.chain(references) {
+        let id = id.trim_matches(|c| c == '<' || c == '>');
+        if !id.is_empty() && !ids.iter().any(|i| i == id) {
+            ids.push(id.to_string());
+        }
+    }
+    ids
+}
+
+/// Prefix of the Message-IDs we send.
+const OURS: &str = "m2t.";
+
+/// A Message-ID for a mail we send (without angle brackets):
+/// `m2t.<token>.<random>@<domain>`, or `m2t.<random>@<domain>` when no
+/// token is to be hidden in it.
+pub fn outbound_message_id(domain: &str, token: Option<&str>) -> String {
+    let random: u64 = rand::rng().random();
+    match token {
+        Some(token) => format!("{OURS}{token}.{random:016x}@{domain}"),
+        None => format!("{OURS}{random:016x}@{domain}"),
+    }
+}
+
+/// The ticket token hidden in one of our Message-IDs, if `id` is one.
+pub fn token_of(id: &str) -> Option<&str> {
+    let local = id.split_once('@')?.0.strip_prefix(OURS)?;
+    let (token, random) = local.split_once('.')?;
+    let hex = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(token) && hex(random)).then_some(token)
+}
+
+/// A new ticket's token: 64 random bits, hex.
+pub fn new_token() -> String {
+    let token: u64 = rand::rng().random();
+    format!("{token:016x}")
+}
+
+/// Whether the subject marks a forward, in the languages Outlook and
+/// Gmail write it: a forward can carry someone else's ticket.
+pub fn is_forward(subject: &str) -> bool {
+    const PREFIXES: [&str; 8] = ["fwd:", "fw:", "wg:", "tr:", "rv:", "doorst:", "vs:", "i:"];
+    let mut rest = subject.trim_start();
+    // Past any reply prefixes, e.g. "Re: Fwd: ...".
+    loop {
+        let lower = rest.to_lowercase();
+        if PREFIXES.iter().any(|p| lower.starts_with(p)) {
+            return true;
+        }
+        let reply = ["re:", "aw:", "sv:", "antw:", "réf:"]
+            .iter()
+            .find(|p| lower.starts_with(*p));
+        match reply {
+            Some(p) => rest = rest[p.len()..].trim_start(),
+            None => return false,
+        }
+    }
+}
+
+/// The mail addresses in an address list as the store keeps it
+/// (`Name <a@example.com>, b@example.com`), lower-case.
+pub fn addresses_in(list: &str) -> Vec<String> {
+    list.split(',')
+        .filter_map(|item| {
+            let item = item.trim();
+            let addr = match (item.rfind('<'), item.rfind('>')) {
+                (Some(start), Some(end)) if start < end => &item[start + 1..end],
+                _ => item,
+            };
+            let addr = addr.trim();
+            addr.contains('@').then(|| addr.to_ascii_lowercase())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::parse;
+
+    #[test]
+    fn references_newest_first_without_repeats() {
+        let mail = parse(
+            b"From: a@x\r\nIn-Reply-To: <c@x>\r\nReferences: <a@x> <b@x>\r\n <c@x>\r\nSubject: s\r\n\r\nbody",
+        );
+        assert_eq!(referenced_ids(&mail), ["c@x", "b@x", "a@x"]);
+    }
+
+    #[test]
+    fn our_ids_carry_the_token() {
+        let id = outbound_message_id("contoso.com", Some("0123456789abcdef"));
+        assert!(id.starts_with("m2t.0123456789abcdef."), "{id}");
+        assert!(id.ends_with("@contoso.com"));
+        assert_eq!(token_of(&id), Some("0123456789abcdef"));
+        let plain = outbound_message_id("contoso.com", None);
+        assert_eq!(token_of(&plain), None);
+        assert_eq!(token_of("m2t.nothex.0123456789abcdef@x"), None);
+        assert_eq!(token_of("CAF=abc@mail.gmail.com"), None);
+        assert_ne!(new_token(), new_token());
+    }
+
+    #[test]
+    fn forwards_in_several_languages() {
+        for s in [
+            "Fwd: x",
+            "FW: x",
+            "WG: x",
+            "TR: x",
+            "Re: Fwd: x",
+            "AW: WG: x",
+            "RV: x",
+        ] {
+            assert!(is_forward(s), "{s}");
+        }
+        for s in [
+            "Re: x",
+            "Printer",
+            "Forward planning",
+            "AW: Frage",
+            "Invoice: x",
+        ] {
+            assert!(!is_forward(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn address_lists() {
+        assert_eq!(
+            addresses_in("Ann <Ann@X.org>, bob@y.org, \"Doe, Jane\" <jane@z.org>, undisclosed"),
+            ["ann@x.org", "bob@y.org", "jane@z.org"]
+        );
+    }
+}

@@ -755,7 +755,7 @@ pub async fn poll(
                 let uids: Vec<u32> = parsed.iter().map(|(uid, _)| *uid).collect();
                 let committing = std::time::Instant::now();
                 let outcome = store.commit_batch(&pos, &parsed, &to_record).await?;
-                meter.committed(parsed.len(), &outcome, committing.elapsed());
+                meter.committed(&outcome, committing.elapsed());
                 Ok::<_, ImapError>((uids, outcome))
             },
             async {
@@ -775,6 +775,8 @@ pub async fn poll(
             "batch committed"
         );
         report.created += outcome.created;
+        report.joined += outcome.joined;
+        report.ignored += outcome.ignored_total();
         report.duplicates += outcome.duplicates;
         undone = committed;
         if after_ok {

@@ -24,6 +24,10 @@ pub struct PollReport {
     pub fetched: usize,
     /// Tickets opened.
     pub created: usize,
+    /// Mails that joined an existing ticket.
+    pub joined: usize,
+    /// Mails the guard or a rule kept out of tickets (recorded as emails).
+    pub ignored: usize,
     /// Mails already known by Message-ID or content.
     pub duplicates: usize,
     /// True when the poll stopped early for shutdown.

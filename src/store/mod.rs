@@ -8,6 +8,7 @@
 
 mod health;
 mod key;
+mod mails;
 mod outbox;
 mod tickets;
 mod tokens;
@@ -20,8 +21,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use health::{DaemonStatus, EVENTS_KEPT, ReaderEvent, ReaderStatus};
 pub use key::{KeyError, StoreKey};
+pub use mails::BatchOutcome;
 pub use outbox::{AttemptRecorded, DueAck, MAX_ATTEMPTS, OutboxStatus, retry_delay};
-pub use tickets::{BatchOutcome, FolderPosition};
+pub use tickets::FolderPosition;
 
 use crate::config::StoreConfig;
 

@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
+use super::mails::{BatchOutcome, in_list, store_mails};
 use super::{NOW, Store, StoreError};
-use crate::ingest::{Incoming, ParsedMail};
+use crate::ingest::Incoming;
 
 /// A folder of one reader at one UIDVALIDITY: the space UIDs live in.
 #[derive(Debug, Clone)]
@@ -14,18 +15,6 @@ pub struct FolderPosition {
     pub reader: String,
     pub folder: String,
     pub uidvalidity: u32,
-}
-
-/// What committing one batch did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BatchOutcome {
-    /// New tickets opened.
-    pub created: usize,
-    /// Mails whose Message-ID (or content) was already ingested, by any
-    /// reader: their position is recorded, nothing else.
-    pub duplicates: usize,
-    /// Positions that were already in the ledger (a re-fetch after a crash).
-    pub already_recorded: usize,
 }
 
 impl Store {
@@ -209,70 +198,26 @@ impl Store {
     }
 }
 
-/// Stores each mail of a batch whose ledger key is not `recorded` yet: a
-/// new ticket, unless its Message-ID (or content hash) is already an email,
-/// by any reader. The one place where "one mail is one email" is decided,
-/// for every protocol's ledger. Returns the outcome and, for each mail
-/// stored, its key and the email it is, for the caller's ledger rows.
+/// Stores each mail of a batch whose ledger key is not `recorded` yet
+/// (see `super::mails`): the one place where mail becomes tickets, for
+/// every protocol's ledger. Returns the outcome and, for each mail stored,
+/// its key and the email it is, for the caller's ledger rows.
 async fn store_unrecorded<'m, K>(
     tx: &mut Transaction<'_, Sqlite>,
     reader: &str,
     mails: &'m [(K, Incoming)],
     recorded: impl Fn(&K) -> bool,
 ) -> Result<(BatchOutcome, Vec<(&'m K, i64)>), StoreError> {
-    let fresh: Vec<(&K, &ParsedMail)> = mails.iter().filter(|(key, _)| !recorded(key)).map(|(k, i)| (k, &i.mail)).collect();
+    let fresh: Vec<(&K, &Incoming)> = mails
+        .iter()
+        .filter(|(key, _)| !recorded(key))
+        .map(|(k, i)| (k, i))
+        .collect();
     let mut outcome = BatchOutcome {
         already_recorded: mails.len() - fresh.len(),
         ..BatchOutcome::default()
     };
-    let mut stored = Vec::with_capacity(fresh.len());
-    if fresh.is_empty() {
-        return Ok((outcome, stored));
-    }
-    // One lookup per batch rather than one per mail.
-    let mut q = QueryBuilder::new("SELECT dedup_key, id FROM emails WHERE dedup_key IN ");
-    in_list(&mut q, fresh.iter().map(|(_, m)| m.dedup_key.as_str()));
-    let mut known: HashMap<String, i64> = q
-        .build_query_as::<(String, i64)>()
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .collect();
-
-    // Ids are assigned here, under the write lock this transaction holds,
-    // so that a whole batch goes in as a few multi-row INSERTs instead of
-    // several statements per mail.
-    let (mut next_ticket,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM tickets")
-        .fetch_one(&mut **tx)
-        .await?;
-    let (mut next_email,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM emails")
-        .fetch_one(&mut **tx)
-        .await?;
-    let mut new_mails: Vec<NewMail<'_>> = Vec::new();
-    for (key, mail) in fresh {
-        // `known` also catches the same mail twice within one batch.
-        let email_id = match known.get(&mail.dedup_key) {
-            Some(&id) => {
-                outcome.duplicates += 1;
-                id
-            }
-            None => {
-                outcome.created += 1;
-                let id = next_email;
-                new_mails.push(NewMail {
-                    ticket_id: next_ticket,
-                    email_id: id,
-                    mail,
-                });
-                next_ticket += 1;
-                next_email += 1;
-                known.insert(mail.dedup_key.clone(), id);
-                id
-            }
-        };
-        stored.push((key, email_id));
-    }
-    insert_new_mails(tx, reader, &new_mails).await?;
+    let stored = store_mails(tx, reader, &fresh, &mut outcome).await?;
     Ok((outcome, stored))
 }
 
@@ -302,105 +247,15 @@ fn where_position<'q>(q: &mut QueryBuilder<'q, Sqlite>, pos: &'q FolderPosition)
         .push_bind(i64::from(pos.uidvalidity));
 }
 
-/// `(?, ?, ...)` bound to `values`.
-fn in_list<'q, T>(q: &mut QueryBuilder<'q, Sqlite>, values: impl IntoIterator<Item = T>)
-where
-    T: 'q + sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Send,
-{
-    q.push("(");
-    let mut list = q.separated(", ");
-    for v in values {
-        list.push_bind(v);
-    }
-    q.push(")");
-}
-
-/// Rows per multi-row INSERT, keeping the bound values (16 per email row)
-/// well under SQLite's limit of 32766.
+/// Rows per multi-row INSERT (ledger rows), keeping the bound values well
+/// under SQLite's limit of 32766.
 const ROWS_PER_INSERT: usize = 500;
-
-/// A mail that opens a new ticket, with the ids it will get.
-struct NewMail<'a> {
-    ticket_id: i64,
-    email_id: i64,
-    mail: &'a ParsedMail,
-}
-
-/// Opens a ticket for each new mail, with the mail as its first email.
-async fn insert_new_mails(
-    tx: &mut Transaction<'_, Sqlite>,
-    reader: &str,
-    rows: &[NewMail<'_>],
-) -> Result<(), StoreError> {
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::new(
-            "INSERT INTO tickets (id, reader, subject, requester, requester_name, status, created_at, updated_at) ",
-        );
-        q.push_values(chunk, |mut row, new| {
-            row.push_bind(new.ticket_id)
-                .push_bind(reader)
-                .push_bind(new.mail.subject.as_str())
-                .push_bind(new.mail.from_addr.as_deref())
-                .push_bind(new.mail.from_name.as_deref())
-                .push("'open'")
-                .push(NOW)
-                .push(NOW);
-        });
-        q.build().execute(&mut **tx).await?;
-
-        let mut q = QueryBuilder::new(
-            "INSERT INTO emails (id, ticket_id, reader, dedup_key, message_id, in_reply_to, references_,
-                from_addr, from_name, to_addrs, cc_addrs, subject, sent_at, body_text, body_html,
-                parse_note, received_at) ",
-        );
-        q.push_values(chunk, |mut row, new| {
-            let m = new.mail;
-            row.push_bind(new.email_id)
-                .push_bind(new.ticket_id)
-                .push_bind(reader)
-                .push_bind(m.dedup_key.as_str())
-                .push_bind(m.message_id.as_deref())
-                .push_bind(m.in_reply_to.as_deref())
-                .push_bind(m.references.as_deref())
-                .push_bind(m.from_addr.as_deref())
-                .push_bind(m.from_name.as_deref())
-                .push_bind(m.to.as_deref())
-                .push_bind(m.cc.as_deref())
-                .push_bind(m.subject.as_str())
-                .push_bind(m.sent_at.as_deref())
-                .push_bind(m.body_text.as_str())
-                .push_bind(m.body_html.as_deref())
-                .push_bind(m.parse_note.as_deref())
-                .push(NOW);
-        });
-        q.build().execute(&mut **tx).await?;
-    }
-
-    // Attachments one statement each: they can be large, and a multi-row
-    // insert would hold many of them in one bound buffer.
-    for new in rows {
-        for a in &new.mail.attachments {
-            sqlx::query(
-                "INSERT INTO attachments (email_id, filename, content_type, size, content)
-                 VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(new.email_id)
-            .bind(&a.filename)
-            .bind(&a.content_type)
-            .bind(i64::try_from(a.size).unwrap_or(i64::MAX))
-            .bind(&a.content)
-            .execute(&mut **tx)
-            .await?;
-        }
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::StoreConfig;
-    use crate::ingest::parse;
+    use crate::ingest::Incoming;
     use crate::store::{ReaderIdentity, ReaderState};
 
     use crate::store::open_in as store;
@@ -427,7 +282,11 @@ mod tests {
             .map(|i| {
                 (
                     i,
-                    parse(format!("Message-ID: <{i}@x>\r\nSubject: s{i}\r\n\r\nbody").as_bytes()),
+                    Incoming::new(
+                        format!("Message-ID: <{i}@x>\r\nSubject: s{i}\r\n\r\nbody").as_bytes(),
+                        "a",
+                        &Default::default(),
+                    ),
                 )
             })
             .collect();
@@ -436,8 +295,7 @@ mod tests {
             first,
             BatchOutcome {
                 created: 3,
-                duplicates: 0,
-                already_recorded: 0
+                ..BatchOutcome::default()
             }
         );
         let again = store

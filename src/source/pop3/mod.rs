@@ -280,8 +280,10 @@ pub async fn poll(
         let outcome = store
             .commit_pop3_batch(&reader.name, &parsed, delete)
             .await?;
-        meter.committed(parsed.len(), &outcome, committing.elapsed());
+        meter.committed(&outcome, committing.elapsed());
         report.created += outcome.created;
+        report.joined += outcome.joined;
+        report.ignored += outcome.ignored_total();
         report.duplicates += outcome.duplicates;
         if delete && !cut_off {
             for (number, uidl) in numbers {
