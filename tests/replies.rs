@@ -4,7 +4,9 @@
 //! file, and the daemon's sender. The IdP issues 2000-character access
 //! tokens, as long as Entra's, so the SASL response is far over the line
 //! length Dovecot takes on one AUTH line: only the two-step form works,
-//! which one test shows on the wire first.
+//! which one test shows on the wire first. End to end, a customer's mail
+//! gets one acknowledgement, and the customer's out-of-office answer to it
+//! ends the exchange.
 
 mod common;
 
@@ -487,4 +489,131 @@ async fn the_daemon_sends_beside_its_readers_and_keeps_a_row_without_reply_pendi
         Some("reader \"quiet\" has no [reader.reply]; kept until it has one")
     );
     assert_eq!(t.sink.mails().len(), 1);
+}
+
+/// A customer's first mail, as Outlook sends it.
+fn customer_mail() -> Vec<u8> {
+    format!(
+        "Message-ID: <c1.printer@customer.example>\r\n\
+         Date: Tue, 25 Nov 2025 09:00:00 +0100\r\n\
+         From: Carol Kunde <{CUSTOMER}>\r\n\
+         To: Helpdesk <{USER}>\r\n\
+         Subject: Printer on fire\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         The printer on floor 3 is on fire.\r\n"
+    )
+    .into_bytes()
+}
+
+/// Exchange's out-of-office answer to `ack` (a Message-ID with brackets).
+fn out_of_office(ack: &str, subject: &str) -> Vec<u8> {
+    format!(
+        "Message-ID: <ooo.1@customer.example>\r\n\
+         Date: Tue, 25 Nov 2025 09:01:00 +0100\r\n\
+         From: Carol Kunde <{CUSTOMER}>\r\n\
+         To: {USER}\r\n\
+         Subject: Automatic reply: {subject}\r\n\
+         In-Reply-To: {ack}\r\n\
+         References: <c1.printer@customer.example> {ack}\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         X-Auto-Response-Suppress: All\r\n\
+         X-MS-Exchange-Inbox-Rules-Loop: {CUSTOMER}\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         I am out of the office until Monday.\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_ticket_is_acknowledged_once_and_the_out_of_office_answer_ends_it() {
+    let t = Smtp::start();
+    let config = t.env.write_config(&[t.reader("helpdesk")]);
+    t.env.dovecot.deliver(USER, &customer_mail());
+
+    // run --once polls, commits the ticket with its queued acknowledgement,
+    // then sends what is due.
+    block_in_place(|| run_once_binary(&config));
+    let ack = the_one(&t.sink);
+    let (ticket,): (i64,) = {
+        let pool = t.env.db().await;
+        let row = sqlx::query_as("SELECT id FROM tickets")
+            .fetch_one(&pool)
+            .await
+            .expect("the ticket");
+        pool.close().await;
+        row
+    };
+    assert_eq!(ack.rcpt_to, [CUSTOMER]);
+    let subject = ack.header("Subject").expect("Subject");
+    assert_eq!(subject, format!("[#{ticket}] Printer on fire"));
+    assert_eq!(
+        ack.header("In-Reply-To").as_deref(),
+        Some("<c1.printer@customer.example>")
+    );
+    assert_eq!(
+        ack.header("References").as_deref(),
+        Some("<c1.printer@customer.example>")
+    );
+    assert_eq!(
+        ack.header("Auto-Submitted").as_deref(),
+        Some("auto-replied")
+    );
+    assert_eq!(ack.header("X-Loop").as_deref(), Some(USER));
+    let ack_id = ack.header("Message-ID").expect("Message-ID");
+    assert!(
+        ack_id.starts_with("<m2t.") && ack_id.ends_with("@test.example>"),
+        "{ack_id}"
+    );
+    assert_eq!(
+        t.env
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'")
+            .await,
+        1
+    );
+
+    // The customer's Exchange answers the acknowledgement while they are
+    // away. It must not become a ticket, a reply, or an acknowledgement.
+    t.env
+        .dovecot
+        .deliver(USER, &out_of_office(&ack_id, &subject));
+    block_in_place(|| run_once_binary(&config));
+    assert_eq!(t.sink.mails().len(), 1, "no second acknowledgement");
+    assert_eq!(t.env.count("SELECT COUNT(*) FROM tickets").await, 1);
+    assert_eq!(t.env.count("SELECT COUNT(*) FROM outbox").await, 1);
+    let pool = t.env.db().await;
+    let (ticket_of_ooo, disposition): (Option<i64>, String) = sqlx::query_as(
+        "SELECT ticket_id, disposition FROM emails WHERE message_id = 'ooo.1@customer.example'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the out-of-office mail is recorded");
+    pool.close().await;
+    assert_eq!(ticket_of_ooo, None);
+    assert!(
+        disposition.starts_with("ignored: auto-reply"),
+        "{disposition}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_acknowledges_a_new_ticket_soon_after_its_poll() {
+    let t = Smtp::start();
+    let config = t.env.config(&[t.reader("helpdesk")]);
+    let (cancel, daemon) = t.env.spawn_daemon(&config).await;
+    assert!(
+        t.env
+            .wait_for_polls("helpdesk", 1, Duration::from_secs(30))
+            .await
+    );
+    t.env.dovecot.deliver(USER, &customer_mail());
+    // Woken by the poll that opened the ticket, well before the sender's
+    // own 15-second round.
+    let mails = block_in_place(|| t.sink.wait_for(1, Duration::from_secs(10)));
+    t.env.stop_daemon(cancel, daemon).await;
+    assert_eq!(mails.len(), 1, "acknowledged within seconds");
+    assert_eq!(mails[0].rcpt_to, [CUSTOMER]);
 }
