@@ -535,8 +535,25 @@ async fn a_new_ticket_is_acknowledged_once_and_the_out_of_office_answer_ends_it(
     t.env.dovecot.deliver(USER, &customer_mail());
 
     // run --once polls, commits the ticket with its queued acknowledgement,
-    // then sends what is due.
-    block_in_place(|| run_once_binary(&config));
+    // then sends what is due; at debug level, to show no credential is
+    // logged on the way.
+    let out = block_in_place(|| {
+        std::process::Command::new(common::setup::binary())
+            .args(["-c", config.to_str().expect("utf-8 path"), "run", "--once"])
+            .env("RUST_LOG", "debug")
+            .output()
+            .expect("run --once")
+    });
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{output}");
+    assert!(output.contains("acknowledgement sent"), "{output}");
+    let mut secrets = t.env.idp.issued_secrets();
+    secrets.push(common::setup::PASSWORD.to_string());
+    assert_no_secret_in(&output, &t.env.database_bytes(), &secrets);
     let ack = the_one(&t.sink);
     let (ticket,): (i64,) = {
         let pool = t.env.db().await;
