@@ -171,7 +171,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     scheduler.apply(readers);
     // Acknowledgements go out beside the readers, never in their way.
     let (replies, replies_now) = tokio::sync::watch::channel(outbound::readers(&config));
-    let sender = tokio::spawn(
+    let mut sender = tokio::spawn(
         outbound::run(ctx.clone(), replies_now, shutdown.clone())
             .instrument(tracing::info_span!("outbox")),
     );
@@ -212,14 +212,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     supervisor.notifier.stopping();
     let grace = supervisor.config.daemon.shutdown_timeout;
     // The sender finishes the attempt in progress; at most the grace period.
-    let (_, sender) = tokio::join!(scheduler.stop(), tokio::time::timeout(grace, sender));
-    match sender {
+    let (_, finished) = tokio::join!(scheduler.stop(), tokio::time::timeout(grace, &mut sender));
+    match finished {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "the acknowledgement sender ended abnormally"),
-        Err(_) => tracing::warn!(
-            "acknowledgement still being sent after the grace period; abandoning it \
-             (its row is tried again after a restart)"
-        ),
+        Err(_) => {
+            tracing::warn!(
+                "acknowledgement still being sent after the grace period; abandoning it \
+                 (its row is tried again once its lease ends)"
+            );
+            sender.abort();
+        }
     }
     stop_http.cancel();
     if let Some(task) = http_task {

@@ -91,12 +91,12 @@ pub fn token_request(reader: &ReaderConfig) -> Option<TokenRequest<'_>> {
 }
 
 /// The token request for sending mail as the reader (acknowledgements over
-/// SMTP): the reader's login, with the SMTP scope.
-pub fn smtp_token_request(reader: &ReaderConfig) -> Option<TokenRequest<'_>> {
-    token_request(reader).map(|request| TokenRequest {
+/// SMTP): the reader's OAuth login, with the SMTP scope.
+pub fn smtp_token_request<'r>(reader: &'r ReaderConfig, oauth: &'r OAuthLogin) -> TokenRequest<'r> {
+    TokenRequest {
         service: Service::Smtp,
-        ..request
-    })
+        ..oauth_request(reader, oauth)
+    }
 }
 
 fn oauth_request<'r>(reader: &'r ReaderConfig, oauth: &'r OAuthLogin) -> TokenRequest<'r> {

@@ -139,10 +139,8 @@ async fn attempt(ctx: &Context, readers: &Readers, row: &DueAck) -> Result<(), A
         .ok_or_else(|| AckError::NoReply(row.reader.clone()))?;
     let (envelope, bytes) = message::build(reply, &reader.mail.tickets.subject_tag, row)?;
     match &reader.login {
-        Login::OAuth(_) => {
-            let Some(request) = reader::smtp_token_request(reader) else {
-                return Err(AckError::UnknownReader(row.reader.clone()));
-            };
+        Login::OAuth(oauth) => {
+            let request = reader::smtp_token_request(reader, oauth);
             let (token, obtained) = ctx.tokens.access_token_from(&request).await?;
             if obtained {
                 ctx.metrics.reader(&reader.name).token_obtained();

@@ -305,9 +305,10 @@ impl Session {
 
     async fn authenticate(&mut self, user: &str, credential: &Credential) -> Result<(), SmtpError> {
         const STEP: &str = "AUTH";
-        let (mechanism, what, initial) = match credential {
+        let (mechanism, name, what, initial) = match credential {
             Credential::Token(token) => (
                 Mechanism::Xoauth2,
+                "XOAUTH2",
                 "access token",
                 format!(
                     "user={user}\x01auth=Bearer {}\x01\x01",
@@ -316,15 +317,12 @@ impl Session {
             ),
             Credential::Password(password) => (
                 Mechanism::Plain,
+                "PLAIN",
                 "password",
                 format!("\0{user}\0{}", password.expose_secret()),
             ),
         };
         let initial = SecretString::from(BASE64.encode(initial));
-        let name = match mechanism {
-            Mechanism::Xoauth2 => "XOAUTH2",
-            _ => "PLAIN",
-        };
         if !self.conn.server_info().supports_auth_mechanism(mechanism) {
             return Err(SmtpError::NoMechanism {
                 server: self.server.clone(),
