@@ -104,7 +104,11 @@ impl Scheduler {
         for registered in readers {
             let name = registered.config.name.clone();
             let previous = match self.slots.remove(&name) {
-                Some(slot) if slot.fingerprint == registered.fingerprint => {
+                Some(mut slot) if slot.fingerprint == registered.fingerprint => {
+                    // The running task shares this handle: its next batch
+                    // uses the new rules, limits and addresses.
+                    slot.config.mail.replace(registered.config.mail.current());
+                    slot.config.reply = registered.config.reply;
                     self.slots.insert(name, slot);
                     continue;
                 }

@@ -447,9 +447,16 @@ async fn http_endpoints_and_metrics_follow_what_the_readers_do() {
 
     let helpdesk = [("reader", "helpdesk")];
     let n = N as f64;
-    let m = metrics_until(port, "tickets and emails counted", |m| {
-        m.sum(TICKETS, &helpdesk) == n && m.sum(INGESTED, &helpdesk) == n
-    })
+    // Tickets are counted at commit, the success once the poll finished.
+    let m = metrics_until(
+        port,
+        "tickets, emails and the poll's success counted",
+        |m| {
+            m.sum(TICKETS, &helpdesk) == n
+                && m.sum(INGESTED, &helpdesk) == n
+                && m.sum(LAST_SUCCESS, &helpdesk) > 0.0
+        },
+    )
     .await;
     assert_eq!(m.value(TICKETS, &helpdesk), n);
     assert_eq!(m.value(INGESTED, &helpdesk), n);

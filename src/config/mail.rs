@@ -29,6 +29,44 @@ pub struct MailPolicy {
     pub message_id_domain: String,
 }
 
+/// A reader's [`MailPolicy`], replaceable while the reader runs: a reload
+/// that changes only `[tickets]`, `[guard]`, the rules or the set of our
+/// addresses applies from the next batch on, without reconnecting.
+#[derive(Clone)]
+pub struct SharedPolicy(Arc<std::sync::RwLock<Arc<MailPolicy>>>);
+
+impl SharedPolicy {
+    pub fn new(policy: Arc<MailPolicy>) -> SharedPolicy {
+        SharedPolicy(Arc::new(std::sync::RwLock::new(policy)))
+    }
+
+    /// The policy now; a batch keeps the one it started with.
+    pub fn current(&self) -> Arc<MailPolicy> {
+        // A panic while holding the lock cannot leave a half-written Arc.
+        let guard = self
+            .0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(&guard)
+    }
+
+    pub fn replace(&self, policy: Arc<MailPolicy>) {
+        let mut guard = self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *guard = policy;
+    }
+}
+
+impl std::fmt::Debug for SharedPolicy {
+    /// Deliberately without the contents: a reader's fingerprint is built
+    /// from its Debug output, and a policy change must not restart it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedPolicy")
+    }
+}
+
 /// `[tickets]`: how mail finds its ticket, and size limits.
 #[derive(Debug, Clone)]
 pub struct TicketsConfig {
@@ -424,15 +462,15 @@ impl Shared {
         allow_auto_submitted: bool,
         reply_from: Option<&str>,
         username: &str,
-    ) -> Arc<MailPolicy> {
-        Arc::new(MailPolicy {
+    ) -> SharedPolicy {
+        SharedPolicy::new(Arc::new(MailPolicy {
             tickets: self.tickets.clone(),
             guard: self.guard.clone(),
             rules: self.rules.clone(),
             allow_auto_submitted,
             acknowledge: reply_from.is_some(),
             message_id_domain: domain_of(reply_from.unwrap_or(username)).to_ascii_lowercase(),
-        })
+        }))
     }
 }
 
@@ -476,7 +514,7 @@ grant = "authorization_code"
         let config = parse(READER).expect("valid");
         let reader = &config.readers[0];
         assert!(reader.reply.is_none());
-        let policy = &reader.mail;
+        let policy = reader.mail.current();
         assert!(!policy.acknowledge && !policy.allow_auto_submitted);
         assert_eq!(policy.message_id_domain, "contoso.com");
         assert_eq!(policy.tickets.subject_tag.format(5), "[#5]");
@@ -510,7 +548,7 @@ subject = "Ticket {{tag}}"
         );
         let config = parse(&text).expect("valid");
         let reader = &config.readers[0];
-        let policy = &reader.mail;
+        let policy = reader.mail.current();
         assert_eq!(policy.tickets.subject_tag.format(7), "[ACME-7]");
         assert_eq!(policy.tickets.closed_reply, ClosedReply::NewTicket);
         assert_eq!(policy.tickets.tag_from, TagFrom::Anyone);

@@ -16,7 +16,8 @@ mod mail;
 mod rules;
 
 pub use mail::{
-    ClosedReply, GuardConfig, MailPolicy, ReplyConfig, SubjectTag, TagFrom, TicketsConfig,
+    ClosedReply, GuardConfig, MailPolicy, ReplyConfig, SharedPolicy, SubjectTag, TagFrom,
+    TicketsConfig,
 };
 pub use rules::{Matcher, Route, Rule, RuleAction, RuleMode, Rules};
 
@@ -310,8 +311,9 @@ pub struct ReaderConfig {
     pub batch_size: usize,
     /// Acknowledgements of new tickets, when `[reader.reply]` is set.
     pub reply: Option<ReplyConfig>,
-    /// How this reader's mail becomes tickets: threading, guard, rules, limits.
-    pub mail: std::sync::Arc<MailPolicy>,
+    /// How this reader's mail becomes tickets: threading, guard, rules,
+    /// limits. Not part of the fingerprint: a reload swaps it in place.
+    pub mail: SharedPolicy,
 }
 
 impl ReaderConfig {
@@ -328,7 +330,13 @@ impl ReaderConfig {
     /// values of their secrets and certificate. Only ever fed to a keyed
     /// digest, never stored or shown.
     pub fn fingerprint_material(&self, app: Option<&OAuthApp>) -> Vec<u8> {
-        let mut material = format!("{self:?}\0{app:?}").into_bytes();
+        // The reply settings are read by the sender, and the mail policy is
+        // swapped in place: neither is a reason to reconnect the reader.
+        let reader = ReaderConfig {
+            reply: None,
+            ..self.clone()
+        };
+        let mut material = format!("{reader:?}\0{app:?}").into_bytes();
         let password = match &self.login {
             Login::OAuth(o) => o.password.as_ref(),
             Login::Plain { password } => Some(password),

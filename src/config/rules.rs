@@ -99,7 +99,6 @@ pub(super) struct RawRules {
 /// One `[[rule]]` as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // filled in by the rules change
 pub(super) struct RawRule {
     name: Option<Spanned<String>>,
     from: Option<Spanned<RawMatcher>>,

@@ -137,7 +137,8 @@ async fn attempt(ctx: &Context, readers: &Readers, row: &DueAck) -> Result<(), A
         .reply
         .as_ref()
         .ok_or_else(|| AckError::NoReply(row.reader.clone()))?;
-    let (envelope, bytes) = message::build(reply, &reader.mail.tickets.subject_tag, row)?;
+    let policy = reader.mail.current();
+    let (envelope, bytes) = message::build(reply, &policy.tickets.subject_tag, row)?;
     match &reader.login {
         Login::OAuth(oauth) => {
             let request = reader::smtp_token_request(reader, oauth);

@@ -751,7 +751,7 @@ pub async fn poll(
         let started = std::time::Instant::now();
         let (committed, (after_ok, prefetched)) = tokio::join!(
             async {
-                let parsed = ingest::parse_batch(raw, &reader.name, &reader.mail).await?;
+                let parsed = ingest::parse_batch(raw, &reader.name, &reader.mail.current()).await?;
                 let uids: Vec<u32> = parsed.iter().map(|(uid, _)| *uid).collect();
                 let committing = std::time::Instant::now();
                 let outcome = store.commit_batch(&pos, &parsed, &to_record).await?;

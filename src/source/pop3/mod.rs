@@ -273,7 +273,7 @@ pub async fn poll(
                 .map(|(_, uidl, body)| (uidl, body))
                 .collect(),
             &reader.name,
-            &reader.mail,
+            &reader.mail.current(),
         )
         .await?;
         let committing = std::time::Instant::now();
