@@ -938,10 +938,11 @@ async fn a_five_mail_thread_across_two_runs_is_one_ticket_with_five_emails() {
     let raw = |p: &str| corpus_mail(&corpus, p).raw.as_slice();
 
     // Outlook opens it; the iPhone reply and the Gmail reply-all come in the
-    // same batch; the agent's reply from the shared mailbox is ours.
+    // same batch.
     deliver_in_order(&env, USER, &[raw("01-"), raw("04-"), raw("06-")]);
     run_once(&config);
-    // Thunderbird (References only) and Outlook answer in a later run.
+    // Thunderbird (References only) and Outlook answer in a later run; in
+    // between, an agent answers from the shared mailbox, which is ours.
     deliver_in_order(&env, USER, &[raw("08-"), raw("36-"), raw("11-")]);
     run_once(&config);
 
