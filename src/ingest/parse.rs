@@ -318,7 +318,7 @@ fn parse_mime(raw: &[u8]) -> Option<ParsedMail> {
         .filter_map(|i| message.body_html(i).map(|s| s.into_owned()))
         .collect();
 
-    let attachments = message.attachments().map(attachment).collect();
+    let mut attachments: Vec<Attachment> = message.attachments().map(attachment).collect();
     let headers = message
         .headers()
         .iter()
@@ -338,6 +338,23 @@ fn parse_mime(raw: &[u8]) -> Option<ParsedMail> {
     let mut note = None;
     if from_addr.is_none() {
         note = Some("the mail has no readable From address".to_string());
+    }
+    // A multipart whose boundary never appears is handed back whole, as one
+    // part of the multipart type: the mail's text is in there, unsplit.
+    let mut body_text = body_text;
+    if body_text.trim().is_empty()
+        && html.is_empty()
+        && let Some(i) = attachments
+            .iter()
+            .position(|a| a.content_type.starts_with("multipart/"))
+    {
+        let unsplit = attachments.remove(i);
+        body_text =
+            String::from_utf8_lossy(unsplit.content.as_deref().unwrap_or_default()).into_owned();
+        note = Some(format!(
+            "the {} structure could not be split (its boundary does not appear); the body is its raw text",
+            unsplit.content_type
+        ));
     }
 
     Some(ParsedMail {
@@ -739,5 +756,22 @@ Content-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n-
         let mail =
             parse(b"From: a@example.net\r\nSubject: =?ISO-8859-2?Q?=A3=F3d=BC?=\r\n\r\nx\r\n");
         assert_eq!(mail.subject, "Łódź");
+    }
+
+    #[test]
+    fn a_boundary_that_never_appears_leaves_the_text_readable() {
+        let raw = b"From: a@example.net\r\nSubject: s\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"A\"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nno space left on device\r\n--B--\r\n";
+        let mail = parse(raw);
+        assert!(
+            mail.body_text.contains("no space left on device"),
+            "{mail:?}"
+        );
+        assert!(mail.attachments.is_empty(), "{:?}", mail.attachments);
+        assert!(
+            mail.parse_note
+                .as_deref()
+                .is_some_and(|n| n.contains("boundary"))
+        );
     }
 }
