@@ -261,6 +261,27 @@ async fn authorize_in_a_browser_then_the_reader_lives_on_refreshes() {
     assert_eq!(env.idp.count("authorization_code"), 1);
     assert_eq!(env.idp.count("refresh_token"), 3);
     assert_eq!(env.idp.count("password"), 0);
+
+    // A scope without consent (as SMTP.Send is until an admin grants it)
+    // refuses that request only: the sign-in survives for when it is given.
+    env.idp.inject_aad(
+        400,
+        "invalid_grant",
+        65001,
+        "The user or administrator has not consented to use the application.",
+        1,
+    );
+    let out = run_once(&config, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(env.state("helpdesk").await, "needs_authorization");
+    let (code, stdout, stderr) = common::setup::check_binary(&config, Some("helpdesk"));
+    assert_eq!(
+        code,
+        Some(0),
+        "the refresh token was kept\n{stdout}\n{stderr}"
+    );
+    assert_eq!(env.idp.count("refresh_token"), 5);
+    assert_eq!(env.idp.count("authorization_code"), 1, "no new sign-in");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -388,6 +388,21 @@ impl TokenStore {
                     }
                     return self.accept(req, scope, account, &response).await;
                 }
+                Err(TokenError::ServerResponse(e))
+                    if e.error == "invalid_grant" && is_consent_missing(&e) =>
+                {
+                    // The sign-in is fine; this one resource (SMTP.Send for
+                    // acknowledgements, say) lacks consent. Forgetting the
+                    // refresh token would stop every other service of the
+                    // account until someone signs in again.
+                    tracing::warn!(
+                        oauth = req.oauth,
+                        account = req.account,
+                        code = e.aadsts(),
+                        "no consent for this scope; the refresh token is kept"
+                    );
+                    return Err(AuthError::Rejected(e));
+                }
                 Err(TokenError::ServerResponse(e)) if e.error == "invalid_grant" => {
                     tracing::warn!(
                         oauth = req.oauth,
@@ -568,6 +583,12 @@ where
         },
         R::Other(detail) => AuthError::Malformed { url, detail },
     }
+}
+
+/// AADSTS65001 (consent required) and 65004 (consent declined) concern
+/// the scope asked for, not the refresh token: it still serves the others.
+fn is_consent_missing(e: &entra::EntraErrorResponse) -> bool {
+    matches!(e.aadsts(), Some(65001 | 65004))
 }
 
 #[cfg(test)]
