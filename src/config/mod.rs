@@ -1132,7 +1132,7 @@ impl Locator<'_> {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
 [store]
 database = "sqlite://x.db"
 

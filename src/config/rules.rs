@@ -364,24 +364,8 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    const BASE: &str = r#"
-[store]
-database = "sqlite://x.db"
-
-[[oauth]]
-name = "contoso"
-tenant = "00000000-0000-0000-0000-000000000000"
-client_id = "11111111-1111-1111-1111-111111111111"
-
-[[reader]]
-name = "helpdesk"
-protocol = "imap"
-host = "outlook.office365.com"
-username = "helpdesk@contoso.com"
-password = "hunter2-literal"
-oauth = "contoso"
-grant = "password"
-"#;
+    /// A valid configuration with one reader; rules are appended to it.
+    const BASE: &str = crate::config::tests::GOOD;
 
     /// Lines of `BASE`, so that tests can name the line a rule's key is on.
     fn base_lines() -> usize {

@@ -583,6 +583,11 @@ mod tests {
             .expect("commit")
     }
 
+    /// Commits one mail with these headers.
+    async fn commit_one(store: &Store, headers: &str, policy: &Arc<MailPolicy>) -> BatchOutcome {
+        commit(store, vec![mail(headers, policy)]).await
+    }
+
     /// (ticket_id, disposition) of the email with this Message-ID.
     async fn email(store: &Store, message_id: &str) -> (Option<i64>, String) {
         sqlx::query_as("SELECT ticket_id, disposition FROM emails WHERE message_id = ?")
@@ -658,14 +663,7 @@ mod tests {
                 .fetch_one(store.pool())
                 .await
                 .expect("ack queued");
-        commit(
-            &store,
-            vec![mail(
-                &format!("From: ann@example.net\nSubject: Re: [#1] VPN down\nMessage-ID: <6@x>\nIn-Reply-To: <{ack_id}>"),
-                &p,
-            )],
-        )
-        .await;
+        commit_one(&store, &format!("From: ann@example.net\nSubject: Re: [#1] VPN down\nMessage-ID: <6@x>\nIn-Reply-To: <{ack_id}>"), &p).await;
         assert_eq!(email(&store, "6@x").await, (ticket, "reply".to_string()));
         assert_eq!(
             scalar(&store, "SELECT COUNT(*) FROM outbox").await,
@@ -679,14 +677,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_in(&dir).await;
         let p = policy();
-        commit(
-            &store,
-            vec![mail(
-                "From: Ann <ann@example.net>\nCc: carl@example.net\nSubject: Printer\nMessage-ID: <p1@x>",
-                &p,
-            )],
-        )
-        .await;
+        commit_one(&store, "From: Ann <ann@example.net>\nCc: carl@example.net\nSubject: Printer\nMessage-ID: <p1@x>", &p).await;
         commit(
             &store,
             vec![
@@ -712,12 +703,10 @@ mod tests {
         assert_eq!(email(&store, "p6@x").await, (Some(1), "reply".into()));
 
         let anyone = with_tickets(|t| t.tag_from = TagFrom::Anyone);
-        commit(
+        commit_one(
             &store,
-            vec![mail(
-                "From: eve@evil.example\nSubject: [#1] again\nMessage-ID: <p7@x>",
-                &anyone,
-            )],
+            "From: eve@evil.example\nSubject: [#1] again\nMessage-ID: <p7@x>",
+            &anyone,
         )
         .await;
         assert_eq!(email(&store, "p7@x").await, (Some(1), "reply".into()));
@@ -728,12 +717,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_in(&dir).await;
         let p = policy();
-        commit(
+        commit_one(
             &store,
-            vec![mail(
-                "From: ann@example.net\nSubject: s\nMessage-ID: <c1@x>",
-                &p,
-            )],
+            "From: ann@example.net\nSubject: s\nMessage-ID: <c1@x>",
+            &p,
         )
         .await;
         let close = || {
@@ -774,12 +761,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_in(&dir).await;
         let p = policy();
-        commit(
+        commit_one(
             &store,
-            vec![mail(
-                "From: ann@example.net\nSubject: s\nMessage-ID: <h1@x>",
-                &p,
-            )],
+            "From: ann@example.net\nSubject: s\nMessage-ID: <h1@x>",
+            &p,
         )
         .await;
         let (token,): (String,) = sqlx::query_as("SELECT thread_token FROM tickets WHERE id = 1")
@@ -788,22 +773,22 @@ mod tests {
             .expect("token");
         // An id of ours that the outbox never held (sent by an agent's tool).
         let ours = format!("m2t.{token}.00000000deadbeef@contoso.com");
-        commit(
+        commit_one(
             &store,
-            vec![mail(
-                &format!("From: zed@example.org\nSubject: Re: s\nMessage-ID: <h2@x>\nReferences: <{ours}>"),
-                &p,
-            )],
+            &format!(
+                "From: zed@example.org\nSubject: Re: s\nMessage-ID: <h2@x>\nReferences: <{ours}>"
+            ),
+            &p,
         )
         .await;
         assert_eq!(email(&store, "h2@x").await, (Some(1), "reply".into()));
         let off = with_tickets(|t| t.hidden_token = false);
-        commit(
+        commit_one(
             &store,
-            vec![mail(
-                &format!("From: zed@example.org\nSubject: Re: s\nMessage-ID: <h3@x>\nReferences: <{ours}>"),
-                &off,
-            )],
+            &format!(
+                "From: zed@example.org\nSubject: Re: s\nMessage-ID: <h3@x>\nReferences: <{ours}>"
+            ),
+            &off,
         )
         .await;
         assert_eq!(email(&store, "h3@x").await, (Some(2), "ticket".into()));
@@ -814,12 +799,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_in(&dir).await;
         let p = policy();
-        commit(
+        commit_one(
             &store,
-            vec![mail(
-                "From: ann@example.net\nSubject: s\nMessage-ID: <g1@x>",
-                &p,
-            )],
+            "From: ann@example.net\nSubject: s\nMessage-ID: <g1@x>",
+            &p,
         )
         .await;
         let (ack_id,): (String,) = sqlx::query_as("SELECT message_id FROM outbox")
@@ -935,12 +918,10 @@ mod tests {
                 "ignored: rate-limit (4 mails from Loop@Example.net within 1h)".into()
             )
         );
-        let other = commit(
+        let other = commit_one(
             &store,
-            vec![mail(
-                "From: ann@example.net\nSubject: s\nMessage-ID: <r6@x>",
-                &p,
-            )],
+            "From: ann@example.net\nSubject: s\nMessage-ID: <r6@x>",
+            &p,
         )
         .await;
         assert_eq!(other.created, 1, "the limit is per sender");
