@@ -202,6 +202,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             }
             let mut report = status::Report::new(&config, store.daemon_status().await?, rows);
             report.set_outbox(store.outbox_statuses().await?);
+            report.set_mail(store.mail_counts(status::MAIL_HOURS).await?);
             if let Some(name) = &reader {
                 // `rows` was narrowed to this one reader above.
                 if let Some(r) = report.readers.first_mut() {

@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::store::{DaemonStatus, OutboxStatus, ReaderEvent, ReaderState, ReaderStatus};
+use crate::store::{
+    DaemonStatus, MailCounts, OutboxStatus, ReaderEvent, ReaderState, ReaderStatus,
+};
 
 /// A reader is stale after this many poll intervals without a success.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
@@ -47,7 +49,13 @@ pub struct ReaderView {
     /// Its acknowledgements, when it ever queued one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outbox: Option<OutboxStatus>,
+    /// What its mail of the last [`MAIL_HOURS`] hours became, when it had any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mail_24h: Option<MailCounts>,
 }
+
+/// The window of the mail counts `status` shows.
+pub const MAIL_HOURS: u32 = 24;
 
 impl Report {
     /// Judges the rows against the configuration.
@@ -68,6 +76,7 @@ impl Report {
                     row,
                     events: None,
                     outbox: None,
+                    mail_24h: None,
                 }
             })
             .collect();
@@ -88,6 +97,17 @@ impl Report {
             counts.into_iter().map(|c| (c.reader.clone(), c)).collect();
         for r in &mut self.readers {
             r.outbox = by_reader.remove(&r.row.name);
+        }
+    }
+}
+
+impl Report {
+    /// Adds what each reader's recent mail became.
+    pub fn set_mail(&mut self, counts: Vec<MailCounts>) {
+        let mut by_reader: HashMap<String, MailCounts> =
+            counts.into_iter().map(|c| (c.reader.clone(), c)).collect();
+        for r in &mut self.readers {
+            r.mail_24h = by_reader.remove(&r.row.name);
         }
     }
 }
@@ -200,6 +220,9 @@ pub fn render_report(report: &Report) -> String {
                 r.row.name
             ));
         }
+        if let Some(mail) = &r.mail_24h {
+            out.push_str(&mail_line(&r.row.name, mail));
+        }
         if let Some(outbox) = &r.outbox {
             out.push_str(&outbox_line(&r.row.name, outbox));
         }
@@ -214,6 +237,32 @@ pub fn render_report(report: &Report) -> String {
         }
     }
     out
+}
+
+/// `mail of NAME, last 24 h: 5 tickets, 2 replies, 3 ignored (2 auto-reply, 1 bulk)`:
+/// what opened no ticket is visible without SQL.
+fn mail_line(name: &str, m: &MailCounts) -> String {
+    let mut parts = vec![
+        format!("{} tickets", m.tickets),
+        format!("{} replies", m.replies),
+    ];
+    if m.reopened > 0 {
+        parts.push(format!("{} reopened", m.reopened));
+    }
+    if m.bounces > 0 {
+        parts.push(format!("{} bounces", m.bounces));
+    }
+    let mut line = format!("mail of {name}, last {MAIL_HOURS} h: {}", parts.join(", "));
+    if m.ignored_total() > 0 {
+        let reasons: Vec<String> = m.ignored.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        line.push_str(&format!(
+            ", {} ignored ({}); see emails.disposition",
+            m.ignored_total(),
+            reasons.join(", ")
+        ));
+    }
+    line.push('\n');
+    line
 }
 
 /// `acknowledgements of NAME: 3 sent, 1 pending (oldest queued at ...), 0 failed`,
@@ -508,6 +557,33 @@ mod tests {
         );
         assert!(json["readers"][0]["outbox"].get("reader").is_none());
         assert!(json["readers"][1].get("outbox").is_none());
+    }
+
+    #[test]
+    fn recent_mail_shows_what_opened_no_ticket() {
+        let mut report = Report::new(
+            &config(&[("a", 60), ("b", 60)]),
+            None,
+            vec![named("a", "ok", 1.0), named("b", "ok", 1.0)],
+        );
+        report.set_mail(vec![MailCounts {
+            reader: "a".into(),
+            tickets: 5,
+            replies: 2,
+            ignored: [("auto-reply".to_string(), 2), ("bulk".to_string(), 1)].into(),
+            ..MailCounts::default()
+        }]);
+        let text = render_report(&report);
+        assert!(
+            text.contains(
+                "mail of a, last 24 h: 5 tickets, 2 replies, 3 ignored (2 auto-reply, 1 bulk); see emails.disposition\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("mail of b"), "{text}");
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(json["readers"][0]["mail_24h"]["ignored"]["auto-reply"], 2);
+        assert!(json["readers"][1].get("mail_24h").is_none());
     }
 
     #[test]

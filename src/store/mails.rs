@@ -52,6 +52,77 @@ impl BatchOutcome {
     }
 }
 
+/// What one reader's mail became recently, as `status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MailCounts {
+    #[serde(skip)]
+    pub reader: String,
+    pub tickets: i64,
+    pub replies: i64,
+    pub reopened: i64,
+    pub bounces: i64,
+    /// Mails kept out, by guard reason (`rule` for ignore rules).
+    pub ignored: std::collections::BTreeMap<String, i64>,
+}
+
+impl MailCounts {
+    pub fn ignored_total(&self) -> i64 {
+        self.ignored.values().sum()
+    }
+}
+
+impl super::StatusView {
+    /// Per reader, what the mail received within `hours` became. Empty for
+    /// a database from before dispositions existed (`status` may be run by
+    /// a newer binary than the daemon that migrated it).
+    pub async fn mail_counts(&self, hours: u32) -> Result<Vec<MailCounts>, StoreError> {
+        let (has,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pragma_table_info('emails') WHERE name = 'disposition'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if has == 0 {
+            return Ok(Vec::new());
+        }
+        // 'ignored: REASON (DETAIL)' counts by REASON.
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT reader,
+                    CASE WHEN disposition LIKE 'ignored: %' AND instr(disposition, ' (') > 10
+                         THEN 'ignored:' || substr(disposition, 10, instr(disposition, ' (') - 10)
+                         ELSE disposition END AS kind,
+                    COUNT(*)
+             FROM emails
+             WHERE received_at >= strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?)
+             GROUP BY 1, 2
+             ORDER BY 1, 2",
+        )
+        .bind(format!("-{hours} hours"))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts: Vec<MailCounts> = Vec::new();
+        for (reader, kind, n) in rows {
+            if counts.last().is_none_or(|c| c.reader != reader) {
+                counts.push(MailCounts {
+                    reader,
+                    ..MailCounts::default()
+                });
+            }
+            let Some(c) = counts.last_mut() else { continue };
+            match kind.as_str() {
+                "ticket" => c.tickets += n,
+                "reply" => c.replies += n,
+                "reopened" => c.reopened += n,
+                "bounce" => c.bounces += n,
+                other => {
+                    let reason = other.strip_prefix("ignored:").unwrap_or(other);
+                    *c.ignored.entry(reason.to_string()).or_default() += n;
+                }
+            }
+        }
+        Ok(counts)
+    }
+}
+
 /// Stores each mail not yet known, in order. Returns, for every mail, the
 /// email it is (new or the earlier copy), for the caller's ledger rows.
 pub(super) async fn store_mails<'m, K>(
@@ -884,6 +955,20 @@ mod tests {
             scalar(&store, "SELECT COUNT(*) FROM outbox").await,
             1,
             "no acknowledgement for guarded or quietly accepted mail"
+        );
+        let counts = store.status_view().mail_counts(24).await.expect("counts");
+        let ignored = [("auto-reply", 1), ("bounce", 1), ("rule", 1)]
+            .map(|(r, n)| (r.to_string(), n))
+            .into();
+        assert_eq!(
+            counts,
+            [MailCounts {
+                reader: "r".into(),
+                tickets: 2,
+                bounces: 1,
+                ignored,
+                ..MailCounts::default()
+            }]
         );
     }
 
