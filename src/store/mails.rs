@@ -7,6 +7,8 @@
 //! reply later in the same batch finds the ticket its parent just opened,
 //! and a crash leaves either all of it or none.
 
+use std::collections::HashMap;
+
 use sha2::{Digest, Sha256};
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
@@ -131,25 +133,197 @@ pub(super) async fn store_mails<'m, K>(
     mails: &[(&'m K, &'m Incoming)],
     outcome: &mut BatchOutcome,
 ) -> Result<Vec<(&'m K, i64)>, StoreError> {
+    // Tickets and emails are written in bulk at the end (see `Seen`), after
+    // the attachments and outbox rows that point at them: their foreign
+    // keys are checked at commit.
+    sqlx::query("PRAGMA defer_foreign_keys = ON")
+        .execute(&mut **tx)
+        .await?;
+    let mut seen = Seen::load(tx, reader, mails).await?;
     let mut stored = Vec::with_capacity(mails.len());
     for &(key, incoming) in mails {
-        // Earlier mails of this batch are rows already, so this also
-        // catches the same mail twice within one batch.
-        let known: Option<(i64,)> = sqlx::query_as("SELECT id FROM emails WHERE dedup_key = ?")
-            .bind(&incoming.mail.dedup_key)
-            .fetch_optional(&mut **tx)
-            .await?;
-        let email_id = match known {
-            Some((id,)) => {
+        // `seen` learns each mail stored, so this also catches the same
+        // mail twice within one batch.
+        let email_id = match seen.emails.get(&incoming.mail.dedup_key) {
+            Some(&id) => {
                 outcome.duplicates += 1;
                 id
             }
-            None => store_one(tx, reader, incoming, outcome).await?,
+            None => {
+                let id = store_one(tx, incoming, &mut seen, outcome).await?;
+                seen.emails.insert(incoming.mail.dedup_key.clone(), id);
+                id
+            }
         };
         stored.push((key, email_id));
     }
+    seen.flush(tx).await?;
     Ok(stored)
 }
+
+/// What a batch needs to know about mail already stored, read with one
+/// query each for the whole batch rather than per mail (each statement
+/// costs a round trip to SQLite's thread), kept up to date as the batch is
+/// stored; and the new tickets and emails not written yet. They are
+/// written many rows per statement, when a lookup needs them in the
+/// database (a reply to a mail earlier in the batch) or at the end.
+struct Seen<'m> {
+    reader: &'m str,
+    /// Dedup key → email id.
+    emails: HashMap<String, i64>,
+    /// Lower-case sender → mail that opened or joined a ticket within the
+    /// rate window.
+    recent: HashMap<String, i64>,
+    /// Ids are assigned here, under the write lock the transaction holds.
+    next_ticket: i64,
+    next_email: i64,
+    tickets: Vec<NewTicket<'m>>,
+    new_emails: Vec<NewEmail<'m>>,
+}
+
+struct NewTicket<'m> {
+    id: i64,
+    token: String,
+    incoming: &'m Incoming,
+}
+
+struct NewEmail<'m> {
+    id: i64,
+    ticket_id: Option<i64>,
+    disposition: String,
+    raw_blob: Option<String>,
+    incoming: &'m Incoming,
+}
+
+impl<'m> Seen<'m> {
+    async fn load<K>(
+        tx: &mut Transaction<'_, Sqlite>,
+        reader: &'m str,
+        mails: &[(&K, &Incoming)],
+    ) -> Result<Seen<'m>, StoreError> {
+        let (next_ticket,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM tickets")
+            .fetch_one(&mut **tx)
+            .await?;
+        let (next_email,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM emails")
+            .fetch_one(&mut **tx)
+            .await?;
+        let mut seen = Seen {
+            reader,
+            emails: HashMap::new(),
+            recent: HashMap::new(),
+            next_ticket,
+            next_email,
+            tickets: Vec::new(),
+            new_emails: Vec::new(),
+        };
+        // Chunks keep the bound values under SQLite's limit.
+        for chunk in mails.chunks(LOOKUP_CHUNK) {
+            let mut q = QueryBuilder::new("SELECT dedup_key, id FROM emails WHERE dedup_key IN ");
+            in_list(&mut q, chunk.iter().map(|(_, m)| m.mail.dedup_key.as_str()));
+            let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+            seen.emails.extend(rows);
+        }
+        // One batch is parsed under one policy.
+        let Some((_, first)) = mails.first() else {
+            return Ok(seen);
+        };
+        let guard = &first.policy.guard;
+        if guard.rate_limit == 0 {
+            return Ok(seen);
+        }
+        let mut senders: Vec<String> = mails
+            .iter()
+            .filter_map(|(_, m)| m.mail.from_addr.as_deref().map(str::to_ascii_lowercase))
+            .collect();
+        senders.sort();
+        senders.dedup();
+        for chunk in senders.chunks(LOOKUP_CHUNK) {
+            let mut q = QueryBuilder::new(
+                "SELECT lower(from_addr), COUNT(*) FROM emails
+                 WHERE disposition IN ('ticket', 'reply', 'reopened')
+                   AND received_at >= strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ",
+            );
+            q.push_bind(format!("-{} seconds", guard.rate_window.as_secs()));
+            q.push(") AND lower(from_addr) IN ");
+            in_list(&mut q, chunk);
+            q.push(" GROUP BY 1");
+            let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+            seen.recent.extend(rows);
+        }
+        Ok(seen)
+    }
+
+    /// Writes the new tickets and emails.
+    async fn flush(&mut self, tx: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
+        for chunk in self.tickets.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO tickets (id, reader, subject, requester, requester_name, status,
+                    created_at, updated_at, queue, priority, category, tags, thread_token) ",
+            );
+            q.push_values(chunk, |mut row, t| {
+                let (mail, routing) = (&t.incoming.mail, &t.incoming.routing);
+                let tags = serde_json::to_string(&routing.tags).unwrap_or_else(|_| "[]".into());
+                row.push_bind(t.id)
+                    .push_bind(self.reader)
+                    .push_bind(mail.subject.as_str())
+                    .push_bind(mail.from_addr.as_deref())
+                    .push_bind(mail.from_name.as_deref())
+                    .push("'open'")
+                    .push(NOW)
+                    .push(NOW)
+                    .push_bind(routing.queue.as_deref())
+                    .push_bind(routing.priority.as_deref())
+                    .push_bind(routing.category.as_deref())
+                    .push_bind(tags)
+                    .push_bind(t.token.as_str());
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        self.tickets.clear();
+        for chunk in self.new_emails.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO emails (id, ticket_id, reader, dedup_key, message_id, in_reply_to,
+                    references_, from_addr, from_name, to_addrs, cc_addrs, subject, sent_at,
+                    body_text, body_html, parse_note, received_at, disposition, limit_note, size,
+                    raw_blob) ",
+            );
+            q.push_values(chunk, |mut row, e| {
+                let m = &e.incoming.mail;
+                row.push_bind(e.id)
+                    .push_bind(e.ticket_id)
+                    .push_bind(self.reader)
+                    .push_bind(m.dedup_key.as_str())
+                    .push_bind(m.message_id.as_deref())
+                    .push_bind(m.in_reply_to.as_deref())
+                    .push_bind(m.references.as_deref())
+                    .push_bind(m.from_addr.as_deref())
+                    .push_bind(m.from_name.as_deref())
+                    .push_bind(m.to.as_deref())
+                    .push_bind(m.cc.as_deref())
+                    .push_bind(m.subject.as_str())
+                    .push_bind(m.sent_at.as_deref())
+                    .push_bind(m.body_text.as_str())
+                    .push_bind(m.body_html.as_deref())
+                    .push_bind(m.parse_note.as_deref())
+                    .push(NOW)
+                    .push_bind(e.disposition.as_str())
+                    .push_bind(m.limit_note.as_deref())
+                    .push_bind(i64::try_from(m.size).unwrap_or(i64::MAX))
+                    .push_bind(e.raw_blob.as_deref());
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        self.new_emails.clear();
+        Ok(())
+    }
+}
+
+/// Rows per multi-row INSERT (here and for the ledgers), keeping the bound
+/// values (20 per email row) well under SQLite's limit of 32766.
+pub(super) const ROWS_PER_INSERT: usize = 500;
+
+/// Values per lookup query.
+const LOOKUP_CHUNK: usize = 500;
 
 /// Where a new mail goes.
 enum Placement {
@@ -163,21 +337,33 @@ enum Placement {
     Ignore(Guarded),
 }
 
-async fn store_one(
+async fn store_one<'m>(
     tx: &mut Transaction<'_, Sqlite>,
-    reader: &str,
-    incoming: &Incoming,
+    incoming: &'m Incoming,
+    seen: &mut Seen<'m>,
     outcome: &mut BatchOutcome,
 ) -> Result<i64, StoreError> {
     let mail = &incoming.mail;
-    let placement = place(tx, incoming).await?;
+    let placement = place(tx, incoming, seen).await?;
+    if matches!(placement, Placement::Open | Placement::Join { .. })
+        && let Some(sender) = &mail.from_addr
+    {
+        *seen.recent.entry(sender.to_ascii_lowercase()).or_default() += 1;
+    }
+    let mut new_token = None;
     let (ticket_id, disposition) = match &placement {
         Placement::Open => {
             outcome.created += 1;
-            (
-                Some(open_ticket(tx, reader, incoming).await?),
-                "ticket".to_string(),
-            )
+            let id = seen.next_ticket;
+            seen.next_ticket += 1;
+            let token = thread::new_token();
+            new_token = Some(token.clone());
+            seen.tickets.push(NewTicket {
+                id,
+                token,
+                incoming,
+            });
+            (Some(id), "ticket".to_string())
         }
         Placement::Join { ticket, reopen } => {
             outcome.joined += 1;
@@ -211,34 +397,15 @@ async fn store_one(
         Some(raw) => Some(put_blob(tx, raw, &format!("{:x}", Sha256::digest(raw))).await?),
         None => None,
     };
-    let email_id = sqlx::query(&format!(
-        "INSERT INTO emails (ticket_id, reader, dedup_key, message_id, in_reply_to, references_,
-            from_addr, from_name, to_addrs, cc_addrs, subject, sent_at, body_text, body_html,
-            parse_note, received_at, disposition, limit_note, size, raw_blob)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {NOW}, ?, ?, ?, ?)"
-    ))
-    .bind(ticket_id)
-    .bind(reader)
-    .bind(&mail.dedup_key)
-    .bind(&mail.message_id)
-    .bind(&mail.in_reply_to)
-    .bind(&mail.references)
-    .bind(&mail.from_addr)
-    .bind(&mail.from_name)
-    .bind(&mail.to)
-    .bind(&mail.cc)
-    .bind(&mail.subject)
-    .bind(&mail.sent_at)
-    .bind(&mail.body_text)
-    .bind(&mail.body_html)
-    .bind(&mail.parse_note)
-    .bind(&disposition)
-    .bind(&mail.limit_note)
-    .bind(i64::try_from(mail.size).unwrap_or(i64::MAX))
-    .bind(raw_blob)
-    .execute(&mut **tx)
-    .await?
-    .last_insert_rowid();
+    let email_id = seen.next_email;
+    seen.next_email += 1;
+    seen.new_emails.push(NewEmail {
+        id: email_id,
+        ticket_id,
+        disposition,
+        raw_blob,
+        incoming,
+    });
 
     for a in &mail.attachments {
         let blob = match &a.content {
@@ -263,8 +430,8 @@ async fn store_one(
         .await?;
     }
 
-    if let (Placement::Open, Some(ticket)) = (&placement, ticket_id) {
-        queue_ack(tx, reader, incoming, ticket).await?;
+    if let (Some(ticket), Some(token)) = (ticket_id, new_token) {
+        queue_ack(tx, seen.reader, incoming, ticket, &token).await?;
     }
     Ok(email_id)
 }
@@ -273,8 +440,22 @@ async fn store_one(
 async fn place(
     tx: &mut Transaction<'_, Sqlite>,
     incoming: &Incoming,
+    seen: &mut Seen<'_>,
 ) -> Result<Placement, StoreError> {
     let mail = &incoming.mail;
+    // Anything that looks up tickets or emails must see this batch's too.
+    let looks_up = matches!(incoming.verdict, Verdict::Bounce(_))
+        || mail.in_reply_to.is_some()
+        || mail.references.is_some()
+        || !incoming
+            .policy
+            .tickets
+            .subject_tag
+            .find(&mail.subject)
+            .is_empty();
+    if looks_up {
+        seen.flush(tx).await?;
+    }
     match &incoming.verdict {
         Verdict::Ignore(g) => return Ok(Placement::Ignore(g.clone())),
         Verdict::Bounce(g) => {
@@ -297,7 +478,7 @@ async fn place(
             detail: rule.clone(),
         }));
     }
-    if let Some(guarded) = over_rate_limit(tx, incoming).await? {
+    if let Some(guarded) = over_rate_limit(incoming, seen) {
         return Ok(Placement::Ignore(guarded));
     }
     let Some(found) = find_ticket(tx, incoming).await? else {
@@ -443,68 +624,28 @@ async fn is_participant(
 
 /// The sender's accepted mail within the window, this batch included: a
 /// loop of machines that mark nothing still ends here.
-async fn over_rate_limit(
-    tx: &mut Transaction<'_, Sqlite>,
-    incoming: &Incoming,
-) -> Result<Option<Guarded>, StoreError> {
+fn over_rate_limit(incoming: &Incoming, seen: &Seen) -> Option<Guarded> {
     let guard = &incoming.policy.guard;
-    let Some(sender) = incoming.mail.from_addr.as_deref() else {
-        return Ok(None);
-    };
+    let sender = incoming.mail.from_addr.as_deref()?;
     if guard.rate_limit == 0 {
-        return Ok(None);
+        return None;
     }
-    let window = guard.rate_window.as_secs();
-    let (count,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM emails
-         WHERE lower(from_addr) = lower(?)
-           AND received_at >= strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?)
-           AND disposition IN ('ticket', 'reply', 'reopened')",
-    )
-    .bind(sender)
-    .bind(format!("-{window} seconds"))
-    .fetch_one(&mut **tx)
-    .await?;
+    let count = seen
+        .recent
+        .get(&sender.to_ascii_lowercase())
+        .copied()
+        .unwrap_or(0);
     if count < i64::from(guard.rate_limit) {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(Guarded {
+    Some(Guarded {
         reason: Reason::RateLimit,
         detail: format!(
             "{} mails from {sender} within {}",
             count + 1,
             humantime::format_duration(guard.rate_window)
         ),
-    }))
-}
-
-/// Opens a ticket for `incoming`, routed by its rules.
-async fn open_ticket(
-    tx: &mut Transaction<'_, Sqlite>,
-    reader: &str,
-    incoming: &Incoming,
-) -> Result<i64, StoreError> {
-    let mail = &incoming.mail;
-    let routing = &incoming.routing;
-    let tags = serde_json::to_string(&routing.tags).unwrap_or_else(|_| "[]".into());
-    let id = sqlx::query(&format!(
-        "INSERT INTO tickets (reader, subject, requester, requester_name, status, created_at,
-            updated_at, queue, priority, category, tags, thread_token)
-         VALUES (?, ?, ?, ?, 'open', {NOW}, {NOW}, ?, ?, ?, ?, ?)"
-    ))
-    .bind(reader)
-    .bind(&mail.subject)
-    .bind(&mail.from_addr)
-    .bind(&mail.from_name)
-    .bind(&routing.queue)
-    .bind(&routing.priority)
-    .bind(&routing.category)
-    .bind(tags)
-    .bind(thread::new_token())
-    .execute(&mut **tx)
-    .await?
-    .last_insert_rowid();
-    Ok(id)
+    })
 }
 
 /// Queues the acknowledgement of a new ticket, when the reader sends them
@@ -514,6 +655,7 @@ async fn queue_ack(
     reader: &str,
     incoming: &Incoming,
     ticket: i64,
+    token: &str,
 ) -> Result<(), StoreError> {
     let policy = &incoming.policy;
     let mail = &incoming.mail;
@@ -528,18 +670,8 @@ async fn queue_ack(
     else {
         return Ok(());
     };
-    let token: Option<(String,)> = if policy.tickets.hidden_token {
-        sqlx::query_as("SELECT thread_token FROM tickets WHERE id = ?")
-            .bind(ticket)
-            .fetch_optional(&mut **tx)
-            .await?
-    } else {
-        None
-    };
-    let message_id = thread::outbound_message_id(
-        &policy.message_id_domain,
-        token.as_ref().map(|t| t.0.as_str()),
-    );
+    let hidden = policy.tickets.hidden_token.then_some(token);
+    let message_id = thread::outbound_message_id(&policy.message_id_domain, hidden);
     let references = match (&mail.references, &mail.message_id) {
         (Some(refs), Some(id)) => Some(format!("{refs} {id}")),
         (None, Some(id)) => Some(id.clone()),

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
-use super::mails::{BatchOutcome, in_list, store_mails};
+use super::mails::{BatchOutcome, ROWS_PER_INSERT, in_list, store_mails};
 use super::{NOW, Store, StoreError};
 use crate::ingest::Incoming;
 
@@ -246,10 +246,6 @@ fn where_position<'q>(q: &mut QueryBuilder<'q, Sqlite>, pos: &'q FolderPosition)
         .push(" AND uidvalidity = ")
         .push_bind(i64::from(pos.uidvalidity));
 }
-
-/// Rows per multi-row INSERT (ledger rows), keeping the bound values well
-/// under SQLite's limit of 32766.
-const ROWS_PER_INSERT: usize = 500;
 
 #[cfg(test)]
 mod tests {
