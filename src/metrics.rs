@@ -215,7 +215,7 @@ impl Metrics {
                 class: class.as_str(),
             });
         }
-        for reason in IGNORED_REASONS {
+        for reason in ignored_reasons() {
             f.emails_ignored.remove(&IgnoredLabels {
                 reader: name.to_string(),
                 reason,
@@ -330,19 +330,10 @@ impl AckResult {
 }
 
 /// Why a fetched mail opened or joined no ticket: a duplicate, or one of
-/// the guard's reasons (`ingest::guard::Reason`).
-const IGNORED_REASONS: [&str; 10] = [
-    "duplicate",
-    "auto-reply",
-    "auto-generated",
-    "bulk",
-    "mailing-list",
-    "bounce",
-    "own-address",
-    "loop",
-    "rate-limit",
-    "rule",
-];
+/// the guard's reasons.
+fn ignored_reasons() -> impl Iterator<Item = &'static str> {
+    std::iter::once("duplicate").chain(Reason::ALL.iter().map(|r| r.as_str()))
+}
 
 /// One reader's view of the registry; cheap to clone.
 #[derive(Clone, Debug)]

@@ -151,6 +151,9 @@ pub fn parse_with(raw: &[u8], limits: &Limits) -> ParsedMail {
     apply_limits(&mut mail, limits);
     if limits.keep_raw {
         mail.raw = Some(raw.to_vec());
+        if let Some(note) = &mut mail.limit_note {
+            note.push_str("; the raw mail is kept whole (keep_raw)");
+        }
     }
     mail
 }

@@ -1,16 +1,23 @@
 //! How a mail names the ticket it belongs to: the Message-IDs it answers,
 //! the token hidden in our own Message-IDs, the subject tag; and who counts
-//! as a participant of a ticket. Pure functions; the store looks the
+//! as a participant of a ticket. No database here: the store looks the
 //! candidates up.
 
 use rand::Rng;
 
 use super::ParsedMail;
 
-/// Every Message-ID the mail answers, most telling first: In-Reply-To,
-/// then References from the newest back.
+/// The most Message-IDs of one mail that are looked up: In-Reply-To and
+/// the newest References. A thread's ticket is named by its latest mails;
+/// without a bound, a mail with thousands of References would exceed
+/// SQLite's bound values and stall its mailbox.
+pub const MAX_REFERENCED: usize = 50;
+
+/// The Message-IDs the mail answers, most telling first: In-Reply-To,
+/// then References from the newest back; at most [`MAX_REFERENCED`].
 pub fn referenced_ids(mail: &ParsedMail) -> Vec<String> {
     let mut ids: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let in_reply_to = mail.in_reply_to.iter().flat_map(|s| s.split_whitespace());
     let references = mail
         .references
@@ -18,8 +25,11 @@ pub fn referenced_ids(mail: &ParsedMail) -> Vec<String> {
         .flat_map(|s| s.split_whitespace().rev());
     for id in in_reply_to.chain(references) {
         let id = id.trim_matches(|c| c == '<' || c == '>');
-        if !id.is_empty() && !ids.iter().any(|i| i == id) {
+        if !id.is_empty() && seen.insert(id) {
             ids.push(id.to_string());
+            if ids.len() == MAX_REFERENCED {
+                break;
+            }
         }
     }
     ids
@@ -146,5 +156,18 @@ mod tests {
             addresses_in("Ann <Ann@X.org>, bob@y.org, \"Doe, Jane\" <jane@z.org>, undisclosed"),
             ["ann@x.org", "bob@y.org", "jane@z.org"]
         );
+    }
+
+    #[test]
+    fn a_huge_references_header_is_bounded() {
+        let refs: Vec<String> = (0..17_000).map(|i| format!("<r{i}@x>")).collect();
+        let raw = format!(
+            "From: a@x\r\nIn-Reply-To: <r16999@x>\r\nReferences: {}\r\nSubject: s\r\n\r\nbody",
+            refs.join("\r\n ")
+        );
+        let ids = referenced_ids(&parse(raw.as_bytes()));
+        assert_eq!(ids.len(), MAX_REFERENCED);
+        assert_eq!(ids[0], "r16999@x");
+        assert_eq!(ids[1], "r16998@x", "the newest references, not the oldest");
     }
 }

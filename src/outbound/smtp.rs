@@ -93,6 +93,52 @@ pub enum SmtpError {
 }
 
 impl SmtpError {
+    /// The same error with every occurrence of `secrets` in the server's
+    /// words replaced: a server that echoes the AUTH line must not put the
+    /// credential into `last_error`, a log or the database.
+    fn redacted(self, secrets: &[&str]) -> SmtpError {
+        let clean = |mut text: String| {
+            for secret in secrets.iter().filter(|s| !s.is_empty()) {
+                text = text.replace(secret, "[redacted]");
+            }
+            text
+        };
+        match self {
+            SmtpError::Refused {
+                server,
+                step,
+                reply,
+                permanent,
+            } => SmtpError::Refused {
+                server,
+                step,
+                reply: clean(reply),
+                permanent,
+            },
+            SmtpError::AuthRejected {
+                server,
+                user,
+                what,
+                reply,
+            } => SmtpError::AuthRejected {
+                server,
+                user,
+                what,
+                reply: clean(reply),
+            },
+            SmtpError::Protocol {
+                server,
+                step,
+                detail,
+            } => SmtpError::Protocol {
+                server,
+                step,
+                detail: clean(detail),
+            },
+            other => other,
+        }
+    }
+
     /// Sending the same message again cannot succeed.
     pub fn is_permanent(&self) -> bool {
         matches!(
@@ -259,6 +305,19 @@ fn refused(server: &str, step: &'static str, e: &LettreError, about_message: boo
     }
 }
 
+/// The base64 credential line of SASL XOAUTH2 (a token) or PLAIN (a
+/// password).
+fn sasl_line(user: &str, credential: &Credential) -> SecretString {
+    let raw = match credential {
+        Credential::Token(token) => format!(
+            "user={user}\x01auth=Bearer {}\x01\x01",
+            token.expose_secret()
+        ),
+        Credential::Password(password) => format!("\0{user}\0{}", password.expose_secret()),
+    };
+    SecretString::from(BASE64.encode(raw))
+}
+
 /// One command line, as lettre's `command` writes what it is given.
 struct Line(String);
 
@@ -304,25 +363,25 @@ impl Session {
     }
 
     async fn authenticate(&mut self, user: &str, credential: &Credential) -> Result<(), SmtpError> {
-        const STEP: &str = "AUTH";
-        let (mechanism, name, what, initial) = match credential {
-            Credential::Token(token) => (
-                Mechanism::Xoauth2,
-                "XOAUTH2",
-                "access token",
-                format!(
-                    "user={user}\x01auth=Bearer {}\x01\x01",
-                    token.expose_secret()
-                ),
-            ),
-            Credential::Password(password) => (
-                Mechanism::Plain,
-                "PLAIN",
-                "password",
-                format!("\0{user}\0{}", password.expose_secret()),
-            ),
+        let secret = match credential {
+            Credential::Token(token) | Credential::Password(token) => token,
         };
-        let initial = SecretString::from(BASE64.encode(initial));
+        let result = self.authenticate_unredacted(user, credential).await;
+        let line = sasl_line(user, credential);
+        result.map_err(|e| e.redacted(&[line.expose_secret(), secret.expose_secret()]))
+    }
+
+    async fn authenticate_unredacted(
+        &mut self,
+        user: &str,
+        credential: &Credential,
+    ) -> Result<(), SmtpError> {
+        const STEP: &str = "AUTH";
+        let (mechanism, name, what) = match credential {
+            Credential::Token(_) => (Mechanism::Xoauth2, "XOAUTH2", "access token"),
+            Credential::Password(_) => (Mechanism::Plain, "PLAIN", "password"),
+        };
+        let initial = sasl_line(user, credential);
         if !self.conn.server_info().supports_auth_mechanism(mechanism) {
             return Err(SmtpError::NoMechanism {
                 server: self.server.clone(),
@@ -687,6 +746,30 @@ impl AsyncTokioStream for Wire {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_echoed_by_a_server_are_redacted() {
+        let token = Credential::Token(SecretString::from("eyJ.secret-token"));
+        let line = sasl_line("a@b", &token);
+        let echoed = SmtpError::AuthRejected {
+            server: "smtp.example.net".into(),
+            user: "a@b".into(),
+            what: "access token",
+            reply: format!(
+                "535 5.7.3 bad line {} for eyJ.secret-token",
+                line.expose_secret()
+            ),
+        };
+        let text = echoed
+            .redacted(&[line.expose_secret(), "eyJ.secret-token"])
+            .to_string();
+        assert!(!text.contains("secret-token"), "{text}");
+        assert!(!text.contains(line.expose_secret()), "{text}");
+        assert!(
+            text.contains("535 5.7.3 bad line [redacted] for [redacted]"),
+            "{text}"
+        );
+    }
 
     #[tokio::test]
     async fn multi_line_replies_are_read_whole() {

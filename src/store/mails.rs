@@ -5,7 +5,8 @@
 //!
 //! Deciding inside the transaction is what makes the outcome exact: a
 //! reply later in the same batch finds the ticket its parent just opened,
-//! and a crash leaves either all of it or none.
+//! and a crash leaves either all of it or none. Also here: what recent
+//! mail became, per reader, for `status` ([`MailCounts`]).
 
 use std::collections::HashMap;
 
@@ -133,6 +134,10 @@ pub(super) async fn store_mails<'m, K>(
     mails: &[(&'m K, &'m Incoming)],
     outcome: &mut BatchOutcome,
 ) -> Result<Vec<(&'m K, i64)>, StoreError> {
+    if mails.is_empty() {
+        // A batch fetched again after a crash: every position is known.
+        return Ok(Vec::new());
+    }
     // Tickets and emails are written in bulk at the end (see `Seen`), after
     // the attachments and outbox rows that point at them: their foreign
     // keys are checked at commit.
@@ -443,19 +448,6 @@ async fn place(
     seen: &mut Seen<'_>,
 ) -> Result<Placement, StoreError> {
     let mail = &incoming.mail;
-    // Anything that looks up tickets or emails must see this batch's too.
-    let looks_up = matches!(incoming.verdict, Verdict::Bounce(_))
-        || mail.in_reply_to.is_some()
-        || mail.references.is_some()
-        || !incoming
-            .policy
-            .tickets
-            .subject_tag
-            .find(&mail.subject)
-            .is_empty();
-    if looks_up {
-        seen.flush(tx).await?;
-    }
     match &incoming.verdict {
         Verdict::Ignore(g) => return Ok(Placement::Ignore(g.clone())),
         Verdict::Bounce(g) => {
@@ -465,10 +457,12 @@ async fn place(
                 .map(|r| r.original_ids.clone())
                 .unwrap_or_default();
             ids.extend(thread::referenced_ids(mail));
-            return Ok(match outbound_ticket(tx, &ids).await? {
-                Some(ticket) => Placement::Bounce { ticket },
-                None => Placement::Ignore(g.clone()),
-            });
+            let Some(ticket) = outbound_ticket(tx, &ids).await? else {
+                return Ok(Placement::Ignore(g.clone()));
+            };
+            // Its ticket may be among this batch's rows not written yet.
+            seen.flush(tx).await?;
+            return Ok(Placement::Bounce { ticket });
         }
         Verdict::Accept | Verdict::AcceptQuietly(_) => {}
     }
@@ -481,7 +475,15 @@ async fn place(
     if let Some(guarded) = over_rate_limit(incoming, seen) {
         return Ok(Placement::Ignore(guarded));
     }
-    let Some(found) = find_ticket(tx, incoming).await? else {
+    let ids = thread::referenced_ids(mail);
+    let tags = incoming.policy.tickets.subject_tag.find(&mail.subject);
+    if ids.is_empty() && tags.is_empty() {
+        return Ok(Placement::Open);
+    }
+    // The lookups must see this batch's mail too (a reply to a mail
+    // fetched with it).
+    seen.flush(tx).await?;
+    let Some(found) = find_ticket(tx, incoming, &ids, &tags).await? else {
         return Ok(Placement::Open);
     };
     let tickets = &incoming.policy.tickets;
@@ -498,6 +500,15 @@ async fn place(
         return Ok(Placement::Open);
     }
     if status == "closed" {
+        let reopen = tickets.closed_reply == ClosedReply::Reopen;
+        // Machine-sent mail a reader accepts (an out-of-office answer, say)
+        // joins a closed ticket but never reopens it.
+        if reopen && incoming.verdict != Verdict::Accept {
+            return Ok(Placement::Join {
+                ticket: found.ticket,
+                reopen: false,
+            });
+        }
         return Ok(match tickets.closed_reply {
             ClosedReply::Reopen => Placement::Join {
                 ticket: found.ticket,
@@ -527,16 +538,16 @@ struct Found {
 async fn find_ticket(
     tx: &mut Transaction<'_, Sqlite>,
     incoming: &Incoming,
+    ids: &[String],
+    tags: &[i64],
 ) -> Result<Option<Found>, StoreError> {
-    let mail = &incoming.mail;
-    let ids = thread::referenced_ids(mail);
     if !ids.is_empty() {
         let mut q = QueryBuilder::new(
             "SELECT message_id, ticket_id FROM emails WHERE ticket_id IS NOT NULL AND message_id IN ",
         );
-        in_list(&mut q, &ids);
+        in_list(&mut q, ids);
         q.push(" UNION ALL SELECT message_id, ticket_id FROM outbox WHERE message_id IN ");
-        in_list(&mut q, &ids);
+        in_list(&mut q, ids);
         let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
         // The most telling reference that is known wins.
         let hit = ids
@@ -564,7 +575,7 @@ async fn find_ticket(
             }
         }
     }
-    for id in incoming.policy.tickets.subject_tag.find(&mail.subject) {
+    for &id in tags {
         let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM tickets WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut **tx)
@@ -876,6 +887,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn thousands_of_references_do_not_stall_the_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_in(&dir).await;
+        let p = policy();
+        commit_one(
+            &store,
+            "From: ann@example.net\nSubject: s\nMessage-ID: <t1@x>",
+            &p,
+        )
+        .await;
+        let refs: Vec<String> = (0..17_000).map(|i| format!("<r{i}@x>")).collect();
+        let headers = format!(
+            "From: ann@example.net\nSubject: Re: s\nMessage-ID: <t2@x>\nReferences: <t1@x> {}\nIn-Reply-To: <r16999@x>",
+            refs.join(" ")
+        );
+        let outcome = commit_one(&store, &headers, &p).await;
+        assert_eq!(
+            outcome.created, 1,
+            "the newest references name nothing known"
+        );
+        assert_eq!(email(&store, "t2@x").await.1, "ticket");
+    }
+
+    #[tokio::test]
     async fn subject_tags_and_forwards_need_a_participant() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_in(&dir).await;
@@ -949,6 +984,19 @@ mod tests {
         let attach = with_tickets(|t| t.closed_reply = ClosedReply::Attach);
         commit(&store, vec![reply(3, &attach)]).await;
         assert_eq!(email(&store, "c3@x").await, (Some(1), "reply".into()));
+        assert_eq!(
+            scalar(&store, "SELECT status = 'closed' FROM tickets WHERE id = 1").await,
+            1
+        );
+
+        // An out-of-office answer a reader accepts joins, but never reopens.
+        let mut ooo = reply(5, &p);
+        ooo.verdict = Verdict::AcceptQuietly(Guarded {
+            reason: Reason::AutoReply,
+            detail: "Auto-Submitted: auto-replied".into(),
+        });
+        commit(&store, vec![ooo]).await;
+        assert_eq!(email(&store, "c5@x").await, (Some(1), "reply".into()));
         assert_eq!(
             scalar(&store, "SELECT status = 'closed' FROM tickets WHERE id = 1").await,
             1

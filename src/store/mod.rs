@@ -2,7 +2,8 @@
 //!
 //! Owns the schema (embedded migrations, applied at open), the exactly-once
 //! rule (a mail's source position is written in the same transaction as its
-//! ticket), reader health (`readers.last_error` and friends), the sealed
+//! ticket), which ticket a mail opens or joins (dedup, threading, rate
+//! limit; `mails`), contents stored once, reader health (`readers.last_error` and friends), the sealed
 //! token rows and the outbox's attempts. Nothing else in the crate writes
 //! SQL.
 

@@ -1,5 +1,6 @@
-//! Tickets, emails and the ledgers of where each mail came from (IMAP
-//! folder positions, POP3 UIDLs), written together in one transaction.
+//! The ledgers of where each mail came from (IMAP folder positions, POP3
+//! UIDLs), committed in one transaction with the tickets and emails the
+//! batch's mail became (decided in `super::mails`).
 
 use std::collections::{HashMap, HashSet};
 
