@@ -57,12 +57,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub daemon: DaemonConfig,
     pub oauth: Vec<OAuthApp>,
+    /// `[tickets]`, `[guard]` and the rules are in every reader's
+    /// [`ReaderConfig::mail`].
     pub readers: Vec<ReaderConfig>,
-    /// `[tickets]`, `[guard]` and the rules, as every reader's
-    /// [`ReaderConfig::mail`] holds them.
-    pub tickets: TicketsConfig,
-    pub guard: GuardConfig,
-    pub rules: Rules,
 }
 
 #[derive(Debug, Clone)]
@@ -991,20 +988,12 @@ impl Config {
             });
         }
 
-        let mail::Shared {
-            tickets,
-            guard,
-            rules,
-        } = shared;
         Ok(Config {
             path: path.to_path_buf(),
             store,
             daemon,
             oauth,
             readers,
-            tickets,
-            guard,
-            rules,
         })
     }
 

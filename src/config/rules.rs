@@ -378,7 +378,7 @@ mod tests {
 
     fn rules(text: &str) -> Rules {
         match parse(text) {
-            Ok(config) => config.rules,
+            Ok(config) => config.readers[0].mail.current().rules.clone(),
             Err(e) => panic!("rules should be valid: {e}"),
         }
     }
