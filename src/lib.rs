@@ -13,7 +13,8 @@
 //! * [`config`]: the TOML file the admin edits; errors name file, line and key.
 //! * [`auth`]: the token store (grants, caching, refresh, rotation, sorting
 //!   failures into retry / sign in again / fix the config), the national
-//!   clouds, and the interactive sign-in behind `authorize`.
+//!   clouds, the interactive sign-in behind `authorize`, and the SASL
+//!   messages (XOAUTH2, PLAIN) every protocol sends a credential in.
 //! * [`transport`]: TCP plus verified TLS (implicit, or after the
 //!   protocol's STARTTLS); owns every trust decision.
 //! * [`source`]: one module per mailbox protocol ([`source::imap`],

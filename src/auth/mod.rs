@@ -13,6 +13,7 @@ mod authorize;
 mod cloud;
 mod credential;
 mod entra;
+pub mod sasl;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

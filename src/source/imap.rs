@@ -25,6 +25,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
 use super::{CheckReport, Credential, PollReport};
+use crate::auth::sasl;
 use crate::config::{After, ReaderConfig, Tls};
 use crate::ingest::{self, ParseTaskFailed};
 use crate::metrics::{FailureClass, ReaderMetrics};
@@ -105,12 +106,9 @@ impl Authenticator for XOAuth2<'_> {
         if std::mem::replace(&mut self.sent, true) {
             return Vec::new();
         }
-        format!(
-            "user={}\x01auth=Bearer {}\x01\x01",
-            self.user,
-            self.token.expose_secret()
-        )
-        .into_bytes()
+        sasl::xoauth2(self.user, self.token.expose_secret())
+            .as_bytes()
+            .to_vec()
     }
 }
 
@@ -129,7 +127,9 @@ impl Authenticator for Plain<'_> {
         if std::mem::replace(&mut self.sent, true) {
             return Vec::new();
         }
-        format!("\0{}\0{}", self.user, self.password.expose_secret()).into_bytes()
+        sasl::plain(self.user, self.password.expose_secret())
+            .as_bytes()
+            .to_vec()
     }
 }
 

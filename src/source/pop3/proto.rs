@@ -22,9 +22,10 @@ use std::fmt;
 use std::time::Duration;
 
 use base64::Engine as _;
-use base64::engine::DecodePaddingMode;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::general_purpose::STANDARD;
 use secrecy::zeroize::Zeroizing;
+
+use crate::auth::sasl;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
@@ -42,13 +43,6 @@ const READ_BUFFER: usize = 16 * 1024;
 /// How much of a server's unexpected output is quoted in an error: enough
 /// to recognise it, not enough to flood a log.
 const MAX_QUOTED: usize = 120;
-
-/// XOAUTH2 error challenges are decoded for the admin; servers differ on
-/// padding, and a challenge we cannot decode must not hide the -ERR.
-const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 /// Why a POP3 exchange failed. The texts go to admins' logs and status
 /// pages, so they say which step failed and quote the server, but never
@@ -226,14 +220,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let token = token.expose_secret();
         refuse_chars(STEP, "user name", user, &['\x01', '\r', '\n'])?;
         refuse_chars(STEP, "access token", token, &['\x01', '\r', '\n'])?;
-        let mut payload = Zeroizing::new(String::with_capacity(
-            user.len() + token.len() + "user=\x01auth=Bearer \x01\x01".len(),
-        ));
-        payload.push_str("user=");
-        payload.push_str(user);
-        payload.push_str("\x01auth=Bearer ");
-        payload.push_str(token);
-        payload.push_str("\x01\x01");
+        let payload = sasl::xoauth2(user, token);
         let encoded = Zeroizing::new(STANDARD.encode(payload.as_bytes()));
         let secrets = [token, encoded.as_str()];
 
@@ -244,7 +231,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Reply::Err(text) => return Err(Pop3Error::AuthRejected { text }),
             Reply::Continue(challenge) => challenge,
         };
-        let decoded = decode_challenge(&challenge, &secrets);
+        let decoded = sasl::decode_challenge(&challenge, &secrets);
         self.send(STEP, "").await?;
         match self.read_reply(STEP, &secrets).await? {
             // The server's final word decides the session state; a +OK
@@ -276,11 +263,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let password = password.expose_secret();
         refuse_chars(STEP, "user name", user, &['\0'])?;
         refuse_chars(STEP, "password", password, &['\0'])?;
-        let mut payload = Zeroizing::new(String::with_capacity(user.len() + password.len() + 2));
-        payload.push('\0');
-        payload.push_str(user);
-        payload.push('\0');
-        payload.push_str(password);
+        let payload = sasl::plain(user, password);
         let encoded = Zeroizing::new(STANDARD.encode(payload.as_bytes()));
         let secrets = [password, encoded.as_str()];
 
@@ -554,7 +537,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     ) -> Result<Reply, Pop3Error> {
         let mut line = Vec::new();
         self.read_line(step, &mut line).await?;
-        scrub(&mut line, secrets);
+        sasl::scrub(&mut line, secrets);
         let reply = parse_reply(&line).ok_or_else(|| Pop3Error::Protocol {
             step,
             detail: format!("expected +OK or -ERR, got {}", quote(&line)),
@@ -733,47 +716,8 @@ fn quote(bytes: &[u8]) -> String {
     }
 }
 
-/// Replaces every occurrence of each (non-empty) secret in `bytes`.
-fn scrub(bytes: &mut Vec<u8>, secrets: &[&str]) {
-    for secret in secrets.iter().map(|s| s.as_bytes()) {
-        if secret.is_empty() || !bytes.windows(secret.len()).any(|w| w == secret) {
-            continue;
-        }
-        let mut kept = Vec::with_capacity(bytes.len());
-        let mut rest = &bytes[..];
-        while let Some(at) = rest.windows(secret.len()).position(|w| w == secret) {
-            kept.extend_from_slice(&rest[..at]);
-            kept.extend_from_slice(b"[redacted]");
-            rest = &rest[at + secret.len()..];
-        }
-        kept.extend_from_slice(rest);
-        *bytes = kept;
-    }
-}
-
 fn parse_number<T: std::str::FromStr>(word: &[u8]) -> Option<T> {
     std::str::from_utf8(word).ok()?.parse().ok()
-}
-
-/// Decodes an XOAUTH2 error challenge (base64 JSON such as
-/// `{"status":"401","schemes":"Bearer","scope":"…"}`) for display, or
-/// `None` if it is not base64 text. Scrubbed like a status line, since a
-/// server could echo the credentials inside it too.
-fn decode_challenge(challenge: &str, secrets: &[&str]) -> Option<String> {
-    let mut bytes = LENIENT_BASE64.decode(challenge.trim()).ok()?;
-    scrub(&mut bytes, secrets);
-    let text = std::str::from_utf8(&bytes).ok()?;
-    let text = printable(text.trim().as_bytes());
-    if text.is_empty() {
-        return None;
-    }
-    let mut chars = text.chars();
-    let head: String = chars.by_ref().take(300).collect();
-    Some(if chars.next().is_some() {
-        format!("{head}…")
-    } else {
-        head
-    })
 }
 
 #[cfg(test)]
@@ -2166,30 +2110,6 @@ mod tests {
         for err in &errors[..7] {
             assert!(err.to_string().contains("[redacted]"), "{err}");
         }
-    }
-
-    #[test]
-    fn scrub_replaces_every_occurrence() {
-        let mut line = b"-ERR abc and abc, abcabc".to_vec();
-        scrub(&mut line, &["", "abc", "absent"]);
-        assert_eq!(
-            String::from_utf8(line).unwrap(),
-            "-ERR [redacted] and [redacted], [redacted][redacted]"
-        );
-    }
-
-    #[test]
-    fn challenge_decoding() {
-        assert_eq!(
-            decode_challenge("eyJzdGF0dXMiOiI0MDEifQ==", &[]).as_deref(),
-            Some(r#"{"status":"401"}"#)
-        );
-        assert_eq!(
-            decode_challenge("eyJzdGF0dXMiOiI0MDEifQ", &[]).as_deref(),
-            Some(r#"{"status":"401"}"#)
-        );
-        assert_eq!(decode_challenge("", &[]), None);
-        assert_eq!(decode_challenge("%%%", &[]), None);
     }
 
     #[test]
