@@ -19,7 +19,8 @@ use crate::config::MailPolicy;
 
 pub use guard::Verdict;
 pub use parse::{
-    Attachment, Limits, ParsedMail, Report, human_size, parse, parse_with, sanitize_filename,
+    Attachment, Limits, ParsedMail, RawMail, Report, human_size, parse, parse_with,
+    sanitize_filename,
 };
 pub use rules::Routing;
 

@@ -41,18 +41,37 @@ pub struct ParsedMail {
     /// The raw mail's size in bytes.
     pub size: usize,
     /// The raw mail, with `keep_raw = true`.
-    pub raw: Option<Vec<u8>>,
+    pub raw: Option<RawMail>,
     /// What a size limit left out, for a human to read.
     pub limit_note: Option<String>,
 }
 
 impl ParsedMail {
-    /// The value of the first header called `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    /// Every value of the headers called `name` (case-insensitive), in
+    /// order; values are unfolded and trimmed already.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
         self.headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A raw mail kept as received, with its hash, taken here (off the async
+/// threads) rather than in the commit.
+#[derive(Clone)]
+pub struct RawMail {
+    pub content: Vec<u8>,
+    /// Hex SHA-256 of `content`.
+    pub sha256: String,
+}
+
+impl std::fmt::Debug for RawMail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawMail")
+            .field("size", &self.content.len())
+            .field("sha256", &self.sha256)
+            .finish()
     }
 }
 
@@ -150,7 +169,10 @@ pub fn parse_with(raw: &[u8], limits: &Limits) -> ParsedMail {
     mail.size = raw.len();
     apply_limits(&mut mail, limits);
     if limits.keep_raw {
-        mail.raw = Some(raw.to_vec());
+        mail.raw = Some(RawMail {
+            content: raw.to_vec(),
+            sha256: format!("{:x}", Sha256::digest(raw)),
+        });
         if let Some(note) = &mut mail.limit_note {
             note.push_str("; the raw mail is kept whole (keep_raw)");
         }
@@ -679,7 +701,9 @@ Content-Type: multipart/related; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/h
             note.contains("\"evil_.exe\"") && note.contains("40 B"),
             "{note}"
         );
-        assert_eq!(mail.raw.as_deref(), Some(WITH_FILES));
+        let kept = mail.raw.as_ref().expect("kept");
+        assert_eq!(kept.content, WITH_FILES);
+        assert_eq!(kept.sha256, format!("{:x}", Sha256::digest(WITH_FILES)));
 
         let tiny = Limits {
             max_email_size: 100,
@@ -743,7 +767,10 @@ Content-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n-
         let report = mail.report.clone().expect("a report");
         assert_eq!(report.report_type, "delivery-status");
         assert_eq!(report.original_ids, ["m2t.abc@contoso.com"]);
-        assert_eq!(mail.header("from"), Some("MAILER-DAEMON@mx.example.net"));
+        assert_eq!(
+            mail.header_values("from").next(),
+            Some("MAILER-DAEMON@mx.example.net")
+        );
     }
 
     #[test]

@@ -100,15 +100,9 @@ fn applies(rule: &Rule, mail: &ParsedMail, reader: &str) -> bool {
     {
         return false;
     }
-    rule.headers.iter().all(|(name, m)| {
-        any_matches(
-            m,
-            mail.headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str()),
-        )
-    })
+    rule.headers
+        .iter()
+        .all(|(name, m)| any_matches(m, mail.header_values(name)))
 }
 
 fn any_matches<'a>(m: &Matcher, texts: impl IntoIterator<Item = &'a str>) -> bool {

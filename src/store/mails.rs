@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 
-use sha2::{Digest, Sha256};
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::{NOW, StoreError};
@@ -79,12 +78,7 @@ impl super::StatusView {
     /// a database from before dispositions existed (`status` may be run by
     /// a newer binary than the daemon that migrated it).
     pub async fn mail_counts(&self, hours: u32) -> Result<Vec<MailCounts>, StoreError> {
-        let (has,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM pragma_table_info('emails') WHERE name = 'disposition'",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        if has == 0 {
+        if !self.has_migration(super::TICKET_SEMANTICS).await? {
             return Ok(Vec::new());
         }
         // 'ignored: REASON (DETAIL)' counts by REASON.
@@ -372,24 +366,13 @@ async fn store_one<'m>(
         }
         Placement::Join { ticket, reopen } => {
             outcome.joined += 1;
-            let status = if *reopen { ", status = 'open'" } else { "" };
-            sqlx::query(&format!(
-                "UPDATE tickets SET updated_at = {NOW}{status} WHERE id = ?"
-            ))
-            .bind(ticket)
-            .execute(&mut **tx)
-            .await?;
+            touch_ticket(tx, *ticket, *reopen).await?;
             let disposition = if *reopen { "reopened" } else { "reply" };
             (Some(*ticket), disposition.to_string())
         }
         Placement::Bounce { ticket } => {
             outcome.joined += 1;
-            sqlx::query(&format!(
-                "UPDATE tickets SET updated_at = {NOW} WHERE id = ?"
-            ))
-            .bind(ticket)
-            .execute(&mut **tx)
-            .await?;
+            touch_ticket(tx, *ticket, false).await?;
             (Some(*ticket), "bounce".to_string())
         }
         Placement::Ignore(guarded) => {
@@ -399,7 +382,7 @@ async fn store_one<'m>(
     };
 
     let raw_blob = match &mail.raw {
-        Some(raw) => Some(put_blob(tx, raw, &format!("{:x}", Sha256::digest(raw))).await?),
+        Some(raw) => Some(put_blob(tx, &raw.content, &raw.sha256).await?),
         None => None,
     };
     let email_id = seen.next_email;
@@ -439,6 +422,22 @@ async fn store_one<'m>(
         queue_ack(tx, seen.reader, incoming, ticket, &token).await?;
     }
     Ok(email_id)
+}
+
+/// A mail joined `ticket`: it moves up, and opens again if `reopen`.
+async fn touch_ticket(
+    tx: &mut Transaction<'_, Sqlite>,
+    ticket: i64,
+    reopen: bool,
+) -> Result<(), StoreError> {
+    let status = if reopen { ", status = 'open'" } else { "" };
+    sqlx::query(&format!(
+        "UPDATE tickets SET updated_at = {NOW}{status} WHERE id = ?"
+    ))
+    .bind(ticket)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Decides where a new mail goes.
@@ -670,15 +669,12 @@ async fn queue_ack(
 ) -> Result<(), StoreError> {
     let policy = &incoming.policy;
     let mail = &incoming.mail;
-    // Machine-sent mail a reader accepts is still never answered (RFC 3834).
+    // Machine-sent mail a reader accepts is still never answered (RFC 3834);
+    // mail from our own addresses is never Accept (the guard ignores it).
     if !policy.acknowledge || incoming.verdict != Verdict::Accept {
         return Ok(());
     }
-    let Some(to) = mail
-        .from_addr
-        .as_deref()
-        .filter(|a| !policy.guard.is_own(a))
-    else {
+    let Some(to) = mail.from_addr.as_deref() else {
         return Ok(());
     };
     let hidden = policy.tickets.hidden_token.then_some(token);
@@ -1278,12 +1274,19 @@ mod upgrade {
         .expect("old rows");
         conn.close().await.expect("close");
 
-        let store = Store::open(&StoreConfig {
+        let config = StoreConfig {
             database: format!("sqlite://{}", file.display()),
             key_file: None,
-        })
-        .await
-        .expect("migrated");
+        };
+        // `status` from a newer binary before the daemon migrated: no
+        // counts, no error.
+        let view = crate::store::StatusView::open(&config)
+            .await
+            .expect("status view");
+        assert!(view.mail_counts(24).await.expect("counts").is_empty());
+        assert!(view.outbox_statuses().await.expect("outbox").is_empty());
+
+        let store = Store::open(&config).await.expect("migrated");
         let (ticket, disposition): (Option<i64>, String) =
             sqlx::query_as("SELECT ticket_id, disposition FROM emails WHERE id = 1")
                 .fetch_one(store.pool())

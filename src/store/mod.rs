@@ -141,7 +141,21 @@ pub struct StatusView {
     pool: SqlitePool,
 }
 
+/// The migration that added dispositions and the outbox.
+const TICKET_SEMANTICS: i64 = 5;
+
 impl StatusView {
+    /// Whether `version` of the migrations is applied: `status` may be run
+    /// by a newer binary than the daemon that migrated the database last.
+    async fn has_migration(&self, version: i64) -> Result<bool, StoreError> {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE version = ? AND success")
+                .bind(version)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n > 0)
+    }
+
     /// Opens the existing database; an error if there is none.
     pub async fn open(config: &StoreConfig) -> Result<StatusView, StoreError> {
         // Read-only, and without the daemon's pragmas: run as root while

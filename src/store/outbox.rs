@@ -205,14 +205,7 @@ impl StatusView {
     /// one waiting, and the newest error of one not sent. Empty for a
     /// database from before the outbox existed.
     pub async fn outbox_statuses(&self) -> Result<Vec<OutboxStatus>, StoreError> {
-        // `status` may be run by a newer binary than the daemon that
-        // migrated the database last.
-        let (has_outbox,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        if has_outbox == 0 {
+        if !self.has_migration(super::TICKET_SEMANTICS).await? {
             return Ok(Vec::new());
         }
         Ok(sqlx::query_as(
