@@ -47,6 +47,8 @@
 //! * [`metrics`]: the Prometheus registry and every metric's name.
 //! * [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //! * [`status`]: `status` and `health`: tables, JSON, stale readers.
+//! * [`quarantine`]: `quarantine list | show | retry | drop`, the admin's
+//!   side of the mail the store set aside whole.
 //! * [`logging`]: the tracing subscriber (text or JSON), with
 //!   credential-bearing targets capped.
 //!
@@ -62,6 +64,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod outbound;
+pub mod quarantine;
 pub mod reader;
 pub mod reload;
 pub mod scheduler;

@@ -52,6 +52,11 @@ enum Command {
     /// Exit 0 when the running daemon's heartbeat is recent, 1 otherwise
     /// (for Docker's HEALTHCHECK and scripts).
     Health,
+    /// Mail set aside whole because it could not be made into a ticket.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
     /// Sign in for a reader (grant authorization_code or device_code) and
     /// store its refresh token.
     Authorize {
@@ -70,6 +75,38 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// The quarantined mails, oldest first, with the reason for each.
+    List {
+        /// Only this reader's.
+        #[arg(long)]
+        reader: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One quarantined mail: why, who from, and its kept raw mail.
+    Show {
+        id: i64,
+        /// Print the raw mail as it was fetched, nothing else.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Parse quarantined mail again (e.g. after an upgrade) and make it a
+    /// ticket; exits 1 if any stays in quarantine.
+    Retry {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every quarantined mail.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Take a mail out of the quarantine without a ticket (its row and raw
+    /// mail are kept, as `ignored: dropped`).
+    Drop { id: i64 },
 }
 
 /// The terminal, for the sign-in flows.
@@ -128,8 +165,16 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 let results = daemon::run_once(&config, cancel).await?;
                 Ok(report(results, |r| {
                     format!(
-                        "ok, {} fetched, {} new tickets, {} duplicates, {} replies, {} ignored",
-                        r.fetched, r.created, r.duplicates, r.joined, r.ignored
+                        "ok, {} fetched, {} new tickets, {} duplicates, {} replies, {} ignored{}",
+                        r.fetched,
+                        r.created,
+                        r.duplicates,
+                        r.joined,
+                        r.ignored,
+                        match r.quarantined {
+                            0 => String::new(),
+                            n => format!(", {n} quarantined (see `mail2ticket quarantine list`)"),
+                        }
                     )
                 }))
             } else {
@@ -203,6 +248,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             let mut report = status::Report::new(&config, store.daemon_status().await?, rows);
             report.set_outbox(store.outbox_statuses().await?);
             report.set_mail(store.mail_counts(status::MAIL_HOURS).await?);
+            report.set_quarantine(store.quarantine_counts().await?);
             if let Some(name) = &reader {
                 // `rows` was narrowed to this one reader above.
                 if let Some(r) = report.readers.first_mut() {
@@ -216,6 +262,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Quarantine { action } => quarantine(&config, action).await,
         Command::Health => {
             let store = StatusView::open(&config.store).await?;
             let verdict = match store.daemon_status().await? {
@@ -232,6 +279,80 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                     ExitCode::from(1)
                 }
             })
+        }
+    }
+}
+
+async fn quarantine(config: &Config, action: QuarantineAction) -> anyhow::Result<ExitCode> {
+    use mail2ticket::quarantine::{self, Which};
+    use mail2ticket::store::Retried;
+    match action {
+        QuarantineAction::List { reader, json } => {
+            let entries = quarantine::list(config, reader.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                print!("{}", quarantine::render_list(&entries));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QuarantineAction::Show { id, raw } => {
+            let Some((entry, bytes)) = quarantine::show(config, id).await? else {
+                println!("no quarantined mail {id}");
+                return Ok(ExitCode::from(1));
+            };
+            if raw {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&bytes)?;
+                out.flush()?;
+            } else {
+                print!("{}", quarantine::render_entry(&entry, bytes.len()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QuarantineAction::Retry { id, all } => {
+            let which = match id {
+                Some(id) if !all => Which::One(id),
+                _ => Which::All,
+            };
+            let results = quarantine::retry(config, which).await?;
+            if results.is_empty() {
+                println!("the quarantine is empty");
+            }
+            let mut ok = true;
+            for (id, result) in results {
+                match result {
+                    Ok(Retried::Stored { email, disposition }) => {
+                        println!("mail {id}: stored as email {email} ({disposition})");
+                    }
+                    Ok(Retried::StillQuarantined(why)) => {
+                        ok = false;
+                        println!("mail {id}: still quarantined: {why}");
+                    }
+                    Ok(Retried::NotQuarantined) => {
+                        ok = false;
+                        println!("mail {id}: not in the quarantine");
+                    }
+                    Err(e) => {
+                        ok = false;
+                        println!("mail {id}: error: {e}");
+                    }
+                }
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        QuarantineAction::Drop { id } => {
+            if quarantine::drop(config, id).await? {
+                println!("mail {id}: dropped from the quarantine (kept as ignored: dropped)");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("no quarantined mail {id}");
+                Ok(ExitCode::from(1))
+            }
         }
     }
 }

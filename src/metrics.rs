@@ -79,6 +79,7 @@ struct Families {
     tickets_created: Family<ReaderLabel, Counter>,
     emails_ingested: Family<ReaderLabel, Counter>,
     emails_ignored: Family<IgnoredLabels, Counter>,
+    emails_quarantined: Family<ReaderLabel, Counter>,
     token_refreshes: Family<ReaderLabel, Counter>,
     last_success: Family<ReaderLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     state: Family<StateLabels, Gauge>,
@@ -109,6 +110,7 @@ impl Metrics {
             tickets_created: Family::default(),
             emails_ingested: Family::default(),
             emails_ignored: Family::default(),
+            emails_quarantined: Family::default(),
             token_refreshes: Family::default(),
             last_success: Family::default(),
             state: Family::default(),
@@ -139,6 +141,12 @@ impl Metrics {
             "emails_ignored",
             "Mails that opened no ticket: duplicates, and what the guard or a rule kept out, by reason",
             f.emails_ignored.clone(),
+        );
+        registry.register(
+            "emails_quarantined",
+            "Mails set aside whole because they could not be made into a ticket \
+             (see `mail2ticket quarantine list`)",
+            f.emails_quarantined.clone(),
         );
         registry.register(
             "token_refreshes",
@@ -202,6 +210,7 @@ impl Metrics {
             &f.polls,
             &f.tickets_created,
             &f.emails_ingested,
+            &f.emails_quarantined,
             &f.token_refreshes,
         ] {
             family.remove(&label);
@@ -405,6 +414,9 @@ impl ReaderMetrics {
         f.emails_ingested
             .get_or_create(&self.label)
             .inc_by((outcome.created + outcome.joined) as u64);
+        f.emails_quarantined
+            .get_or_create(&self.label)
+            .inc_by(outcome.quarantined as u64);
         f.emails_ignored
             .get_or_create(&IgnoredLabels {
                 reader: self.label.reader.clone(),
@@ -443,6 +455,7 @@ mod tests {
                 ignored,
                 duplicates: 1,
                 already_recorded: 0,
+                quarantined: 1,
             },
             Duration::from_millis(20),
         );
@@ -462,6 +475,7 @@ mod tests {
             "mail2ticket_emails_ingested_total{reader=\"a\"} 3",
             "mail2ticket_emails_ignored_total{reader=\"a\",reason=\"duplicate\"} 1",
             "mail2ticket_emails_ignored_total{reader=\"a\",reason=\"auto-reply\"} 4",
+            "mail2ticket_emails_quarantined_total{reader=\"a\"} 1",
             "mail2ticket_poll_failures_total{reader=\"a\",class=\"connection\"} 1",
             "mail2ticket_reader_state{reader=\"a\",state=\"retrying\"} 1",
             "mail2ticket_reader_state{reader=\"a\",state=\"ok\"} 0",

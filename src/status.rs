@@ -52,6 +52,8 @@ pub struct ReaderView {
     /// What its mail of the last [`MAIL_HOURS`] hours became, when it had any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mail_24h: Option<MailCounts>,
+    /// Mails of this reader in the quarantine now, whenever they came.
+    pub quarantined: i64,
 }
 
 /// The window of the mail counts `status` shows.
@@ -77,6 +79,7 @@ impl Report {
                     events: None,
                     outbox: None,
                     mail_24h: None,
+                    quarantined: 0,
                 }
             })
             .collect();
@@ -97,6 +100,16 @@ impl Report {
             counts.into_iter().map(|c| (c.reader.clone(), c)).collect();
         for r in &mut self.readers {
             r.outbox = by_reader.remove(&r.row.name);
+        }
+    }
+}
+
+impl Report {
+    /// Adds how many mails each reader has in the quarantine.
+    pub fn set_quarantine(&mut self, counts: Vec<(String, i64)>) {
+        let by_reader: HashMap<String, i64> = counts.into_iter().collect();
+        for r in &mut self.readers {
+            r.quarantined = by_reader.get(&r.row.name).copied().unwrap_or(0);
         }
     }
 }
@@ -220,6 +233,13 @@ pub fn render_report(report: &Report) -> String {
                 r.row.name
             ));
         }
+        if r.quarantined > 0 {
+            out.push_str(&format!(
+                "warning: {}: {} mail(s) in quarantine (kept whole, no ticket yet); \
+                 see `mail2ticket quarantine list`\n",
+                r.row.name, r.quarantined
+            ));
+        }
         if let Some(mail) = &r.mail_24h {
             out.push_str(&mail_line(&r.row.name, mail));
         }
@@ -251,6 +271,9 @@ fn mail_line(name: &str, m: &MailCounts) -> String {
     }
     if m.bounces > 0 {
         parts.push(format!("{} bounces", m.bounces));
+    }
+    if m.quarantined > 0 {
+        parts.push(format!("{} quarantined", m.quarantined));
     }
     let mut line = format!("mail of {name}, last {MAIL_HOURS} h: {}", parts.join(", "));
     if m.ignored_total() > 0 {
@@ -584,6 +607,39 @@ mod tests {
         let json = serde_json::to_value(&report).expect("json");
         assert_eq!(json["readers"][0]["mail_24h"]["ignored"]["auto-reply"], 2);
         assert!(json["readers"][1].get("mail_24h").is_none());
+    }
+
+    #[test]
+    fn quarantined_mail_is_a_warning_and_a_count() {
+        let mut report = Report::new(
+            &config(&[("a", 60), ("b", 60)]),
+            None,
+            vec![named("a", "ok", 1.0), named("b", "ok", 1.0)],
+        );
+        report.set_quarantine(vec![("a".into(), 2)]);
+        report.set_mail(vec![MailCounts {
+            reader: "a".into(),
+            tickets: 1,
+            quarantined: 2,
+            ..MailCounts::default()
+        }]);
+        let text = render_report(&report);
+        assert!(
+            text.contains(
+                "warning: a: 2 mail(s) in quarantine (kept whole, no ticket yet); \
+                 see `mail2ticket quarantine list`\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("mail of a, last 24 h: 1 tickets, 0 replies, 2 quarantined\n"),
+            "{text}"
+        );
+        assert!(!text.contains("warning: b"), "{text}");
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(json["readers"][0]["quarantined"], 2);
+        assert_eq!(json["readers"][1]["quarantined"], 0);
+        assert_eq!(json["readers"][0]["mail_24h"]["quarantined"], 2);
     }
 
     #[test]

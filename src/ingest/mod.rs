@@ -26,18 +26,38 @@ pub use rules::Routing;
 
 /// A mail with what the guard and the rules made of it: everything the
 /// store needs to decide its ticket.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Incoming {
     pub mail: ParsedMail,
     pub verdict: Verdict,
     pub routing: Routing,
     pub policy: Arc<MailPolicy>,
+    /// The mail as fetched, until it is committed: if storing it fails
+    /// because of what it contains, the quarantine keeps these bytes.
+    pub raw: Vec<u8>,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the raw bytes: Debug output may reach a log.
+        f.debug_struct("Incoming")
+            .field("mail", &self.mail)
+            .field("verdict", &self.verdict)
+            .field("routing", &self.routing)
+            .field("raw_size", &self.raw.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Incoming {
     /// Parses and judges one raw mail read by `reader`.
     pub fn new(raw: &[u8], reader: &str, policy: &Arc<MailPolicy>) -> Incoming {
-        let mail = parse_with(raw, &Limits::from(&policy.tickets));
+        Incoming::from_raw(raw.to_vec(), reader, policy)
+    }
+
+    /// [`Incoming::new`], keeping `raw` without a copy.
+    pub fn from_raw(raw: Vec<u8>, reader: &str, policy: &Arc<MailPolicy>) -> Incoming {
+        let mail = parse_with(&raw, &Limits::from(&policy.tickets));
         let verdict = guard::check(&mail, policy);
         let routing = rules::route(&mail, reader, &policy.rules);
         Incoming {
@@ -45,6 +65,7 @@ impl Incoming {
             verdict,
             routing,
             policy: Arc::clone(policy),
+            raw,
         }
     }
 }
@@ -67,7 +88,7 @@ pub async fn parse_batch<K: Send + 'static>(
     let policy = Arc::clone(policy);
     tokio::task::spawn_blocking(move || {
         raw.into_iter()
-            .map(|(key, bytes)| (key, Incoming::new(&bytes, &reader, &policy)))
+            .map(|(key, bytes)| (key, Incoming::from_raw(bytes, &reader, &policy)))
             .collect::<Vec<_>>()
     })
     .await

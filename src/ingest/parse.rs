@@ -44,6 +44,9 @@ pub struct ParsedMail {
     pub raw: Option<RawMail>,
     /// What a size limit left out, for a human to read.
     pub limit_note: Option<String>,
+    /// Why the mail cannot be made into a ticket at all (the parser gave
+    /// up on it); the store then sets it aside whole in the quarantine.
+    pub quarantine: Option<String>,
 }
 
 impl ParsedMail {

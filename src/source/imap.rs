@@ -777,6 +777,7 @@ pub async fn poll(
         report.created += outcome.created;
         report.joined += outcome.joined;
         report.ignored += outcome.ignored_total();
+        report.quarantined += outcome.quarantined;
         report.duplicates += outcome.duplicates;
         undone = committed;
         if after_ok {

@@ -30,6 +30,8 @@ pub struct PollReport {
     pub ignored: usize,
     /// Mails already known by Message-ID or content.
     pub duplicates: usize,
+    /// Mails set aside in the quarantine (`mail2ticket quarantine list`).
+    pub quarantined: usize,
     /// True when the poll stopped early for shutdown.
     pub interrupted: bool,
 }

@@ -356,7 +356,7 @@ impl StatusView {
     }
 }
 
-async fn insert_event(
+pub(super) async fn insert_event(
     tx: &mut Transaction<'_, Sqlite>,
     reader: &str,
     level: &str,

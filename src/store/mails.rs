@@ -33,6 +33,8 @@ pub struct BatchOutcome {
     pub duplicates: usize,
     /// Positions that were already in the ledger (a re-fetch after a crash).
     pub already_recorded: usize,
+    /// Mails set aside whole in the quarantine (see `super::quarantine`).
+    pub quarantined: usize,
 }
 
 impl BatchOutcome {
@@ -52,6 +54,18 @@ impl BatchOutcome {
     pub fn ignored_total(&self) -> usize {
         self.ignored.iter().sum()
     }
+
+    /// Adds what another commit of the same poll did.
+    pub fn add(&mut self, other: &BatchOutcome) {
+        self.created += other.created;
+        self.joined += other.joined;
+        for (mine, theirs) in self.ignored.iter_mut().zip(other.ignored) {
+            *mine += theirs;
+        }
+        self.duplicates += other.duplicates;
+        self.already_recorded += other.already_recorded;
+        self.quarantined += other.quarantined;
+    }
 }
 
 /// What one reader's mail became recently, as `status` shows it.
@@ -63,6 +77,8 @@ pub struct MailCounts {
     pub replies: i64,
     pub reopened: i64,
     pub bounces: i64,
+    /// Mails set aside in the quarantine.
+    pub quarantined: i64,
     /// Mails kept out, by guard reason (`rule` for ignore rules).
     pub ignored: std::collections::BTreeMap<String, i64>,
 }
@@ -86,6 +102,7 @@ impl super::StatusView {
             "SELECT reader,
                     CASE WHEN disposition LIKE 'ignored: %' AND instr(disposition, ' (') > 10
                          THEN 'ignored:' || substr(disposition, 10, instr(disposition, ' (') - 10)
+                         WHEN disposition LIKE 'quarantined: %' THEN 'quarantined'
                          ELSE disposition END AS kind,
                     COUNT(*)
              FROM emails
@@ -110,6 +127,7 @@ impl super::StatusView {
                 "reply" => c.replies += n,
                 "reopened" => c.reopened += n,
                 "bounce" => c.bounces += n,
+                "quarantined" => c.quarantined += n,
                 other => {
                     let reason = other.strip_prefix("ignored:").unwrap_or(other);
                     *c.ignored.entry(reason.to_string()).or_default() += n;
@@ -702,7 +720,7 @@ async fn queue_ack(
 }
 
 /// Stores `content` once under its hash; returns the blob's key.
-async fn put_blob(
+pub(super) async fn put_blob(
     tx: &mut Transaction<'_, Sqlite>,
     content: &[u8],
     sha256: &str,

@@ -11,6 +11,7 @@ mod health;
 mod key;
 mod mails;
 mod outbox;
+mod quarantine;
 mod tickets;
 mod tokens;
 
@@ -24,6 +25,7 @@ pub use health::{DaemonStatus, EVENTS_KEPT, ReaderEvent, ReaderStatus};
 pub use key::{KeyError, StoreKey};
 pub use mails::{BatchOutcome, MailCounts};
 pub use outbox::{AttemptRecorded, DueAck, MAX_ATTEMPTS, OutboxStatus, retry_delay};
+pub use quarantine::{QUARANTINED, QuarantineEntry, QuarantineReason, Retried};
 pub use tickets::FolderPosition;
 
 use crate::config::StoreConfig;
@@ -55,6 +57,41 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// A batch failed, and so did setting its failing mail aside: the
+    /// database itself is at fault, not the mail.
+    #[error("database error: {0} (and the mail could not be set aside in the quarantine either)")]
+    Isolation(String),
+}
+
+impl StoreError {
+    /// Whether the failure may lie in the content of the mail being stored
+    /// (a constraint, a value too big or of the wrong kind) rather than in
+    /// the database itself (busy, locked, full, read-only, unreachable,
+    /// corrupt), which no mail can cause and every retry would hit again.
+    pub fn may_be_caused_by_content(&self) -> bool {
+        // SQLite's primary result codes of the database itself.
+        const DATABASE_FAULTS: [i64; 11] = [
+            5,  // BUSY
+            6,  // LOCKED
+            7,  // NOMEM
+            8,  // READONLY
+            9,  // INTERRUPT
+            10, // IOERR
+            11, // CORRUPT
+            13, // FULL
+            14, // CANTOPEN
+            15, // PROTOCOL
+            26, // NOTADB
+        ];
+        match self {
+            StoreError::Sql(sqlx::Error::Database(e)) => {
+                let code = e.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(1);
+                !DATABASE_FAULTS.contains(&(code & 0xff))
+            }
+            StoreError::Sql(sqlx::Error::Encode(_)) => true,
+            _ => false,
+        }
+    }
 }
 
 /// A handle on the database; cheap to clone.
@@ -147,7 +184,7 @@ const TICKET_SEMANTICS: i64 = 5;
 impl StatusView {
     /// Whether `version` of the migrations is applied: `status` may be run
     /// by a newer binary than the daemon that migrated the database last.
-    async fn has_migration(&self, version: i64) -> Result<bool, StoreError> {
+    pub(crate) async fn has_migration(&self, version: i64) -> Result<bool, StoreError> {
         let (n,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE version = ? AND success")
                 .bind(version)
@@ -210,6 +247,16 @@ impl Store {
             // checkpoint fsyncs while a big mailbox is ingested.
             .pragma("wal_autocheckpoint", "8000");
         Ok(options)
+    }
+
+    /// [`Store::open`] for commands that work on what the daemon stored:
+    /// a missing database is an error naming the file, not a new one.
+    pub async fn open_existing(config: &StoreConfig) -> Result<Store, StoreError> {
+        let file = Store::options(config)?.get_filename().to_path_buf();
+        if !file.exists() {
+            return Err(StoreError::Missing { file });
+        }
+        Store::open(config).await
     }
 
     /// Opens (creating if missing) the database, applies migrations and

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::mails::{BatchOutcome, ROWS_PER_INSERT, in_list, store_mails};
+use super::quarantine::{self, QuarantineReason};
 use super::{NOW, Store, StoreError};
 use crate::ingest::Incoming;
 
@@ -85,12 +86,27 @@ impl Store {
 
     /// Commits POP3 mails in one transaction: a ticket for each new mail
     /// and its UIDL in the ledger, pending until `mark_pop3_done` when
-    /// `pending` (the after-step is to delete it), else done at once.
+    /// `pending` (the after-step is to delete it), else done at once. A
+    /// mail whose content cannot be stored is set aside in the quarantine
+    /// (see [`isolating`]).
     pub async fn commit_pop3_batch(
         &self,
         reader: &str,
         mails: &[(String, Incoming)],
         pending: bool,
+    ) -> Result<BatchOutcome, StoreError> {
+        isolating(mails, |mails, set_aside| {
+            self.commit_pop3_once(reader, mails, pending, set_aside)
+        })
+        .await
+    }
+
+    async fn commit_pop3_once(
+        &self,
+        reader: &str,
+        mails: &[(String, Incoming)],
+        pending: bool,
+        set_aside: Option<String>,
     ) -> Result<BatchOutcome, StoreError> {
         if mails.is_empty() {
             return Ok(BatchOutcome::default());
@@ -106,8 +122,14 @@ impl Store {
             .into_iter()
             .map(|(uidl,)| uidl)
             .collect();
-        let (outcome, rows) =
-            store_unrecorded(&mut tx, reader, mails, |uidl| recorded.contains(uidl)).await?;
+        let (outcome, rows) = store_unrecorded(
+            &mut tx,
+            reader,
+            mails,
+            |uidl| recorded.contains(uidl),
+            set_aside.as_deref(),
+        )
+        .await?;
         let state = if pending { "pending" } else { "done" };
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             let mut q = QueryBuilder::new(
@@ -146,6 +168,8 @@ impl Store {
     /// Commits a batch of fetched mails in one transaction: a ticket for each
     /// new mail, and the source position of every mail. Either all of it is
     /// stored or none, so a crash at any point neither loses nor duplicates.
+    /// A mail whose content cannot be stored is set aside in the quarantine
+    /// and the rest of the batch still commits (see [`isolating`]).
     ///
     /// `after_done` lists UIDs of earlier batches whose after-step has since
     /// succeeded; they are recorded in the same transaction, which saves a
@@ -155,6 +179,21 @@ impl Store {
         pos: &FolderPosition,
         mails: &[(u32, Incoming)],
         after_done: &[u32],
+    ) -> Result<BatchOutcome, StoreError> {
+        // Recording `after_done` again with each mail of the isolating path
+        // is harmless: it only marks rows done.
+        isolating(mails, |mails, set_aside| {
+            self.commit_batch_once(pos, mails, after_done, set_aside)
+        })
+        .await
+    }
+
+    async fn commit_batch_once(
+        &self,
+        pos: &FolderPosition,
+        mails: &[(u32, Incoming)],
+        after_done: &[u32],
+        set_aside: Option<String>,
     ) -> Result<BatchOutcome, StoreError> {
         let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
         mark_after_done(&mut tx, pos, after_done).await?;
@@ -176,9 +215,13 @@ impl Store {
             .into_iter()
             .map(|(uid,)| uid)
             .collect();
-        let (outcome, positions) = store_unrecorded(&mut tx, &pos.reader, mails, |uid| {
-            recorded.contains(&i64::from(*uid))
-        })
+        let (outcome, positions) = store_unrecorded(
+            &mut tx,
+            &pos.reader,
+            mails,
+            |uid| recorded.contains(&i64::from(*uid)),
+            set_aside.as_deref(),
+        )
         .await?;
         for chunk in positions.chunks(ROWS_PER_INSERT) {
             let mut q = QueryBuilder::new(
@@ -199,15 +242,75 @@ impl Store {
     }
 }
 
+/// Commits `mails` with `commit`; when that fails for a reason that may
+/// lie in a mail's content, commits them one at a time instead (see
+/// [`isolating_each`]). Failures of the database itself (locked, full,
+/// unreachable) fail the batch as before: it is fetched again next poll.
+async fn isolating<'m, K, F, Fut>(
+    mails: &'m [(K, Incoming)],
+    commit: F,
+) -> Result<BatchOutcome, StoreError>
+where
+    F: Fn(&'m [(K, Incoming)], Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<BatchOutcome, StoreError>>,
+{
+    match commit(mails, None).await {
+        Err(e) if e.may_be_caused_by_content() => {
+            tracing::warn!(
+                error = %e,
+                mails = mails.len(),
+                "a batch could not be stored; storing its mails one at a time to set aside the one that fails"
+            );
+            isolating_each(mails, &e, commit).await
+        }
+        other => other,
+    }
+}
+
+/// Commits each mail in a transaction of its own; one that still fails
+/// for a reason that may lie in its content is committed once more, set
+/// aside in the quarantine with the error, so the mailbox moves on. If even
+/// that fails, the database itself is at fault and the batch fails.
+async fn isolating_each<'m, K, F, Fut>(
+    mails: &'m [(K, Incoming)],
+    batch_error: &StoreError,
+    commit: F,
+) -> Result<BatchOutcome, StoreError>
+where
+    F: Fn(&'m [(K, Incoming)], Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<BatchOutcome, StoreError>>,
+{
+    let mut total = BatchOutcome::default();
+    for one in mails.chunks(1) {
+        let outcome = match commit(one, None).await {
+            Err(e) if e.may_be_caused_by_content() => commit(one, Some(e.to_string()))
+                .await
+                .map_err(|set_aside| {
+                    tracing::error!(error = %set_aside, "could not set a mail aside in the quarantine");
+                    // The first error is the one that tells what happened.
+                    StoreError::Isolation(batch_error.to_string())
+                })?,
+            other => other?,
+        };
+        total.add(&outcome);
+    }
+    Ok(total)
+}
+
 /// Stores each mail of a batch whose ledger key is not `recorded` yet
 /// (see `super::mails`): the one place where mail becomes tickets, for
 /// every protocol's ledger. Returns the outcome and, for each mail stored,
 /// its key and the email it is, for the caller's ledger rows.
+///
+/// Mails the parser gave up on are set aside in the quarantine, and so is
+/// every mail when `set_aside` names a store error (one mail that could not
+/// be stored alone, see [`isolating_each`]).
 async fn store_unrecorded<'m, K>(
     tx: &mut Transaction<'_, Sqlite>,
     reader: &str,
     mails: &'m [(K, Incoming)],
     recorded: impl Fn(&K) -> bool,
+    set_aside: Option<&str>,
 ) -> Result<(BatchOutcome, Vec<(&'m K, i64)>), StoreError> {
     let fresh: Vec<(&K, &Incoming)> = mails
         .iter()
@@ -218,7 +321,24 @@ async fn store_unrecorded<'m, K>(
         already_recorded: mails.len() - fresh.len(),
         ..BatchOutcome::default()
     };
-    let stored = store_mails(tx, reader, &fresh, &mut outcome).await?;
+    let (aside, to_store): (Vec<_>, Vec<_>) = fresh
+        .into_iter()
+        .partition(|(_, i)| set_aside.is_some() || i.mail.quarantine.is_some());
+    let mut stored = store_mails(tx, reader, &to_store, &mut outcome).await?;
+    for (key, incoming) in aside {
+        let (reason, detail) = match (set_aside, &incoming.mail.quarantine) {
+            (Some(error), _) => (QuarantineReason::Store, error),
+            (None, Some(why)) => (QuarantineReason::Parser, why.as_str()),
+            (None, None) => continue,
+        };
+        let (id, new) = quarantine::set_aside(tx, reader, incoming, reason, detail).await?;
+        if new {
+            outcome.quarantined += 1;
+        } else {
+            outcome.duplicates += 1;
+        }
+        stored.push((key, id));
+    }
     Ok((outcome, stored))
 }
 
@@ -253,7 +373,7 @@ mod tests {
     use super::*;
     use crate::config::StoreConfig;
     use crate::ingest::Incoming;
-    use crate::store::{ReaderIdentity, ReaderState};
+    use crate::store::{ReaderIdentity, ReaderState, Retried};
 
     use crate::store::open_in as store;
 
@@ -330,6 +450,77 @@ mod tests {
         );
         store.mark_after_done(&a, &[1, 2]).await.expect("done");
         assert_eq!(store.pending_after(&a).await.expect("pending"), vec![3]);
+    }
+
+    #[tokio::test]
+    async fn a_mail_the_parser_gave_up_on_is_set_aside_once_and_retried_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(&dir).await;
+        let pos = FolderPosition {
+            reader: "a".into(),
+            folder: "INBOX".into(),
+            uidvalidity: 1,
+        };
+        let raw =
+            b"Message-ID: <q@x>\r\nFrom: q@example.net\r\nSubject: broken\r\n\r\nbody".to_vec();
+        let mut given_up = Incoming::new(&raw, "a", &Default::default());
+        given_up.mail.quarantine = Some("the MIME parser panicked".into());
+        let healthy = Incoming::new(
+            b"Message-ID: <h@x>\r\nSubject: fine\r\n\r\nbody",
+            "a",
+            &Default::default(),
+        );
+        let batch = vec![(1, given_up.clone()), (2, healthy)];
+        let outcome = store.commit_batch(&pos, &batch, &[]).await.expect("commit");
+        assert_eq!((outcome.created, outcome.quarantined), (1, 1));
+        let (id, disposition, kept): (i64, String, Vec<u8>) = sqlx::query_as(
+            "SELECT e.id, e.disposition, b.content FROM emails e JOIN blobs b ON b.key = e.raw_blob
+             WHERE e.disposition LIKE 'quarantined: %'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("quarantined row");
+        assert_eq!(
+            disposition,
+            "quarantined: parser (the MIME parser panicked)"
+        );
+        assert_eq!(kept, raw);
+        assert_eq!(
+            store.watermark(&pos).await.expect("wm"),
+            2,
+            "the ledger moved on"
+        );
+        // Fetched again after a crash: recorded, not set aside twice.
+        let again = store.commit_batch(&pos, &batch, &[]).await.expect("again");
+        assert_eq!((again.already_recorded, again.quarantined), (2, 0));
+
+        // The parser still gives up: it stays.
+        assert_eq!(
+            store.retry_quarantined(id, &given_up).await.expect("retry"),
+            Retried::StillQuarantined("the MIME parser panicked".into())
+        );
+        let fixed = Incoming::new(&raw, "a", &Default::default());
+        let Retried::Stored { email, disposition } =
+            store.retry_quarantined(id, &fixed).await.expect("retry")
+        else {
+            panic!("not stored");
+        };
+        assert_eq!(disposition, "ticket");
+        assert_eq!(
+            store
+                .retry_quarantined(id, &fixed)
+                .await
+                .expect("retry again"),
+            Retried::NotQuarantined
+        );
+        assert_eq!(count(&store, "tickets").await, 2);
+        assert_eq!(count(&store, "emails").await, 2);
+        let (pointed,): (i64,) =
+            sqlx::query_as("SELECT email_id FROM source_positions WHERE uid = 1")
+                .fetch_one(store.pool())
+                .await
+                .expect("position");
+        assert_eq!(pointed, email);
     }
 
     #[tokio::test]

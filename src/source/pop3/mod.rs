@@ -284,6 +284,7 @@ pub async fn poll(
         report.created += outcome.created;
         report.joined += outcome.joined;
         report.ignored += outcome.ignored_total();
+        report.quarantined += outcome.quarantined;
         report.duplicates += outcome.duplicates;
         if delete && !cut_off {
             for (number, uidl) in numbers {
