@@ -151,6 +151,41 @@ async fn a_mail_the_store_refuses_is_set_aside_and_retried_into_one_ticket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pop3_reader_sets_aside_what_the_store_refuses_and_moves_on() {
+    let env = Env::start();
+    let config = env.config(&[env.pop3_reader("pop")]);
+    env.init_db(&config).await;
+    sql(&env, POISON_TRIGGER).await;
+    env.dovecot.deliver(USER, &mail(0));
+    env.dovecot.deliver(USER, &poisoned(1));
+    env.dovecot.deliver(USER, &mail(2));
+    let out = tokio::task::block_in_place(|| run_once_binary(&config.path));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("2 new tickets") && stdout.contains("1 quarantined"),
+        "{stdout}"
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM pop3_uidls").await, 3);
+    let list = tokio::task::block_in_place(|| quarantine_list(&config.path));
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["reader"], "pop");
+    sql(&env, "DROP TRIGGER poison").await;
+    let (code, out, _) =
+        tokio::task::block_in_place(|| quarantine(&config.path, &["retry", "--all"]));
+    assert_eq!(code, Some(0), "{out}");
+    tokio::task::block_in_place(|| run_once_binary(&config.path));
+    env.assert_exactly_once(3).await;
+    assert_eq!(
+        env.count(
+            "SELECT COUNT(*) FROM pop3_uidls u JOIN emails e ON e.id = u.email_id
+             WHERE e.disposition = 'ticket'"
+        )
+        .await,
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_takes_a_mail_out_of_the_quarantine_without_a_ticket() {
     let env = Env::start();
     let config = env.config(&[env.reader("desk")]);

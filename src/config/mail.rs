@@ -144,11 +144,14 @@ impl SubjectTag {
         self.template.replace("{id}", &id.to_string())
     }
 
-    /// Every ticket number tagged in `subject`, first first.
+    /// The ticket numbers tagged in `subject`, first first; at most
+    /// [`MAX_SUBJECT_TAGS`], since each is looked up inside the write
+    /// transaction and a subject can repeat a tag thousands of times.
     pub fn find(&self, subject: &str) -> Vec<i64> {
         self.pattern
             .captures_iter(subject)
             .filter_map(|c| c.get(1)?.as_str().parse().ok())
+            .take(MAX_SUBJECT_TAGS)
             .collect()
     }
 
@@ -156,6 +159,9 @@ impl SubjectTag {
         &self.template
     }
 }
+
+/// The most subject tags of one mail that are looked up.
+pub const MAX_SUBJECT_TAGS: usize = 10;
 
 impl Default for TicketsConfig {
     fn default() -> Self {
@@ -482,6 +488,8 @@ mod tests {
         assert_eq!(tag.format(42), "[#42]");
         assert_eq!(tag.find("Re: Printer [#42] still broken"), vec![42]);
         assert_eq!(tag.find("RE: [#7] and [#9]"), vec![7, 9]);
+        let many = "[#1] ".repeat(100_000);
+        assert_eq!(tag.find(&many), vec![1; MAX_SUBJECT_TAGS]);
         assert!(tag.find("Order #42 [42]").is_empty());
         let tag = SubjectTag::new("[ACME-{id}]").expect("tag");
         assert_eq!(tag.find("AW: [acme-1001] Frage"), vec![1001]);

@@ -612,14 +612,18 @@ async fn outbound_ticket(
     tx: &mut Transaction<'_, Sqlite>,
     ids: &[String],
 ) -> Result<Option<i64>, StoreError> {
-    if ids.is_empty() {
-        return Ok(None);
+    // Chunked: however many ids a report names, the bound values stay
+    // under SQLite's limit.
+    for chunk in ids.chunks(LOOKUP_CHUNK) {
+        let mut q = QueryBuilder::new("SELECT ticket_id FROM outbox WHERE message_id IN ");
+        in_list(&mut q, chunk);
+        q.push(" LIMIT 1");
+        let row: Option<(i64,)> = q.build_query_as().fetch_optional(&mut **tx).await?;
+        if let Some((ticket,)) = row {
+            return Ok(Some(ticket));
+        }
     }
-    let mut q = QueryBuilder::new("SELECT ticket_id FROM outbox WHERE message_id IN ");
-    in_list(&mut q, ids);
-    q.push(" LIMIT 1");
-    let row: Option<(i64,)> = q.build_query_as().fetch_optional(&mut **tx).await?;
-    Ok(row.map(|(t,)| t))
+    Ok(None)
 }
 
 /// Whether the sender is the requester or on the ticket's mail already.
