@@ -33,6 +33,102 @@ fn poisoned(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A mail whose body is `depth` nested message/rfc822 parts (the drop of
+/// such a parse tree once overflowed the stack).
+fn deep_rfc822(depth: usize) -> Vec<u8> {
+    let mut m = String::from(
+        "From: Deep <deep@example.net>\r\nTo: helpdesk@test.example\r\nSubject: deep rfc822\r\n\
+         Message-ID: <deep-rfc822@example.net>\r\nMIME-Version: 1.0\r\n",
+    );
+    for _ in 0..depth {
+        m.push_str("Content-Type: message/rfc822\r\n\r\nFrom: x@example.net\r\n");
+    }
+    m.push_str("Subject: innermost\r\n\r\nthe bottom\r\n");
+    m.into_bytes()
+}
+
+/// A mail of `depth` nested multiparts.
+fn deep_multipart(depth: usize) -> Vec<u8> {
+    let mut m = String::from(
+        "From: Deep <deep@example.net>\r\nTo: helpdesk@test.example\r\nSubject: deep multipart\r\n\
+         Message-ID: <deep-multipart@example.net>\r\nMIME-Version: 1.0\r\n",
+    );
+    for i in 0..depth {
+        m.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n"
+        ));
+    }
+    m.push_str("Content-Type: text/plain\r\n\r\nthe bottom\r\n");
+    m.into_bytes()
+}
+
+/// A delivery report naming `parts` original messages, each in its own
+/// text/rfc822-headers part.
+fn huge_report(parts: usize) -> Vec<u8> {
+    let mut m = String::from(
+        "From: MAILER-DAEMON@example.net\r\nTo: helpdesk@test.example\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <huge-report@example.net>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=R\r\n\r\n\
+         --R\r\nContent-Type: text/plain\r\n\r\nundeliverable\r\n",
+    );
+    for i in 0..parts {
+        m.push_str(&format!(
+            "--R\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <orig{i}@test.example>\r\n\r\n"
+        ));
+    }
+    m.push_str("--R--\r\n");
+    m.into_bytes()
+}
+
+/// A mail whose subject is `bytes` of "Re: " (forward detection was once
+/// quadratic in it).
+fn huge_subject(bytes: usize) -> Vec<u8> {
+    format!(
+        "From: Long <long@example.net>\r\nTo: helpdesk@test.example\r\nSubject: {}Fwd: help\r\n\
+         Message-ID: <huge-subject@example.net>\r\n\r\nbody\r\n",
+        "Re: ".repeat(bytes / 4)
+    )
+    .into_bytes()
+}
+
+/// Runs the binary with `args` to its end; its exit status, stdout and
+/// stderr, and its peak resident set size in bytes (from wait4).
+fn run_measured(args: &[&str]) -> (std::process::ExitStatus, String, String, u64) {
+    use std::io::Read as _;
+    use std::os::unix::process::ExitStatusExt as _;
+    let mut child = std::process::Command::new(common::setup::binary())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    // Drained on threads so a full pipe never blocks the child.
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: zeroed rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our own unreaped child; both pointers are valid.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid, "wait4");
+    let out = out.join().expect("stdout thread");
+    let err = err.join().expect("stderr thread");
+    // ru_maxrss is in KiB on Linux.
+    let peak = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+    (std::process::ExitStatus::from_raw(status), out, err, peak)
+}
+
 async fn sql(env: &Env, statement: &str) {
     sqlx::query(statement)
         .execute(&env.db().await)
@@ -310,4 +406,94 @@ fn sigkill_while_mail_is_being_set_aside_loses_and_duplicates_nothing() {
         (healthy, healthy, poison as i64, all, all, all, all),
         "(tickets, ticket emails, quarantined, emails, distinct, positions, distinct uids)"
     );
+}
+
+/// The memory bound the README documents for a reader, for these limits.
+fn documented_peak(batch_bytes: u64, max_email_size: u64) -> u64 {
+    4 * batch_bytes.max(max_email_size) + (64 << 20)
+}
+
+#[test]
+fn hostile_mails_between_ordinary_ones_never_stop_the_mailbox() {
+    const MAX_EMAIL: u64 = 8 << 20;
+    const BATCH_BYTES: u64 = 4 << 20;
+    let env = Env::start();
+    let big_id = message_id(1000);
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        ("deep-rfc822@example.net", deep_rfc822(40_000)),
+        ("deep-multipart@example.net", deep_multipart(100_000)),
+        ("huge-report@example.net", huge_report(33_000)),
+        ("huge-subject@example.net", huge_subject(3 << 20)),
+        (
+            big_id.trim_matches(['<', '>']),
+            common::mail_of_size(1000, 60 << 20),
+        ),
+    ];
+    let hostile_ids: Vec<String> = hostile.iter().map(|(id, _)| id.to_string()).collect();
+    let mut mails = vec![mail(0)];
+    for (i, (_, raw)) in hostile.into_iter().enumerate() {
+        mails.push(raw);
+        mails.push(mail(i + 1));
+    }
+    let ordinary = 6;
+    env.dovecot.deliver_many(USER, mails);
+    let reader = common::setup::ReaderSpec {
+        extra: format!("batch_bytes = {BATCH_BYTES}\n"),
+        ..env.reader("desk")
+    };
+    let path = env.path("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[tickets]\nmax_email_size = {MAX_EMAIL}\n",
+            env.config_toml(&[reader])
+        ),
+    )
+    .expect("write config");
+    let config = path.to_str().expect("utf-8 path");
+
+    let (status, stdout, stderr, peak) = run_measured(&["-c", config, "run", "--once"]);
+    assert!(status.success(), "run --once: {status}\n{stdout}\n{stderr}");
+    let bound = documented_peak(BATCH_BYTES, MAX_EMAIL);
+    assert!(
+        peak <= bound,
+        "peak RSS {} MiB is over the documented {} MiB",
+        peak >> 20,
+        bound >> 20
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let counts = |sql: &str| runtime.block_on(env.count(sql));
+    // Every ordinary mail is a ticket after this one poll.
+    for i in 0..ordinary {
+        let id = message_id(i);
+        assert_eq!(
+            counts(&format!(
+                "SELECT COUNT(*) FROM emails WHERE message_id = '{}' AND disposition = 'ticket'",
+                id.trim_matches(['<', '>'])
+            )),
+            1,
+            "ordinary mail {i}\n{stdout}"
+        );
+    }
+    // Every hostile one is a ticket that says what was left out, or set aside.
+    for id in &hostile_ids {
+        let n = counts(&format!(
+            "SELECT COUNT(*) FROM emails WHERE (message_id = '{id}' OR subject LIKE '%{id}%')
+               AND ((disposition = 'ticket' AND (parse_note IS NOT NULL OR limit_note IS NOT NULL))
+                    OR disposition LIKE 'quarantined: %')"
+        ));
+        assert_eq!(n, 1, "hostile mail {id}");
+    }
+    assert_eq!(counts("SELECT COUNT(*) FROM emails"), 11);
+    let state = runtime.block_on(env.state("desk"));
+    assert_eq!(state, "ok");
+
+    // A rerun fetches nothing new and adds nothing.
+    let (status, stdout, stderr, _) = run_measured(&["-c", config, "run", "--once"]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert_eq!(counts("SELECT COUNT(*) FROM emails"), 11);
+    assert_eq!(counts("SELECT COUNT(*) FROM source_positions"), 11);
 }
