@@ -400,41 +400,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(sizes)
     }
 
-    /// Appends message `msg` to `out`, un-dot-stuffed, line endings as the
-    /// server sent them. The bytes go straight from the read buffer into
-    /// `out`, so a large message is held in memory once, not twice. On any
-    /// error `out` is cut back to its previous length, so a message that
-    /// was cut off can never pass for a complete one. If the future is
-    /// dropped instead, `out` may hold part of the message; the connection
-    /// is then out of step and must be dropped too.
+    /// Appends message `msg` to `out` whole; see [`Connection::retr_capped`].
+    // The poller always caps; whole messages are what the framing tests
+    // compare against.
+    #[cfg(test)]
     pub async fn retr(&mut self, msg: u32, out: &mut Vec<u8>) -> Result<(), Pop3Error> {
+        self.retr_capped(msg, out, usize::MAX).await.map(drop)
+    }
+
+    /// Appends message `msg` to `out`, un-dot-stuffed, line endings as the
+    /// server sent them, but at most its first `cap` bytes: the rest is
+    /// read to the terminator and discarded as it arrives, never buffered,
+    /// so the connection stays in step. Returns the message's full size
+    /// (what a complete `out` would have grown by). The bytes go straight
+    /// from the read buffer into `out`, so a large message is held in
+    /// memory once, not twice. On any error `out` is cut back to its
+    /// previous length, so a message that was cut off can never pass for a
+    /// complete one. If the future is dropped instead, `out` may hold part
+    /// of the message; the connection is then out of step and must be
+    /// dropped too.
+    pub async fn retr_capped(
+        &mut self,
+        msg: u32,
+        out: &mut Vec<u8>,
+        cap: usize,
+    ) -> Result<u64, Pop3Error> {
         const STEP: &str = "RETR";
         self.command(STEP, &format!("RETR {msg}")).await?;
         self.expect_ok(STEP).await?;
         let before = out.len();
-        let result = self.read_body(out).await;
+        let result = self.read_body(out, cap).await;
         if result.is_err() {
             out.truncate(before);
         }
         result
     }
 
-    /// Copies the body up to the terminating "." line. A leading "." is
-    /// dropped as it arrives (dot-stuffing, RFC 1939 §3), and whether the
+    /// Copies the body up to the terminating "." line, keeping at most
+    /// `cap` bytes in `out`, and returns the body's full size. A leading "."
+    /// is dropped as it arrives (dot-stuffing, RFC 1939 §3), and whether the
     /// line was the terminator is only decided once its end is seen, so
     /// lines and even the terminator may be split across reads at any byte.
-    async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<(), Pop3Error> {
+    async fn read_body(&mut self, out: &mut Vec<u8>, cap: usize) -> Result<u64, Pop3Error> {
         const STEP: &str = "RETR";
         self.in_step = false;
         let mut at_line_start = true;
         let mut stuffed = false;
-        let mut line_start = out.len();
+        // The current line after its stuffing dot: its length so far, its
+        // first byte, and how much of it went into `out`. The terminator
+        // is only known at the line's end, so what it put in `out` is
+        // taken back then.
+        let mut line_len = 0usize;
+        let mut line_first = None;
+        let mut line_kept = 0usize;
+        let mut kept = 0usize;
+        let mut total = 0u64;
         loop {
             let buf = self.fill(STEP).await?;
             let mut used = 0;
             if at_line_start {
                 at_line_start = false;
-                line_start = out.len();
+                line_len = 0;
+                line_first = None;
+                line_kept = 0;
                 stuffed = buf.first() == Some(&b'.');
                 if stuffed {
                     used = 1;
@@ -443,14 +471,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let rest = &buf[used..];
             let end = rest.iter().position(|&b| b == b'\n');
             let take = end.map_or(rest.len(), |i| i + 1);
-            out.extend_from_slice(&rest[..take]);
+            let piece = &rest[..take];
+            if line_first.is_none() {
+                line_first = piece.first().copied();
+            }
+            let keep = take.min(cap.saturating_sub(kept));
+            out.extend_from_slice(&piece[..keep]);
+            kept += keep;
+            line_kept += keep;
+            line_len += take;
+            total += take as u64;
             used += take;
             self.io.consume(used);
             if end.is_some() {
-                if stuffed && matches!(&out[line_start..], b"\r\n" | b"\n") {
-                    out.truncate(line_start);
+                let blank = line_len == 1 || (line_len == 2 && line_first == Some(b'\r'));
+                if stuffed && blank {
+                    out.truncate(out.len() - line_kept);
                     self.in_step = true;
-                    return Ok(());
+                    return Ok(total - line_len as u64);
                 }
                 at_line_start = true;
             }
