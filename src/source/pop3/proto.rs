@@ -1613,6 +1613,79 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn retr_capped_keeps_the_head_discards_the_rest_and_stays_in_step() {
+        // Small pipe: the server can only get ahead by a few KiB, so the
+        // 200 KB message must be read (and dropped) as it arrives.
+        let (mut c, mut s) = pair_with(4 * 1024, TIMEOUT);
+        let mut body = Vec::new();
+        for i in 0..4000 {
+            // Every third line starts with a dot, to be unstuffed.
+            let dot = if i % 3 == 0 { "." } else { "" };
+            body.extend_from_slice(
+                format!("{dot}line {i:05} of the big mail......\r\n").as_bytes(),
+            );
+        }
+        body.extend_from_slice(b".\r\n"); // a last line that is a lone dot
+        let cap = 50_000;
+        let mut out = Vec::with_capacity(cap);
+        let (size, noop) = run(
+            async {
+                let size = c.retr_capped(7, &mut out, cap).await;
+                let noop = c.noop().await;
+                (size, noop)
+            },
+            async {
+                s.expect("RETR 7\r\n").await;
+                for piece in dot_stuff(&body).chunks(1000) {
+                    s.send(piece).await;
+                }
+                s.expect("NOOP\r\n").await;
+                s.send("+OK\r\n").await;
+            },
+        )
+        .await;
+        assert_eq!(size.expect("capped RETR"), body.len() as u64);
+        assert_eq!(out, body[..cap]);
+        assert_eq!(out.capacity(), cap, "the rest was never buffered");
+        noop.expect("the connection is still in step");
+    }
+
+    #[tokio::test]
+    async fn retr_capped_at_or_over_the_size_is_whole() {
+        let (mut c, mut s) = pair_with(16, TIMEOUT);
+        let body = b"Subject: x\r\n\r\n.hidden\r\nend\r\n";
+        let mut exact = Vec::new();
+        let mut roomy = Vec::new();
+        let mut tiny = Vec::new();
+        let sizes = run(
+            async {
+                let exact_size = c.retr_capped(1, &mut exact, body.len()).await;
+                let roomy_size = c.retr_capped(2, &mut roomy, usize::MAX).await;
+                let tiny_size = c.retr_capped(3, &mut tiny, 0).await;
+                (exact_size, roomy_size, tiny_size)
+            },
+            async {
+                for n in 1..=3 {
+                    s.expect(format!("RETR {n}\r\n")).await;
+                    // Byte by byte through a tiny pipe: the terminator is
+                    // split across reads too.
+                    for b in dot_stuff(body) {
+                        s.send([b]).await;
+                    }
+                }
+            },
+        )
+        .await;
+        let full = body.len() as u64;
+        assert_eq!(sizes.0.expect("exact"), full);
+        assert_eq!(sizes.1.expect("roomy"), full);
+        assert_eq!(sizes.2.expect("tiny"), full);
+        assert_eq!(exact, body);
+        assert_eq!(roomy, body);
+        assert!(tiny.is_empty());
+    }
+
+    #[tokio::test]
     async fn retr_very_long_line() {
         let (mut c, mut s) = pair();
         let long = "x".repeat(100_000);
