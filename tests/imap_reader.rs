@@ -5,11 +5,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::proxy::Throttle;
 use common::setup::{
     ChildGuard, Env, PASSWORD, PLAIN_PASSWORD, USER, assert_no_secret_in, binary, run_once_binary,
     wait_until,
 };
-use common::proxy::Throttle;
 use common::{Proxy, mail, malformed_mail};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -793,13 +793,16 @@ pub async fn poll(
     } else {
         session.sizes(&uids).await?
     };
+    // A mail the server did not size is planned as if it were as large as
+    // it may be fetched.
     let declared: Vec<u64> = uids
         .iter()
-        .map(|uid| sizes.get(uid).copied().unwrap_or(0))
+        .map(|uid| sizes.get(uid).copied().unwrap_or(batching.fetch_cap))
         .collect();
     // Batch k+1 is fetched while batch k is parsed and committed, so at
     // most two batches of raw mail are in flight, each within
-    // max(batch_bytes, max_email_size).
+    // max(batch_bytes, max_email_size) (plus, briefly, the crate's copy of
+    // the one response being read).
     let chunks: Vec<&[u32]> = batching
         .plan(&declared)
         .into_iter()

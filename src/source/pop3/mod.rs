@@ -236,7 +236,8 @@ pub async fn poll(
     let batching = Batching::of(reader, &policy);
     let declared: Vec<u64> = new
         .iter()
-        .map(|(number, _)| sizes.get(number).copied().unwrap_or(0))
+        // A message LIST did not size is planned as large as it may be read.
+        .map(|(number, _)| sizes.get(number).copied().unwrap_or(batching.fetch_cap))
         .collect();
     let cap = usize::try_from(batching.fetch_cap).unwrap_or(usize::MAX);
     let mut index = 0;
@@ -256,7 +257,8 @@ pub async fn poll(
             let (number, uidl) = &new[i];
             // Reserve what LIST announced (bounded, in case it lies), so the
             // message is read straight into its final buffer.
-            let reserve = batching.fetched(declared[i]).min(64 << 20);
+            let listed = sizes.get(number).copied().unwrap_or(0);
+            let reserve = batching.fetched(listed).min(64 << 20);
             let mut body = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
             let retr = tokio::select! {
                 r = session.conn.retr_capped(*number, &mut body, cap) => r,
