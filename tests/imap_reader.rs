@@ -892,8 +892,9 @@ async fn email_sizes(env: &Env) -> Vec<(String, i64, Option<String>)> {
 }
 
 /// A mail over max_email_size between ordinary ones: one poll makes a
-/// ticket of each; the big one is fetched only up to the limit (a partial
-/// FETCH), and its row has its full size and says what was left out.
+/// ticket of each, in batches bounded by batch_bytes; the big one is
+/// fetched only up to the limit (a partial FETCH), and its row has its
+/// full size and says what was left out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mail_over_max_email_size_is_fetched_only_up_to_it() {
     let env = Env::start();
@@ -903,12 +904,19 @@ async fn a_mail_over_max_email_size_is_fetched_only_up_to_it() {
         .deliver_many(USER, [mail(0), big.clone(), mail(2), mail(3)]);
     let proxy = Proxy::start(env.dovecot.imap_port());
     let mut reader = env.reader("helpdesk").plaintext(proxy.port());
-    reader.extra = "batch_bytes = \"2 MiB\"\n".into();
+    // The big mail counts as the 1 MiB fetched of it: batches [0], [1],
+    // [2, 3].
+    reader.extra = "batch_bytes = \"1 MiB\"\n".into();
     let config = env.config(&[reader]);
 
     let report = env.poll_ok(&config, "helpdesk").await;
     assert_eq!((report.fetched, report.created), (4, 4));
     let lines = proxy.client_lines();
+    let fetches: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("UID FETCH") && l.contains("BODY.PEEK"))
+        .collect();
+    assert_eq!(fetches.len(), 3, "{fetches:?}");
     assert!(
         lines
             .iter()

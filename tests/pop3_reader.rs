@@ -288,13 +288,30 @@ async fn a_mail_over_max_email_size_is_read_only_up_to_it() {
     let big = common::mail_of_size(1, 3 << 20);
     env.dovecot
         .deliver_many(USER, [mail(0), big.clone(), mail(2), mail(3)]);
-    let mut reader = env.pop3_reader("pop").after("delete");
-    reader.extra = "batch_bytes = \"2 MiB\"\n".into();
+    let proxy = Proxy::start(env.dovecot.pop3_port());
+    let mut reader = env
+        .pop3_reader("pop")
+        .after("delete")
+        .plaintext(proxy.port());
+    // The big mail counts as the 1 MiB read of it: batches [1], [2], [3, 4],
+    // each deleted after its commit.
+    reader.extra = "batch_bytes = \"1 MiB\"\n".into();
     let config = env.config(&[reader]);
 
     let report = env.poll_ok(&config, "pop").await;
     assert_eq!((report.fetched, report.created), (4, 4));
     assert_eq!(env.dovecot.message_count(USER, "INBOX"), 0, "all deleted");
+    let steps: Vec<String> = proxy
+        .client_lines()
+        .into_iter()
+        .filter(|l| is_command(l, "RETR") || is_command(l, "DELE") || is_command(l, "LIST"))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "LIST", "RETR 1", "DELE 1", "RETR 2", "DELE 2", "RETR 3", "RETR 4", "DELE 3", "DELE 4"
+        ],
+    );
 
     let rows: Vec<(String, i64, Option<String>)> =
         sqlx::query_as("SELECT subject, size, limit_note FROM emails ORDER BY id")
