@@ -1,9 +1,11 @@
 //! IMAP with SASL XOAUTH2 (or a password), over implicit TLS or STARTTLS.
 //!
 //! Owns how an IMAP folder becomes tickets exactly once: new mail is found
-//! by UID above the ledger's watermark for the folder's UIDVALIDITY, fetched
-//! in batches with `BODY.PEEK[]` (so nothing is marked read before its
-//! ticket exists), committed, and only then given its after-step (`\Seen`,
+//! by UID above the ledger's watermark for the folder's UIDVALIDITY, sized
+//! (`RFC822.SIZE`), fetched in batches bounded by `batch_size` and
+//! `batch_bytes` with `BODY.PEEK[]<0.max_email_size>` (so nothing is marked
+//! read before its ticket exists, and a huge mail is never held whole),
+//! committed, and only then given its after-step (`\Seen`,
 //! nothing, delete, or move). An after-step that could not be done stays
 //! pending in the ledger and is retried on the next poll; since it only
 //! ever runs for committed mail, a retry can never duplicate a ticket.

@@ -9,6 +9,10 @@
 //! confirmed the UIDLs stay pending and are deleted again on the next poll.
 //! A server without UIDL is refused: without it there is no way to tell a
 //! new message from one already ingested.
+//!
+//! Sizes come from LIST first, so batches close at `batch_size` or
+//! `batch_bytes`, and RETR keeps only the first `max_email_size` bytes of a
+//! message (the rest is read and dropped).
 
 mod proto;
 
