@@ -7,7 +7,9 @@
 //! in TLS (implicit) or in plain text that the protocol module upgrades
 //! with [`upgrade`] after its STARTTLS/STLS exchange; plain text that stays
 //! plain is only reachable through `tls = "none"`, which config accepts for
-//! loopback hosts only.
+//! loopback hosts only. Every stream also counts the bytes that pass
+//! ([`Progress`]), so protocol timeouts can mean "no progress", not "the
+//! whole answer in time".
 
 use crate::metrics::FailureClass;
 use std::path::{Path, PathBuf};
