@@ -137,7 +137,12 @@ async fn retry_one(config: &Config, store: &Store, id: i64) -> Result<Retried, Q
             path: config.path.display().to_string(),
         });
     };
-    let parsed = ingest::parse_batch(vec![(id, raw)], &reader.name, &reader.mail.current()).await?;
+    let parsed = ingest::parse_batch(
+        vec![(id, ingest::Fetched::whole(raw))],
+        &reader.name,
+        &reader.mail.current(),
+    )
+    .await?;
     let Some((_, incoming)) = parsed.first() else {
         return Ok(Retried::NotQuarantined);
     };

@@ -7,12 +7,15 @@
 //! in TLS (implicit) or in plain text that the protocol module upgrades
 //! with [`upgrade`] after its STARTTLS/STLS exchange; plain text that stays
 //! plain is only reachable through `tls = "none"`, which config accepts for
-//! loopback hosts only.
+//! loopback hosts only. Every stream also counts the bytes that pass
+//! ([`Progress`]), so protocol timeouts can mean "no progress", not "the
+//! whole answer in time".
 
 use crate::metrics::FailureClass;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,12 +29,66 @@ use tokio_rustls::client::TlsStream;
 
 use crate::config::{ReaderConfig, Tls};
 
-/// The stream every mail protocol module speaks over.
+/// The stream every mail protocol module speaks over. It counts the bytes
+/// that pass (see [`Progress`]), so a protocol can tell a server that is
+/// slowly delivering a large mail from one that stalled.
 #[derive(Debug)]
-pub enum Stream {
+pub struct Stream {
+    inner: Inner,
+    progress: Progress,
+}
+
+#[derive(Debug)]
+enum Inner {
     Tls(Box<TlsStream<TcpStream>>),
     /// Before STARTTLS, or `tls = "none"` on loopback.
     Plain(TcpStream),
+}
+
+/// A count of the bytes read and written on a [`Stream`], shared with
+/// whoever waits on it: a timeout means "no progress for this long", not
+/// "the whole answer within this long", since one IMAP response (a FETCH
+/// literal) can be a whole large mail.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Arc<AtomicU64>);
+
+/// [`Progress::wait`] gave up: nothing moved for a whole `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stalled;
+
+impl Progress {
+    /// Bytes moved so far.
+    pub fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Drives `fut` to the end while bytes keep moving: it fails only when
+    /// a whole `timeout` passes without a byte read or written (so a stall
+    /// is noticed after between one and two `timeout`s).
+    pub async fn wait<F: std::future::Future>(
+        &self,
+        timeout: Duration,
+        fut: F,
+    ) -> Result<F::Output, Stalled> {
+        let mut fut = std::pin::pin!(fut);
+        let mut seen = self.bytes();
+        loop {
+            match tokio::time::timeout(timeout, fut.as_mut()).await {
+                Ok(out) => return Ok(out),
+                Err(_) => {
+                    let now = self.bytes();
+                    if now == seen {
+                        return Err(Stalled);
+                    }
+                    seen = now;
+                }
+            }
+        }
+    }
 }
 
 impl ConnectError {
@@ -46,15 +103,25 @@ impl ConnectError {
 }
 
 impl Stream {
+    fn new(inner: Inner, progress: Progress) -> Stream {
+        Stream { inner, progress }
+    }
+
     pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
+        matches!(self.inner, Inner::Tls(_))
+    }
+
+    /// The byte counter of this connection; it carries over a STARTTLS
+    /// upgrade.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
     }
 
     /// The server's address, under TLS or not.
     pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        match self {
-            Stream::Tls(s) => s.get_ref().0.peer_addr(),
-            Stream::Plain(s) => s.peer_addr(),
+        match &self.inner {
+            Inner::Tls(s) => s.get_ref().0.peer_addr(),
+            Inner::Plain(s) => s.peer_addr(),
         }
     }
 }
@@ -65,10 +132,16 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = match &mut this.inner {
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Inner::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        };
+        if let Poll::Ready(Ok(())) = poll {
+            this.progress.add(buf.filled().len().saturating_sub(before));
         }
+        poll
     }
 }
 
@@ -78,23 +151,28 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        let this = self.get_mut();
+        let poll = match &mut this.inner {
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Inner::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        };
+        if let Poll::Ready(Ok(n)) = poll {
+            this.progress.add(n);
         }
+        poll
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+        match &mut self.get_mut().inner {
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Inner::Plain(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        match &mut self.get_mut().inner {
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Inner::Plain(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -127,8 +205,9 @@ impl<'a> Endpoint<'a> {
 pub async fn connect(to: &Endpoint<'_>) -> Result<Stream, ConnectError> {
     match to.tls {
         Tls::Implicit => connect_tls(to.host, to.port, to.ca_file, to.timeout).await,
-        Tls::StartTls | Tls::None => Ok(Stream::Plain(
-            connect_tcp(to.host, to.port, to.timeout).await?,
+        Tls::StartTls | Tls::None => Ok(Stream::new(
+            Inner::Plain(connect_tcp(to.host, to.port, to.timeout).await?),
+            Progress::default(),
         )),
     }
 }
@@ -136,9 +215,13 @@ pub async fn connect(to: &Endpoint<'_>) -> Result<Stream, ConnectError> {
 /// Completes a verified TLS handshake on a plain stream, after the
 /// protocol's STARTTLS/STLS was accepted.
 pub async fn upgrade(stream: Stream, to: &Endpoint<'_>) -> Result<Stream, ConnectError> {
-    match stream {
-        Stream::Tls(_) => Err(ConnectError::Tls("STARTTLS on a TLS connection".into())),
-        Stream::Plain(tcp) => handshake(tcp, to.host, to.port, to.ca_file, to.timeout).await,
+    let Stream { inner, progress } = stream;
+    match inner {
+        Inner::Tls(_) => Err(ConnectError::Tls("STARTTLS on a TLS connection".into())),
+        Inner::Plain(tcp) => {
+            let tls = handshake(tcp, to.host, to.port, to.ca_file, to.timeout).await?;
+            Ok(Stream::new(tls.inner, progress))
+        }
     }
 }
 
@@ -231,7 +314,10 @@ async fn handshake(
             after: timeout,
         }),
         Ok(Err(e)) => Err(ConnectError::Tls(describe_tls_error(host, &e))),
-        Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream))),
+        Ok(Ok(stream)) => Ok(Stream::new(
+            Inner::Tls(Box::new(stream)),
+            Progress::default(),
+        )),
     }
 }
 
@@ -322,6 +408,62 @@ mod tests {
             err.to_string(),
             format!("connection refused: 127.0.0.1:{port}")
         );
+    }
+
+    #[tokio::test]
+    async fn progress_waits_while_bytes_move_and_not_when_stalled() {
+        let progress = Progress::default();
+        let timeout = Duration::from_millis(200);
+        // Busy for five timeouts, a byte every half timeout: finishes.
+        let busy = {
+            let progress = progress.clone();
+            async move {
+                for _ in 0..10 {
+                    tokio::time::sleep(timeout / 2).await;
+                    progress.add(1);
+                }
+                "done"
+            }
+        };
+        assert_eq!(progress.wait(timeout, busy).await, Ok("done"));
+        // Silent: given up on after at most two timeouts.
+        let started = tokio::time::Instant::now();
+        let silent = tokio::time::sleep(timeout * 20);
+        assert_eq!(progress.wait(timeout, silent).await, Err(Stalled));
+        // At most two timeouts, and some slack for a busy machine.
+        assert!(started.elapsed() < timeout * 4, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn the_stream_counts_bytes_both_ways() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            socket.write_all(b"hello").await.expect("write");
+            let mut got = [0u8; 3];
+            socket.read_exact(&mut got).await.expect("read");
+            got
+        });
+        let to = Endpoint {
+            host: "127.0.0.1",
+            port,
+            tls: Tls::None,
+            ca_file: None,
+            timeout: Duration::from_secs(5),
+        };
+        let mut stream = connect(&to).await.expect("connect");
+        let progress = stream.progress();
+        let mut got = [0u8; 5];
+        stream.read_exact(&mut got).await.expect("read");
+        assert_eq!(progress.bytes(), 5);
+        stream.write_all(b"abc").await.expect("write");
+        stream.flush().await.expect("flush");
+        assert_eq!(server.await.expect("server"), *b"abc");
+        assert_eq!(progress.bytes(), 8);
     }
 
     #[test]

@@ -5,11 +5,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::proxy::Throttle;
 use common::setup::{
     ChildGuard, Env, PASSWORD, PLAIN_PASSWORD, USER, assert_no_secret_in, binary, run_once_binary,
     wait_until,
 };
-use common::{mail, malformed_mail};
+use common::{Proxy, mail, malformed_mail};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_mails_become_two_hundred_tickets_exactly_once() {
@@ -879,4 +880,124 @@ fn no_secret_reaches_logs_output_or_database() {
         secrets.len()
     );
     assert_no_secret_in(&text, &env.database_bytes(), &secrets);
+}
+
+/// What the emails table says of each mail, in order: subject, size,
+/// limit note.
+async fn email_sizes(env: &Env) -> Vec<(String, i64, Option<String>)> {
+    sqlx::query_as("SELECT subject, size, limit_note FROM emails ORDER BY id")
+        .fetch_all(&env.db().await)
+        .await
+        .expect("emails")
+}
+
+/// A mail over max_email_size between ordinary ones: one poll makes a
+/// ticket of each, in batches bounded by batch_bytes; the big one is
+/// fetched only up to the limit (a partial FETCH), and its row has its
+/// full size and says what was left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_over_max_email_size_is_fetched_only_up_to_it() {
+    let env = Env::start();
+    env.set_daemon_extra("\n[tickets]\nmax_email_size = \"1 MiB\"\n");
+    let big = common::mail_of_size(1, 3 << 20);
+    env.dovecot
+        .deliver_many(USER, [mail(0), big.clone(), mail(2), mail(3)]);
+    let proxy = Proxy::start(env.dovecot.imap_port());
+    let mut reader = env.reader("helpdesk").plaintext(proxy.port());
+    // The big mail counts as the 1 MiB fetched of it: batches [0], [1],
+    // [2, 3].
+    reader.extra = "batch_bytes = \"1 MiB\"\n".into();
+    let config = env.config(&[reader]);
+
+    let report = env.poll_ok(&config, "helpdesk").await;
+    assert_eq!((report.fetched, report.created), (4, 4));
+    let lines = proxy.client_lines();
+    let fetches: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("UID FETCH") && l.contains("BODY.PEEK"))
+        .collect();
+    assert_eq!(fetches.len(), 3, "{fetches:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("UID FETCH") && l.contains("RFC822.SIZE")),
+        "sizes are asked for first: {lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("UID FETCH") && l.contains("BODY.PEEK[]<0.1048576>")),
+        "{lines:?}"
+    );
+
+    let rows = email_sizes(&env).await;
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for (i, (subject, size, note)) in rows.iter().enumerate() {
+        assert_eq!(subject, &common::mail::subject(i));
+        if i == 1 {
+            assert_eq!(*size, big.len() as i64, "the full size, not the fetched");
+            let note = note.as_deref().unwrap_or_default();
+            assert!(
+                note.starts_with(&format!(
+                    "the mail ({}) is larger than max_email_size (1.0 MiB): \
+                     only its first 1.0 MiB were fetched",
+                    mail2ticket::ingest::human_size(big.len() as u64)
+                )),
+                "{note}"
+            );
+        } else {
+            assert_eq!(*size, mail(i).len() as i64);
+            assert_eq!(note, &None, "{subject}");
+        }
+    }
+}
+
+/// `timeout` is "no progress for that long": a large FETCH response that
+/// keeps trickling in for several timeouts is waited for, one that stops
+/// is given up on with the usual timeout error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_fetch_outlasts_the_timeout_and_a_stalled_one_fails() {
+    let env = Env::start();
+    env.dovecot
+        .deliver_many(USER, [common::mail_of_size(0, 640 << 10)]);
+    let proxy = Proxy::start(env.dovecot.imap_port());
+    let mut reader = env.reader("helpdesk").plaintext(proxy.port());
+    reader.timeout = "2s";
+    let config = env.config(&[reader]);
+
+    // 640 KiB in 16 KiB pieces 200 ms apart: about 8 s, four timeouts.
+    proxy.throttle(Some(Throttle {
+        chunk: 16 << 10,
+        pause: Duration::from_millis(200),
+        stall_after: None,
+    }));
+    let started = std::time::Instant::now();
+    let report = env.poll_ok(&config, "helpdesk").await;
+    assert_eq!(report.created, 1);
+    assert!(
+        started.elapsed() > Duration::from_secs(6),
+        "the transfer should have been slow: {:?}",
+        started.elapsed()
+    );
+
+    // The next mail stops after 100 KiB, with the connection still open.
+    env.dovecot
+        .deliver_many(USER, [common::mail_of_size(1, 640 << 10)]);
+    proxy.throttle(Some(Throttle {
+        chunk: 16 << 10,
+        pause: Duration::from_millis(10),
+        stall_after: Some(100 << 10),
+    }));
+    let started = std::time::Instant::now();
+    let error = env.failing_poll(&config, "helpdesk").await;
+    assert!(
+        error.contains("IMAP server did not answer UID FETCH within 2s"),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 1);
 }

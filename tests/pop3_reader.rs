@@ -276,3 +276,65 @@ async fn stls_with_plain_auth() {
         .await;
     assert_eq!(env.dovecot.message_count(USER, "INBOX"), 2, "kept");
 }
+
+/// A mail over max_email_size between ordinary ones: one poll makes a
+/// ticket of each; RETR keeps only the first max_email_size bytes of the
+/// big one (and reads the rest to the end, so the session goes on), and
+/// its row has its full size and says what was left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_over_max_email_size_is_read_only_up_to_it() {
+    let env = Env::start();
+    env.set_daemon_extra("\n[tickets]\nmax_email_size = \"1 MiB\"\n");
+    let big = common::mail_of_size(1, 3 << 20);
+    env.dovecot
+        .deliver_many(USER, [mail(0), big.clone(), mail(2), mail(3)]);
+    let proxy = Proxy::start(env.dovecot.pop3_port());
+    let mut reader = env
+        .pop3_reader("pop")
+        .after("delete")
+        .plaintext(proxy.port());
+    // The big mail counts as the 1 MiB read of it: batches [1], [2], [3, 4],
+    // each deleted after its commit.
+    reader.extra = "batch_bytes = \"1 MiB\"\n".into();
+    let config = env.config(&[reader]);
+
+    let report = env.poll_ok(&config, "pop").await;
+    assert_eq!((report.fetched, report.created), (4, 4));
+    assert_eq!(env.dovecot.message_count(USER, "INBOX"), 0, "all deleted");
+    let steps: Vec<String> = proxy
+        .client_lines()
+        .into_iter()
+        .filter(|l| is_command(l, "RETR") || is_command(l, "DELE") || is_command(l, "LIST"))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "LIST", "RETR 1", "DELE 1", "RETR 2", "DELE 2", "RETR 3", "RETR 4", "DELE 3", "DELE 4"
+        ],
+    );
+
+    let rows: Vec<(String, i64, Option<String>)> =
+        sqlx::query_as("SELECT subject, size, limit_note FROM emails ORDER BY id")
+            .fetch_all(&env.db().await)
+            .await
+            .expect("emails");
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for (i, (subject, size, note)) in rows.iter().enumerate() {
+        assert_eq!(subject, &common::mail::subject(i));
+        if i == 1 {
+            assert_eq!(*size, big.len() as i64, "the full size, not the fetched");
+            let note = note.as_deref().unwrap_or_default();
+            assert!(
+                note.starts_with(&format!(
+                    "the mail ({}) is larger than max_email_size (1.0 MiB): \
+                     only its first 1.0 MiB were fetched",
+                    mail2ticket::ingest::human_size(big.len() as u64)
+                )),
+                "{note}"
+            );
+        } else {
+            assert_eq!(*size, mail(i).len() as i64);
+            assert_eq!(note, &None, "{subject}");
+        }
+    }
+}

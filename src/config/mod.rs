@@ -32,6 +32,10 @@ pub const DEFAULT_PATH: &str = "/etc/mail2ticket/config.toml";
 
 const DEFAULT_DATABASE: &str = "sqlite://mail2ticket.db";
 const DEFAULT_REDIRECT_PORT: u16 = 8400;
+/// `batch_bytes` unless set: large enough that ordinary mail is batched by
+/// `batch_size`, small enough that two batches of large mail in flight
+/// stay well under a small VM's memory.
+pub const DEFAULT_BATCH_BYTES: u64 = 32 * 1024 * 1024;
 
 /// A configuration problem, located in the file.
 #[derive(Debug, thiserror::Error)]
@@ -306,6 +310,9 @@ pub struct ReaderConfig {
     pub timeout: Duration,
     /// Mails fetched and committed together.
     pub batch_size: usize,
+    /// Raw bytes fetched and committed together: a batch closes before the
+    /// mail that would take it past this (it always holds one mail).
+    pub batch_bytes: u64,
     /// Acknowledgements of new tickets, when `[reader.reply]` is set.
     pub reply: Option<ReplyConfig>,
     /// How this reader's mail becomes tickets: threading, guard, rules,
@@ -524,6 +531,7 @@ struct RawReader {
     poll_interval: Option<HumanDuration>,
     timeout: Option<HumanDuration>,
     batch_size: Option<Spanned<usize>>,
+    batch_bytes: Option<Spanned<bytesize::ByteSize>>,
     allow_auto_submitted: Option<bool>,
     reply: Option<Spanned<mail::RawReply>>,
 }
@@ -947,6 +955,13 @@ impl Config {
                 Some(b) => b.into_inner(),
                 None => 100,
             };
+            let batch_bytes = match r.batch_bytes {
+                Some(b) if b.get_ref().as_u64() == 0 => {
+                    return Err(locate.at(b.span(), "batch_bytes", "must be more than 0 bytes"));
+                }
+                Some(b) => b.get_ref().as_u64(),
+                None => DEFAULT_BATCH_BYTES,
+            };
             let reply = match r.reply {
                 Some(raw) => {
                     let span = raw.span();
@@ -983,6 +998,7 @@ impl Config {
                 poll_interval: r.poll_interval.map_or(daemon.poll_interval, |d| d.0),
                 timeout: r.timeout.map_or(Duration::from_secs(60), |d| d.0),
                 batch_size,
+                batch_bytes,
                 reply,
                 mail,
             });
@@ -1204,6 +1220,28 @@ poll_interval = "30s"
         let err = error_text(&GOOD.replace("\"30s\"", "\"soon\""));
         assert!(err.contains(":23: reader.poll_interval: "), "{err}");
         assert!(err.contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn batch_bytes_is_a_byte_size() {
+        let config = parse(&GOOD.replace(
+            "poll_interval = \"30s\"",
+            "poll_interval = \"30s\"\nbatch_bytes = \"8 MiB\"",
+        ))
+        .expect("valid");
+        assert_eq!(config.readers[0].batch_bytes, 8 << 20);
+        let config = parse(GOOD).expect("valid");
+        assert_eq!(config.readers[0].batch_bytes, DEFAULT_BATCH_BYTES);
+        for bad in ["\"lots\"", "\"0 B\"", "-1"] {
+            let err = error_text(&GOOD.replace(
+                "poll_interval = \"30s\"",
+                &format!("poll_interval = \"30s\"\nbatch_bytes = {bad}"),
+            ));
+            assert!(
+                err.starts_with("/etc/m2t/config.toml:24: reader.batch_bytes: "),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

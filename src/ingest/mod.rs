@@ -19,7 +19,7 @@ use crate::config::MailPolicy;
 
 pub use guard::Verdict;
 pub use parse::{
-    Attachment, Limits, ParsedMail, RawMail, Report, human_size, parse, parse_with,
+    Attachment, Limits, ParsedMail, RawMail, Report, human_size, parse, parse_fetched, parse_with,
     sanitize_filename,
 };
 pub use rules::Routing;
@@ -49,15 +49,34 @@ impl std::fmt::Debug for Incoming {
     }
 }
 
+/// A mail as fetched: its bytes, which are only its beginning when it was
+/// over `max_email_size`, and the full size the server declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub bytes: Vec<u8>,
+    /// At least `bytes.len()`.
+    pub size: u64,
+}
+
+impl Fetched {
+    /// A mail fetched whole.
+    pub fn whole(bytes: Vec<u8>) -> Fetched {
+        let size = bytes.len() as u64;
+        Fetched { bytes, size }
+    }
+}
+
 impl Incoming {
     /// Parses and judges one raw mail read by `reader`.
     pub fn new(raw: &[u8], reader: &str, policy: &Arc<MailPolicy>) -> Incoming {
-        Incoming::from_raw(raw.to_vec(), reader, policy)
+        Incoming::fetched(Fetched::whole(raw.to_vec()), reader, policy)
     }
 
-    /// [`Incoming::new`], keeping `raw` without a copy.
-    pub fn from_raw(raw: Vec<u8>, reader: &str, policy: &Arc<MailPolicy>) -> Incoming {
-        let mail = parse_with(&raw, &Limits::from(&policy.tickets));
+    /// [`Incoming::new`] for a mail as fetched (maybe only its beginning,
+    /// see [`Fetched`]), keeping its bytes without a copy.
+    pub fn fetched(fetched: Fetched, reader: &str, policy: &Arc<MailPolicy>) -> Incoming {
+        let Fetched { bytes: raw, size } = fetched;
+        let mail = parse_fetched(&raw, size, &Limits::from(&policy.tickets));
         let verdict = guard::check(&mail, policy);
         let routing = rules::route(&mail, reader, &policy.rules);
         Incoming {
@@ -80,7 +99,7 @@ pub struct ParseTaskFailed(String);
 /// if the runtime is shutting down; the batch is then not committed at all
 /// (it is fetched again next time) rather than stored without its content.
 pub async fn parse_batch<K: Send + 'static>(
-    raw: Vec<(K, Vec<u8>)>,
+    raw: Vec<(K, Fetched)>,
     reader: &str,
     policy: &Arc<MailPolicy>,
 ) -> Result<Vec<(K, Incoming)>, ParseTaskFailed> {
@@ -88,9 +107,48 @@ pub async fn parse_batch<K: Send + 'static>(
     let policy = Arc::clone(policy);
     tokio::task::spawn_blocking(move || {
         raw.into_iter()
-            .map(|(key, bytes)| (key, Incoming::from_raw(bytes, &reader, &policy)))
+            .map(|(key, mail)| (key, Incoming::fetched(mail, &reader, &policy)))
             .collect::<Vec<_>>()
     })
     .await
     .map_err(|e| ParseTaskFailed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAIL: &[u8] = b"From: a@example.com\r\nSubject: big\r\nMessage-ID: <big@x>\r\n\r\n0123456789abcdefghij\r\n";
+
+    #[test]
+    fn a_cut_mail_carries_its_full_size_and_says_what_was_fetched() {
+        let limits = Limits {
+            max_email_size: 40,
+            max_attachment_size: 1 << 20,
+            keep_raw: true,
+        };
+        let head = &MAIL[..40];
+        let mail = parse_fetched(head, 60 << 20, &limits);
+        assert_eq!(mail.size, 60 << 20);
+        let note = mail.limit_note.as_deref().unwrap_or_default();
+        assert!(
+            note.starts_with(
+                "the mail (60.0 MiB) is larger than max_email_size (40 B): \
+                 only its first 40 B were fetched; "
+            ),
+            "{note}"
+        );
+        assert!(
+            note.ends_with("; the raw mail's first 40 B are kept (keep_raw)"),
+            "{note}"
+        );
+        assert_eq!(mail.raw.as_ref().map(|r| r.content.as_slice()), Some(head));
+
+        // Fetched whole: no word about fetching.
+        let whole = parse_with(MAIL, &limits);
+        assert_eq!(whole.size, MAIL.len());
+        let note = whole.limit_note.as_deref().unwrap_or_default();
+        assert!(!note.contains("fetched"), "{note}");
+        assert!(note.contains("the raw mail is kept whole"), "{note}");
+    }
 }

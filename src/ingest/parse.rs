@@ -151,6 +151,13 @@ pub fn parse(raw: &[u8]) -> ParsedMail {
 
 /// Parses `raw` and applies `limits`; never fails and never panics.
 pub fn parse_with(raw: &[u8], limits: &Limits) -> ParsedMail {
+    parse_fetched(raw, raw.len() as u64, limits)
+}
+
+/// Like [`parse_with`] for a mail of `full_size` bytes of which only `raw`,
+/// its beginning, was fetched (a mail over `max_email_size` is fetched
+/// only up to it): the size and the limit note are the whole mail's.
+pub fn parse_fetched(raw: &[u8], full_size: u64, limits: &Limits) -> ParsedMail {
     // mail-parser is robust, but a panic here would make the same mail fail
     // on every poll; containing it costs nothing on the happy path.
     let parsed = std::panic::catch_unwind(|| parse_mime(raw));
@@ -169,15 +176,24 @@ pub fn parse_with(raw: &[u8], limits: &Limits) -> ParsedMail {
         Some(id) => id.clone(),
         None => content_key(raw),
     };
-    mail.size = raw.len();
-    apply_limits(&mut mail, limits);
+    mail.size = usize::try_from(full_size)
+        .unwrap_or(usize::MAX)
+        .max(raw.len());
+    apply_limits(&mut mail, limits, raw.len());
     if limits.keep_raw {
         mail.raw = Some(RawMail {
             content: raw.to_vec(),
             sha256: format!("{:x}", Sha256::digest(raw)),
         });
         if let Some(note) = &mut mail.limit_note {
-            note.push_str("; the raw mail is kept whole (keep_raw)");
+            note.push_str(&if raw.len() < mail.size {
+                format!(
+                    "; the raw mail's first {} are kept (keep_raw)",
+                    human_size(raw.len() as u64)
+                )
+            } else {
+                "; the raw mail is kept whole (keep_raw)".to_string()
+            });
         }
     }
     mail
@@ -235,7 +251,8 @@ fn unfold(value: &[u8]) -> String {
         .join(" ")
 }
 
-fn apply_limits(mail: &mut ParsedMail, limits: &Limits) {
+/// `fetched` is how much of the mail's `size` bytes was read.
+fn apply_limits(mail: &mut ParsedMail, limits: &Limits, fetched: usize) {
     let mut notes = Vec::new();
     if mail.size as u64 > limits.max_email_size {
         let why = format!(
@@ -256,6 +273,12 @@ fn apply_limits(mail: &mut ParsedMail, limits: &Limits) {
             cut |= truncate(html, OVERSIZE_BODY_KEPT);
         }
         let mut note = format!("{why}: ");
+        if fetched < mail.size {
+            note.push_str(&format!(
+                "only its first {} were fetched; ",
+                human_size(fetched as u64)
+            ));
+        }
         note.push_str(&match dropped {
             0 => "it was kept".to_string(),
             1 => "its attachment was not stored".to_string(),

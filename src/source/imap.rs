@@ -1,9 +1,11 @@
 //! IMAP with SASL XOAUTH2 (or a password), over implicit TLS or STARTTLS.
 //!
 //! Owns how an IMAP folder becomes tickets exactly once: new mail is found
-//! by UID above the ledger's watermark for the folder's UIDVALIDITY, fetched
-//! in batches with `BODY.PEEK[]` (so nothing is marked read before its
-//! ticket exists), committed, and only then given its after-step (`\Seen`,
+//! by UID above the ledger's watermark for the folder's UIDVALIDITY, sized
+//! (`RFC822.SIZE`), fetched in batches bounded by `batch_size` and
+//! `batch_bytes` with `BODY.PEEK[]<0.max_email_size>` (so nothing is marked
+//! read before its ticket exists, and a huge mail is never held whole),
+//! committed, and only then given its after-step (`\Seen`,
 //! nothing, delete, or move). An after-step that could not be done stays
 //! pending in the ledger and is retried on the next poll; since it only
 //! ever runs for committed mail, a retry can never duplicate a ticket.
@@ -16,6 +18,7 @@
 //! With `idle = true` the connection is kept between polls and waits in
 //! IDLE, so new mail is noticed as it arrives.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_imap::Authenticator;
@@ -24,13 +27,17 @@ use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
-use super::{CheckReport, Credential, PollReport};
+use super::{Batching, CheckReport, Credential, PollReport};
 use crate::auth::sasl;
 use crate::config::{After, ReaderConfig, Tls};
-use crate::ingest::{self, ParseTaskFailed};
+use crate::ingest::{self, Fetched, ParseTaskFailed};
 use crate::metrics::{FailureClass, ReaderMetrics};
 use crate::store::{FolderPosition, Store, StoreError};
-use crate::transport::{self, ConnectError, Endpoint, Stream};
+use crate::transport::{self, ConnectError, Endpoint, Progress, Stream};
+
+/// UIDs per `UID FETCH (UID RFC822.SIZE)`, so a folder with a huge backlog
+/// is sized in commands of bounded length.
+const SIZE_CHUNK: usize = 1000;
 
 /// IDLE is re-issued at least this often: servers may drop an IDLE after
 /// 30 minutes (RFC 2177), and NAT boxes forget quiet connections sooner.
@@ -159,6 +166,9 @@ struct Session {
     inner: async_imap::Session<Stream>,
     timeout: Duration,
     caps: Caps,
+    /// Bytes moved on the connection: a FETCH that keeps delivering a large
+    /// literal is waited for, one that stalls for `timeout` is not.
+    progress: Progress,
 }
 
 /// A folder as selected.
@@ -240,6 +250,7 @@ impl Session {
         let t = reader.timeout;
         let endpoint = Endpoint::of(reader);
         let stream = transport::connect(&endpoint).await?;
+        let progress = stream.progress();
         let mut client = async_imap::Client::new(stream);
         match tokio::time::timeout(t, client.read_response()).await {
             Err(_) => return Err(timed_out("greeting", t)),
@@ -306,6 +317,7 @@ impl Session {
             inner,
             timeout: t,
             caps: Caps::default(),
+            progress,
         };
         // Exchange Online can accept AUTHENTICATE and then answer every
         // command with "BAD User is authenticated but not connected"; only
@@ -400,27 +412,72 @@ impl Session {
         Ok(uids)
     }
 
-    /// Fetches the full raw messages for `uids` without setting `\Seen`.
-    async fn fetch(&mut self, uids: &[u32]) -> Result<Vec<(u32, Vec<u8>)>, ImapError> {
+    /// The sizes (RFC822.SIZE) of `uids`, learnt before fetching them so
+    /// batches can be planned by bytes and large mail fetched only in part.
+    /// A UID the server does not size (expunged meanwhile) is left out.
+    async fn sizes(&mut self, uids: &[u32]) -> Result<HashMap<u32, u64>, ImapError> {
         let t = self.timeout;
+        let progress = self.progress.clone();
+        let mut sizes = HashMap::with_capacity(uids.len());
+        for chunk in uids.chunks(SIZE_CHUNK) {
+            let mut stream = step(
+                t,
+                "UID FETCH",
+                self.inner.uid_fetch(uid_set(chunk), "(UID RFC822.SIZE)"),
+            )
+            .await?;
+            loop {
+                let next = progress
+                    .wait(t, stream.next())
+                    .await
+                    .map_err(|_| timed_out("UID FETCH", t))?;
+                let Some(item) = next else { break };
+                let fetch = item.map_err(|e| protocol_error("UID FETCH", e))?;
+                if let (Some(uid), Some(size)) = (fetch.uid, fetch.size) {
+                    sizes.insert(uid, u64::from(size));
+                }
+            }
+        }
+        Ok(sizes)
+    }
+
+    /// Fetches the raw messages for `uids` without setting `\Seen`, each
+    /// only up to `cap` bytes (a partial fetch, RFC 3501 6.4.5), so a mail
+    /// over `max_email_size` is never held whole. `sizes` are the declared
+    /// full sizes, which the parse reports for a cut mail.
+    async fn fetch(
+        &mut self,
+        uids: &[u32],
+        sizes: &HashMap<u32, u64>,
+        cap: u64,
+    ) -> Result<Vec<(u32, Fetched)>, ImapError> {
+        let t = self.timeout;
+        let progress = self.progress.clone();
+        // A partial fetch counts in a 32-bit number.
+        let cap = cap.clamp(1, u64::from(u32::MAX));
         let mut stream = step(
             t,
             "UID FETCH",
-            self.inner.uid_fetch(uid_set(uids), "BODY.PEEK[]"),
+            self.inner
+                .uid_fetch(uid_set(uids), format!("BODY.PEEK[]<0.{cap}>")),
         )
         .await?;
         let mut mails = Vec::with_capacity(uids.len());
         loop {
-            // Bounded per response, so a large batch is not cut off while
-            // data is still flowing, but a stalled server is.
-            let next = tokio::time::timeout(t, stream.next())
+            // One response can be a whole large mail: wait while it keeps
+            // arriving, give up when it stalls.
+            let next = progress
+                .wait(t, stream.next())
                 .await
                 .map_err(|_| timed_out("UID FETCH", t))?;
             let Some(item) = next else { break };
             let fetch = item.map_err(|e| protocol_error("UID FETCH", e))?;
             // Unsolicited FETCH responses (flag changes) carry no body.
             if let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) {
-                mails.push((uid, body.to_vec()));
+                let declared = sizes.get(&uid).copied().unwrap_or(0);
+                let bytes = body.to_vec();
+                let size = declared.max(bytes.len() as u64);
+                mails.push((uid, Fetched { bytes, size }));
             }
         }
         mails.sort_unstable_by_key(|(uid, _)| *uid);
@@ -624,6 +681,7 @@ pub async fn idle(
         inner,
         timeout,
         caps,
+        progress,
     } = session;
     let mut handle = inner.idle();
     match tokio::time::timeout(timeout, handle.init()).await {
@@ -658,6 +716,7 @@ pub async fn idle(
                     inner,
                     timeout,
                     caps,
+                    progress,
                 },
                 selected,
             });
@@ -727,9 +786,38 @@ pub async fn poll(
     if !uids.is_empty() {
         tracing::debug!(new = uids.len(), "new mail");
     }
-    let chunks: Vec<&[u32]> = uids.chunks(reader.batch_size).collect();
+    // One policy for the whole poll: the cap a mail is fetched with is the
+    // limit its parse judges it by.
+    let policy = reader.mail.current();
+    let batching = Batching::of(reader, &policy);
+    let sizes = if uids.is_empty() {
+        HashMap::new()
+    } else {
+        session.sizes(&uids).await?
+    };
+    // A mail the server did not size is planned as if it were as large as
+    // it may be fetched.
+    let declared: Vec<u64> = uids
+        .iter()
+        .map(|uid| sizes.get(uid).copied().unwrap_or(batching.fetch_cap))
+        .collect();
+    // Batch k+1 is fetched while batch k is parsed and committed, so at
+    // most two batches of raw mail are in flight, each within
+    // max(batch_bytes, max_email_size) (plus, briefly, the crate's copy of
+    // the one response being read).
+    let chunks: Vec<&[u32]> = batching
+        .plan(&declared)
+        .into_iter()
+        .map(|range| &uids[range])
+        .collect();
+    let fetching = Fetching {
+        sizes: &sizes,
+        cap: batching.fetch_cap,
+        cancel,
+        meter,
+    };
     let mut next = match chunks.first() {
-        Some(first) => fetch_unless_cancelled(&mut session, first, cancel, meter).await?,
+        Some(first) => fetching.fetch(&mut session, first).await?,
         None => None,
     };
     // Committed, after-step not yet done on the server.
@@ -751,7 +839,7 @@ pub async fn poll(
         let started = std::time::Instant::now();
         let (committed, (after_ok, prefetched)) = tokio::join!(
             async {
-                let parsed = ingest::parse_batch(raw, &reader.name, &reader.mail.current()).await?;
+                let parsed = ingest::parse_batch(raw, &reader.name, &policy).await?;
                 let uids: Vec<u32> = parsed.iter().map(|(uid, _)| *uid).collect();
                 let committing = std::time::Instant::now();
                 let outcome = store.commit_batch(&pos, &parsed, &to_record).await?;
@@ -761,7 +849,7 @@ pub async fn poll(
             async {
                 let ok = run_after(&mut session, reader, &to_do, &mut after_failed).await;
                 let prefetched = match following {
-                    Some(chunk) => fetch_unless_cancelled(&mut session, chunk, cancel, meter).await,
+                    Some(chunk) => fetching.fetch(&mut session, chunk).await,
                     None => Ok(None),
                 };
                 (ok, prefetched)
@@ -805,24 +893,33 @@ pub async fn poll(
     Ok(report)
 }
 
-/// Fetches `uids`, or returns `None` once shutdown has begun.
-async fn fetch_unless_cancelled(
-    session: &mut Session,
-    uids: &[u32],
-    cancel: &CancellationToken,
-    meter: &ReaderMetrics,
-) -> Result<Option<Vec<(u32, Vec<u8>)>>, ImapError> {
-    if cancel.is_cancelled() {
-        return Ok(None);
-    }
-    let started = std::time::Instant::now();
-    tokio::select! {
-        raw = session.fetch(uids) => {
-            let raw = raw?;
-            meter.fetched(started.elapsed());
-            Ok(Some(raw))
+/// What every fetch of one poll shares.
+struct Fetching<'a> {
+    sizes: &'a HashMap<u32, u64>,
+    cap: u64,
+    cancel: &'a CancellationToken,
+    meter: &'a ReaderMetrics,
+}
+
+impl Fetching<'_> {
+    /// Fetches `uids`, or returns `None` once shutdown has begun.
+    async fn fetch(
+        &self,
+        session: &mut Session,
+        uids: &[u32],
+    ) -> Result<Option<Vec<(u32, Fetched)>>, ImapError> {
+        if self.cancel.is_cancelled() {
+            return Ok(None);
         }
-        () = cancel.cancelled() => Ok(None),
+        let started = std::time::Instant::now();
+        tokio::select! {
+            raw = session.fetch(uids, self.sizes, self.cap) => {
+                let raw = raw?;
+                self.meter.fetched(started.elapsed());
+                Ok(Some(raw))
+            }
+            () = self.cancel.cancelled() => Ok(None),
+        }
     }
 }
 

@@ -4,7 +4,11 @@
 //! No module here knows two protocols; `crate::reader` picks one by the
 //! reader's `protocol`.
 
+use std::ops::Range;
+
 use secrecy::SecretString;
+
+use crate::config::MailPolicy;
 
 pub mod imap;
 pub mod pop3;
@@ -45,4 +49,118 @@ pub struct CheckReport {
     /// The server capabilities mail2ticket uses, of those it has (e.g.
     /// IDLE, MOVE, UIDPLUS for IMAP; UIDL for POP3).
     pub capabilities: Vec<&'static str>,
+}
+
+/// How much of each mail is fetched and how many go in one batch; from the
+/// reader (`batch_size`, `batch_bytes`) and its mail policy
+/// (`max_email_size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub max_mails: usize,
+    pub max_bytes: u64,
+    /// A mail larger than this is fetched only up to it.
+    pub fetch_cap: u64,
+}
+
+impl Batching {
+    pub fn of(reader: &crate::config::ReaderConfig, policy: &MailPolicy) -> Batching {
+        Batching {
+            max_mails: reader.batch_size,
+            max_bytes: reader.batch_bytes,
+            fetch_cap: policy.tickets.max_email_size,
+        }
+    }
+
+    /// The bytes fetched of a mail of `size` bytes.
+    pub fn fetched(&self, size: u64) -> u64 {
+        size.min(self.fetch_cap)
+    }
+
+    /// Splits mails of the given (declared) sizes, in order, into batches:
+    /// a batch closes when the next mail would take it past `max_mails` or
+    /// `max_bytes` of fetched bytes, but always holds at least one mail, so
+    /// a single mail over `max_bytes` is a batch of its own and nothing is
+    /// ever left behind. Returns index ranges into `sizes`.
+    pub fn plan(&self, sizes: &[u64]) -> Vec<Range<usize>> {
+        let mut batches = Vec::new();
+        let mut start = 0;
+        let mut bytes: u64 = 0;
+        for (i, &size) in sizes.iter().enumerate() {
+            let cost = self.fetched(size);
+            let count = i - start;
+            if count > 0 && (count >= self.max_mails || bytes.saturating_add(cost) > self.max_bytes)
+            {
+                batches.push(start..i);
+                start = i;
+                bytes = 0;
+            }
+            bytes = bytes.saturating_add(cost);
+        }
+        if start < sizes.len() {
+            batches.push(start..sizes.len());
+        }
+        batches
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batching(max_mails: usize, max_bytes: u64, fetch_cap: u64) -> Batching {
+        Batching {
+            max_mails,
+            max_bytes,
+            fetch_cap,
+        }
+    }
+
+    #[test]
+    fn batches_close_at_the_byte_bound() {
+        let b = batching(100, 10, 1000);
+        assert_eq!(b.plan(&[4, 4, 2, 1, 9, 1]), vec![0..3, 3..5, 5..6]);
+        assert_eq!(b.plan(&[]), Vec::<Range<usize>>::new());
+    }
+
+    #[test]
+    fn batches_close_at_the_mail_count() {
+        let b = batching(2, 1000, 1000);
+        assert_eq!(b.plan(&[1, 1, 1, 1, 1]), vec![0..2, 2..4, 4..5]);
+    }
+
+    #[test]
+    fn a_mail_over_the_bound_is_a_batch_of_its_own() {
+        let b = batching(100, 10, 1000);
+        assert_eq!(b.plan(&[3, 50, 3, 3]), vec![0..1, 1..2, 2..4]);
+        assert_eq!(b.plan(&[50]), vec![0..1]);
+        assert_eq!(b.plan(&[50, 60]), vec![0..1, 1..2]);
+    }
+
+    #[test]
+    fn oversize_mails_count_only_what_is_fetched() {
+        // 100 mails of 25 "MB" with a cap of 5: at most two per batch of 10.
+        let b = batching(100, 10, 5);
+        let sizes = vec![25; 100];
+        let plan = b.plan(&sizes);
+        assert_eq!(plan.len(), 50);
+        assert!(plan.iter().all(|r| r.len() == 2), "{plan:?}");
+        assert_eq!(b.fetched(25), 5);
+        assert_eq!(b.fetched(3), 3);
+    }
+
+    #[test]
+    fn every_mail_is_in_exactly_one_batch() {
+        let b = batching(3, 7, 4);
+        let sizes: Vec<u64> = (0..50).map(|i| (i * 7919) % 13).collect();
+        let plan = b.plan(&sizes);
+        let mut next = 0;
+        for r in &plan {
+            assert_eq!(r.start, next);
+            assert!(!r.is_empty() && r.len() <= 3, "{plan:?}");
+            let bytes: u64 = sizes[r.clone()].iter().map(|&s| b.fetched(s)).sum();
+            assert!(r.len() == 1 || bytes <= 7, "{r:?}: {bytes}");
+            next = r.end;
+        }
+        assert_eq!(next, sizes.len());
+    }
 }

@@ -303,7 +303,7 @@ pub(super) async fn set_aside(
     .bind(printable(&mail.subject, 998))
     .bind(mail.parse_note.as_deref().map(|n| printable(n, 4000)))
     .bind(&disposition)
-    .bind(i64::try_from(incoming.raw.len()).unwrap_or(i64::MAX))
+    .bind(i64::try_from(mail.size.max(incoming.raw.len())).unwrap_or(i64::MAX))
     .bind(&blob)
     .fetch_one(&mut **tx)
     .await?;

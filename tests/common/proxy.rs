@@ -10,6 +10,9 @@
 //! so killing on that line lands exactly between the commit and the
 //! after-step.
 //!
+//! It can also slow down what the server sends ([`Proxy::throttle`]), or
+//! let it trickle and then stop, to tell a slow transfer from a stalled one.
+//!
 //! The recorded lines include SASL responses, i.e. tokens: never print
 //! them in an assertion message.
 
@@ -35,6 +38,17 @@ pub enum Action {
     Hold(Duration),
 }
 
+/// How the server's bytes reach the client once [`Proxy::throttle`] is set:
+/// `chunk` bytes at a time with `pause` after each, and, with `stall_after`,
+/// nothing at all once that many bytes went through (counted from the
+/// moment the throttle was set), while the connection stays open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Throttle {
+    pub chunk: usize,
+    pub pause: Duration,
+    pub stall_after: Option<usize>,
+}
+
 struct Trigger {
     pattern: String,
     action: Action,
@@ -49,6 +63,8 @@ struct Shared {
     sockets: Mutex<Vec<TcpStream>>,
     accepted: AtomicUsize,
     stop: AtomicBool,
+    /// The throttle, and the bytes sent under it so far.
+    throttle: Mutex<Option<(Throttle, usize)>>,
 }
 
 /// A running proxy from `127.0.0.1:port()` to `127.0.0.1:target_port`;
@@ -71,6 +87,7 @@ impl Proxy {
             sockets: Mutex::new(Vec::new()),
             accepted: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            throttle: Mutex::new(None),
         });
         let acceptor = std::thread::spawn({
             let shared = shared.clone();
@@ -120,6 +137,12 @@ impl Proxy {
         self.shared.triggers.lock().expect("lock").clear();
     }
 
+    /// Slows down (or, with `None`, stops slowing down) everything the
+    /// server sends from now on, on every connection.
+    pub fn throttle(&self, throttle: Option<Throttle>) {
+        *self.shared.throttle.lock().expect("lock") = throttle.map(|t| (t, 0));
+    }
+
     /// The client lines that fired a trigger (the commands that never
     /// reached the server), in order.
     pub fn fired(&self) -> Vec<String> {
@@ -165,16 +188,70 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 }
             }
         }
-        // Server to client: raw bytes.
-        std::thread::spawn(move || {
-            let (mut from, mut to) = (server_in, client_out);
-            let _ = std::io::copy(&mut from, &mut to);
-            let _ = to.shutdown(Shutdown::Both);
-            let _ = from.shutdown(Shutdown::Both);
+        // Server to client: raw bytes, throttled if asked.
+        std::thread::spawn({
+            let shared = shared.clone();
+            move || {
+                let (mut from, mut to) = (server_in, client_out);
+                forward_throttled(&mut from, &mut to, &shared);
+                let _ = to.shutdown(Shutdown::Both);
+                let _ = from.shutdown(Shutdown::Both);
+            }
         });
         // Client to server: line by line, through the triggers.
         let shared = shared.clone();
         std::thread::spawn(move || forward_lines(client, server, &shared));
+    }
+}
+
+/// Server to client, through the throttle when one is set.
+fn forward_throttled(from: &mut TcpStream, to: &mut TcpStream, shared: &Shared) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let throttle = shared.throttle.lock().expect("lock").map(|(t, _)| t);
+            let Some(t) = throttle else {
+                if to.write_all(rest).is_err() {
+                    return;
+                }
+                break;
+            };
+            let mut sent = 0;
+            if let Some((_, so_far)) = shared.throttle.lock().expect("lock").as_mut() {
+                sent = *so_far;
+            }
+            let mut take = t.chunk.max(1).min(rest.len());
+            if let Some(limit) = t.stall_after {
+                if sent >= limit {
+                    // Stalled: hold the connection open, send nothing, until
+                    // the throttle changes or the proxy stops.
+                    while !shared.stop.load(Ordering::SeqCst)
+                        && *shared.throttle.lock().expect("lock") == Some((t, sent))
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if shared.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    continue;
+                }
+                take = take.min(limit - sent);
+            }
+            let (piece, tail) = rest.split_at(take);
+            if to.write_all(piece).is_err() {
+                return;
+            }
+            if let Some((_, so_far)) = shared.throttle.lock().expect("lock").as_mut() {
+                *so_far += take;
+            }
+            rest = tail;
+            std::thread::sleep(t.pause);
+        }
     }
 }
 

@@ -9,6 +9,10 @@
 //! confirmed the UIDLs stay pending and are deleted again on the next poll.
 //! A server without UIDL is refused: without it there is no way to tell a
 //! new message from one already ingested.
+//!
+//! Sizes come from LIST first, so batches close at `batch_size` or
+//! `batch_bytes`, and RETR keeps only the first `max_email_size` bytes of a
+//! message (the rest is read and dropped).
 
 mod proto;
 
@@ -17,16 +21,12 @@ use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
 
 use self::proto::{Capabilities, Connection, Pop3Error as WireError};
-use super::{CheckReport, Credential, PollReport};
+use super::{Batching, CheckReport, Credential, PollReport};
 use crate::config::{After, ReaderConfig, Tls};
-use crate::ingest::{self, ParseTaskFailed};
+use crate::ingest::{self, Fetched, ParseTaskFailed};
 use crate::metrics::{FailureClass, ReaderMetrics};
 use crate::store::{Store, StoreError};
 use crate::transport::{self, ConnectError, Endpoint, Stream};
-
-/// A batch is committed once it holds this many bytes, whatever
-/// `batch_size` says, so a run of large mails does not pile up in memory.
-const BATCH_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Pop3Error {
@@ -234,32 +234,45 @@ pub async fn poll(
     } else {
         session.conn.list().await?.into_iter().collect()
     };
+    // One policy for the whole poll: the cap a mail is read with is the
+    // limit its parse judges it by.
+    let policy = reader.mail.current();
+    let batching = Batching::of(reader, &policy);
+    let declared: Vec<u64> = new
+        .iter()
+        // A message LIST did not size is planned as large as it may be read.
+        .map(|(number, _)| sizes.get(number).copied().unwrap_or(batching.fetch_cap))
+        .collect();
+    let cap = usize::try_from(batching.fetch_cap).unwrap_or(usize::MAX);
     let mut index = 0;
     // A RETR cut off by shutdown leaves the connection out of step: no
     // DELE or QUIT can follow, so the session is abandoned (the server
     // then deletes nothing, and the next poll deletes what is pending).
     let mut cut_off = false;
-    while index < new.len() && !cancel.is_cancelled() {
-        // A batch: up to batch_size mails or BATCH_BYTES, whichever first.
-        let mut raw: Vec<(u32, String, Vec<u8>)> = Vec::new();
-        let mut bytes = 0;
+    // One batch at a time, within max(batch_bytes, max_email_size) of raw
+    // mail, since each mail is read only up to max_email_size.
+    for batch in batching.plan(&declared) {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let mut raw: Vec<(u32, String, Fetched)> = Vec::new();
         let fetching = std::time::Instant::now();
-        while index < new.len() && raw.len() < reader.batch_size && bytes < BATCH_BYTES {
-            let (number, uidl) = &new[index];
-            let size = sizes.get(number).copied().unwrap_or(0);
+        for i in batch {
+            let (number, uidl) = &new[i];
             // Reserve what LIST announced (bounded, in case it lies), so the
             // message is read straight into its final buffer.
-            let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(64 << 20));
+            let listed = sizes.get(number).copied().unwrap_or(0);
+            let reserve = batching.fetched(listed).min(64 << 20);
+            let mut body = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
             let retr = tokio::select! {
-                r = session.conn.retr(*number, &mut body) => r,
+                r = session.conn.retr_capped(*number, &mut body, cap) => r,
                 () = cancel.cancelled() => {
                     cut_off = true;
                     break;
                 }
             };
-            retr?;
-            bytes += body.len();
-            raw.push((*number, uidl.clone(), body));
+            let size = retr?;
+            raw.push((*number, uidl.clone(), Fetched { bytes: body, size }));
             index += 1;
         }
         if raw.is_empty() {
@@ -273,7 +286,7 @@ pub async fn poll(
                 .map(|(_, uidl, body)| (uidl, body))
                 .collect(),
             &reader.name,
-            &reader.mail.current(),
+            &policy,
         )
         .await?;
         let committing = std::time::Instant::now();

@@ -400,41 +400,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(sizes)
     }
 
-    /// Appends message `msg` to `out`, un-dot-stuffed, line endings as the
-    /// server sent them. The bytes go straight from the read buffer into
-    /// `out`, so a large message is held in memory once, not twice. On any
-    /// error `out` is cut back to its previous length, so a message that
-    /// was cut off can never pass for a complete one. If the future is
-    /// dropped instead, `out` may hold part of the message; the connection
-    /// is then out of step and must be dropped too.
+    /// Appends message `msg` to `out` whole; see [`Connection::retr_capped`].
+    // The poller always caps; whole messages are what the framing tests
+    // compare against.
+    #[cfg(test)]
     pub async fn retr(&mut self, msg: u32, out: &mut Vec<u8>) -> Result<(), Pop3Error> {
+        self.retr_capped(msg, out, usize::MAX).await.map(drop)
+    }
+
+    /// Appends message `msg` to `out`, un-dot-stuffed, line endings as the
+    /// server sent them, but at most its first `cap` bytes: the rest is
+    /// read to the terminator and discarded as it arrives, never buffered,
+    /// so the connection stays in step. Returns the message's full size
+    /// (what a complete `out` would have grown by). The bytes go straight
+    /// from the read buffer into `out`, so a large message is held in
+    /// memory once, not twice. On any error `out` is cut back to its
+    /// previous length, so a message that was cut off can never pass for a
+    /// complete one. If the future is dropped instead, `out` may hold part
+    /// of the message; the connection is then out of step and must be
+    /// dropped too.
+    pub async fn retr_capped(
+        &mut self,
+        msg: u32,
+        out: &mut Vec<u8>,
+        cap: usize,
+    ) -> Result<u64, Pop3Error> {
         const STEP: &str = "RETR";
         self.command(STEP, &format!("RETR {msg}")).await?;
         self.expect_ok(STEP).await?;
         let before = out.len();
-        let result = self.read_body(out).await;
+        let result = self.read_body(out, cap).await;
         if result.is_err() {
             out.truncate(before);
         }
         result
     }
 
-    /// Copies the body up to the terminating "." line. A leading "." is
-    /// dropped as it arrives (dot-stuffing, RFC 1939 §3), and whether the
+    /// Copies the body up to the terminating "." line, keeping at most
+    /// `cap` bytes in `out`, and returns the body's full size. A leading "."
+    /// is dropped as it arrives (dot-stuffing, RFC 1939 §3), and whether the
     /// line was the terminator is only decided once its end is seen, so
     /// lines and even the terminator may be split across reads at any byte.
-    async fn read_body(&mut self, out: &mut Vec<u8>) -> Result<(), Pop3Error> {
+    async fn read_body(&mut self, out: &mut Vec<u8>, cap: usize) -> Result<u64, Pop3Error> {
         const STEP: &str = "RETR";
         self.in_step = false;
         let mut at_line_start = true;
         let mut stuffed = false;
-        let mut line_start = out.len();
+        // The current line after its stuffing dot: its length so far, its
+        // first byte, and how much of it went into `out`. The terminator
+        // is only known at the line's end, so what it put in `out` is
+        // taken back then.
+        let mut line_len = 0usize;
+        let mut line_first = None;
+        let mut line_kept = 0usize;
+        let mut kept = 0usize;
+        let mut total = 0u64;
         loop {
             let buf = self.fill(STEP).await?;
             let mut used = 0;
             if at_line_start {
                 at_line_start = false;
-                line_start = out.len();
+                line_len = 0;
+                line_first = None;
+                line_kept = 0;
                 stuffed = buf.first() == Some(&b'.');
                 if stuffed {
                     used = 1;
@@ -443,14 +471,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let rest = &buf[used..];
             let end = rest.iter().position(|&b| b == b'\n');
             let take = end.map_or(rest.len(), |i| i + 1);
-            out.extend_from_slice(&rest[..take]);
+            let piece = &rest[..take];
+            if line_first.is_none() {
+                line_first = piece.first().copied();
+            }
+            let keep = take.min(cap.saturating_sub(kept));
+            out.extend_from_slice(&piece[..keep]);
+            kept += keep;
+            line_kept += keep;
+            line_len += take;
+            total += take as u64;
             used += take;
             self.io.consume(used);
             if end.is_some() {
-                if stuffed && matches!(&out[line_start..], b"\r\n" | b"\n") {
-                    out.truncate(line_start);
+                let blank = line_len == 1 || (line_len == 2 && line_first == Some(b'\r'));
+                if stuffed && blank {
+                    out.truncate(out.len() - line_kept);
                     self.in_step = true;
-                    return Ok(());
+                    return Ok(total - line_len as u64);
                 }
                 at_line_start = true;
             }
@@ -1572,6 +1610,79 @@ mod tests {
         .await;
         assert_eq!(first, b"keptone\r\n");
         assert_eq!(second, b"two\r\n");
+    }
+
+    #[tokio::test]
+    async fn retr_capped_keeps_the_head_discards_the_rest_and_stays_in_step() {
+        // Small pipe: the server can only get ahead by a few KiB, so the
+        // 200 KB message must be read (and dropped) as it arrives.
+        let (mut c, mut s) = pair_with(4 * 1024, TIMEOUT);
+        let mut body = Vec::new();
+        for i in 0..4000 {
+            // Every third line starts with a dot, to be unstuffed.
+            let dot = if i % 3 == 0 { "." } else { "" };
+            body.extend_from_slice(
+                format!("{dot}line {i:05} of the big mail......\r\n").as_bytes(),
+            );
+        }
+        body.extend_from_slice(b".\r\n"); // a last line that is a lone dot
+        let cap = 50_000;
+        let mut out = Vec::with_capacity(cap);
+        let (size, noop) = run(
+            async {
+                let size = c.retr_capped(7, &mut out, cap).await;
+                let noop = c.noop().await;
+                (size, noop)
+            },
+            async {
+                s.expect("RETR 7\r\n").await;
+                for piece in dot_stuff(&body).chunks(1000) {
+                    s.send(piece).await;
+                }
+                s.expect("NOOP\r\n").await;
+                s.send("+OK\r\n").await;
+            },
+        )
+        .await;
+        assert_eq!(size.expect("capped RETR"), body.len() as u64);
+        assert_eq!(out, body[..cap]);
+        assert_eq!(out.capacity(), cap, "the rest was never buffered");
+        noop.expect("the connection is still in step");
+    }
+
+    #[tokio::test]
+    async fn retr_capped_at_or_over_the_size_is_whole() {
+        let (mut c, mut s) = pair_with(16, TIMEOUT);
+        let body = b"Subject: x\r\n\r\n.hidden\r\nend\r\n";
+        let mut exact = Vec::new();
+        let mut roomy = Vec::new();
+        let mut tiny = Vec::new();
+        let sizes = run(
+            async {
+                let exact_size = c.retr_capped(1, &mut exact, body.len()).await;
+                let roomy_size = c.retr_capped(2, &mut roomy, usize::MAX).await;
+                let tiny_size = c.retr_capped(3, &mut tiny, 0).await;
+                (exact_size, roomy_size, tiny_size)
+            },
+            async {
+                for n in 1..=3 {
+                    s.expect(format!("RETR {n}\r\n")).await;
+                    // Byte by byte through a tiny pipe: the terminator is
+                    // split across reads too.
+                    for b in dot_stuff(body) {
+                        s.send([b]).await;
+                    }
+                }
+            },
+        )
+        .await;
+        let full = body.len() as u64;
+        assert_eq!(sizes.0.expect("exact"), full);
+        assert_eq!(sizes.1.expect("roomy"), full);
+        assert_eq!(sizes.2.expect("tiny"), full);
+        assert_eq!(exact, body);
+        assert_eq!(roomy, body);
+        assert!(tiny.is_empty());
     }
 
     #[tokio::test]
