@@ -12,7 +12,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::setup::{Env, USER, run_binary, run_once_binary, status_json, status_reader};
+use common::setup::{
+    Env, USER, run_binary, run_measured, run_once_binary, status_json, status_reader,
+};
 use common::{mail, message_id};
 
 /// A trigger that makes SQLite refuse one attachment by name: a store error
@@ -89,46 +91,6 @@ fn huge_subject(bytes: usize) -> Vec<u8> {
         "Re: ".repeat(bytes / 4)
     )
     .into_bytes()
-}
-
-/// Runs the binary with `args` to its end; its exit status, stdout and
-/// stderr, and its peak resident set size in bytes (from wait4).
-// The child is reaped by wait4 below, which std cannot see.
-#[allow(clippy::zombie_processes)]
-fn run_measured(args: &[&str]) -> (std::process::ExitStatus, String, String, u64) {
-    use std::io::Read as _;
-    use std::os::unix::process::ExitStatusExt as _;
-    let mut child = std::process::Command::new(common::setup::binary())
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the binary");
-    // Drained on threads so a full pipe never blocks the child.
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: zeroed rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our own unreaped child; both pointers are valid.
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(reaped, pid, "wait4");
-    let out = out.join().expect("stdout thread");
-    let err = err.join().expect("stderr thread");
-    // ru_maxrss is in KiB on Linux.
-    let peak = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
-    (std::process::ExitStatus::from_raw(status), out, err, peak)
 }
 
 async fn sql(env: &Env, statement: &str) {
