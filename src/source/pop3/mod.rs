@@ -10,7 +10,7 @@
 //! A server without UIDL is refused: without it there is no way to tell a
 //! new message from one already ingested.
 
-mod proto;
+pub(crate) mod proto;
 
 use std::collections::HashMap;
 
