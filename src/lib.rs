@@ -52,11 +52,18 @@
 //! * [`logging`]: the tracing subscriber (text or JSON), with
 //!   credential-bearing targets capped.
 //!
+//! For tests and the fuzz targets in `fuzz/` only (feature `fuzzing`):
+//! `fuzzing`, one entry point per input from outside, with the invariants
+//! every input must keep.
+//!
 //! The binary (`src/main.rs`) only parses the command line and calls these.
 
 pub mod auth;
 pub mod config;
 pub mod daemon;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ingest;
 pub mod liveness;

@@ -1072,7 +1072,9 @@ impl Locator<'_> {
             .rev()
             .map(str::trim)
             .find(|l| l.starts_with('['))
-            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+            // A header without a name ("[", "[]") names nothing to look for.
+            .filter(|t| !t.is_empty());
         let key = line
             .split_once('=')
             .map(|(k, _)| k.trim().trim_matches('"').to_string())

@@ -585,7 +585,7 @@ async fn login_plain(
 /// A folder name as IMAP wants it on the wire: modified UTF-7 (RFC 3501
 /// 5.1.3), where `&` is escaped as `&-` and any run of non-ASCII text is
 /// `&` + base64 of its UTF-16 (with `,` for `/`) + `-`.
-fn mailbox_name(folder: &str) -> String {
+pub(crate) fn mailbox_name(folder: &str) -> String {
     const ALPHABET: base64::alphabet::Alphabet = match base64::alphabet::Alphabet::new(
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,",
     ) {
@@ -960,7 +960,7 @@ fn position(reader: &ReaderConfig, selected: &Selected) -> FolderPosition {
 }
 
 /// Sorted UIDs as a compact IMAP sequence set: `1:3,7,9:10`.
-fn uid_set(uids: &[u32]) -> String {
+pub(crate) fn uid_set(uids: &[u32]) -> String {
     let mut out = String::new();
     let mut i = 0;
     while i < uids.len() {

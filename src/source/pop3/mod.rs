@@ -14,7 +14,7 @@
 //! `batch_bytes`, and RETR keeps only the first `max_email_size` bytes of a
 //! message (the rest is read and dropped).
 
-mod proto;
+pub(crate) mod proto;
 
 use std::collections::HashMap;
 

@@ -1,0 +1,12 @@
+//! Arbitrary text as the configuration file.
+//! The input and its checks: `mail2ticket::fuzzing::Harness::config`.
+#![no_main]
+
+use std::sync::LazyLock;
+
+use libfuzzer_sys::fuzz_target;
+use mail2ticket::fuzzing::Harness;
+
+static HARNESS: LazyLock<Harness> = LazyLock::new(Harness::new);
+
+fuzz_target!(|data: &[u8]| HARNESS.config(data));
