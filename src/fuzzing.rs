@@ -186,9 +186,8 @@ impl Harness {
                     "an error repeats the credential: {display}"
                 );
             }
-            // Not `check_printable`: IMAP errors still quote server text
-            // raw (finding F1 in BENCHMARKS.md, test
-            // `regression_imap_error_quotes_control_characters`).
+            // Finding F1 (BENCHMARKS.md): server text is quoted printable.
+            check_printable(&e.to_string());
         }
     }
 
@@ -389,10 +388,9 @@ async fn pop3_session(data: &[u8]) -> usize {
     let uidl = conn.uidl().await;
     if let Ok(ids) = &uidl {
         for (_, uid) in ids {
-            // Not the RFC 1939 range 0x21-0x7E: finding F4 (test
-            // `regression_uidl_keeps_to_the_rfc_characters`) is open.
+            // RFC 1939's range (finding F4, BENCHMARKS.md).
             assert!(
-                !uid.is_empty() && !uid.bytes().any(|b| b.is_ascii_whitespace()),
+                !uid.is_empty() && uid.bytes().all(|b| (0x21..=0x7e).contains(&b)),
                 "{uid:?}"
             );
         }
@@ -744,13 +742,11 @@ mod tests {
     /// Finding F1 (fuzzing, BENCHMARKS.md): an IMAP server's bytes reach
     /// `ImapError::Protocol` unfiltered, so a control character (here
     /// ^Y in an AUTHENTICATE challenge; ESC works the same) lands in logs
-    /// and `last_error`. POP3 replaces them (`proto::printable`); the fix
-    /// belongs in `source::imap`, whose owner has the report.
+    /// and `last_error`. Now replaced as POP3 does (`imap::server_text`).
     #[test]
-    #[ignore = "finding F1: IMAP errors quote server control characters; fix pending in src/source/imap.rs"]
     fn regression_imap_error_quotes_control_characters() {
         let h = Harness::new();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/findings/imap_responses");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/imap_responses");
         let data = std::fs::read(root.join("regress-f1-control-char-in-error")).expect("seed");
         let credential = Credential::Token(SecretString::from(TOKEN));
         let e = h
@@ -792,13 +788,12 @@ mod tests {
     /// Finding F3: imap-proto 0.17.0 panics (`Outcome::parse` slices
     /// `&text[1..]` after a response code, and a non-UTF-8 byte right
     /// after the `]` became a 3-byte U+FFFD) on `* OK [CODE]\xC0 text`;
-    /// a hostile or broken server can panic the reader's task. Fix (or
-    /// containment) pending in `source::imap`, whose owner has the report.
+    /// a hostile or broken server could panic the reader's task. Now
+    /// contained in `source::imap` and reported as a protocol error.
     #[test]
-    #[ignore = "finding F3: imap-proto panics on a non-UTF-8 byte after a response code; fix pending"]
     fn regression_imap_response_code_followed_by_non_utf8() {
         let h = Harness::new();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/findings/imap_responses");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/imap_responses");
         let data = std::fs::read(root.join("regress-f3-non-utf8-after-code")).expect("seed");
         h.imap_responses(&data);
     }
@@ -806,12 +801,10 @@ mod tests {
     /// Finding F4: UIDL accepts unique ids with control characters (here
     /// a vertical tab, which `u8::is_ascii_whitespace` does not split on)
     /// and non-ASCII, where RFC 1939 allows only 0x21-0x7E; they go into
-    /// the ledger and logs as they are. The fix belongs in
-    /// `source::pop3::proto`, whose owner has the report.
+    /// the ledger and logs as they are. Now written `%XX`.
     #[test]
-    #[ignore = "finding F4: UIDL accepts ids outside RFC 1939's 0x21-0x7E; fix pending in src/source/pop3/proto.rs"]
     fn regression_uidl_keeps_to_the_rfc_characters() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/findings/pop3_wire");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/pop3_wire");
         let data = std::fs::read(root.join("regress-f4-uidl-control-char")).expect("seed");
         let h = Harness::new();
         let ids = h.runtime.block_on(async {

@@ -207,10 +207,19 @@ pub enum Idled {
     Lost(ImapError),
 }
 
+/// What a server said, fit for a log line and `last_error`: control
+/// characters (an escape sequence, a bell) become `?`.
+fn server_text(text: impl std::fmt::Display) -> String {
+    text.to_string()
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 fn protocol_error(step: &'static str, e: impl std::fmt::Display) -> ImapError {
     ImapError::Protocol {
         step,
-        detail: e.to_string(),
+        detail: server_text(e),
     }
 }
 
@@ -269,7 +278,7 @@ impl Session {
                 Ok(Err(e)) => {
                     return Err(ImapError::NoStartTls {
                         server: reader.host.clone(),
-                        detail: e.to_string(),
+                        detail: server_text(e),
                     });
                 }
                 Ok(Ok(())) => {}
@@ -304,7 +313,7 @@ impl Session {
                 return Err(ImapError::AuthRejected {
                     what,
                     user: user.to_string(),
-                    server,
+                    server: server_text(server),
                 });
             }
             Err(async_imap::error::Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -329,7 +338,7 @@ impl Session {
             )) => {
                 return Err(ImapError::NotConnected {
                     user: user.to_string(),
-                    server,
+                    server: server_text(server),
                 });
             }
             Ok(Err(e)) => return Err(protocol_error("NOOP", e)),
@@ -352,7 +361,7 @@ impl Session {
             Ok(Err(async_imap::error::Error::No(server))) => {
                 return Err(ImapError::NoFolder {
                     folder: folder.to_string(),
-                    server,
+                    server: server_text(server),
                 });
             }
             Ok(Err(e)) => return Err(protocol_error("SELECT", e)),
@@ -623,9 +632,39 @@ pub(crate) fn mailbox_name(folder: &str) -> String {
     out
 }
 
+/// The IMAP response parser (imap-proto) can panic on malformed server
+/// bytes (a non-UTF-8 byte right after a response code, found by
+/// fuzzing). Contained here, a broken or hostile server is a protocol error
+/// in `last_error`, like any other bad answer, instead of a reader task
+/// that panics and restarts in a loop.
+async fn contained<T>(
+    fut: impl std::future::Future<Output = Result<T, ImapError>>,
+) -> Result<T, ImapError> {
+    use futures::FutureExt as _;
+    std::panic::AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(unreadable_answer()))
+}
+
+fn unreadable_answer() -> ImapError {
+    ImapError::Protocol {
+        step: "reading the server's answer",
+        detail: "the IMAP response parser failed on a malformed response".into(),
+    }
+}
+
 /// Connects, authenticates and selects the folder; counts what is waiting,
 /// and makes sure the after-step can work (a `move:` target exists).
 pub async fn check(
+    reader: &ReaderConfig,
+    credential: &Credential,
+    store: &Store,
+) -> Result<CheckReport, ImapError> {
+    contained(check_inner(reader, credential, store)).await
+}
+
+async fn check_inner(
     reader: &ReaderConfig,
     credential: &Credential,
     store: &Store,
@@ -657,6 +696,19 @@ pub async fn check(
 /// dropping the idle flow) then delays mail by one interval, not forever,
 /// and every interval records a success that `status` can see.
 pub async fn idle(
+    kept: &mut Option<Connection>,
+    cancel: &CancellationToken,
+    at_most: Duration,
+) -> Idled {
+    use futures::FutureExt as _;
+    // See `contained`; a connection whose answer broke the parser is gone.
+    std::panic::AssertUnwindSafe(idle_inner(kept, cancel, at_most))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Idled::Lost(unreadable_answer()))
+}
+
+async fn idle_inner(
     kept: &mut Option<Connection>,
     cancel: &CancellationToken,
     at_most: Duration,
@@ -751,6 +803,17 @@ async fn session_for_poll(
 /// finished first. With `idle = true` the connection is left in `kept` for
 /// [`idle`] and the next poll.
 pub async fn poll(
+    reader: &ReaderConfig,
+    credential: &Credential,
+    store: &Store,
+    cancel: &CancellationToken,
+    kept: &mut Option<Connection>,
+    meter: &ReaderMetrics,
+) -> Result<PollReport, ImapError> {
+    contained(poll_inner(reader, credential, store, cancel, kept, meter)).await
+}
+
+async fn poll_inner(
     reader: &ReaderConfig,
     credential: &Credential,
     store: &Store,

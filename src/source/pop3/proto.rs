@@ -353,12 +353,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .split(|b| b.is_ascii_whitespace())
                 .filter(|w| !w.is_empty());
             let msg = words.next().and_then(parse_number::<u32>);
-            // A UID is compared byte for byte, so a lossy conversion could
-            // make two different messages look the same: refuse instead.
-            let uid = words.next().and_then(|w| std::str::from_utf8(w).ok());
+            let uid = words.next().map(unique_id);
             match (msg, uid) {
                 (Some(msg), Some(uid)) => {
-                    ids.push((msg, uid.to_owned()));
+                    ids.push((msg, uid));
                     Ok(())
                 }
                 _ => Err(Pop3Error::Protocol {
@@ -740,6 +738,23 @@ fn printable(bytes: &[u8]) -> String {
         .chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
+}
+
+/// A unique-id as the ledger keeps it: RFC 1939 allows only 0x21-0x7E,
+/// and any other byte a server sends (a control character, 8-bit text) is
+/// written `%XX`. The result is printable, and it is lossless: a lossy
+/// conversion could make two messages look the same, and refusing the
+/// listing would stop the mailbox for good.
+fn unique_id(word: &[u8]) -> String {
+    let mut id = String::with_capacity(word.len());
+    for &b in word {
+        if (0x21..=0x7e).contains(&b) {
+            id.push(char::from(b));
+        } else {
+            id.push_str(&format!("%{b:02X}"));
+        }
+    }
+    id
 }
 
 /// Quotes unexpected server output for an error message, shortened.
@@ -1506,15 +1521,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn uidl_non_utf8_uid_is_refused() {
+    async fn uidl_bytes_outside_the_rfc_are_escaped_not_refused() {
+        // Refusing the listing would stop the mailbox on every poll; a
+        // lossy conversion could merge two ids. `%XX` does neither.
         let (mut c, mut s) = pair();
-        let err = run(c.uidl(), async {
+        let ids = run(c.uidl(), async {
             s.expect("UIDL\r\n").await;
-            s.send(b"+OK\r\n1 ab\xff\r\n.\r\n").await;
+            s.send(b"+OK\r\n1 ab\xff\r\n2 ab\xfe\r\n3 a\x0bb\r\n.\r\n")
+                .await;
         })
         .await
-        .unwrap_err();
-        assert!(matches!(err, Pop3Error::Protocol { .. }), "{err:?}");
+        .unwrap();
+        assert_eq!(
+            ids,
+            vec![
+                (1, "ab%FF".to_string()),
+                (2, "ab%FE".to_string()),
+                (3, "a%0Bb".to_string())
+            ]
+        );
     }
 
     #[tokio::test]
