@@ -4,11 +4,16 @@
 //! Owns the rule that every mail becomes *something*: a mail the parser
 //! cannot fully understand still yields a [`ParsedMail`] (at worst the raw
 //! text as its body, with a `parse_note`), so a bad mail never stalls a
-//! mailbox or sends a reader into a retry loop. Beside parsing: the loop
+//! mailbox or sends a reader into a retry loop; a mail that makes the parser
+//! panic is quarantined (`ParsedMail::quarantine`) with its raw bytes kept.
+//! Hostile structure is bounded before the parser sees it ([`mime`]: at
+//! most 100 levels of MIME nesting, and no quadratic boundary hunts), and
+//! the headers kept are bounded in number and size. Beside parsing: the loop
 //! guard ([`guard`]), routing rules ([`rules`]) and how a mail names its
 //! ticket ([`thread`]).
 
 pub mod guard;
+mod mime;
 mod parse;
 pub mod rules;
 pub mod thread;
@@ -49,15 +54,24 @@ impl Incoming {
     }
 }
 
-/// The parsing task could not run (the runtime is shutting down).
+/// The parsing thread could not run.
 #[derive(Debug, thiserror::Error)]
-#[error("the mail parser task failed: {0}")]
+#[error("the mail parser thread failed: {0}")]
 pub struct ParseTaskFailed(String);
 
+/// The stack of the thread that parses a batch. Pages are only committed
+/// when touched, so this costs nothing until a mail needs it.
+const PARSE_STACK: usize = 256 << 20;
+
 /// Parses and judges a batch off the async threads: a large attachment can
-/// take a while. [`parse`] contains its own panics, so the task only fails
-/// if the runtime is shutting down; the batch is then not committed at all
-/// (it is fetched again next time) rather than stored without its content.
+/// take a while. The work runs on a thread of its own with a large stack
+/// rather than tokio's blocking pool (2 MiB stacks): the nesting limit
+/// (see [`mime`]) is what keeps the parser's recursion shallow, and the
+/// stack is the defence in depth should a mail get past it, since a stack
+/// overflow aborts the whole process. [`parse`] contains its own panics, so
+/// this only fails if the thread cannot be started or dies; the batch is
+/// then not committed at all (it is fetched again next time) rather than
+/// stored without its content.
 pub async fn parse_batch<K: Send + 'static>(
     raw: Vec<(K, Vec<u8>)>,
     reader: &str,
@@ -65,11 +79,20 @@ pub async fn parse_batch<K: Send + 'static>(
 ) -> Result<Vec<(K, Incoming)>, ParseTaskFailed> {
     let reader = reader.to_string();
     let policy = Arc::clone(policy);
-    tokio::task::spawn_blocking(move || {
-        raw.into_iter()
-            .map(|(key, bytes)| (key, Incoming::new(&bytes, &reader, &policy)))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(|e| ParseTaskFailed(e.to_string()))
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("mail-parser".into())
+        .stack_size(PARSE_STACK)
+        .spawn(move || {
+            let parsed = raw
+                .into_iter()
+                .map(|(key, bytes)| (key, Incoming::new(&bytes, &reader, &policy)))
+                .collect::<Vec<_>>();
+            // The receiver is gone only when the poll was given up.
+            let _ = done.send(parsed);
+        })
+        .map_err(|e| ParseTaskFailed(e.to_string()))?;
+    result
+        .await
+        .map_err(|_| ParseTaskFailed("it ended without a result".into()))
 }
