@@ -72,7 +72,7 @@ impl CutReason {
 /// at, see [`CutReason::Cost`]).
 pub fn scan(raw: &[u8]) -> Scan {
     let mut scanner = Scanner {
-        budget: raw.len().saturating_mul(8).saturating_add(1 << 20),
+        budget: raw.len().saturating_mul(16).saturating_add(1 << 20),
         midline: None,
     };
     let cut = scanner.run(raw, 0, 0, true);
@@ -175,7 +175,24 @@ impl Scanner {
             }
             let message = (ctype == "message" && (subtype == "rfc822" || subtype == "global"))
                 || (in_digest && header.content_type.is_none());
-            if message && header.encoding.is_none() {
+            if message {
+                // An encoded message is parsed again from its decoded
+                // body; an unencoded one goes on in place. Which one the
+                // parser takes hangs on how it reads the header, so both
+                // are counted when there is any doubt.
+                if let Some(enc) = header.encoding {
+                    let end = match &boundary {
+                        None => data.len(),
+                        Some(b) => match self.find(data, body, b, false) {
+                            Some(Ok(Some(after))) => after - b.len() - 2,
+                            Some(Ok(None)) | None => data.len(),
+                            Some(Err(())) => return Some((body, CutReason::Cost)),
+                        },
+                    };
+                    if let Some(cut) = self.encoded(data, body, end, enc, depth, encoded) {
+                        return Some(cut);
+                    }
+                }
                 if depth + 1 > MAX_NESTING {
                     return Some((body, CutReason::Nesting));
                 }
@@ -190,9 +207,6 @@ impl Scanner {
             // A leaf: it runs to the innermost boundary.
             let Some(b) = boundary else {
                 // Up to the end of `data`.
-                if message && let Some(enc) = header.encoding {
-                    return self.encoded(data, body, data.len(), enc, depth, encoded);
-                }
                 return None;
             };
             let found = match self.find(data, body, &b, top) {
@@ -200,13 +214,6 @@ impl Scanner {
                 Some(Err(())) => return Some((body, CutReason::Cost)),
                 None => return None,
             };
-            let end = found.map_or(data.len(), |after| after - b.len() - 2);
-            if message
-                && let Some(enc) = header.encoding
-                && let Some(cut) = self.encoded(data, body, end, enc, depth, encoded)
-            {
-                return Some(cut);
-            }
             let mut after = found?;
             // Close what ends at this boundary, as mail-parser does: one
             // nested message, then the multipart if the boundary closes it,
@@ -222,9 +229,7 @@ impl Scanner {
                 }
                 stack.pop();
                 let parent = stack.last().and_then(|f| f.boundary.clone());
-                let Some(pb) = parent else {
-                    return None;
-                };
+                let pb = parent?;
                 match self.find(data, after + 2, &pb, top) {
                     Some(Ok(Some(next))) => after = next,
                     Some(Ok(None)) | None => return None,
@@ -358,11 +363,10 @@ fn entity_header(data: &[u8], mut pos: usize) -> Option<(EntityHeader, usize)> {
             value.extend_from_slice(&data[pos..end]);
             pos = end;
         }
-        // The first of each wins in mail-parser's lookups, but either may
-        // be the one it reads: keep the first, which is what it uses.
+        // The last of each is the one mail-parser reads.
         match name.as_slice() {
-            b"content-type" if content_type.is_none() => content_type = Some(value),
-            b"content-transfer-encoding" if encoding.is_none() => encoding = Some(value),
+            b"content-type" => content_type = Some(value),
+            b"content-transfer-encoding" => encoding = Some(value),
             _ => {}
         }
     }
@@ -378,12 +382,15 @@ fn line_end(data: &[u8], pos: usize) -> usize {
 
 impl EntityHeader {
     fn read(content_type: Option<&[u8]>, encoding: Option<&[u8]>) -> EntityHeader {
+        // Anything but the identity encodings may be read as base64 or
+        // quoted-printable by the parser (it decodes encoded words, drops
+        // comments): counted as encoded, and also as not.
         let encoding = encoding.and_then(|e| {
             let e = String::from_utf8_lossy(e).trim().to_ascii_lowercase();
             match e.as_str() {
-                "base64" => Some(Encoding::Base64),
-                "quoted-printable" => Some(Encoding::QuotedPrintable),
-                _ => None,
+                "" | "7bit" | "8bit" | "binary" => None,
+                e if e.contains("quoted") => Some(Encoding::QuotedPrintable),
+                _ => Some(Encoding::Base64),
             }
         });
         let Some(ct) = content_type else {
@@ -393,7 +400,7 @@ impl EntityHeader {
                 encoding,
             };
         };
-        let text = String::from_utf8_lossy(ct);
+        let text = without_comments(&String::from_utf8_lossy(ct));
         let (kind, params) = text.split_once(';').unwrap_or((&text, ""));
         let parsed = kind.split_once('/').map(|(t, s)| {
             (
@@ -417,6 +424,41 @@ impl EntityHeader {
             encoding,
         }
     }
+}
+
+/// `value` without its (nested) comments; quoted strings are kept as
+/// they are.
+fn without_comments(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut depth = 0usize;
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            if depth == 0 {
+                out.push(c);
+            }
+            continue;
+        }
+        match c {
+            '\\' => {
+                escaped = true;
+                if depth == 0 {
+                    out.push(c);
+                }
+            }
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            c if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The `boundary` parameter: a token or a quoted string. Written any other
@@ -606,6 +648,27 @@ Content-Type: text/plain\r\n\r\nhi\r\n--A--\r\n";
             raw.find("\r\n\r\n").expect("a body") + 4,
             "cut where the encoded message starts"
         );
+    }
+
+    #[test]
+    fn doubtful_headers_are_counted_the_deeper_way() {
+        // The last Content-Type is the one the parser reads; a comment
+        // does not hide the type; an odd encoding counts both ways.
+        for level in [
+            "Content-Type: text/plain\r\nContent-Type: message/rfc822\r\n\r\n",
+            "Content-Type: (x) Message / RFC822 (y)\r\n\r\n",
+            "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: x-odd\r\n\r\n",
+        ] {
+            let mut raw = b"From: a@x\r\n".to_vec();
+            for _ in 0..=MAX_NESTING {
+                raw.extend_from_slice(level.as_bytes());
+            }
+            assert_eq!(
+                scan(&raw).cut.map(|c| c.why),
+                Some(CutReason::Nesting),
+                "{level}"
+            );
+        }
     }
 
     #[test]
