@@ -462,38 +462,54 @@ fn without_comments(value: &str) -> String {
 }
 
 /// The `boundary` parameter: a token or a quoted string. Written any other
-/// way (RFC 2231, several of them) it is unreadable: the parser may still
-/// find one.
+/// way (RFC 2231, given twice) it is unreadable: the parser may still find
+/// one.
 fn boundary_param(params: &str) -> Boundary {
-    let lower = params.to_ascii_lowercase();
     let mut found = None;
-    let mut count = 0;
-    for (i, _) in lower.match_indices("boundary") {
-        count += 1;
-        let rest = lower[i + "boundary".len()..].trim_start();
-        let Some(value) = rest.strip_prefix('=') else {
-            return Boundary::Unreadable;
+    for param in split_params(params) {
+        let Some((name, value)) = param.split_once('=') else {
+            continue;
         };
-        // Same offsets in `params`: only ASCII was lower-cased.
-        let value_at = params.len() - value.len();
-        let value = params[value_at..].trim_start();
-        found = Some(match value.strip_prefix('"') {
-            Some(quoted) => match quoted.find('"') {
-                Some(end) => quoted[..end].to_string(),
-                None => return Boundary::Unreadable,
+        let name = name.trim().to_ascii_lowercase();
+        if !name.starts_with("boundary") {
+            continue;
+        }
+        if name != "boundary" || found.is_some() {
+            return Boundary::Unreadable;
+        }
+        let value = value.trim();
+        let value = match value.strip_prefix('"') {
+            Some(quoted) => match quoted.strip_suffix('"') {
+                Some(inner) if !inner.contains(['"', '\\']) => inner,
+                _ => return Boundary::Unreadable,
             },
-            None => value
-                .split(|c: char| c == ';' || c.is_whitespace())
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-        });
+            None => value,
+        };
+        if value.is_empty() || value.contains(char::is_whitespace) && !param.contains('"') {
+            return Boundary::Unreadable;
+        }
+        found = Some(value.as_bytes().to_vec());
     }
-    match (count, found) {
-        (0, _) => Boundary::None,
-        (1, Some(b)) if !b.is_empty() && !b.contains('\\') => Boundary::Some(b.into_bytes()),
-        _ => Boundary::Unreadable,
+    found.map_or(Boundary::None, Boundary::Some)
+}
+
+/// `a=b; c="d;e"` split at the semicolons outside quotes.
+fn split_params(params: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut quoted = false;
+    let mut start = 0;
+    for (i, c) in params.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                out.push(&params[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
     }
+    out.push(&params[start..]);
+    out
 }
 
 /// Lenient base64: whatever is not of the alphabet is skipped.
@@ -648,6 +664,27 @@ Content-Type: text/plain\r\n\r\nhi\r\n--A--\r\n";
             raw.find("\r\n\r\n").expect("a body") + 4,
             "cut where the encoded message starts"
         );
+    }
+
+    #[test]
+    fn boundary_parameters() {
+        let read = |params: &str| match boundary_param(params) {
+            Boundary::Some(b) => Some(String::from_utf8(b).expect("utf-8")),
+            Boundary::None => None,
+            Boundary::Unreadable => Some("?".into()),
+        };
+        assert_eq!(
+            read(" boundary=\"Fax_Boundary\""),
+            Some("Fax_Boundary".into())
+        );
+        assert_eq!(read(" charset=x; BOUNDARY=ab-c ; x=y"), Some("ab-c".into()));
+        assert_eq!(
+            read(" x=\"a;boundary=b\"; boundary=\"c d\""),
+            Some("c d".into())
+        );
+        assert_eq!(read(" charset=utf-8"), None);
+        assert_eq!(read(" boundary*0=a; boundary*1=b"), Some("?".into()));
+        assert_eq!(read(" boundary=a; boundary=b"), Some("?".into()));
     }
 
     #[test]
