@@ -35,6 +35,8 @@ pub struct Scan {
     /// The first byte where a boundary appears after other text on its
     /// line: the parser ends the part there.
     pub midline_boundary: Option<usize>,
+    /// The most levels open at once (of what was scanned).
+    pub max_depth: usize,
 }
 
 /// Only `raw[..at]` may be parsed; the rest is kept as one opaque part.
@@ -48,9 +50,9 @@ pub struct Cut {
 pub enum CutReason {
     /// Another level would exceed [`MAX_NESTING`].
     Nesting,
-    /// A multipart boundary that is too long, or written in a way the scan
-    /// cannot read (so it cannot vouch for what follows).
-    Boundary,
+    /// A multipart boundary that is too long, or a header written in a way
+    /// the scan cannot read for sure (so it cannot vouch for what follows).
+    Unreadable,
     /// Finding the parts would take the parser many passes over the mail.
     Cost,
 }
@@ -60,7 +62,9 @@ impl CutReason {
     pub fn describe(self) -> String {
         match self {
             CutReason::Nesting => format!("MIME nesting exceeded {MAX_NESTING} levels"),
-            CutReason::Boundary => "a multipart boundary is too long or unreadable".to_string(),
+            CutReason::Unreadable => {
+                "a MIME boundary or header is too long or cannot be read for sure".to_string()
+            }
             CutReason::Cost => {
                 "finding its MIME parts would take too many passes over the mail".to_string()
             }
@@ -74,11 +78,13 @@ pub fn scan(raw: &[u8]) -> Scan {
     let mut scanner = Scanner {
         budget: raw.len().saturating_mul(16).saturating_add(1 << 20),
         midline: None,
+        max_depth: 0,
     };
     let cut = scanner.run(raw, 0, 0, true);
     Scan {
         cut: cut.map(|(at, why)| Cut { at, why }),
         midline_boundary: scanner.midline,
+        max_depth: scanner.max_depth,
     }
 }
 
@@ -97,8 +103,8 @@ struct EntityHeader {
     /// Lower-case `type/subtype`, if a Content-Type was read.
     content_type: Option<(String, String)>,
     boundary: Boundary,
-    /// base64 or quoted-printable.
-    encoding: Option<Encoding>,
+    /// base64 or quoted-printable (`Some(None)`: it cannot be told).
+    encoding: Option<Option<Encoding>>,
 }
 
 enum Boundary {
@@ -117,6 +123,7 @@ struct Scanner {
     /// Bytes the boundary searches may still look at.
     budget: usize,
     midline: Option<usize>,
+    max_depth: usize,
 }
 
 impl Scanner {
@@ -146,10 +153,10 @@ impl Scanner {
             };
             if ctype == "multipart" {
                 match header.boundary {
-                    Boundary::Unreadable => return Some((body, CutReason::Boundary)),
+                    Boundary::Unreadable => return Some((body, CutReason::Unreadable)),
                     Boundary::Some(b) => {
                         if b.len() > MAX_BOUNDARY {
-                            return Some((body, CutReason::Boundary));
+                            return Some((body, CutReason::Unreadable));
                         }
                         // mail-parser opens the level only when the
                         // boundary appears.
@@ -158,6 +165,7 @@ impl Scanner {
                                 if depth + 1 > MAX_NESTING {
                                     return Some((body, CutReason::Nesting));
                                 }
+                                self.max_depth = self.max_depth.max(depth + 1);
                                 stack.push(Frame {
                                     multipart: true,
                                     digest: subtype == "digest",
@@ -177,10 +185,12 @@ impl Scanner {
                 || (in_digest && header.content_type.is_none());
             if message {
                 // An encoded message is parsed again from its decoded
-                // body; an unencoded one goes on in place. Which one the
-                // parser takes hangs on how it reads the header, so both
-                // are counted when there is any doubt.
+                // body, and is a leaf here; an unencoded one goes on in
+                // place.
                 if let Some(enc) = header.encoding {
+                    let Some(enc) = enc else {
+                        return Some((body, CutReason::Unreadable));
+                    };
                     let end = match &boundary {
                         None => data.len(),
                         Some(b) => match self.find(data, body, b, false) {
@@ -192,17 +202,19 @@ impl Scanner {
                     if let Some(cut) = self.encoded(data, body, end, enc, depth, encoded) {
                         return Some(cut);
                     }
+                } else {
+                    if depth + 1 > MAX_NESTING {
+                        return Some((body, CutReason::Nesting));
+                    }
+                    self.max_depth = self.max_depth.max(depth + 1);
+                    stack.push(Frame {
+                        multipart: false,
+                        digest: false,
+                        boundary,
+                    });
+                    pos = body;
+                    continue;
                 }
-                if depth + 1 > MAX_NESTING {
-                    return Some((body, CutReason::Nesting));
-                }
-                stack.push(Frame {
-                    multipart: false,
-                    digest: false,
-                    boundary,
-                });
-                pos = body;
-                continue;
             }
             // A leaf: it runs to the innermost boundary.
             let Some(b) = boundary else {
@@ -263,6 +275,7 @@ impl Scanner {
             Encoding::QuotedPrintable => decode_qp(raw),
         };
         self.budget = self.budget.saturating_sub(raw.len());
+        self.max_depth = self.max_depth.max(depth + 1);
         self.run(&decoded, depth + 1, encoded + 1, false)
             .map(|(_, why)| (body, why))
     }
@@ -382,15 +395,15 @@ fn line_end(data: &[u8], pos: usize) -> usize {
 
 impl EntityHeader {
     fn read(content_type: Option<&[u8]>, encoding: Option<&[u8]>) -> EntityHeader {
-        // Anything but the identity encodings may be read as base64 or
-        // quoted-printable by the parser (it decodes encoded words, drops
-        // comments): counted as encoded, and also as not.
+        // The parser decodes only these two; but it also decodes encoded
+        // words in the header, so one there leaves it open which.
         let encoding = encoding.and_then(|e| {
             let e = String::from_utf8_lossy(e).trim().to_ascii_lowercase();
             match e.as_str() {
-                "" | "7bit" | "8bit" | "binary" => None,
-                e if e.contains("quoted") => Some(Encoding::QuotedPrintable),
-                _ => Some(Encoding::Base64),
+                "base64" => Some(Some(Encoding::Base64)),
+                "quoted-printable" => Some(Some(Encoding::QuotedPrintable)),
+                e if e.contains("=?") => Some(None),
+                _ => None,
             }
         });
         let Some(ct) = content_type else {
@@ -580,7 +593,13 @@ mod tests {
         assert_eq!(scan(&nested_messages(MAX_NESTING)).cut, None);
         let raw = b"From: a@x\r\nContent-Type: multipart/mixed; boundary=\"A\"\r\n\r\n--A\r\n\
 Content-Type: text/plain\r\n\r\nhi\r\n--A--\r\n";
-        assert_eq!(scan(raw), Scan::default());
+        assert_eq!(
+            scan(raw),
+            Scan {
+                max_depth: 1,
+                ..Scan::default()
+            }
+        );
     }
 
     #[test]
@@ -721,5 +740,135 @@ Content-Type: text/plain\r\n\r\nhi\r\n--A--\r\n";
         raw.extend_from_slice(&vec![b'x'; 1 << 20]);
         let cut = scan(&raw).cut.expect("a cut");
         assert_eq!(cut.why, CutReason::Cost);
+    }
+
+    /// How deep mail-parser's parsed tree really is: multiparts and
+    /// messages, as the scan counts them.
+    pub(super) fn parsed_depth(message: &mail_parser::Message<'_>, part: usize) -> usize {
+        use mail_parser::PartType;
+        match message.parts.get(part).map(|p| &p.body) {
+            Some(PartType::Multipart(children)) => {
+                1 + children
+                    .iter()
+                    .map(|&c| c as usize)
+                    .filter(|&c| c > part)
+                    .map(|c| parsed_depth(message, c))
+                    .max()
+                    .unwrap_or(0)
+            }
+            Some(PartType::Message(inner)) => 1 + parsed_depth(inner, 0),
+            _ => 0,
+        }
+    }
+
+    /// A random entity of the shapes hostile mail takes, `levels` deep at
+    /// most: boundaries in mid-line, missing or repeated closings, parts of
+    /// a digest without a type, repeated Content-Types, encoded messages.
+    fn entity(rng: &mut impl rand::Rng, levels: usize, tag: &mut usize, out: &mut String) {
+        *tag += 1;
+        let b = format!("b{tag}");
+        let kind = if levels == 0 {
+            0
+        } else {
+            rng.random_range(0..9)
+        };
+        let sep = |rng: &mut dyn rand::RngCore| match rand::Rng::random_range(rng, 0..4) {
+            0 => "x ",
+            _ => "",
+        };
+        match kind {
+            0 => out.push_str("Content-Type: text/plain\r\n\r\nsome text\r\n"),
+            1 | 2 => {
+                let sub = if kind == 1 { "mixed" } else { "digest" };
+                out.push_str(&format!(
+                    "Content-Type: multipart/{sub}; boundary=\"{b}\"\r\n\r\npreamble\r\n"
+                ));
+                for _ in 0..rng.random_range(1..3) {
+                    out.push_str(&format!("{}--{b}\r\n", sep(rng)));
+                    if sub == "digest" && rng.random_bool(0.5) {
+                        out.push_str("\r\n");
+                        let mut inner = String::new();
+                        entity(rng, levels - 1, tag, &mut inner);
+                        out.push_str(&inner);
+                    } else {
+                        entity(rng, levels - 1, tag, out);
+                    }
+                }
+                if rng.random_bool(0.8) {
+                    out.push_str(&format!("{}--{b}--\r\n", sep(rng)));
+                }
+            }
+            3 | 4 => {
+                if rng.random_bool(0.3) {
+                    out.push_str("Content-Type: text/plain\r\n");
+                }
+                out.push_str("Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n");
+                entity(rng, levels - 1, tag, out);
+            }
+            5 => {
+                let mut inner = String::from("Subject: encoded\r\n");
+                entity(rng, levels - 1, tag, &mut inner);
+                let encoded = base64::engine::general_purpose::STANDARD.encode(inner);
+                out.push_str(&format!(
+                    "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n"
+                ));
+            }
+            6 => out.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary={b}\r\n\r\n--{b}\r\n\r\ntext --{b}\r\nContent-Type: message/rfc822\r\n\r\nSubject: x\r\n\r\n--{b}--\r\n"
+            )),
+            7 => {
+                // Quoted-printable, every "=" and line end encoded.
+                let mut inner = String::from("Subject: qp\r\n");
+                entity(rng, levels - 1, tag, &mut inner);
+                let encoded = inner.replace('=', "=3D").replace("\r\n", "=0D=0A=\r\n");
+                out.push_str(&format!(
+                    "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: Quoted-Printable\r\n\r\n{encoded}\r\n"
+                ));
+            }
+            _ => {
+                // A boundary that never appears, then a nested message.
+                out.push_str(&format!(
+                    "Content-Type: multipart/mixed; boundary=\"never{b}\"\r\n\r\n--{b}x\r\nContent-Type: message/rfc822\r\n\r\n"
+                ));
+                entity(rng, levels - 1, tag, out);
+            }
+        }
+    }
+
+    #[test]
+    fn the_scan_never_counts_fewer_levels_than_the_parser_builds() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        let mut deepest = 0;
+        let mut compared = 0;
+        let samples = 3000;
+        for _ in 0..samples {
+            let mut raw = String::from("From: a@x\r\nSubject: s\r\n");
+            entity(&mut rng, 6, &mut 0, &mut raw);
+            let scanned = scan(raw.as_bytes());
+            assert_eq!(scanned.cut, None, "{raw}");
+            // mail-parser's debug assertions fire on some broken shapes
+            // (in debug builds only); those cannot be compared.
+            let parsed = std::panic::catch_unwind(|| {
+                mail_parser::MessageParser::default()
+                    .parse(raw.as_bytes())
+                    .map(|m| parsed_depth(&m, 0))
+            });
+            let Ok(Some(parsed)) = parsed else {
+                continue;
+            };
+            compared += 1;
+            deepest = deepest.max(parsed);
+            assert!(
+                scanned.max_depth >= parsed,
+                "scan {} < parsed {parsed}:\n{raw}",
+                scanned.max_depth
+            );
+        }
+        assert!(
+            deepest >= 5,
+            "the mails were deep enough to tell: {deepest}"
+        );
+        assert!(compared > samples / 2, "only {compared} compared");
     }
 }
