@@ -1518,4 +1518,32 @@ Message-ID: <first@x>\r\nMessage-ID: <second@x>\r\n\r\nbody\r\n";
         let mail = parse_with(b"\x00\xff\xfe garbage", &limits);
         assert!(mail.quarantine.is_none() && mail.parse_note.is_some());
     }
+
+    #[test]
+    fn boundaries_that_never_appear_are_not_hunted_for_again_and_again() {
+        // mail-parser alone looks for each boundary to the end of the mail:
+        // 25 s for this 1.8 MiB mail in a release build.
+        let mut raw = b"From: a@example.net\r\nSubject: s\r\n\
+Content-Type: multipart/mixed; boundary=A\r\n\r\n--A\r\n"
+            .to_vec();
+        for i in 0..30_000 {
+            raw.extend_from_slice(
+                format!("Content-Type: multipart/mixed; boundary=never{i}\r\n\r\nx\r\n--A\r\n")
+                    .as_bytes(),
+            );
+        }
+        raw.extend_from_slice(b"--A--\r\n");
+        let mail = parse(&raw);
+        let note = mail.parse_note.as_deref().unwrap_or_default();
+        assert!(
+            note.contains(
+                "finding its MIME parts would take too many passes over the mail at byte"
+            ),
+            "{note}"
+        );
+        let rest = mail.attachments.last().expect("the rest");
+        assert_eq!(rest.content_type, "application/octet-stream");
+        assert!(rest.size > raw.len() / 2, "{}", rest.size);
+        assert!(raw.ends_with(rest.content.as_deref().unwrap_or_default()));
+    }
 }
