@@ -552,7 +552,7 @@ fn parse_mime(raw: &[u8]) -> Option<ParsedMail> {
                 .collect::<Vec<_>>()
                 .join("\n");
             notes.push(format!(
-                "the text was in {} unnamed text/plain part(s) marked as attachment(s); it is the body",
+                "the text was in {} unnamed text/plain part(s) kept apart from the body; it is the body now",
                 texts.len()
             ));
         }
