@@ -119,6 +119,9 @@ enum Encoding {
     QuotedPrintable,
 }
 
+/// The scan's budget of bytes is spent: see [`CutReason::Cost`].
+struct Spent;
+
 struct Scanner {
     /// Bytes the boundary searches may still look at.
     budget: usize,
@@ -160,7 +163,7 @@ impl Scanner {
                         }
                         // mail-parser opens the level only when the
                         // boundary appears.
-                        match self.find(data, body, &b, top)? {
+                        match self.find(data, body, &b, top) {
                             Ok(Some(after)) => {
                                 if depth + 1 > MAX_NESTING {
                                     return Some((body, CutReason::Nesting));
@@ -175,7 +178,7 @@ impl Scanner {
                                 continue;
                             }
                             Ok(None) => {}
-                            Err(()) => return Some((body, CutReason::Cost)),
+                            Err(Spent) => return Some((body, CutReason::Cost)),
                         }
                     }
                     Boundary::None => {}
@@ -194,9 +197,9 @@ impl Scanner {
                     let end = match &boundary {
                         None => data.len(),
                         Some(b) => match self.find(data, body, b, false) {
-                            Some(Ok(Some(after))) => after - b.len() - 2,
-                            Some(Ok(None)) | None => data.len(),
-                            Some(Err(())) => return Some((body, CutReason::Cost)),
+                            Ok(Some(after)) => after - b.len() - 2,
+                            Ok(None) => data.len(),
+                            Err(Spent) => return Some((body, CutReason::Cost)),
                         },
                     };
                     if let Some(cut) = self.encoded(data, body, end, enc, depth, encoded) {
@@ -221,12 +224,12 @@ impl Scanner {
                 // Up to the end of `data`.
                 return None;
             };
-            let found = match self.find(data, body, &b, top) {
-                Some(Ok(found)) => found,
-                Some(Err(())) => return Some((body, CutReason::Cost)),
-                None => return None,
+            let mut after = match self.find(data, body, &b, top) {
+                Ok(Some(after)) => after,
+                // The leaf runs to the end: nothing more opens.
+                Ok(None) => return None,
+                Err(Spent) => return Some((body, CutReason::Cost)),
             };
-            let mut after = found?;
             // Close what ends at this boundary, as mail-parser does: one
             // nested message, then the multipart if the boundary closes it,
             // and again at the enclosing boundary. Closing more here would
@@ -243,9 +246,9 @@ impl Scanner {
                 let parent = stack.last().and_then(|f| f.boundary.clone());
                 let pb = parent?;
                 match self.find(data, after + 2, &pb, top) {
-                    Some(Ok(Some(next))) => after = next,
-                    Some(Ok(None)) | None => return None,
-                    Some(Err(())) => return Some((after + 2, CutReason::Cost)),
+                    Ok(Some(next)) => after = next,
+                    Ok(None) => return None,
+                    Err(Spent) => return Some((after + 2, CutReason::Cost)),
                 }
             }
         }
@@ -282,42 +285,35 @@ impl Scanner {
 
     /// Where `--boundary` first appears at or after `from`, as mail-parser
     /// looks for it (anywhere in a line, as a prefix): the position after
-    /// it. `Err` when the budget is spent.
+    /// it.
     fn find(
         &mut self,
         data: &[u8],
         from: usize,
         boundary: &[u8],
         top: bool,
-    ) -> Option<Result<Option<usize>, ()>> {
-        let rest = data.get(from..)?;
+    ) -> Result<Option<usize>, Spent> {
+        let rest = data.get(from..).unwrap_or_default();
         let mut i = 0;
         while i + 1 < rest.len() {
             if rest[i] == b'-' && rest[i + 1] == b'-' && rest[i + 2..].starts_with(boundary) {
-                self.spend(i + 2 + boundary.len()).ok()?;
+                self.spend(i + 2 + boundary.len())?;
                 let at = from + i;
                 if top && self.midline.is_none() && at > 0 && data[at - 1] != b'\n' {
                     self.midline = Some(at);
                 }
-                return Some(Ok(Some(at + 2 + boundary.len())));
+                return Ok(Some(at + 2 + boundary.len()));
             }
             // A run of dashes: the next pair starts one further on.
             i += if rest[i + 1] == b'-' { 1 } else { 2 };
         }
-        if self.spend(rest.len()).is_err() {
-            return Some(Err(()));
-        }
-        Some(Ok(None))
+        self.spend(rest.len())?;
+        Ok(None)
     }
 
-    fn spend(&mut self, bytes: usize) -> Result<(), ()> {
-        match self.budget.checked_sub(bytes) {
-            Some(left) => {
-                self.budget = left;
-                Ok(())
-            }
-            None => Err(()),
-        }
+    fn spend(&mut self, bytes: usize) -> Result<(), Spent> {
+        self.budget = self.budget.checked_sub(bytes).ok_or(Spent)?;
+        Ok(())
     }
 }
 
