@@ -68,10 +68,12 @@ const PARSE_STACK: usize = 256 << 20;
 /// rather than tokio's blocking pool (2 MiB stacks): the nesting limit
 /// (see [`mime`]) is what keeps the parser's recursion shallow, and the
 /// stack is the defence in depth should a mail get past it, since a stack
-/// overflow aborts the whole process. [`parse`] contains its own panics, so
-/// this only fails if the thread cannot be started or dies; the batch is
-/// then not committed at all (it is fetched again next time) rather than
-/// stored without its content.
+/// overflow aborts the whole process. Where the system will not give a
+/// thread that stack, the batch is parsed on the blocking pool instead
+/// (the nesting limit still holds). [`parse`] contains its own panics, so
+/// this only fails if the runtime is shutting down or the thread dies; the
+/// batch is then not committed at all (it is fetched again next time)
+/// rather than stored without its content.
 pub async fn parse_batch<K: Send + 'static>(
     raw: Vec<(K, Vec<u8>)>,
     reader: &str,
@@ -79,20 +81,79 @@ pub async fn parse_batch<K: Send + 'static>(
 ) -> Result<Vec<(K, Incoming)>, ParseTaskFailed> {
     let reader = reader.to_string();
     let policy = Arc::clone(policy);
+    // The batch is handed over only once the thread runs, so that it is
+    // still here if the thread cannot be started.
+    let (job, jobs) = std::sync::mpsc::channel::<Vec<(K, Vec<u8>)>>();
     let (done, result) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("mail-parser".into())
-        .stack_size(PARSE_STACK)
-        .spawn(move || {
-            let parsed = raw
-                .into_iter()
-                .map(|(key, bytes)| (key, Incoming::new(&bytes, &reader, &policy)))
-                .collect::<Vec<_>>();
-            // The receiver is gone only when the poll was given up.
-            let _ = done.send(parsed);
-        })
-        .map_err(|e| ParseTaskFailed(e.to_string()))?;
-    result
+    let spawned = {
+        let reader = reader.clone();
+        let policy = Arc::clone(&policy);
+        std::thread::Builder::new()
+            .name("mail-parser".into())
+            .stack_size(PARSE_STACK)
+            .spawn(move || {
+                if let Ok(raw) = jobs.recv() {
+                    // The receiver is gone only when the poll was given up.
+                    let _ = done.send(judge(raw, &reader, &policy));
+                }
+            })
+    };
+    let raw = match spawned {
+        Ok(_) => match job.send(raw) {
+            Ok(()) => {
+                return result
+                    .await
+                    .map_err(|_| ParseTaskFailed("it ended without a result".into()));
+            }
+            Err(std::sync::mpsc::SendError(raw)) => raw,
+        },
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "could not start a mail parser thread with a {} stack; parsing on the blocking pool",
+                human_size(PARSE_STACK as u64)
+            );
+            raw
+        }
+    };
+    tokio::task::spawn_blocking(move || judge(raw, &reader, &policy))
         .await
-        .map_err(|_| ParseTaskFailed("it ended without a result".into()))
+        .map_err(|e| ParseTaskFailed(e.to_string()))
+}
+
+fn judge<K>(raw: Vec<(K, Vec<u8>)>, reader: &str, policy: &Arc<MailPolicy>) -> Vec<(K, Incoming)> {
+    raw.into_iter()
+        .map(|(key, bytes)| (key, Incoming::new(&bytes, reader, policy)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_is_parsed_in_order_off_the_async_threads() {
+        let mut deep = b"From: a@example.net\r\nSubject: deep\r\n".to_vec();
+        for _ in 0..40_000 {
+            deep.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
+        }
+        let plain = b"From: b@example.net\r\nSubject: plain\r\n\r\nhello\r\n".to_vec();
+        let policy = Arc::new(MailPolicy::default());
+        let parsed = parse_batch(vec![(1, deep), (2, plain)], "r", &policy)
+            .await
+            .expect("parsed");
+        let got: Vec<(i32, &str)> = parsed
+            .iter()
+            .map(|(k, i)| (*k, i.mail.subject.as_str()))
+            .collect();
+        assert_eq!(got, [(1, "deep"), (2, "plain")]);
+        assert!(
+            parsed[0]
+                .1
+                .mail
+                .parse_note
+                .as_deref()
+                .is_some_and(|n| n.contains("MIME nesting exceeded 100 levels"))
+        );
+    }
 }
