@@ -1,11 +1,22 @@
 //! MIME parsing with mail-parser, the fallback for what it cannot read,
-//! and the size limits.
+//! the quarantine for what makes it panic, and the bounds: the size limits,
+//! the MIME nesting limit (see [`super::mime`]) and the header bounds.
+//!
+//! Every lossy decision (a cut, a dropped part, a guessed charset, a header
+//! given more than once) is stated in `parse_note`, several joined by "; ".
 
+use std::collections::HashSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use mail_parser::decoders::charsets::map::charset_decoder;
 use mail_parser::{
-    Address, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
+    Addr, Address, DateTime, HeaderName, HeaderValue, Message, MessageParser, MessagePart,
+    MimeHeaders, PartType,
 };
 use sha2::{Digest, Sha256};
 
+use super::mime;
+use super::thread::MAX_REFERENCED;
 use crate::config::TicketsConfig;
 
 /// What one mail contributes to a ticket.
@@ -44,8 +55,9 @@ pub struct ParsedMail {
     pub raw: Option<RawMail>,
     /// What a size limit left out, for a human to read.
     pub limit_note: Option<String>,
-    /// Why the mail cannot be made into a ticket at all (the parser gave
-    /// up on it); the store then sets it aside whole in the quarantine.
+    /// Set when the mail must not be processed (e.g. "the MIME parser
+    /// panicked"): the store quarantines it. The raw mail is then always
+    /// kept in `raw`, whatever `keep_raw` says.
     pub quarantine: Option<String>,
 }
 
@@ -84,7 +96,8 @@ pub struct Report {
     /// Its report-type, e.g. `delivery-status`; lower-case.
     pub report_type: String,
     /// Message-IDs of the mail the report is about, from its returned
-    /// message or headers part.
+    /// message or headers part; the first [`MAX_REFERENCED`], without
+    /// repeats.
     pub original_ids: Vec<String>,
 }
 
@@ -158,20 +171,71 @@ pub fn parse_with(raw: &[u8], limits: &Limits) -> ParsedMail {
 /// its beginning, was fetched (a mail over `max_email_size` is fetched
 /// only up to it): the size and the limit note are the whole mail's.
 pub fn parse_fetched(raw: &[u8], full_size: u64, limits: &Limits) -> ParsedMail {
-    // mail-parser is robust, but a panic here would make the same mail fail
-    // on every poll; containing it costs nothing on the happy path.
-    let parsed = std::panic::catch_unwind(|| parse_mime(raw));
+    parse_using(raw, full_size, limits, parse_mime)
+}
+
+/// The longest subject kept.
+const MAX_SUBJECT: usize = 4 << 10;
+/// The longest To and Cc kept, each.
+const MAX_ADDRESS_LIST: usize = 64 << 10;
+/// The most top-level headers kept in `ParsedMail::headers`.
+const MAX_HEADERS: usize = 1000;
+/// The longest header value kept in `ParsedMail::headers`.
+const MAX_HEADER_VALUE: usize = 64 << 10;
+
+/// [`parse_with`] with the MIME parser passed in, so that a parser that
+/// panics can be tested.
+fn parse_using<F>(raw: &[u8], full_size: u64, limits: &Limits, parser: F) -> ParsedMail
+where
+    F: FnOnce(&[u8]) -> Option<ParsedMail>,
+{
+    // Only what the scan vouches for reaches the parser: a deeper mail
+    // would overflow the stack when the parsed tree is dropped.
+    let scan = mime::scan(raw);
+    let parsed_len = scan.cut.map_or(raw.len(), |c| c.at);
+    let head = raw.get(..parsed_len).unwrap_or(raw);
+    // A panic here would make the same mail fail on every poll. The mail
+    // is quarantined rather than filed: a parser that panicked may have
+    // left anything half-done, and a human should look at it.
+    let parsed = catch_unwind(AssertUnwindSafe(|| parser(head)));
+    let mut quarantine = None;
     let mut mail = match parsed {
-        Ok(Some(mail)) => mail,
+        Ok(Some(mut mail)) => {
+            if let Some(cut) = scan.cut {
+                let rest = raw.get(cut.at..).unwrap_or_default();
+                mail.attachments.push(opaque(rest));
+                add_note(
+                    &mut mail,
+                    format!(
+                        "{} at byte {}; the remaining {} bytes are kept as one attachment",
+                        cut.why.describe(),
+                        cut.at,
+                        rest.len()
+                    ),
+                );
+            }
+            mail
+        }
         Ok(None) => fallback(
             raw,
             "the MIME structure could not be parsed; the body is the raw mail",
         ),
-        Err(_) => fallback(
-            raw,
-            "the MIME parser failed on this mail; the body is the raw mail",
-        ),
+        Err(_) => {
+            quarantine = Some("the MIME parser panicked".to_string());
+            fallback(
+                raw,
+                "the MIME parser panicked on this mail; the body is the raw mail",
+            )
+        }
     };
+    if let Some(at) = scan.midline_boundary.filter(|&at| at < parsed_len) {
+        add_note(
+            &mut mail,
+            format!(
+                "a MIME boundary appears in the middle of a line at byte {at}: the part before it ends there"
+            ),
+        );
+    }
     mail.dedup_key = match &mail.message_id {
         Some(id) => id.clone(),
         None => content_key(raw),
@@ -180,23 +244,54 @@ pub fn parse_fetched(raw: &[u8], full_size: u64, limits: &Limits) -> ParsedMail 
         .unwrap_or(usize::MAX)
         .max(raw.len());
     apply_limits(&mut mail, limits, raw.len());
-    if limits.keep_raw {
+    if limits.keep_raw || quarantine.is_some() {
         mail.raw = Some(RawMail {
             content: raw.to_vec(),
             sha256: format!("{:x}", Sha256::digest(raw)),
         });
         if let Some(note) = &mut mail.limit_note {
+            let why = if limits.keep_raw {
+                "keep_raw"
+            } else {
+                "quarantined"
+            };
             note.push_str(&if raw.len() < mail.size {
                 format!(
-                    "; the raw mail's first {} are kept (keep_raw)",
+                    "; the raw mail's first {} are kept ({why})",
                     human_size(raw.len() as u64)
                 )
             } else {
-                "; the raw mail is kept whole (keep_raw)".to_string()
+                format!("; the raw mail is kept whole ({why})")
             });
         }
     }
+    mail.quarantine = quarantine;
     mail
+}
+
+/// What was left of a mail past the nesting limit: kept, unread.
+fn opaque(content: &[u8]) -> Attachment {
+    Attachment {
+        filename: None,
+        content_type: "application/octet-stream".to_string(),
+        size: content.len(),
+        sha256: format!("{:x}", Sha256::digest(content)),
+        content_id: None,
+        inline: false,
+        content: Some(content.to_vec()),
+        dropped: None,
+    }
+}
+
+/// Adds one note to `parse_note`.
+fn add_note(mail: &mut ParsedMail, note: String) {
+    match &mut mail.parse_note {
+        Some(notes) => {
+            notes.push_str("; ");
+            notes.push_str(&note);
+        }
+        None => mail.parse_note = Some(note),
+    }
 }
 
 /// The key of a mail without a Message-ID: what identifies it wherever it
@@ -336,25 +431,80 @@ pub fn human_size(bytes: u64) -> String {
 
 fn parse_mime(raw: &[u8]) -> Option<ParsedMail> {
     let message = MessageParser::default().parse(raw)?;
+    // The first of a repeated header is what mail clients show; mail-parser
+    // would hand back the last.
+    let subject = first(&message, &HeaderName::Subject);
+    let from = first(&message, &HeaderName::From);
+    let date = first(&message, &HeaderName::Date).and_then(HeaderValue::as_datetime);
+    let message_id = first(&message, &HeaderName::MessageId).and_then(HeaderValue::as_text);
     // Without a single header we recognise, the "parsed" mail would be an
     // empty shell; the raw text tells a human more.
-    let recognised = message.from().is_some()
-        || message.subject().is_some()
-        || message.message_id().is_some()
-        || message.date().is_some()
+    let recognised = from.is_some()
+        || subject.is_some()
+        || message_id.is_some()
+        || date.is_some()
         || message.to().is_some();
     if !recognised {
         return None;
     }
-    let (from_addr, from_name) = match message.from().and_then(Address::first) {
-        Some(addr) => (
-            addr.address().map(str::to_string),
-            addr.name().map(str::to_string),
-        ),
-        None => (None, None),
-    };
+    let mut notes = Vec::new();
+    for (name, header) in [("Subject", HeaderName::Subject), ("From", HeaderName::From)] {
+        let count = message
+            .headers()
+            .iter()
+            .filter(|h| h.name == header)
+            .count();
+        if count > 1 {
+            notes.push(format!(
+                "the mail has {count} {name} headers; the first is used"
+            ));
+        }
+    }
 
-    let body_text = (0..message.text_body_count())
+    let charset = declared_charset(&message);
+    let raw_value = |header: &HeaderName<'_>| {
+        message
+            .headers()
+            .iter()
+            .find(|h| h.name == *header)
+            .and_then(|h| raw.get(h.offset_start as usize..h.offset_end as usize))
+            .unwrap_or_default()
+    };
+    let mut subject = match eight_bit(raw_value(&HeaderName::Subject), charset.as_deref()) {
+        Some((text, charset)) => {
+            notes.push(format!(
+                "the Subject was raw 8-bit text; decoded as {charset}"
+            ));
+            reparse_header("Subject", &text)
+                .and_then(|m| m.subject().map(str::to_string))
+                .unwrap_or(text)
+        }
+        None => subject
+            .and_then(HeaderValue::as_text)
+            .unwrap_or("(no subject)")
+            .to_string(),
+    };
+    let reparsed_from =
+        eight_bit(raw_value(&HeaderName::From), charset.as_deref()).and_then(|(text, charset)| {
+            notes.push(format!(
+                "the From header was raw 8-bit text; decoded as {charset}"
+            ));
+            reparse_header("From", &text)
+        });
+    let from = match &reparsed_from {
+        Some(m) => m.from(),
+        None => from.and_then(HeaderValue::as_address),
+    };
+    let written_from = match &reparsed_from {
+        Some(m) => m
+            .header_raw("From")
+            .map(|v| unfold(v.as_bytes()))
+            .unwrap_or_default(),
+        None => unfold(raw_value(&HeaderName::From)),
+    };
+    let (from_addr, mut from_name) = sender(from, &written_from, &mut notes);
+
+    let mut body_text = (0..message.text_body_count())
         .filter_map(|i| message.body_text(i))
         .collect::<Vec<_>>()
         .join("\n");
@@ -370,29 +520,33 @@ fn parse_mime(raw: &[u8]) -> Option<ParsedMail> {
         .collect();
 
     let mut attachments: Vec<Attachment> = message.attachments().map(attachment).collect();
-    let headers = message
-        .headers()
-        .iter()
-        .map(|h| {
-            let value = raw.get(h.offset_start as usize..h.offset_end as usize);
-            (
-                h.name.as_str().to_string(),
-                unfold(value.unwrap_or_default()),
-            )
-        })
-        .collect();
+    // Empty parts and blank epilogues are not files anyone sent.
+    let before = attachments.len();
+    attachments.retain(|a| {
+        a.filename.is_some()
+            || a.inline
+            || a.content_id.is_some()
+            || a.content
+                .as_deref()
+                .is_some_and(|c| !c.iter().all(u8::is_ascii_whitespace))
+    });
+    match before - attachments.len() {
+        0 => {}
+        1 => notes.push("an empty part without a name was dropped".to_string()),
+        n => notes.push(format!("{n} empty parts without a name were dropped")),
+    }
+
+    let headers = top_headers(&message, raw, &mut notes);
     let mime_type = message
         .content_type()
         .map_or_else(|| "text/plain".to_string(), mime_type_of);
     let report = (mime_type == "multipart/report").then(|| report(&message));
 
-    let mut note = None;
     if from_addr.is_none() {
-        note = Some("the mail has no readable From address".to_string());
+        notes.push("the mail has no readable From address".to_string());
     }
     // A multipart whose boundary never appears is handed back whole, as one
     // part of the multipart type: the mail's text is in there, unsplit.
-    let mut body_text = body_text;
     if body_text.trim().is_empty()
         && html.is_empty()
         && let Some(i) = attachments
@@ -402,22 +556,72 @@ fn parse_mime(raw: &[u8]) -> Option<ParsedMail> {
         let unsplit = attachments.remove(i);
         body_text =
             String::from_utf8_lossy(unsplit.content.as_deref().unwrap_or_default()).into_owned();
-        note = Some(format!(
+        notes.push(format!(
             "the {} structure could not be split (its boundary does not appear); the body is its raw text",
             unsplit.content_type
         ));
     }
+    // Text in an unnamed part that is marked as an attachment (or that the
+    // parser did not take for the body) is the mail's text all the same.
+    if body_text.trim().is_empty() && html.is_empty() {
+        let (texts, rest): (Vec<Attachment>, Vec<Attachment>) = attachments
+            .into_iter()
+            .partition(|a| a.filename.is_none() && a.content_type == "text/plain");
+        attachments = rest;
+        if !texts.is_empty() {
+            body_text = texts
+                .iter()
+                .map(|a| String::from_utf8_lossy(a.content.as_deref().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join("\n");
+            notes.push(format!(
+                "the text was in {} unnamed text/plain part(s) kept apart from the body; it is the body now",
+                texts.len()
+            ));
+        }
+    }
+
+    let subject_len = subject.len();
+    if truncate(&mut subject, MAX_SUBJECT) {
+        notes.push(format!(
+            "the Subject ({}) was cut to {}",
+            human_size(subject_len as u64),
+            human_size(MAX_SUBJECT as u64)
+        ));
+    }
+    if let Some(name) = &mut from_name
+        && truncate(name, MAX_SUBJECT)
+    {
+        notes.push(format!(
+            "the sender's name was cut to {}",
+            human_size(MAX_SUBJECT as u64)
+        ));
+    }
+    let mut to = addresses(message.to());
+    let mut cc = addresses(message.cc());
+    for (name, list) in [("To", &mut to), ("Cc", &mut cc)] {
+        if let Some(list) = list {
+            let len = list.len();
+            if truncate(list, MAX_ADDRESS_LIST) {
+                notes.push(format!(
+                    "the {name} list ({}) was cut to {}",
+                    human_size(len as u64),
+                    human_size(MAX_ADDRESS_LIST as u64)
+                ));
+            }
+        }
+    }
 
     Some(ParsedMail {
-        message_id: message.message_id().map(str::to_string),
+        message_id: message_id.map(str::to_string),
         in_reply_to: ids(message.in_reply_to()),
         references: ids(message.references()),
         from_addr,
         from_name,
-        to: addresses(message.to()),
-        cc: addresses(message.cc()),
-        subject: message.subject().unwrap_or("(no subject)").to_string(),
-        sent_at: message.date().map(|d| d.to_rfc3339()),
+        to,
+        cc,
+        subject,
+        sent_at: date.map(DateTime::to_rfc3339),
         body_text,
         body_html: if html.is_empty() {
             None
@@ -425,12 +629,175 @@ fn parse_mime(raw: &[u8]) -> Option<ParsedMail> {
             Some(html.join("\n"))
         },
         attachments,
-        parse_note: note,
+        parse_note: (!notes.is_empty()).then(|| notes.join("; ")),
         headers,
         mime_type,
         report,
         ..ParsedMail::default()
     })
+}
+
+/// The first top-level header called `name`.
+fn first<'a>(message: &'a Message<'_>, name: &HeaderName<'_>) -> Option<&'a HeaderValue<'a>> {
+    message
+        .headers()
+        .iter()
+        .find(|h| h.name == *name)
+        .map(|h| &h.value)
+}
+
+/// The top-level headers for the guard and the rules, within
+/// [`MAX_HEADERS`] and [`MAX_HEADER_VALUE`].
+fn top_headers(
+    message: &Message<'_>,
+    raw: &[u8],
+    notes: &mut Vec<String>,
+) -> Vec<(String, String)> {
+    let all = message.headers();
+    let mut cut = 0;
+    let headers = all
+        .iter()
+        .take(MAX_HEADERS)
+        .map(|h| {
+            let value = raw.get(h.offset_start as usize..h.offset_end as usize);
+            let mut value = unfold(value.unwrap_or_default());
+            if truncate(&mut value, MAX_HEADER_VALUE) {
+                cut += 1;
+            }
+            (h.name.as_str().to_string(), value)
+        })
+        .collect();
+    if all.len() > MAX_HEADERS {
+        notes.push(format!(
+            "only the first {MAX_HEADERS} of its {} headers are kept",
+            all.len()
+        ));
+    }
+    if cut > 0 {
+        notes.push(format!(
+            "{cut} header value(s) were cut to {}",
+            human_size(MAX_HEADER_VALUE as u64)
+        ));
+    }
+    headers
+}
+
+/// The charset the mail's text declares: the top level's, else the first
+/// text part's.
+fn declared_charset(message: &Message<'_>) -> Option<String> {
+    let charset = |part: &MessagePart<'_>| {
+        part.content_type()
+            .and_then(|ct| ct.attribute("charset"))
+            .map(str::to_string)
+    };
+    let is_text = |part: &&MessagePart<'_>| {
+        part.content_type()
+            .is_some_and(|ct| ct.ctype().eq_ignore_ascii_case("text"))
+    };
+    message
+        .parts
+        .first()
+        .and_then(charset)
+        .or_else(|| message.parts.iter().filter(is_text).find_map(charset))
+}
+
+/// A header value in raw 8-bit text (not UTF-8, no RFC 2047): decoded
+/// with the charset the body declares, else windows-1252 (what such mail
+/// nearly always is). `None` when the value is valid UTF-8.
+fn eight_bit(value: &[u8], charset: Option<&str>) -> Option<(String, String)> {
+    if std::str::from_utf8(value).is_ok() {
+        return None;
+    }
+    let declared = charset
+        .map(str::to_ascii_lowercase)
+        .filter(|c| !matches!(c.as_str(), "utf-8" | "utf8" | "us-ascii" | "ascii"))
+        .and_then(|c| charset_decoder(c.as_bytes()).map(|d| (d, c)));
+    let (decode, name) = match declared {
+        Some(found) => found,
+        None => (
+            charset_decoder(b"windows-1252")?,
+            "windows-1252".to_string(),
+        ),
+    };
+    Some((decode(value), name))
+}
+
+/// A header parsed again from its decoded text (for its encoded words,
+/// addresses and unfolding).
+fn reparse_header(name: &str, value: &str) -> Option<Message<'static>> {
+    let raw = format!("{name}:{value}\r\n\r\n").into_bytes();
+    let message = MessageParser::default().parse_headers(&raw)?;
+    Some(message.into_owned())
+}
+
+/// The sender: exactly one addr-spec (`local@domain`), or none; and the
+/// display name. `written` is the From header as written (unfolded), read
+/// when mail-parser's address is not one addr-spec (it joins two
+/// addresses into one string, or keeps a name with it).
+fn sender(
+    from: Option<&Address<'_>>,
+    written: &str,
+    notes: &mut Vec<String>,
+) -> (Option<String>, Option<String>) {
+    let Some(from) = from else {
+        return (None, None);
+    };
+    let count = from.iter().count();
+    let Some(first) = from.first() else {
+        return (None, None);
+    };
+    let parsed = first.address().map(str::trim);
+    let addr = match parsed {
+        Some(a) if is_addr_spec(a) => Some(a.to_string()),
+        _ => first_addr_spec(written).or_else(|| parsed.and_then(first_addr_spec)),
+    };
+    if count > 1 {
+        notes.push(format!(
+            "the From header names {count} addresses; the first ({}) is taken as the sender",
+            addr.as_deref().unwrap_or("unreadable")
+        ));
+    } else if let Some(addr) = &addr
+        && parsed != Some(addr.as_str())
+    {
+        let mut shown = written.to_string();
+        truncate(&mut shown, 200);
+        notes.push(format!(
+            "the From header {shown:?} does not hold one address; {addr} is taken as the sender"
+        ));
+    }
+    (addr, Addr::name(first).map(str::to_string))
+}
+
+/// `local@domain`, nothing around it.
+fn is_addr_spec(text: &str) -> bool {
+    let mut parts = text.split('@');
+    let plain = |s: &str| {
+        !s.is_empty()
+            && !s.chars().any(|c| {
+                c.is_whitespace()
+                    || c.is_control()
+                    || matches!(c, ',' | ';' | '<' | '>' | '"' | '(' | ')')
+            })
+    };
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(local), Some(domain), None) if plain(local) && plain(domain)
+    )
+}
+
+/// The first addr-spec in `text`: in angle brackets if any, else the first
+/// word that is one.
+fn first_addr_spec(text: &str) -> Option<String> {
+    let bracketed = text
+        .split('<')
+        .skip(1)
+        .filter_map(|s| s.split_once('>').map(|(inner, _)| inner.trim()));
+    let words = text
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '<' | '>' | '"' | '(' | ')'));
+    bracketed
+        .chain(words)
+        .find(|s| is_addr_spec(s))
+        .map(str::to_string)
 }
 
 fn mime_type_of(ct: &mail_parser::ContentType<'_>) -> String {
@@ -460,9 +827,13 @@ fn attachment(part: &MessagePart<'_>) -> Attachment {
     };
     Attachment {
         filename: part.attachment_name().and_then(sanitize_filename),
-        content_type: part
-            .content_type()
-            .map_or_else(|| "application/octet-stream".to_string(), mime_type_of),
+        content_type: match part.content_type() {
+            Some(ct) => mime_type_of(ct),
+            // A part of a multipart/digest without a Content-Type is a
+            // message (RFC 2046 5.1.5); mail-parser parsed it as one.
+            None if matches!(part.body, PartType::Message(_)) => "message/rfc822".to_string(),
+            None => "application/octet-stream".to_string(),
+        },
         size: content.len(),
         sha256: format!("{:x}", Sha256::digest(content)),
         content_id,
@@ -480,7 +851,11 @@ fn report(message: &Message<'_>) -> Report {
         .unwrap_or_default()
         .to_ascii_lowercase();
     let mut original_ids = Vec::new();
+    let mut seen = HashSet::new();
     for part in &message.parts {
+        if original_ids.len() >= MAX_REFERENCED {
+            break;
+        }
         let ids: Vec<String> = match &part.body {
             PartType::Message(inner) => {
                 inner.message_id().map(str::to_string).into_iter().collect()
@@ -499,7 +874,7 @@ fn report(message: &Message<'_>) -> Report {
             }
         };
         for id in ids {
-            if !original_ids.contains(&id) {
+            if original_ids.len() < MAX_REFERENCED && seen.insert(id.clone()) {
                 original_ids.push(id);
             }
         }
@@ -829,5 +1204,369 @@ Content-Type: multipart/mixed; boundary=\"A\"\r\n\r\n--B\r\nContent-Type: text/p
                 .as_deref()
                 .is_some_and(|n| n.contains("boundary"))
         );
+    }
+
+    /// `levels` message/rfc822 parts, each inside the one before.
+    fn nested_messages(levels: usize) -> Vec<u8> {
+        let mut raw = b"From: a@example.net\r\nSubject: deep\r\nMessage-ID: <deep@x>\r\n".to_vec();
+        for _ in 0..levels {
+            raw.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
+        }
+        raw.extend_from_slice(b"From: b@example.net\r\nSubject: bottom\r\n\r\nbottom text\r\n");
+        raw
+    }
+
+    /// The cut the note states, and the opaque rest.
+    fn assert_cut_at_the_limit(mail: &ParsedMail, raw: &[u8]) {
+        let note = mail.parse_note.as_deref().unwrap_or_default();
+        assert!(
+            note.contains("MIME nesting exceeded 100 levels at byte "),
+            "{note}"
+        );
+        let at: usize = note
+            .split("at byte ")
+            .nth(1)
+            .and_then(|n| n.split(';').next())
+            .and_then(|n| n.parse().ok())
+            .expect("a byte offset");
+        assert!(
+            note.contains(&format!(
+                "the remaining {} bytes are kept as one attachment",
+                raw.len() - at
+            )),
+            "{note}"
+        );
+        let rest = mail.attachments.last().expect("the rest");
+        assert_eq!(rest.content_type, "application/octet-stream");
+        assert_eq!(rest.content.as_deref(), Some(&raw[at..]));
+        assert_eq!(rest.size, raw.len() - at);
+        assert!(mail.quarantine.is_none());
+    }
+
+    #[test]
+    fn forty_thousand_nested_messages_are_cut_at_the_limit() {
+        // Parsed on the test thread's ordinary stack: only a real cut keeps
+        // the drop of the parsed tree from overflowing it.
+        let raw = nested_messages(40_000);
+        let mail = parse(&raw);
+        assert_eq!(mail.subject, "deep");
+        assert_eq!(mail.message_id.as_deref(), Some("deep@x"));
+        assert_cut_at_the_limit(&mail, &raw);
+        let shallow = parse(&nested_messages(50));
+        assert!(shallow.parse_note.is_none(), "{:?}", shallow.parse_note);
+    }
+
+    #[test]
+    fn a_hundred_thousand_nested_multiparts_are_cut_at_the_limit() {
+        let levels = 100_000;
+        let mut raw = b"From: a@example.net\r\nSubject: deep\r\n".to_vec();
+        for i in 0..levels {
+            raw.extend_from_slice(
+                format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n")
+                    .as_bytes(),
+            );
+        }
+        raw.extend_from_slice(b"Content-Type: text/plain\r\n\r\ninnermost\r\n");
+        for i in (0..levels).rev() {
+            raw.extend_from_slice(format!("--b{i}--\r\n").as_bytes());
+        }
+        let mail = parse(&raw);
+        assert_eq!(mail.subject, "deep");
+        assert_cut_at_the_limit(&mail, &raw);
+    }
+
+    #[test]
+    fn a_report_about_thirty_three_thousand_mails_names_the_first_fifty() {
+        let mut raw = b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n"
+            .to_vec();
+        for i in 0..33_000 {
+            // Every id twice: repeats are dropped, not counted.
+            raw.extend_from_slice(
+                format!(
+                    "--B\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <m{}@x>\r\n\r\n",
+                    i / 2
+                )
+                .as_bytes(),
+            );
+        }
+        raw.extend_from_slice(b"--B--\r\n");
+        let report = parse(&raw).report.expect("a report");
+        let want: Vec<String> = (0..MAX_REFERENCED).map(|i| format!("m{i}@x")).collect();
+        assert_eq!(report.original_ids, want);
+    }
+
+    #[test]
+    fn a_three_mib_subject_is_cut_and_noted() {
+        let subject = format!("{}Fwd: x", "Re: ".repeat((3 << 20) / 4));
+        let raw = format!("From: a@example.net\r\nSubject: {subject}\r\n\r\nbody\r\n");
+        let mail = parse(raw.as_bytes());
+        assert_eq!(mail.subject.len(), MAX_SUBJECT);
+        assert!(mail.subject.starts_with("Re: Re: "));
+        let note = mail.parse_note.as_deref().unwrap_or_default();
+        assert!(
+            note.contains("the Subject (3.0 MiB) was cut to 4.0 KiB"),
+            "{note}"
+        );
+        assert!(!crate::ingest::thread::is_forward(&mail.subject));
+        let cut_in_a_char = format!(
+            "Subject: {}é\r\nFrom: a@x\r\n\r\nb",
+            "x".repeat(MAX_SUBJECT - 1)
+        );
+        assert_eq!(
+            parse(cut_in_a_char.as_bytes()).subject.len(),
+            MAX_SUBJECT - 1
+        );
+    }
+
+    #[test]
+    fn headers_and_address_lists_are_bounded() {
+        let mut raw = String::from("From: a@example.net\r\nSubject: s\r\n");
+        let to: Vec<String> = (0..10_000)
+            .map(|i| format!("user{i}@example.net"))
+            .collect();
+        raw.push_str(&format!(
+            "To: {}\r\nCc: {}\r\n",
+            to.join(", "),
+            to.join(", ")
+        ));
+        raw.push_str(&format!("X-Big: {}\r\n", "y".repeat(100_000)));
+        for i in 0..1_500 {
+            raw.push_str(&format!("X-Many: {i}\r\n"));
+        }
+        raw.push_str("\r\nbody\r\n");
+        let mail = parse(raw.as_bytes());
+        assert_eq!(mail.headers.len(), MAX_HEADERS);
+        assert_eq!(
+            mail.headers[0],
+            ("From".to_string(), "a@example.net".to_string())
+        );
+        let big = mail.header_values("X-Big").next().unwrap_or_default();
+        assert_eq!(big.len(), MAX_HEADER_VALUE);
+        assert!(
+            mail.to
+                .as_deref()
+                .is_some_and(|t| t.len() <= MAX_ADDRESS_LIST && t.starts_with("user0@"))
+        );
+        assert!(
+            mail.cc
+                .as_deref()
+                .is_some_and(|t| t.len() <= MAX_ADDRESS_LIST)
+        );
+        let note = mail.parse_note.as_deref().unwrap_or_default();
+        for part in [
+            "only the first 1000 of its 1505 headers are kept",
+            "3 header value(s) were cut to 64.0 KiB",
+            "the To list",
+            "the Cc list",
+        ] {
+            assert!(note.contains(part), "{part} in {note}");
+        }
+    }
+
+    #[test]
+    fn raw_eight_bit_headers_are_decoded() {
+        // Latin-1 "Grüße aus Köln" with no RFC 2047, the body in ISO-8859-1.
+        let raw =
+            b"From: J\xfcrgen M\xfcller <jm@example.net>\r\nSubject: Gr\xfc\xdfe aus K\xf6ln\r\n\
+Content-Type: text/plain; charset=iso-8859-1\r\n\r\nK\xf6ln\r\n";
+        let mail = parse(raw);
+        assert_eq!(mail.subject, "Grüße aus Köln");
+        assert_eq!(mail.from_name.as_deref(), Some("Jürgen Müller"));
+        assert_eq!(mail.from_addr.as_deref(), Some("jm@example.net"));
+        let note = mail.parse_note.as_deref().unwrap_or_default();
+        assert!(
+            note.contains("the Subject was raw 8-bit text; decoded as iso-8859-1"),
+            "{note}"
+        );
+        // Nothing declared: windows-1252 ("€" is 0x80 there).
+        let mail = parse(
+            b"From: a@example.net\r\nSubject: 100 \x80 f\xfcr =?utf-8?q?caf=C3=A9?=\r\n\r\nx\r\n",
+        );
+        assert_eq!(mail.subject, "100 € für café");
+        assert!(
+            mail.parse_note
+                .as_deref()
+                .is_some_and(|n| n.contains("decoded as windows-1252"))
+        );
+        // Valid UTF-8 is left alone, without a note.
+        let mail = parse("From: a@example.net\r\nSubject: Grüße\r\n\r\nx\r\n".as_bytes());
+        assert_eq!(mail.subject, "Grüße");
+        assert!(mail.parse_note.is_none());
+    }
+
+    #[test]
+    fn a_boundary_in_mid_line_is_noted() {
+        let raw = b"From: a@example.net\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=\"XY\"\r\n\r\n\
+--XY\r\nContent-Type: text/plain\r\n\r\nthe log says --XY and then more\r\nsecond line\r\n--XY--\r\n";
+        let mail = parse(raw);
+        let at = raw.windows(4).rposition(|w| w == b" --X").expect("there") + 1;
+        let note = mail.parse_note.as_deref().unwrap_or_default();
+        assert!(
+            note.contains(&format!(
+                "a MIME boundary appears in the middle of a line at byte {at}"
+            )),
+            "{note}"
+        );
+    }
+
+    #[test]
+    fn digest_parts_are_messages() {
+        let raw = b"From: a@example.net\r\nSubject: digest\r\nContent-Type: multipart/digest; boundary=D\r\n\r\n\
+--D\r\n\r\nFrom: b@example.net\r\nSubject: one\r\n\r\nfirst\r\n--D\r\n\r\nFrom: c@example.net\r\nSubject: two\r\n\r\nsecond\r\n--D--\r\n";
+        let mail = parse(raw);
+        let kinds: Vec<&str> = mail
+            .attachments
+            .iter()
+            .map(|a| a.content_type.as_str())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["message/rfc822", "message/rfc822"],
+            "{:?}",
+            mail.attachments
+        );
+        let first = mail.attachments[0].content.as_deref().unwrap_or_default();
+        assert!(String::from_utf8_lossy(first).contains("Subject: one"));
+    }
+
+    #[test]
+    fn empty_nameless_parts_are_dropped() {
+        let raw = b"From: a@example.net\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=E\r\n\r\n\
+--E\r\nContent-Type: text/plain\r\n\r\nhello\r\n--E\r\nContent-Type: application/octet-stream\r\n\r\n\r\n\
+--E\r\nContent-Type: application/pdf; name=\"empty.pdf\"\r\n\r\n\r\n--E--\r\n";
+        let mail = parse(raw);
+        let names: Vec<Option<&str>> = mail
+            .attachments
+            .iter()
+            .map(|a| a.filename.as_deref())
+            .collect();
+        assert_eq!(names, [Some("empty.pdf")], "a named empty file stays");
+        assert!(mail.body_text.contains("hello"));
+        assert!(
+            mail.parse_note
+                .as_deref()
+                .is_some_and(|n| n.contains("an empty part without a name was dropped"))
+        );
+    }
+
+    #[test]
+    fn the_only_text_becomes_the_body() {
+        let raw = b"From: a@example.net\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=T\r\n\r\n\
+--T\r\nContent-Type: text/plain\r\nContent-Disposition: attachment\r\n\r\nthe printer is on fire\r\n\
+--T\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Disposition: attachment; filename=\"r.pdf\"\r\n\r\n%PDF\r\n--T--\r\n";
+        let mail = parse(raw);
+        assert!(
+            mail.body_text.contains("the printer is on fire"),
+            "{:?}",
+            mail.body_text
+        );
+        let names: Vec<Option<&str>> = mail
+            .attachments
+            .iter()
+            .map(|a| a.filename.as_deref())
+            .collect();
+        assert_eq!(names, [Some("r.pdf")]);
+        assert!(
+            mail.parse_note
+                .as_deref()
+                .is_some_and(|n| n.contains("unnamed text/plain part(s)"))
+        );
+    }
+
+    #[test]
+    fn from_addr_is_one_address() {
+        let mail = parse(b"From: ann@example.net, bob@example.net\r\nSubject: s\r\n\r\nx\r\n");
+        assert_eq!(mail.from_addr.as_deref(), Some("ann@example.net"));
+        assert!(mail.parse_note.as_deref().is_some_and(|n| {
+            n.contains("the From header names 2 addresses; the first (ann@example.net)")
+        }));
+        for from in [
+            "Ann ann@example.net",
+            "ann@example.net bob@example.net",
+            "\"Ann\" <ann@example.net> <bob@example.net>",
+            "<ann@example.net>, Bob <bob@example.net>",
+        ] {
+            let mail = parse(format!("From: {from}\r\nSubject: s\r\n\r\nx\r\n").as_bytes());
+            let addr = mail.from_addr.as_deref().unwrap_or("none");
+            assert!(
+                addr == "ann@example.net" || addr == "bob@example.net",
+                "{from} gave {addr}"
+            );
+        }
+        let mail = parse(b"From: Ann Example\r\nSubject: s\r\n\r\nx\r\n");
+        assert_eq!(mail.from_addr, None);
+    }
+
+    #[test]
+    fn the_first_of_repeated_headers_wins() {
+        let raw = b"From: first@example.net\r\nFrom: second@example.net\r\nSubject: first\r\nSubject: second\r\n\
+Date: Tue, 24 Nov 2026 10:00:00 +0000\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\n\
+Message-ID: <first@x>\r\nMessage-ID: <second@x>\r\n\r\nbody\r\n";
+        let mail = parse(raw);
+        assert_eq!(mail.subject, "first");
+        assert_eq!(mail.from_addr.as_deref(), Some("first@example.net"));
+        assert_eq!(mail.sent_at.as_deref(), Some("2026-11-24T10:00:00Z"));
+        assert_eq!(mail.message_id.as_deref(), Some("first@x"));
+        let note = mail.parse_note.as_deref().unwrap_or_default();
+        assert!(
+            note.contains("the mail has 2 Subject headers; the first is used"),
+            "{note}"
+        );
+        assert!(
+            note.contains("the mail has 2 From headers; the first is used"),
+            "{note}"
+        );
+    }
+
+    #[test]
+    fn a_parser_panic_quarantines_the_mail_with_its_raw_bytes() {
+        let raw = b"From: a@example.net\r\nSubject: s\r\n\r\nbody\r\n";
+        let limits = Limits {
+            keep_raw: false,
+            ..Limits::default()
+        };
+        let mail = parse_using(raw, raw.len() as u64, &limits, |_| panic!("a parser bug"));
+        assert_eq!(mail.quarantine.as_deref(), Some("the MIME parser panicked"));
+        assert_eq!(
+            mail.raw.as_ref().map(|r| r.content.as_slice()),
+            Some(&raw[..])
+        );
+        assert!(mail.body_text.contains("body"));
+        assert!(mail.dedup_key.starts_with("sha256:"));
+        // The ordinary path neither quarantines nor keeps the raw mail.
+        let mail = parse_with(raw, &limits);
+        assert!(mail.quarantine.is_none() && mail.raw.is_none());
+        // No recognised header is a note, not a quarantine.
+        let mail = parse_with(b"\x00\xff\xfe garbage", &limits);
+        assert!(mail.quarantine.is_none() && mail.parse_note.is_some());
+    }
+
+    #[test]
+    fn boundaries_that_never_appear_are_not_hunted_for_again_and_again() {
+        // mail-parser alone looks for each boundary to the end of the mail:
+        // 25 s for this 1.8 MiB mail in a release build.
+        let mut raw = b"From: a@example.net\r\nSubject: s\r\n\
+Content-Type: multipart/mixed; boundary=A\r\n\r\n--A\r\n"
+            .to_vec();
+        for i in 0..30_000 {
+            raw.extend_from_slice(
+                format!("Content-Type: multipart/mixed; boundary=never{i}\r\n\r\nx\r\n--A\r\n")
+                    .as_bytes(),
+            );
+        }
+        raw.extend_from_slice(b"--A--\r\n");
+        let mail = parse(&raw);
+        let note = mail.parse_note.as_deref().unwrap_or_default();
+        assert!(
+            note.contains(
+                "finding its MIME parts would take too many passes over the mail at byte"
+            ),
+            "{note}"
+        );
+        let rest = mail.attachments.last().expect("the rest");
+        assert_eq!(rest.content_type, "application/octet-stream");
+        assert!(rest.size > raw.len() / 2, "{}", rest.size);
+        assert!(raw.ends_with(rest.content.as_deref().unwrap_or_default()));
     }
 }

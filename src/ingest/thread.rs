@@ -65,23 +65,36 @@ pub fn new_token() -> String {
 
 /// Whether the subject marks a forward, in the languages Outlook and
 /// Gmail write it: a forward can carry someone else's ticket.
+///
+/// Linear in the subject: each prefix is compared on its own bytes (the
+/// rest is never lower-cased again), and at most [`MAX_PREFIXES`] reply
+/// prefixes are skipped.
 pub fn is_forward(subject: &str) -> bool {
-    const PREFIXES: [&str; 8] = ["fwd:", "fw:", "wg:", "tr:", "rv:", "doorst:", "vs:", "i:"];
+    const FORWARD: [&str; 8] = ["fwd:", "fw:", "wg:", "tr:", "rv:", "doorst:", "vs:", "i:"];
+    const REPLY: [&str; 5] = ["re:", "aw:", "sv:", "antw:", "réf:"];
     let mut rest = subject.trim_start();
     // Past any reply prefixes, e.g. "Re: Fwd: ...".
-    loop {
-        let lower = rest.to_lowercase();
-        if PREFIXES.iter().any(|p| lower.starts_with(p)) {
+    for _ in 0..MAX_PREFIXES {
+        if FORWARD.iter().any(|p| starts_with_lower(rest, p)) {
             return true;
         }
-        let reply = ["re:", "aw:", "sv:", "antw:", "réf:"]
-            .iter()
-            .find(|p| lower.starts_with(*p));
-        match reply {
+        match REPLY.iter().find(|p| starts_with_lower(rest, p)) {
             Some(p) => rest = rest[p.len()..].trim_start(),
             None => return false,
         }
     }
+    false
+}
+
+/// The most reply prefixes [`is_forward`] looks past: no client writes
+/// more, and a subject made of nothing else is no forward.
+pub const MAX_PREFIXES: usize = 1000;
+
+/// Whether `text` starts with `prefix` (lower-case), ignoring case; only
+/// the prefix's own bytes are looked at.
+fn starts_with_lower(text: &str, prefix: &str) -> bool {
+    text.get(..prefix.len())
+        .is_some_and(|head| head.to_lowercase() == prefix)
 }
 
 /// The mail addresses in an address list as the store keeps it
@@ -148,6 +161,20 @@ mod tests {
         ] {
             assert!(!is_forward(s), "{s}");
         }
+    }
+
+    #[test]
+    fn forward_prefixes_are_read_in_linear_time() {
+        // Quadratic before: every prefix lower-cased the whole rest again.
+        let replies = "Re: ".repeat((3 << 20) / 4);
+        assert!(!is_forward(&format!("{replies}x")));
+        assert!(is_forward(&format!("Fwd: {replies}x")));
+        let few = "RE: Aw: ".repeat(10);
+        assert!(is_forward(&format!("{few}FWD: x")));
+        assert!(is_forward("Réf: TR: x"));
+        assert!(is_forward("RÉF: fw: x"));
+        let many = "Re: ".repeat(MAX_PREFIXES);
+        assert!(!is_forward(&format!("{many}Fwd: x")), "past the bound");
     }
 
     #[test]
