@@ -604,12 +604,15 @@ pub fn run_once_binary(config: &Path) -> std::process::Output {
 }
 
 /// Runs the binary with `args` to its end; its exit status, stdout and
-/// stderr, and its peak resident set size in bytes (from wait4).
-// The child is reaped by wait4 below, which std cannot see.
-#[allow(clippy::zombie_processes)]
+/// stderr, and its peak resident set size in bytes.
+///
+/// The peak is the kernel's high-water mark of the child's own address
+/// space (`VmHWM`), read until it exits: it only grows, and every run ends
+/// with work after its peak (commit, after-step, logout). Not wait4's
+/// `ru_maxrss`: that also counts the test process the child was forked
+/// from, before its exec.
 pub fn run_measured(args: &[&str]) -> (std::process::ExitStatus, String, String, u64) {
     use std::io::Read as _;
-    use std::os::unix::process::ExitStatusExt as _;
     let mut child = std::process::Command::new(binary())
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -629,18 +632,26 @@ pub fn run_measured(args: &[&str]) -> (std::process::ExitStatus, String, String,
         let _ = err.read_to_string(&mut s);
         s
     });
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: zeroed rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our own unreaped child; both pointers are valid.
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(reaped, pid, "wait4");
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        let hwm = std::fs::read_to_string(&status_file)
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        peak_kib = peak_kib.max(hwm);
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let out = out.join().expect("stdout thread");
     let err = err.join().expect("stderr thread");
-    // ru_maxrss is in KiB on Linux.
-    let peak = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
-    (std::process::ExitStatus::from_raw(status), out, err, peak)
+    (status, out, err, peak_kib * 1024)
 }
 
 /// `mail2ticket -c CONFIG check [READER]`: (exit code, stdout, stderr).
