@@ -448,14 +448,30 @@ fn hostile_mails_between_ordinary_ones_never_stop_the_mailbox() {
             "ordinary mail {i}\n{stdout}"
         );
     }
-    // Every hostile one is a ticket that says what was left out, or set aside.
+    // Every hostile one is a ticket that says what was left out, or set
+    // aside; the report about mail that is not ours is what the guard
+    // makes of any such report.
     for id in &hostile_ids {
+        let visible = if id.starts_with("huge-report") {
+            "disposition = 'ignored: bounce (multipart/report; report-type=delivery-status)'"
+        } else {
+            "(disposition = 'ticket' AND (parse_note IS NOT NULL OR limit_note IS NOT NULL))
+              OR disposition LIKE 'quarantined: %'"
+        };
         let n = counts(&format!(
-            "SELECT COUNT(*) FROM emails WHERE (message_id = '{id}' OR subject LIKE '%{id}%')
-               AND ((disposition = 'ticket' AND (parse_note IS NOT NULL OR limit_note IS NOT NULL))
-                    OR disposition LIKE 'quarantined: %')"
+            "SELECT COUNT(*) FROM emails WHERE message_id = '{id}' AND ({visible})"
         ));
-        assert_eq!(n, 1, "hostile mail {id}");
+        if n != 1 {
+            let rows: Vec<(String, Option<String>, Option<String>)> = runtime.block_on(async {
+                sqlx::query_as(&format!(
+                    "SELECT disposition, parse_note, limit_note FROM emails WHERE message_id = '{id}'"
+                ))
+                .fetch_all(&env.db().await)
+                .await
+                .expect("rows")
+            });
+            panic!("hostile mail {id}: {rows:?}");
+        }
     }
     assert_eq!(counts("SELECT COUNT(*) FROM emails"), 11);
     let state = runtime.block_on(env.state("desk"));
