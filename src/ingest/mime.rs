@@ -571,18 +571,21 @@ fn decode_qp(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `levels` message/rfc822 parts, each inside the one before: the shape
+/// whose parse tree once overflowed the stack when dropped.
+#[cfg(test)]
+pub(crate) fn nested_messages(levels: usize) -> Vec<u8> {
+    let mut raw = b"From: a@example.net\r\nSubject: deep\r\nMessage-ID: <deep@x>\r\n".to_vec();
+    for _ in 0..levels {
+        raw.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
+    }
+    raw.extend_from_slice(b"From: b@example.net\r\nSubject: bottom\r\n\r\nbottom text\r\n");
+    raw
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn nested_messages(levels: usize) -> Vec<u8> {
-        let mut raw = b"From: a@example.net\r\nSubject: deep\r\n".to_vec();
-        for _ in 0..levels {
-            raw.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
-        }
-        raw.extend_from_slice(b"Subject: bottom\r\n\r\nbottom text\r\n");
-        raw
-    }
 
     #[test]
     fn shallow_mail_is_not_cut() {
@@ -603,7 +606,7 @@ Content-Type: text/plain\r\n\r\nhi\r\n--A--\r\n";
         let raw = nested_messages(MAX_NESTING + 1);
         let cut = scan(&raw).cut.expect("a cut");
         assert_eq!(cut.why, CutReason::Nesting);
-        let header = b"From: a@example.net\r\nSubject: deep\r\n".len();
+        let header = b"From: a@example.net\r\nSubject: deep\r\nMessage-ID: <deep@x>\r\n".len();
         let level = b"Content-Type: message/rfc822\r\n\r\n".len();
         assert_eq!(cut.at, header + (MAX_NESTING + 1) * level);
     }

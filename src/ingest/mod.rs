@@ -173,10 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_is_parsed_in_order_off_the_async_threads() {
-        let mut deep = b"From: a@example.net\r\nSubject: deep\r\n".to_vec();
-        for _ in 0..40_000 {
-            deep.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
-        }
+        let deep = mime::nested_messages(40_000);
         let plain = b"From: b@example.net\r\nSubject: plain\r\n\r\nhello\r\n".to_vec();
         let policy = Arc::new(MailPolicy::default());
         let parsed = parse_batch(

@@ -1206,15 +1206,7 @@ Content-Type: multipart/mixed; boundary=\"A\"\r\n\r\n--B\r\nContent-Type: text/p
         );
     }
 
-    /// `levels` message/rfc822 parts, each inside the one before.
-    fn nested_messages(levels: usize) -> Vec<u8> {
-        let mut raw = b"From: a@example.net\r\nSubject: deep\r\nMessage-ID: <deep@x>\r\n".to_vec();
-        for _ in 0..levels {
-            raw.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
-        }
-        raw.extend_from_slice(b"From: b@example.net\r\nSubject: bottom\r\n\r\nbottom text\r\n");
-        raw
-    }
+    use super::super::mime::nested_messages;
 
     /// The cut the note states, and the opaque rest.
     fn assert_cut_at_the_limit(mail: &ParsedMail, raw: &[u8]) {

@@ -435,13 +435,7 @@ impl Session {
                 self.inner.uid_fetch(uid_set(chunk), "(UID RFC822.SIZE)"),
             )
             .await?;
-            loop {
-                let next = progress
-                    .wait(t, stream.next())
-                    .await
-                    .map_err(|_| timed_out("UID FETCH", t))?;
-                let Some(item) = next else { break };
-                let fetch = item.map_err(|e| protocol_error("UID FETCH", e))?;
+            while let Some(fetch) = next_fetch(&progress, t, &mut stream).await? {
                 if let (Some(uid), Some(size)) = (fetch.uid, fetch.size) {
                     sizes.insert(uid, u64::from(size));
                 }
@@ -472,15 +466,7 @@ impl Session {
         )
         .await?;
         let mut mails = Vec::with_capacity(uids.len());
-        loop {
-            // One response can be a whole large mail: wait while it keeps
-            // arriving, give up when it stalls.
-            let next = progress
-                .wait(t, stream.next())
-                .await
-                .map_err(|_| timed_out("UID FETCH", t))?;
-            let Some(item) = next else { break };
-            let fetch = item.map_err(|e| protocol_error("UID FETCH", e))?;
+        while let Some(fetch) = next_fetch(&progress, t, &mut stream).await? {
             // Unsolicited FETCH responses (flag changes) carry no body.
             if let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) {
                 let declared = sizes.get(&uid).copied().unwrap_or(0);
@@ -551,6 +537,24 @@ impl Session {
     async fn logout(mut self) {
         let _ = tokio::time::timeout(self.timeout, self.inner.logout()).await;
     }
+}
+
+/// The next response of a `UID FETCH`. One response can be a whole large
+/// mail: this waits while its bytes keep arriving and gives up only when
+/// they stall for `t`.
+async fn next_fetch<S>(
+    progress: &Progress,
+    t: Duration,
+    stream: &mut S,
+) -> Result<Option<async_imap::types::Fetch>, ImapError>
+where
+    S: futures::Stream<Item = Result<async_imap::types::Fetch, async_imap::error::Error>> + Unpin,
+{
+    let next = progress
+        .wait(t, stream.next())
+        .await
+        .map_err(|_| timed_out("UID FETCH", t))?;
+    next.transpose().map_err(|e| protocol_error("UID FETCH", e))
 }
 
 async fn authenticate(

@@ -526,6 +526,37 @@ impl Env {
         assert_eq!(counts, (n, n, n), "(tickets, emails, distinct mails)");
     }
 
+    /// Four mails `mail(i)` were stored in order, except that mail `big`
+    /// was one of `big_len` bytes over a 1 MiB `max_email_size`: its row has
+    /// its full size and the note that only its first 1 MiB was fetched,
+    /// the others their own size and no note.
+    pub async fn assert_only_one_mail_was_cut(&self, big: usize, big_len: usize) {
+        let rows: Vec<(String, i64, Option<String>)> =
+            sqlx::query_as("SELECT subject, size, limit_note FROM emails ORDER BY id")
+                .fetch_all(&self.db().await)
+                .await
+                .expect("emails");
+        assert_eq!(rows.len(), 4, "{rows:?}");
+        for (i, (subject, size, note)) in rows.iter().enumerate() {
+            assert_eq!(subject, &super::mail::subject(i));
+            if i == big {
+                assert_eq!(*size, big_len as i64, "the full size, not the fetched");
+                let note = note.as_deref().unwrap_or_default();
+                assert!(
+                    note.starts_with(&format!(
+                        "the mail ({}) is larger than max_email_size (1.0 MiB): \
+                         only its first 1.0 MiB were fetched",
+                        mail2ticket::ingest::human_size(big_len as u64)
+                    )),
+                    "{note}"
+                );
+            } else {
+                assert_eq!(*size, super::mail::mail(i).len() as i64);
+                assert_eq!(note, &None, "{subject}");
+            }
+        }
+    }
+
     /// Ledger rows (IMAP `source_positions` or POP3 `pop3_uidls`) whose
     /// after-step has not been done yet.
     pub async fn pending(&self, table: &str) -> i64 {
