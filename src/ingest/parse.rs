@@ -228,11 +228,16 @@ where
             )
         }
     };
-    if let Some(at) = scan.midline_boundary.filter(|&at| at < parsed_len) {
+    // mail-parser ends a part at its boundary wherever it stands in a
+    // line, so the rest of that line and part is lost to the body: the raw
+    // mail is kept so that nothing is.
+    let midline = scan.midline_boundary.filter(|&at| at < parsed_len);
+    if let Some(at) = midline {
         add_note(
             &mut mail,
             format!(
-                "a MIME boundary appears in the middle of a line at byte {at}: the part before it ends there"
+                "a MIME boundary appears in the middle of a line at byte {at}: the part before it \
+                 ends there; the raw mail is kept (raw_blob) with the rest of its text"
             ),
         );
     }
@@ -244,7 +249,7 @@ where
         .unwrap_or(usize::MAX)
         .max(raw.len());
     apply_limits(&mut mail, limits, raw.len());
-    if limits.keep_raw || quarantine.is_some() {
+    if limits.keep_raw || quarantine.is_some() || midline.is_some() {
         mail.raw = Some(RawMail {
             content: raw.to_vec(),
             sha256: format!("{:x}", Sha256::digest(raw)),
@@ -252,8 +257,10 @@ where
         if let Some(note) = &mut mail.limit_note {
             let why = if limits.keep_raw {
                 "keep_raw"
-            } else {
+            } else if quarantine.is_some() {
                 "quarantined"
+            } else {
+                "a boundary in mid-line"
             };
             note.push_str(&if raw.len() < mail.size {
                 format!(
@@ -1400,6 +1407,19 @@ Content-Type: text/plain; charset=iso-8859-1\r\n\r\nK\xf6ln\r\n";
             )),
             "{note}"
         );
+        // What the body lost is in the raw mail, kept whatever keep_raw says.
+        let kept = mail.raw.as_ref().expect("the raw mail is kept");
+        assert_eq!(kept.content, raw);
+        assert!(
+            !mail.body_text.contains("and then more"),
+            "{}",
+            mail.body_text
+        );
+        let plain = parse(
+            b"From: a@example.net\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=\"XY\"\r\n\r\n\
+--XY\r\nContent-Type: text/plain\r\n\r\nno boundary in here\r\n--XY--\r\n",
+        );
+        assert!(plain.raw.is_none() && plain.parse_note.is_none());
     }
 
     #[test]
