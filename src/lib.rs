@@ -19,15 +19,17 @@
 //!   protocol's STARTTLS); owns every trust decision.
 //! * [`source`]: one module per mailbox protocol ([`source::imap`],
 //!   [`source::pop3`] with its wire protocol beside it); finds new mail,
-//!   fetches it, and runs the after-step (seen, delete, move) once the
+//!   fetches it in batches bounded by bytes (a mail over the size limit
+//!   only in part), and runs the after-step (seen, delete, move) once the
 //!   commit is done; IMAP IDLE lives here too.
-//! * [`ingest`]: raw bytes to a parsed mail (never fails), size limits,
-//!   and what the mail is: the loop guard ([`ingest::guard`]), routing
+//! * [`ingest`]: raw bytes to a parsed mail (never fails), with the MIME
+//!   nesting bounded (`ingest/mime.rs`), size limits, and what the mail is: the loop guard ([`ingest::guard`]), routing
 //!   rules ([`ingest::rules`]), how it names its ticket ([`ingest::thread`]).
 //! * [`store`]: SQLite through sqlx: schema, exactly-once commits with each
 //!   protocol's ledger (IMAP folder positions, POP3 UIDLs), the ticket each
 //!   mail opens or joins (threading, dedup, rate limit, contents stored
-//!   once, acknowledgements queued), reader health, sealed tokens.
+//!   once, acknowledgements queued), the quarantine of mail that cannot be
+//!   stored, reader health, sealed tokens.
 //! * [`outbound`]: the acknowledgements the store queued, rendered and sent
 //!   over SMTP submission with the reader's login, retried from the outbox;
 //!   never in the way of ingest.
