@@ -23,8 +23,9 @@
 //!   only in part), and runs the after-step (seen, delete, move) once the
 //!   commit is done; IMAP IDLE lives here too.
 //! * [`ingest`]: raw bytes to a parsed mail (never fails), with the MIME
-//!   nesting bounded (`ingest/mime.rs`), size limits, and what the mail is: the loop guard ([`ingest::guard`]), routing
-//!   rules ([`ingest::rules`]), how it names its ticket ([`ingest::thread`]).
+//!   nesting bounded (`ingest/mime.rs`), size limits, and what the mail
+//!   is: the loop guard ([`ingest::guard`]), routing rules
+//!   ([`ingest::rules`]), how it names its ticket ([`ingest::thread`]).
 //! * [`store`]: SQLite through sqlx: schema, exactly-once commits with each
 //!   protocol's ledger (IMAP folder positions, POP3 UIDLs), the ticket each
 //!   mail opens or joins (threading, dedup, rate limit, contents stored
