@@ -131,6 +131,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     };
     let mut triggers =
         Triggers::new(&config.path, config.daemon.watch_config).map_err(StartError::Signal)?;
+    let _claimed = Store::claim_for_daemon(&config.store)?;
     let ctx = start(&config).await?;
     let readers = register(&ctx, &config).await?;
     for r in &readers {

@@ -17,8 +17,8 @@ use common::metrics::{Metrics, scrape, scrape_openmetrics, wait_for_metrics};
 use common::proxy::is_command;
 use common::setup::{
     DaemonProcess, Env, PASSWORD, ReaderSpec, USER, assert_no_secret_in, free_port, health_binary,
-    http_get, run_once_binary, status_binary, status_json, status_reader, wait_for_http_status,
-    wait_until,
+    http_get, run_binary, run_once_binary, status_binary, status_json, status_reader,
+    wait_for_http_status, wait_until,
 };
 use common::{NotifySocket, Proxy, mail, message_id};
 use serde_json::Value;
@@ -1016,4 +1016,44 @@ fn metrics_parser_reads_labels_escapes_and_families() {
         Metrics::parse("# TYPE a gauge\n# EOF\na 1\n").is_err(),
         "# EOF not last"
     );
+}
+
+/// Two `run` processes on one database would beat the same heartbeat row;
+/// the second is refused, naming the first, until the first is gone (even
+/// by SIGKILL: the kernel drops the lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_the_same_database_is_refused_while_the_first_lives() {
+    let env = Env::start();
+    env.dovecot.deliver(USER, &mail(0));
+    let loaded = env.config(&[env.reader("desk")]);
+    env.init_db(&loaded).await;
+    let config = loaded.path.clone();
+    let mut first = env.spawn_service(&config, &[]);
+    assert!(wait_ingested(&env, 0, WAIT).await, "{}", first.stderr());
+    let path = config.to_str().expect("utf-8 path");
+    let (code, _, err) =
+        block_in_place(|| run_binary(&["-c", path, "run"], Duration::from_secs(30)));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("another `mail2ticket run` uses database")
+            && err.contains(&format!("pid {} on ", first.pid())),
+        "{err}"
+    );
+    assert!(first.is_running(), "the first one is untouched");
+
+    block_in_place(|| {
+        first.signal("KILL");
+        first.wait_for_exit(Duration::from_secs(10))
+    })
+    .expect("killed");
+    let mut second = env.spawn_service(&config, &[]);
+    env.dovecot.deliver(USER, &mail(1));
+    assert!(
+        wait_ingested(&env, 1, WAIT).await,
+        "the lock went with the killed process: {}",
+        second.stderr()
+    );
+    assert!(second.is_running());
+    second.terminate();
+    block_in_place(|| second.wait_for_exit(Duration::from_secs(40))).expect("stops");
 }

@@ -57,6 +57,20 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error(
+        "another `mail2ticket run` uses database {}: {holder} (lock file {}); \
+         stop it first, or give this one its own [store] database", .database.display(), .lock.display()
+    )]
+    InUse {
+        database: std::path::PathBuf,
+        lock: std::path::PathBuf,
+        holder: String,
+    },
+    #[error("cannot lock database {}: {source}", .lock.display())]
+    Lock {
+        lock: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// A batch failed, and so did setting its failing mail aside: the
     /// database itself is at fault, not the mail.
     #[error("database error: {0} (and the mail could not be set aside in the quarantine either)")]
@@ -99,6 +113,13 @@ impl StoreError {
 pub struct Store {
     pool: SqlitePool,
     key: std::sync::Arc<StoreKey>,
+}
+
+/// The lock of [`Store::claim_for_daemon`]; the database is claimed while
+/// it lives.
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: std::fs::File,
 }
 
 /// Where a reader stands; kept in `readers.state`.
@@ -257,6 +278,56 @@ impl Store {
             return Err(StoreError::Missing { file });
         }
         Store::open(config).await
+    }
+
+    /// Claims the database for one `run` process: an exclusive lock on
+    /// `DATABASE.lock`, held for the life of the returned value and
+    /// released by the kernel however the process ends. A second `run` on
+    /// the same file is refused, naming the pid and host of the first:
+    /// both would beat the same heartbeat row, and `health` could not tell
+    /// when one died.
+    pub fn claim_for_daemon(config: &StoreConfig) -> Result<DaemonLock, StoreError> {
+        use std::io::{Read as _, Seek as _, Write as _};
+        let database = Store::options(config)?.get_filename().to_path_buf();
+        let mut name = database.clone().into_os_string();
+        name.push(".lock");
+        let lock = std::path::PathBuf::from(name);
+        let fail = |source| StoreError::Lock {
+            lock: lock.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock)
+            .map_err(fail)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(StoreError::InUse {
+                    database,
+                    lock,
+                    holder: if holder.is_empty() {
+                        "a process that did not say which".to_string()
+                    } else {
+                        holder.to_string()
+                    },
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(fail(e)),
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "an unknown host".to_string());
+        file.set_len(0).map_err(fail)?;
+        file.rewind().map_err(fail)?;
+        writeln!(file, "pid {} on {host}", std::process::id()).map_err(fail)?;
+        Ok(DaemonLock { _file: file })
     }
 
     /// Opens (creating if missing) the database, applies migrations and

@@ -1008,6 +1008,11 @@ impl DaemonProcess {
         self.child.pid()
     }
 
+    /// Sends signal `name` (e.g. `"KILL"`).
+    pub fn signal(&self, name: &str) {
+        self.child.signal(name);
+    }
+
     pub fn hangup(&self) {
         self.child.hangup();
     }
