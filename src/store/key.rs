@@ -69,7 +69,8 @@ impl StoreKey {
         if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
             let path = Path::new(&dir).join("mail2ticket.key");
             if path.exists() {
-                return StoreKey::read(&path);
+                // systemd owns this directory and who may read it.
+                return StoreKey::read_trusted(&path);
             }
         }
         let mut name = database_file.as_os_str().to_owned();
@@ -88,18 +89,33 @@ impl StoreKey {
         &self.path
     }
 
+    /// Reads a key file that only its owner may read: a key others can
+    /// read unseals every stored token, so it is refused, not warned about.
     fn read(path: &Path) -> Result<StoreKey, KeyError> {
+        let meta = std::fs::metadata(path).map_err(|e| KeyError::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(KeyError::File {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "group or others may access it (mode {:03o}); run `chmod 600 {}` \
+                     (as its owner, the daemon's user)",
+                    mode & 0o777,
+                    path.display()
+                ),
+            });
+        }
+        StoreKey::read_trusted(path)
+    }
+
+    fn read_trusted(path: &Path) -> Result<StoreKey, KeyError> {
         let fail = |reason: String| KeyError::File {
             path: path.to_path_buf(),
             reason,
         };
-        let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                "store key file is readable by group or others; chmod 600 it"
-            );
-        }
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         let bytes = decode_hex(text.trim())
             .filter(|b| b.len() == 32)
@@ -210,6 +226,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_key_others_may_read_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store.key");
+        std::fs::write(&path, "ab".repeat(32)).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let err =
+            StoreKey::locate(Some(&path), &dir.path().join("m.db"), false).expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("mode 640") && text.contains(&format!("chmod 600 {}", path.display())),
+            "{text}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        StoreKey::locate(Some(&path), &dir.path().join("m.db"), false).expect("accepted");
+    }
+
+    #[test]
     fn generated_key_is_private_and_round_trips() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("m.db");
@@ -258,6 +292,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("k");
         std::fs::write(&path, "not hex").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let err = StoreKey::locate(Some(&path), Path::new("unused"), true).unwrap_err();
         assert!(err.to_string().contains("64 hex digits"), "{err}");
         let missing =
