@@ -619,6 +619,11 @@ mod tests {
         drop(store(&dir).await);
         let other_key = dir.path().join("other.key");
         std::fs::write(&other_key, "11".repeat(32)).expect("write key");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&other_key, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod key");
+        }
         let config = StoreConfig {
             database: format!("sqlite://{}", dir.path().join("t.db").display()),
             key_file: Some(other_key),
