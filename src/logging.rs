@@ -10,23 +10,38 @@
 //! a reader never writes a credential into the journal.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{FilterFn, filter_fn};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::LogFormat;
-use tracing_subscriber::filter::Directive;
 
-/// Targets whose TRACE output includes credentials, and the level they are
-/// capped at.
-const CAPPED: &[&str] = &["async_imap=debug"];
+/// Targets (and everything below them) whose TRACE output includes
+/// credentials: async-imap traces every line it writes, AUTHENTICATE and
+/// LOGIN included.
+const CAPPED: &[&str] = &["async_imap"];
 
-/// The filter: `RUST_LOG` (or `info`), with [`CAPPED`] applied on top.
+/// Whether `target` is [`CAPPED`] or a module below one.
+fn capped(target: &str) -> bool {
+    CAPPED.iter().any(|c| {
+        target == *c
+            || target
+                .strip_prefix(c)
+                .is_some_and(|rest| rest.starts_with("::"))
+    })
+}
+
+/// The filter `RUST_LOG` (or `info`) asks for.
 pub fn filter() -> EnvFilter {
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    for directive in CAPPED {
-        if let Ok(d) = directive.parse::<Directive>() {
-            filter = filter.add_directive(d);
-        }
-    }
-    filter
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Drops TRACE events and spans of [`CAPPED`] targets. Applied after
+/// `RUST_LOG`, not as a directive in it: a more specific directive (say
+/// `async_imap::imap_stream=trace`) would win over a directive for the
+/// crate, whatever order they come in.
+pub fn cap() -> FilterFn {
+    filter_fn(|meta| !(*meta.level() == tracing::Level::TRACE && capped(meta.target())))
 }
 
 /// Installs the subscriber for the process.
@@ -35,11 +50,26 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter())
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.finish().with(cap()).init(),
         LogFormat::Json => builder
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .finish()
+            .with(cap())
             .init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_covers_the_crate_and_its_modules_only() {
+        assert!(capped("async_imap"));
+        assert!(capped("async_imap::imap_stream"));
+        assert!(!capped("async_imap_other"));
+        assert!(!capped("mail2ticket::source::imap"));
     }
 }
