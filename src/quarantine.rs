@@ -116,7 +116,13 @@ pub async fn retry(
     let store = Store::open_existing(&config.store).await?;
     let ids = match which {
         Which::One(id) => vec![id],
-        Which::All => store.quarantined_ids().await?,
+        Which::All => store
+            .status_view()
+            .quarantine(None)
+            .await?
+            .into_iter()
+            .map(|e| e.id)
+            .collect(),
     };
     let mut results = Vec::with_capacity(ids.len());
     for id in ids {

@@ -22,6 +22,11 @@ use crate::ingest::Incoming;
 /// How every quarantined mail's disposition starts.
 pub const QUARANTINED: &str = "quarantined: ";
 
+/// The condition for "in the quarantine", word for word the one of the
+/// partial index `emails_quarantined` (migration 0006): SQLite uses that
+/// index only for a query that states its condition.
+const IS_QUARANTINED: &str = "disposition LIKE 'quarantined: %'";
+
 /// What `drop` turns a quarantined mail's disposition into (followed by
 /// the reason it had, in parentheses).
 const DROPPED: &str = "ignored: dropped";
@@ -90,7 +95,7 @@ impl StatusView {
         }
         Ok(sqlx::query_as(&format!(
             "SELECT {ENTRY_COLUMNS} FROM emails
-             WHERE disposition LIKE 'quarantined: %' AND (?1 IS NULL OR reader = ?1)
+             WHERE {IS_QUARANTINED} AND (?1 IS NULL OR reader = ?1)
              ORDER BY id"
         ))
         .bind(reader)
@@ -104,7 +109,7 @@ impl StatusView {
         id: i64,
     ) -> Result<Option<(QuarantineEntry, Vec<u8>)>, StoreError> {
         let entry: Option<QuarantineEntry> = sqlx::query_as(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM emails WHERE id = ? AND disposition LIKE 'quarantined: %'"
+            "SELECT {ENTRY_COLUMNS} FROM emails WHERE id = ? AND {IS_QUARANTINED}"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -124,32 +129,22 @@ impl StatusView {
         if !self.has_migration(super::TICKET_SEMANTICS).await? {
             return Ok(Vec::new());
         }
-        Ok(sqlx::query_as(
-            "SELECT reader, COUNT(*) FROM emails WHERE disposition LIKE 'quarantined: %'
-             GROUP BY reader ORDER BY reader",
-        )
+        Ok(sqlx::query_as(&format!(
+            "SELECT reader, COUNT(*) FROM emails WHERE {IS_QUARANTINED}
+             GROUP BY reader ORDER BY reader"
+        ))
         .fetch_all(&self.pool)
         .await?)
     }
 }
 
 impl Store {
-    /// Ids of the quarantined mails, oldest first.
-    pub async fn quarantined_ids(&self) -> Result<Vec<i64>, StoreError> {
-        let rows: Vec<(i64,)> = sqlx::query_as(
-            "SELECT id FROM emails WHERE disposition LIKE 'quarantined: %' ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
-    }
-
     /// The reader and raw bytes of a quarantined mail, to parse it again.
     pub async fn quarantined_raw(&self, id: i64) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(&format!(
             "SELECT e.reader, b.content FROM emails e JOIN blobs b ON b.key = e.raw_blob
-             WHERE e.id = ? AND e.disposition LIKE 'quarantined: %'",
-        )
+             WHERE e.id = ? AND {IS_QUARANTINED}"
+        ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?)
@@ -165,9 +160,9 @@ impl Store {
         incoming: &Incoming,
     ) -> Result<Retried, StoreError> {
         let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
-        let row: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT reader, raw_blob FROM emails WHERE id = ? AND disposition LIKE 'quarantined: %'",
-        )
+        let row: Option<(String, Option<String>)> = sqlx::query_as(&format!(
+            "SELECT reader, raw_blob FROM emails WHERE id = ? AND {IS_QUARANTINED}"
+        ))
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
@@ -229,9 +224,9 @@ impl Store {
     /// with its raw bytes. False when no quarantined mail has this id.
     pub async fn drop_quarantined(&self, id: i64) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT reader, disposition FROM emails WHERE id = ? AND disposition LIKE 'quarantined: %'",
-        )
+        let row: Option<(String, String)> = sqlx::query_as(&format!(
+            "SELECT reader, disposition FROM emails WHERE id = ? AND {IS_QUARANTINED}"
+        ))
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
