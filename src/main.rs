@@ -285,7 +285,6 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
 
 async fn quarantine(config: &Config, action: QuarantineAction) -> anyhow::Result<ExitCode> {
     use mail2ticket::quarantine::{self, Which};
-    use mail2ticket::store::Retried;
     match action {
         QuarantineAction::List { reader, json } => {
             let entries = quarantine::list(config, reader.as_deref()).await?;
@@ -319,31 +318,11 @@ async fn quarantine(config: &Config, action: QuarantineAction) -> anyhow::Result
             if results.is_empty() {
                 println!("the quarantine is empty");
             }
-            let mut ok = true;
-            for (id, result) in results {
-                match result {
-                    Ok(Retried::Stored { email, disposition }) => {
-                        println!("mail {id}: stored as email {email} ({disposition})");
-                    }
-                    Ok(Retried::StillQuarantined(why)) => {
-                        ok = false;
-                        println!("mail {id}: still quarantined: {why}");
-                    }
-                    Ok(Retried::NotQuarantined) => {
-                        ok = false;
-                        println!("mail {id}: not in the quarantine");
-                    }
-                    Err(e) => {
-                        ok = false;
-                        println!("mail {id}: error: {e}");
-                    }
-                }
-            }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            let lines = results
+                .into_iter()
+                .map(|(id, result)| (format!("mail {id}"), quarantine::settled(result)))
+                .collect();
+            Ok(report(lines, String::clone))
         }
         QuarantineAction::Drop { id } => {
             if quarantine::drop(config, id).await? {

@@ -155,6 +155,19 @@ async fn retry_one(config: &Config, store: &Store, id: i64) -> Result<Retried, Q
     Ok(store.retry_quarantined(id, incoming).await?)
 }
 
+/// What became of one retried mail, for a person: `Ok` when it is stored
+/// now, `Err` with the reason when it is not.
+pub fn settled(result: Result<Retried, QuarantineError>) -> Result<String, String> {
+    match result {
+        Ok(Retried::Stored { email, disposition }) => {
+            Ok(format!("stored as email {email} ({disposition})"))
+        }
+        Ok(Retried::StillQuarantined(why)) => Err(format!("still quarantined: {why}")),
+        Ok(Retried::NotQuarantined) => Err("not in the quarantine".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Drops a quarantined mail; false when there is none by `id`.
 pub async fn drop(config: &Config, id: i64) -> Result<bool, QuarantineError> {
     let store = Store::open_existing(&config.store).await?;
