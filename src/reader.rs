@@ -109,6 +109,7 @@ fn oauth_request<'r>(reader: &'r ReaderConfig, oauth: &'r OAuthLogin) -> TokenRe
             Protocol::Imap => Service::Imap,
             Protocol::Pop3 => Service::Pop,
         },
+        timeout: reader.timeout,
     }
 }
 

@@ -3,7 +3,8 @@
 //! Owns timing: the poll interval after a success, exponential backoff with
 //! jitter after transient failures (capped at 15 minutes, never shorter
 //! than a Retry-After), parking readers whose failure only a person can fix
-//! (they make no requests until `authorize` or `check` releases them),
+//! (they make no requests until `authorize` or `check` releases them, or
+//! a sign-in made elsewhere shows up in the store),
 //! waiting in IMAP IDLE instead of sleeping for `idle = true` readers, and
 //! independence: a reader that hangs or fails only ever delays itself.
 //! Owns the set of running readers too: [`Scheduler::apply`] brings it in
@@ -20,7 +21,7 @@ use tracing::Instrument as _;
 
 use crate::config::ReaderConfig;
 use crate::reader::{self, Context, Idled, Link};
-use crate::store::ReaderState;
+use crate::store::{ReaderState, TokenVersion};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
@@ -247,7 +248,8 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
             state = state.as_str(),
             "reader stays stopped until an admin acts; see `mail2ticket status`"
         );
-        if !wait_for_release(&ctx, &reader, &cancel).await {
+        let baseline = sign_in_baseline(&ctx, &reader, state).await;
+        if !wait_for_release(&ctx, &reader, &cancel, baseline.as_ref()).await {
             return;
         }
     }
@@ -297,7 +299,8 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
                     error = %e,
                     "reader stopped until an admin acts; see `mail2ticket status`"
                 );
-                if !wait_for_release(&ctx, &reader, &cancel).await {
+                let baseline = sign_in_baseline(&ctx, &reader, e.state()).await;
+                if !wait_for_release(&ctx, &reader, &cancel, baseline.as_ref()).await {
                     break;
                 }
                 tracing::info!("reader released; polling again");
@@ -329,12 +332,39 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
     }
 }
 
+/// What a reader parked for a sign-in compares the stored refresh token
+/// with.
+struct SignInBaseline(Option<TokenVersion>);
+
+/// `None` when a new sign-in is not what the reader waits for: parked for
+/// another reason, or a login without refresh tokens.
+async fn sign_in_baseline(
+    ctx: &Context,
+    reader: &ReaderConfig,
+    state: ReaderState,
+) -> Option<SignInBaseline> {
+    if state != ReaderState::NeedsAuthorization {
+        return None;
+    }
+    let request = reader::token_request(reader)?;
+    match ctx.tokens.sign_in_baseline(&request).await {
+        Ok(version) => Some(SignInBaseline(version)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the stored sign-in");
+            None
+        }
+    }
+}
+
 /// Waits until the reader's row leaves the parked state (a sign-in or a
-/// successful `check` from another process). False when cancelled.
+/// successful `check` from another process), or the store holds a refresh
+/// token other than `baseline`: a sign-in whose release came before this
+/// reader parked would otherwise be missed. False when cancelled.
 async fn wait_for_release(
     ctx: &Context,
     reader: &ReaderConfig,
     cancel: &CancellationToken,
+    baseline: Option<&SignInBaseline>,
 ) -> bool {
     let recheck = PARKED_RECHECK.min(reader.poll_interval);
     loop {
@@ -347,6 +377,16 @@ async fn wait_for_release(
             Ok(_) => return true,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the reader's state");
+            }
+        }
+        if let (Some(baseline), Some(request)) = (baseline, reader::token_request(reader)) {
+            match ctx.tokens.signed_in_since(&request, baseline.0.as_ref()).await {
+                Ok(true) => {
+                    tracing::info!("a newer sign-in is in the database");
+                    return true;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the stored sign-in"),
             }
         }
     }

@@ -944,3 +944,223 @@ async fn a_stopped_reader_stays_stopped_until_check_or_a_config_change() {
     assert_eq!(env.state("helpdesk").await, "ok");
     assert_eq!(env.count("SELECT COUNT(*) FROM tickets").await, 1);
 }
+
+/// The refresh token stored for the test user, decrypted with the store
+/// key (the test reads the database as a second process would).
+async fn stored_refresh_token(config: &mail2ticket::config::Config) -> Option<String> {
+    use secrecy::ExposeSecret;
+    let store = mail2ticket::store::Store::open_existing(&config.store)
+        .await
+        .expect("store");
+    store
+        .load_refresh_token("test", USER)
+        .await
+        .expect("read the token row")
+        .map(|stored| stored.token.expose_secret().to_string())
+}
+
+/// Issue 14, item 4: the daemon holds an old refresh token in memory when
+/// `authorize` (another process) stores a new one. Neither the old token's
+/// rotated successor nor its rejection may touch the new sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_process_neither_overwrites_nor_deletes_a_newer_sign_in() {
+    let env = Env::start();
+    env.idp.set_browser_user(Some(USER));
+    // Access tokens outlive the test: the daemon refreshes only when the
+    // test makes Exchange (Dovecot) refuse its access token.
+    env.idp.set_token_lifetime(Duration::from_secs(3600));
+    let mut reader = env.reader("helpdesk");
+    reader.grant = "authorization_code";
+    let config_path = env.write_config(&[reader]);
+    let config = mail2ticket::config::Config::load(&config_path).expect("config");
+    env.init_db(&config).await;
+    seed_refresh_token(&env, &config).await;
+
+    let _daemon = env.spawn_daemon_binary(&config_path);
+    env.dovecot.deliver(USER, &mail(1));
+    assert!(env.wait_for_tickets(1, Duration::from_secs(30)).await);
+    let daemons_token = stored_refresh_token(&config).await.expect("A, rotated");
+
+    // The password is reset: every token dies, and `authorize` (another
+    // process) stores B. The daemon still holds its old token: its refusal
+    // must not delete B, and the daemon goes on with B by itself.
+    env.idp.revoke_refresh_tokens(USER);
+    let mut authorize = Authorize::start(&config_path, &["helpdesk", "--port", "0"], &[]);
+    let url = authorize.sign_in_url();
+    sign_in_with_browser(&url).await;
+    let (code, output) = authorize.finish();
+    assert_eq!(code, Some(0), "{output}");
+    let b = stored_refresh_token(&config).await.expect("B");
+    assert_ne!(b, daemons_token);
+    let refreshes = env.idp.count("refresh_token");
+    env.idp.revoke_access_tokens();
+    env.dovecot.deliver(USER, &mail(2));
+    assert!(
+        env.wait_for_tickets(2, Duration::from_secs(30)).await,
+        "the daemon went on with the new sign-in; state {}, last_error {:?}",
+        env.state("helpdesk").await,
+        env.last_error("helpdesk").await
+    );
+    assert_eq!(env.state("helpdesk").await, "ok");
+    assert_eq!(
+        env.idp.count("refresh_token"),
+        refreshes + 2,
+        "the old token refused, then B"
+    );
+    let rotated_b = stored_refresh_token(&config).await.expect("B's successor");
+    assert_eq!(
+        env.idp.issued_refresh_tokens().last(),
+        Some(&rotated_b),
+        "B's rotated successor replaced B"
+    );
+
+    // Another sign-in stores C while the daemon holds B's successor, which
+    // still works: the daemon refreshes with it and gets a rotated token
+    // back, which must not replace C.
+    let mut authorize = Authorize::start(&config_path, &["helpdesk", "--port", "0"], &[]);
+    let url = authorize.sign_in_url();
+    sign_in_with_browser(&url).await;
+    let (code, output) = authorize.finish();
+    assert_eq!(code, Some(0), "{output}");
+    let c = stored_refresh_token(&config).await.expect("C");
+    let refreshes = env.idp.count("refresh_token");
+    env.idp.revoke_access_tokens();
+    env.dovecot.deliver(USER, &mail(3));
+    assert!(env.wait_for_tickets(3, Duration::from_secs(30)).await);
+    assert_eq!(env.idp.count("refresh_token"), refreshes + 1);
+    assert_eq!(
+        stored_refresh_token(&config).await.as_deref(),
+        Some(c.as_str()),
+        "the rotated successor of the daemon's older token did not replace C"
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM oauth_tokens").await, 1);
+    assert_eq!(env.state("helpdesk").await, "ok");
+}
+
+/// Issue 14, item 4: a sign-in stored while the reader was on its way to
+/// being parked (its release came first, and found nothing to release) is
+/// noticed by the parked reader itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_reader_resumes_when_another_process_stores_a_sign_in() {
+    let env = Env::start();
+    env.idp.set_token_lifetime(Duration::from_secs(3600));
+    let mut reader = env.reader("helpdesk");
+    reader.grant = "authorization_code";
+    let config_path = env.write_config(&[reader]);
+    let config = mail2ticket::config::Config::load(&config_path).expect("config");
+    env.init_db(&config).await;
+    seed_refresh_token(&env, &config).await;
+
+    let _daemon = env.spawn_daemon_binary(&config_path);
+    env.dovecot.deliver(USER, &mail(1));
+    assert!(env.wait_for_tickets(1, Duration::from_secs(30)).await);
+    env.idp.inject_aad(
+        400,
+        "invalid_grant",
+        50173,
+        "The provided grant has expired due to it being revoked.",
+        1,
+    );
+    env.idp.revoke_access_tokens();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            env.state("helpdesk").await == "needs_authorization"
+        })
+        .await
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM oauth_tokens").await, 0);
+
+    // A token stored without releasing the reader: the release of a
+    // sign-in that raced the parking.
+    env.dovecot.deliver(USER, &mail(2));
+    seed_refresh_token(&env, &config).await;
+    assert_eq!(env.state("helpdesk").await, "needs_authorization");
+    assert!(
+        env.wait_for_tickets(2, Duration::from_secs(30)).await,
+        "the parked reader saw the new sign-in; state {}",
+        env.state("helpdesk").await
+    );
+    assert_eq!(env.state("helpdesk").await, "ok");
+}
+
+/// Issue 14, item 10: the token request is bounded by the reader's
+/// `timeout`, and a slow identity endpoint is called slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_identity_endpoint_is_bounded_by_the_readers_timeout() {
+    let env = Env::start();
+    env.dovecot.deliver(USER, &mail(1));
+    let mut reader = env.reader("helpdesk");
+    reader.timeout = "2s";
+    let config = env.config(&[reader]);
+    env.idp.set_token_delay(Duration::from_secs(6));
+    let last_error = env.failing_poll(&config, "helpdesk").await;
+    assert_eq!(
+        last_error,
+        format!(
+            "identity endpoint {} did not answer within 2s",
+            env.idp.token_url()
+        )
+    );
+    assert_eq!(env.state("helpdesk").await, "retrying");
+    env.idp.set_token_delay(Duration::ZERO);
+    let results = env.poll_once(&config).await;
+    results[0].1.as_ref().expect("recovers once it answers");
+}
+
+/// Issue 14, item 10: during an outage of the identity platform a reader
+/// with a valid access token makes no token request at all, and one that
+/// needs a token asks no more often than its backoff allows: with a 1 s
+/// poll interval, the delays after 1, 2, 3, 4 failures are at least 0.5,
+/// 1, 2 and 4 s, so 10 s of 503s see at most 5 requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_platform_outage_is_met_with_backoff_not_a_storm() {
+    let env = Env::start();
+    env.idp.set_token_lifetime(Duration::from_secs(3600));
+    let config = env.config(&[env.reader("helpdesk")]);
+    let (cancel, daemon) = env.spawn_daemon(&config).await;
+    env.dovecot.deliver(USER, &mail(1));
+    assert!(env.wait_for_tickets(1, Duration::from_secs(30)).await);
+
+    env.idp.set_down(true);
+    let before = env.idp.total_requests();
+    env.dovecot.deliver(USER, &mail(2));
+    assert!(env.wait_for_tickets(2, Duration::from_secs(30)).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        env.idp.total_requests(),
+        before,
+        "the cached access token is used while it is valid"
+    );
+
+    // Exchange now refuses the cached token: a new one is needed, and the
+    // identity platform keeps answering 503.
+    env.idp.revoke_access_tokens();
+    let start = env.idp.total_requests();
+    let outage = tokio::time::Instant::now();
+    env.dovecot.deliver(USER, &mail(3));
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            env.last_error("helpdesk")
+                .await
+                .is_some_and(|e| e.contains("answered HTTP 503"))
+        })
+        .await,
+        "last_error names the outage: {:?}",
+        env.last_error("helpdesk").await
+    );
+    tokio::time::sleep_until(outage + Duration::from_secs(10)).await;
+    let during = env.idp.total_requests() - start;
+    assert!(
+        (1..=5).contains(&during),
+        "{during} token requests in 10 s of 503s"
+    );
+    assert_eq!(env.state("helpdesk").await, "retrying");
+
+    env.idp.set_down(false);
+    assert!(
+        env.wait_for_tickets(3, Duration::from_secs(40)).await,
+        "recovers by itself"
+    );
+    env.stop_daemon(cancel, daemon).await;
+    assert_eq!(env.state("helpdesk").await, "ok");
+}

@@ -149,6 +149,9 @@ pub enum TransportError {
     },
     #[error("cannot build the request: {0}")]
     Request(String),
+    /// Connected, but the answer did not come within this long.
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
 }
 
 /// The HTTP client the token requests go through: no redirects (a token
@@ -159,6 +162,8 @@ pub enum TransportError {
 #[derive(Clone, Debug)]
 pub struct TokenHttp {
     client: reqwest::Client,
+    /// A whole request's bound: connecting, sending, the answer.
+    timeout: Duration,
 }
 
 impl TokenHttp {
@@ -166,11 +171,28 @@ impl TokenHttp {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .timeout(timeout)
             .user_agent(concat!("mail2ticket/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| error_chain(&e))?;
-        Ok(TokenHttp { client })
+        Ok(TokenHttp { client, timeout })
+    }
+
+    /// The same client (and connection pool) with another bound per request.
+    pub fn within(&self, timeout: Duration) -> TokenHttp {
+        TokenHttp {
+            client: self.client.clone(),
+            timeout,
+        }
+    }
+}
+
+/// A failed exchange in words: a request that connected but got no answer
+/// in time is slow, not unreachable.
+fn network_error(e: reqwest::Error, timeout: Duration) -> TransportError {
+    if e.is_timeout() && !e.is_connect() {
+        TransportError::Timeout(timeout)
+    } else {
+        TransportError::Network(error_chain(&e.without_url()))
     }
 }
 
@@ -180,13 +202,14 @@ impl<'c> AsyncHttpClient<'c> for TokenHttp {
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
-            let request = reqwest::Request::try_from(request)
+            let mut request = reqwest::Request::try_from(request)
                 .map_err(|e| TransportError::Request(error_chain(&e)))?;
+            *request.timeout_mut() = Some(self.timeout);
             let response = self
                 .client
                 .execute(request)
                 .await
-                .map_err(|e| TransportError::Network(error_chain(&e.without_url())))?;
+                .map_err(|e| network_error(e, self.timeout))?;
             let status = response.status();
             let retry_after = response
                 .headers()
@@ -201,7 +224,7 @@ impl<'c> AsyncHttpClient<'c> for TokenHttp {
             let body = response
                 .bytes()
                 .await
-                .map_err(|e| TransportError::Network(error_chain(&e.without_url())))?
+                .map_err(|e| network_error(e, self.timeout))?
                 .to_vec();
             // Throttling and server errors mean "later" whatever the body
             // says; other failures without an OAuth body are not OAuth's.

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::config::{Grant, OAuthApp, SecretError, SecretRef};
 use crate::metrics::FailureClass;
-use crate::store::{ReaderState, Store, StoreError};
+use crate::store::{ReaderState, Replaced, Store, StoreError, StoredToken, TokenVersion};
 pub use authorize::{Authorized, CodeFlowOptions, Interaction};
 pub use cloud::{Cloud, Service};
 use credential::Credential;
@@ -43,6 +43,13 @@ pub enum AuthError {
     Rejected(EntraErrorResponse),
     #[error("identity endpoint {url} unreachable: {reason}")]
     Unreachable { url: String, reason: String },
+    /// Reached, but no answer within the reader's `timeout`: the endpoint
+    /// is slow or stalled, not unreachable.
+    #[error(
+        "identity endpoint {url} did not answer within {}",
+        humantime::format_duration(*.after)
+    )]
+    Slow { url: String, after: Duration },
     #[error(
         "identity endpoint {url} answered HTTP {status}{}{}",
         retry_hint(.retry_after),
@@ -128,6 +135,7 @@ impl AuthError {
                 ReaderState::Misconfigured
             }
             AuthError::Unreachable { .. }
+            | AuthError::Slow { .. }
             | AuthError::Unavailable { .. }
             | AuthError::Malformed { .. }
             | AuthError::Store(_) => ReaderState::Retrying,
@@ -145,9 +153,9 @@ impl AuthError {
             AuthError::Secret(_) | AuthError::UnknownApp(_) | AuthError::BadApp { .. } => {
                 FailureClass::Config
             }
-            AuthError::Unreachable { .. } | AuthError::Unavailable { .. } => {
-                FailureClass::Connection
-            }
+            AuthError::Unreachable { .. }
+            | AuthError::Slow { .. }
+            | AuthError::Unavailable { .. } => FailureClass::Connection,
             AuthError::Malformed { .. } => FailureClass::Protocol,
             AuthError::Store(_) => FailureClass::Store,
         }
@@ -178,6 +186,9 @@ pub struct TokenRequest<'a> {
     pub grant: Grant,
     pub password: Option<&'a SecretRef>,
     pub service: Service,
+    /// How long the identity endpoint may take to answer: the reader's
+    /// `timeout`, as for every other network step.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -206,7 +217,11 @@ impl AccountKey {
 #[derive(Default)]
 struct Account {
     /// `None` until read from the database once.
-    refresh: Option<Option<SecretString>>,
+    refresh: Option<Option<StoredToken>>,
+    /// The refresh token this process last saw in the store or sent
+    /// (`Some(None)`: it found none); `None` until it looked. A parked
+    /// reader waits for the store to hold another one.
+    seen: Option<Option<TokenVersion>>,
     access: HashMap<String, CachedToken>,
     /// Why the last refresh token died, so that every reader of the
     /// account reports the real cause, not just "no sign-in".
@@ -219,6 +234,10 @@ struct CachedToken {
     token: SecretString,
     renew_at: Instant,
 }
+
+/// How often one token request may find a newer sign-in in the store and
+/// go again with it, after the identity platform refused the token it had.
+const NEWER_SIGN_IN_RETRIES: usize = 1;
 
 /// Hands out access tokens; shared by all readers of a daemon.
 pub struct TokenStore {
@@ -355,30 +374,38 @@ impl TokenStore {
         account: &mut Account,
     ) -> Result<SecretString, AuthError> {
         let client = self.client(app)?;
+        let http = self.http.within(req.timeout);
         if req.grant.is_app_only() {
             let credential = Credential::for_request(app)?;
             let response = with_credential!(client.exchange_client_credentials(), credential)
                 .add_scopes(scopes(scope))
-                .request_async(&self.http)
+                .request_async(&http)
                 .await
                 .map_err(|e| token_error(app, e))?;
-            return self.accept(req, scope, account, &response).await;
+            return self.accept(req, scope, account, &response, None).await;
         }
 
-        if account.refresh.is_none() {
-            account.refresh = Some(
-                self.store
+        let mut newer_sign_ins = 0;
+        loop {
+            if account.refresh.is_none() {
+                let stored = self
+                    .store
                     .load_refresh_token(req.oauth, req.account)
-                    .await?,
-            );
-        }
-        if let Some(Some(refresh)) = &account.refresh {
-            let refresh = RefreshToken::new(refresh.expose_secret().to_string());
+                    .await?;
+                account.seen = Some(stored.as_ref().map(|s| s.version.clone()));
+                account.refresh = Some(stored);
+            }
+            let Some(Some(stored)) = &account.refresh else {
+                break;
+            };
+            let used = stored.version.clone();
+            account.seen = Some(Some(used.clone()));
+            let refresh = RefreshToken::new(stored.token.expose_secret().to_string());
             let credential = Credential::for_request(app)?;
             let result = with_credential!(client.exchange_refresh_token(&refresh), credential)
                 // Entra needs the scope again on refresh (AADSTS900144).
                 .add_scopes(scopes(scope))
-                .request_async(&self.http)
+                .request_async(&http)
                 .await;
             match result {
                 Ok(response) => {
@@ -387,7 +414,9 @@ impl TokenStore {
                             .touch_refresh_token(req.oauth, req.account)
                             .await?;
                     }
-                    return self.accept(req, scope, account, &response).await;
+                    return self
+                        .accept(req, scope, account, &response, Some(&used))
+                        .await;
                 }
                 Err(TokenError::ServerResponse(e))
                     if e.error == "invalid_grant" && is_consent_missing(&e) =>
@@ -411,13 +440,42 @@ impl TokenStore {
                         code = e.aadsts(),
                         "refresh token rejected"
                     );
-                    account.refresh = Some(None);
-                    self.store
-                        .forget_refresh_token(req.oauth, req.account)
-                        .await?;
-                    if req.grant != Grant::Password {
-                        account.dead_refresh = Some(e.clone());
-                        return Err(AuthError::Rejected(e));
+                    // Only the token that was refused goes: a sign-in made
+                    // since (`authorize` in another process) is kept, and
+                    // used at once.
+                    let newer = if self
+                        .store
+                        .forget_refresh_token(req.oauth, req.account, &used)
+                        .await?
+                    {
+                        None
+                    } else {
+                        self.store
+                            .load_refresh_token(req.oauth, req.account)
+                            .await?
+                    };
+                    match newer {
+                        Some(newer) => {
+                            account.refresh = Some(Some(newer));
+                            if newer_sign_ins < NEWER_SIGN_IN_RETRIES {
+                                newer_sign_ins += 1;
+                                tracing::info!(
+                                    oauth = req.oauth,
+                                    account = req.account,
+                                    "a newer sign-in is in the database; using it"
+                                );
+                                continue;
+                            }
+                            return Err(AuthError::Rejected(e));
+                        }
+                        None => {
+                            account.refresh = Some(None);
+                            if req.grant != Grant::Password {
+                                account.dead_refresh = Some(e.clone());
+                                return Err(AuthError::Rejected(e));
+                            }
+                            break;
+                        }
                     }
                 }
                 Err(e) => return Err(token_error(app, e)),
@@ -436,7 +494,7 @@ impl TokenStore {
             let response =
                 with_credential!(client.exchange_password(&username, &password), credential)
                     .add_scopes(scopes(scope))
-                    .request_async(&self.http)
+                    .request_async(&http)
                     .await
                     .map_err(|e| token_error(app, e))?;
             tracing::info!(
@@ -444,7 +502,8 @@ impl TokenStore {
                 account = req.account,
                 "signed in with the password grant"
             );
-            return self.accept(req, scope, account, &response).await;
+            // No refresh token was used: the row should hold none.
+            return self.accept(req, scope, account, &response, None).await;
         }
         // An interactive grant: only `mail2ticket authorize` can help.
         if let Some(e) = &account.dead_refresh {
@@ -472,6 +531,45 @@ impl TokenStore {
         *account.lock().await = Account::default();
     }
 
+    /// The refresh token a reader parked for a sign-in waits to see
+    /// replaced: the one this process last saw for the account (so that a
+    /// sign-in stored between the failure and the parking counts), else
+    /// the one stored now. `None` for app-only grants, which have none.
+    pub async fn sign_in_baseline(
+        &self,
+        req: &TokenRequest<'_>,
+    ) -> Result<Option<TokenVersion>, AuthError> {
+        if req.grant.is_app_only() {
+            return Ok(None);
+        }
+        let account = self.account(AccountKey::of(req));
+        if let Some(seen) = account.lock().await.seen.clone() {
+            return Ok(seen);
+        }
+        Ok(self
+            .store
+            .refresh_token_version(req.oauth, req.account)
+            .await?)
+    }
+
+    /// Whether the store holds a refresh token other than `baseline`: a
+    /// sign-in made by another process, whose release of the parked
+    /// reader may have come before the reader parked. A local read.
+    pub async fn signed_in_since(
+        &self,
+        req: &TokenRequest<'_>,
+        baseline: Option<&TokenVersion>,
+    ) -> Result<bool, AuthError> {
+        if req.grant.is_app_only() {
+            return Ok(false);
+        }
+        let stored = self
+            .store
+            .refresh_token_version(req.oauth, req.account)
+            .await?;
+        Ok(stored.is_some() && stored.as_ref() != baseline)
+    }
+
     fn client(&self, app: &OAuthApp) -> Result<EntraClient, AuthError> {
         let secret = match &app.client_secret {
             Some(s) => Some(oauth2::ClientSecret::new(
@@ -487,22 +585,45 @@ impl TokenStore {
 
     /// Keeps what a successful token response brought. A rotated refresh
     /// token is in the database before the access token is handed out, so
-    /// a crash right after cannot leave us with only the superseded one.
+    /// a crash right after cannot leave us with only the superseded one;
+    /// it replaces only the token `used` (see
+    /// [`Store::replace_refresh_token`]).
     async fn accept(
         &self,
         req: &TokenRequest<'_>,
         scope: &str,
         account: &mut Account,
         response: &EntraTokenResponse,
+        used: Option<&TokenVersion>,
     ) -> Result<SecretString, AuthError> {
         if let Some(refresh) = response.refresh_token()
             && !req.grant.is_app_only()
         {
             let refresh = SecretString::from(refresh.secret().to_string());
-            self.store
-                .save_refresh_token(req.oauth, req.account, &refresh)
-                .await?;
-            account.refresh = Some(Some(refresh));
+            match self
+                .store
+                .replace_refresh_token(req.oauth, req.account, used, &refresh)
+                .await?
+            {
+                Replaced::Stored(version) => {
+                    account.seen = Some(Some(version.clone()));
+                    account.refresh = Some(Some(StoredToken {
+                        token: refresh,
+                        version,
+                    }));
+                }
+                Replaced::Superseded => {
+                    // Another process signed in meanwhile: its token wins,
+                    // and is read at the next refresh.
+                    tracing::info!(
+                        oauth = req.oauth,
+                        account = req.account,
+                        "a newer sign-in is in the database; it is kept, not this rotated token"
+                    );
+                    account.refresh = None;
+                }
+            }
+            account.dead_refresh = None;
         }
         let lifetime = response.expires_in().unwrap_or(Duration::from_secs(3600));
         let token = SecretString::from(response.access_token().secret().to_string());
@@ -574,6 +695,7 @@ where
             retry_after,
             detail,
         },
+        R::Request(TransportError::Timeout(after)) => AuthError::Slow { url, after },
         R::Request(other) => AuthError::Unreachable {
             url,
             reason: other.to_string(),
@@ -652,6 +774,13 @@ mod tests {
                 Retrying,
             ),
             (
+                AuthError::Slow {
+                    url: "u".into(),
+                    after: Duration::from_secs(60),
+                },
+                Retrying,
+            ),
+            (
                 AuthError::Unavailable {
                     url: "u".into(),
                     status: 429,
@@ -672,6 +801,33 @@ mod tests {
         for (error, state) in cases {
             assert_eq!(error.state(), state, "{error}");
         }
+    }
+
+    fn test_app() -> OAuthApp {
+        OAuthApp {
+            name: "a".into(),
+            cloud: Cloud::Global,
+            tenant: "t".into(),
+            client_id: "c".into(),
+            client_secret: None,
+            client_certificate: None,
+            authority: "https://login.microsoftonline.com".into(),
+            redirect_port: 0,
+        }
+    }
+
+    #[test]
+    fn a_slow_answer_is_not_called_unreachable() {
+        let e = request_error::<EntraErrorResponse>(
+            &test_app(),
+            oauth2::RequestTokenError::Request(TransportError::Timeout(Duration::from_secs(60))),
+            AuthError::Rejected,
+        );
+        assert_eq!(e.class(), FailureClass::Connection);
+        assert_eq!(
+            e.to_string(),
+            "identity endpoint https://login.microsoftonline.com/t/oauth2/v2.0/token did not answer within 1m"
+        );
     }
 
     #[test]

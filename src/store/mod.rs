@@ -27,6 +27,7 @@ pub use mails::{BatchOutcome, MailCounts};
 pub use outbox::{AttemptRecorded, DueAck, MAX_ATTEMPTS, OutboxStatus, retry_delay};
 pub use quarantine::{QUARANTINED, QuarantineEntry, QuarantineReason, Retried};
 pub use tickets::FolderPosition;
+pub use tokens::{Replaced, StoredToken, TokenVersion};
 
 use crate::config::StoreConfig;
 

@@ -297,6 +297,8 @@ struct IdpState {
     access_token_len: usize,
     injections: VecDeque<Injection>,
     down: bool,
+    /// How long the token endpoint waits before it handles a request.
+    token_delay: Duration,
     counts: HashMap<String, usize>,
     total: usize,
     introspections: usize,
@@ -384,6 +386,7 @@ impl IdP {
                 access_token_len: 96,
                 injections: VecDeque::new(),
                 down: false,
+                token_delay: Duration::ZERO,
                 counts: HashMap::new(),
                 total: 0,
                 introspections: 0,
@@ -894,6 +897,12 @@ impl IdP {
     /// the client's.)
     pub fn set_down(&self, down: bool) {
         self.st().down = down;
+    }
+
+    /// The token endpoint answers only after `delay` (a slow or stalled
+    /// identity platform); `Duration::ZERO` (the default) answers at once.
+    pub fn set_token_delay(&self, delay: Duration) {
+        self.st().token_delay = delay;
     }
 
     /// Token requests with this `grant_type` (successful or not, injected or
@@ -1722,6 +1731,10 @@ async fn token_endpoint(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let delay = sh.lock().token_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let form = parse_form(&body);
     let url = sh.url.as_str();
     let mut guard = sh.lock();
