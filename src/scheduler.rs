@@ -380,7 +380,11 @@ async fn wait_for_release(
             }
         }
         if let (Some(baseline), Some(request)) = (baseline, reader::token_request(reader)) {
-            match ctx.tokens.signed_in_since(&request, baseline.0.as_ref()).await {
+            match ctx
+                .tokens
+                .signed_in_since(&request, baseline.0.as_ref())
+                .await
+            {
                 Ok(true) => {
                     tracing::info!("a newer sign-in is in the database");
                     return true;

@@ -1008,9 +1008,8 @@ async fn an_older_process_neither_overwrites_nor_deletes_a_newer_sign_in() {
         "the old token refused, then B"
     );
     let rotated_b = stored_refresh_token(&config).await.expect("B's successor");
-    assert_eq!(
-        env.idp.issued_refresh_tokens().last(),
-        Some(&rotated_b),
+    assert!(
+        env.idp.issued_refresh_tokens().last() == Some(&rotated_b),
         "B's rotated successor replaced B"
     );
 
@@ -1028,10 +1027,10 @@ async fn an_older_process_neither_overwrites_nor_deletes_a_newer_sign_in() {
     env.dovecot.deliver(USER, &mail(3));
     assert!(env.wait_for_tickets(3, Duration::from_secs(30)).await);
     assert_eq!(env.idp.count("refresh_token"), refreshes + 1);
-    assert_eq!(
-        stored_refresh_token(&config).await.as_deref(),
-        Some(c.as_str()),
-        "the rotated successor of the daemon's older token did not replace C"
+    // Compared without printing: the tokens are not for test output.
+    assert!(
+        stored_refresh_token(&config).await == Some(c),
+        "the rotated successor of the daemon's older token replaced C"
     );
     assert_eq!(env.count("SELECT COUNT(*) FROM oauth_tokens").await, 1);
     assert_eq!(env.state("helpdesk").await, "ok");
@@ -1139,7 +1138,7 @@ async fn an_identity_platform_outage_is_met_with_backoff_not_a_storm() {
     let outage = tokio::time::Instant::now();
     env.dovecot.deliver(USER, &mail(3));
     assert!(
-        wait_until(Duration::from_secs(5), || async {
+        wait_until(Duration::from_secs(9), || async {
             env.last_error("helpdesk")
                 .await
                 .is_some_and(|e| e.contains("answered HTTP 503"))

@@ -3,7 +3,8 @@
 //! Owns the token lifecycle: running the reader's grant (password, client
 //! credentials, or the refresh token an interactive sign-in left), caching
 //! access tokens per scope until shortly before they expire, refreshing
-//! (persisting every rotated refresh token before it is used), making
+//! (persisting every rotated refresh token before it is used, and never
+//! replacing or deleting one another process stored since), making
 //! readers that share an account share one request, honouring Retry-After,
 //! and sorting failures into "try later", "sign in again" and "fix the
 //! config". Tokens are opaque: never decoded, except the id_token of an

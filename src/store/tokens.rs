@@ -283,7 +283,11 @@ mod tests {
             .replace_refresh_token(APP, WHO, None, &secret("token-p"))
             .await
             .expect("replace");
-        assert_eq!(outcome, Replaced::Superseded, "nothing used, but B is there");
+        assert_eq!(
+            outcome,
+            Replaced::Superseded,
+            "nothing used, but B is there"
+        );
         let stored = store.load_refresh_token(APP, WHO).await.expect("load");
         assert_eq!(
             stored.map(|s| s.token.expose_secret().to_string()),
