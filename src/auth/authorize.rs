@@ -288,8 +288,7 @@ async fn bind_loopback(port: u16) -> Result<Loopback, AuthError> {
 
 /// The machine has no IPv6 loopback (disabled, or no IPv6 at all).
 fn no_ipv6(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::AddrNotAvailable
-        || e.raw_os_error() == Some(EAFNOSUPPORT)
+    e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(EAFNOSUPPORT)
 }
 
 /// Linux's "address family not supported", what binding [::1] gives on a
