@@ -418,6 +418,32 @@ async fn forged_requests_to_the_redirect_listener_are_ignored() {
     assert_eq!(env.idp.count("authorization_code"), 1, "{output}");
 }
 
+/// Another process on [::1] at the redirect port would receive the code
+/// of a browser that resolves `localhost` to it: `authorize` refuses to
+/// start rather than listen beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_refuses_a_port_taken_on_the_other_loopback_address() {
+    let Ok(squatter) = std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)) else {
+        panic!("this test needs an IPv6 loopback ([::1]) on the machine");
+    };
+    let port = squatter.local_addr().expect("addr").port();
+    let env = Env::start();
+    let mut reader = env.reader("helpdesk");
+    reader.grant = "authorization_code";
+    let config = env.write_config(&[reader]);
+    let authorize = Authorize::start(&config, &["helpdesk", "--port", &port.to_string()], &[]);
+    let (code, output) = authorize.finish();
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains(&format!("cannot listen on [::1]:{port}")),
+        "{output}"
+    );
+    assert!(
+        !output.contains("/oauth2/v2.0/authorize?"),
+        "no sign-in address is handed out: {output}"
+    );
+}
+
 /// An error that carries this sign-in's state ends `authorize` with the
 /// identity platform's words, control characters replaced before they
 /// reach the terminal.

@@ -277,8 +277,8 @@ async fn bind_loopback(port: u16) -> Result<Loopback, AuthError> {
                     listeners: vec![v4],
                 });
             }
-            // Any port will do: the one the kernel gave on 127.0.0.1 is
-            // taken on [::1]; try another.
+            // Taken on [::1] (by someone who would receive the code): with
+            // --port 0 another port is tried, a given port is refused.
             Err(e) => last = Some(e),
         }
     }
@@ -288,12 +288,9 @@ async fn bind_loopback(port: u16) -> Result<Loopback, AuthError> {
 
 /// The machine has no IPv6 loopback (disabled, or no IPv6 at all).
 fn no_ipv6(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(EAFNOSUPPORT)
+    e.kind() == std::io::ErrorKind::AddrNotAvailable
+        || rustix::io::Errno::from_io_error(e) == Some(rustix::io::Errno::AFNOSUPPORT)
 }
-
-/// Linux's "address family not supported", what binding [::1] gives on a
-/// kernel without IPv6.
-const EAFNOSUPPORT: i32 = 97;
 
 /// Serves the loopback redirect until one carrying this sign-in's `state`
 /// (with a `code` or an `error`) arrives, or `timeout` passes. Requests
