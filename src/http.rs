@@ -45,8 +45,8 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection serves one request).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after an accept that failed for want of a file descriptor with
-/// nothing to give up: the waiting connection keeps the listener readable,
-/// so retrying at once would spin.
+/// nothing to give up (or for want of memory): the waiting connection
+/// keeps the listener readable, so retrying at once would spin.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How long a connection given up may take to close.
 const EVICT_WAIT: Duration = Duration::from_secs(1);
@@ -110,43 +110,51 @@ pub async fn serve(
                         short = true;
                         fds.met(what);
                         tracing::debug!(error = %what.describe(), "cannot accept an HTTP connection");
-                        if waiting.evict_oldest() {
-                            // Its slot comes back once its descriptor is closed.
-                            if let Ok(Ok(slot)) =
-                                tokio::time::timeout(EVICT_WAIT, slots.clone().acquire_owned())
-                                    .await
-                            {
-                                drop(slot);
-                            }
+                        if let Some(gone) = waiting.evict_oldest() {
+                            let _ = tokio::time::timeout(EVICT_WAIT, gone.cancelled()).await;
                         } else if spare.take().is_none() {
                             tokio::time::sleep(ACCEPT_PAUSE).await;
                         }
                     }
-                    // The client gave up before it was accepted, and the like.
-                    None => tracing::debug!(error = %e, "accept failed"),
+                    None => {
+                        tracing::debug!(error = %e, "accept failed");
+                        // A client that gave up before it was accepted is
+                        // its own affair; anything else (no memory, no
+                        // buffers) would spin if retried at once.
+                        if !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionAborted
+                                | std::io::ErrorKind::ConnectionReset
+                        ) {
+                            tokio::time::sleep(ACCEPT_PAUSE).await;
+                        }
+                    }
                 }
                 continue;
             }
         };
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
-            Err(_) if waiting.evict_oldest() => {
-                match tokio::time::timeout(EVICT_WAIT, slots.clone().acquire_owned()).await {
-                    Ok(Ok(slot)) => slot,
-                    _ => continue,
+            Err(_) => match waiting.evict_oldest() {
+                Some(gone) => {
+                    let _ = tokio::time::timeout(EVICT_WAIT, gone.cancelled()).await;
+                    match slots.clone().try_acquire_owned() {
+                        Ok(slot) => slot,
+                        Err(_) => continue,
+                    }
                 }
-            }
-            Err(_) => {
-                tracing::debug!(
-                    max = MAX_CONNECTIONS,
-                    "HTTP connection closed: all connections are busy with a request"
-                );
-                continue;
-            }
+                None => {
+                    tracing::debug!(
+                        max = MAX_CONNECTIONS,
+                        "HTTP connection closed: all connections are busy with a request"
+                    );
+                    continue;
+                }
+            },
         };
         next_id += 1;
-        let turn = waiting.add(next_id);
-        connections.spawn(serve_one(stream, app.clone(), slot, turn, stop.clone()));
+        let turn = waiting.add(next_id, slot);
+        connections.spawn(serve_one(stream, app.clone(), turn, stop.clone()));
     }
     while connections.join_next().await.is_some() {}
     Ok(())
@@ -156,47 +164,62 @@ pub async fn serve(
 /// those given up when a newcomer needs a slot or a file descriptor.
 #[derive(Clone, Default)]
 struct Waiting {
-    queue: Arc<Mutex<VecDeque<(u64, CancellationToken)>>>,
+    queue: Arc<Mutex<VecDeque<Place>>>,
+}
+
+/// A waiting connection as the queue sees it.
+struct Place {
+    id: u64,
+    /// Fired to close it.
+    evicted: CancellationToken,
+    /// Fired once it is closed (its [`Turn`] dropped with it).
+    gone: CancellationToken,
 }
 
 impl Waiting {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, CancellationToken)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Place>> {
         // A plain queue, consistent after any panic.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn add(&self, id: u64) -> Turn {
-        let evicted = CancellationToken::new();
-        self.lock().push_back((id, evicted.clone()));
+    fn add(&self, id: u64, slot: OwnedSemaphorePermit) -> Turn {
+        let (evicted, gone) = (CancellationToken::new(), CancellationToken::new());
+        self.lock().push_back(Place {
+            id,
+            evicted: evicted.clone(),
+            gone: gone.clone(),
+        });
         Turn {
             waiting: self.clone(),
             id,
+            slot: Some(slot),
             evicted,
+            gone,
         }
     }
 
     fn remove(&self, id: u64) {
-        self.lock().retain(|(other, _)| *other != id);
+        self.lock().retain(|place| place.id != id);
     }
 
-    /// Closes the oldest waiting connection; false when there is none.
-    fn evict_oldest(&self) -> bool {
-        match self.lock().pop_front() {
-            Some((_, evicted)) => {
-                evicted.cancel();
-                true
-            }
-            None => false,
-        }
+    /// Closes the oldest waiting connection; returns what fires once its
+    /// descriptor and slot are free, or `None` when none is waiting.
+    fn evict_oldest(&self) -> Option<CancellationToken> {
+        let place = self.lock().pop_front()?;
+        place.evicted.cancel();
+        Some(place.gone)
     }
 }
 
-/// One connection's place in [`Waiting`], left when its request arrives
-/// or it ends.
+/// One connection's place in [`Waiting`], left when its request arrives,
+/// and its slot. It lives inside the connection, so its drop is the
+/// connection's close.
 struct Turn {
     waiting: Waiting,
     id: u64,
+    slot: Option<OwnedSemaphorePermit>,
     evicted: CancellationToken,
+    gone: CancellationToken,
 }
 
 impl Turn {
@@ -208,6 +231,9 @@ impl Turn {
 impl Drop for Turn {
     fn drop(&mut self) {
         self.waiting.remove(self.id);
+        // The slot first: whoever waits for `gone` takes it next.
+        drop(self.slot.take());
+        self.gone.cancel();
     }
 }
 
@@ -232,13 +258,7 @@ impl hyper::service::Service<Request<Incoming>> for Marked {
 
 /// One connection, one request, bounded by the timeouts; closed early when
 /// it is still waiting for its request and a newcomer needs its place.
-async fn serve_one(
-    stream: TcpStream,
-    app: Router,
-    _slot: OwnedSemaphorePermit,
-    turn: Turn,
-    stop: CancellationToken,
-) {
+async fn serve_one(stream: TcpStream, app: Router, turn: Turn, stop: CancellationToken) {
     let evicted = turn.evicted.clone();
     let service = Marked {
         app: TowerToHyperService::new(app),
