@@ -65,6 +65,7 @@ pub async fn start(config: &Config) -> Result<Arc<Context>, StartError> {
         tokens,
         metrics: Metrics::new(),
         acks: tokio::sync::Notify::new(),
+        fds: crate::fds::Pressure::default(),
     }))
 }
 
@@ -115,6 +116,13 @@ fn log_reader(what: &'static str, r: &Registered) {
 /// behind `/healthz` and the systemd watchdog, reloads on SIGHUP (or a
 /// changed file), and the HTTP endpoint when configured.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    match crate::fds::raise_limit() {
+        Ok(limit) => tracing::debug!(
+            ?limit,
+            "file-descriptor limit (soft, raised to the hard one)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file-descriptor limit"),
+    }
     let notifier = Notifier::from_env();
     // Well inside the watchdog: a ping every third of WatchdogSec.
     let period = notifier
@@ -160,6 +168,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             listener,
             liveness.clone(),
             ctx.metrics.clone(),
+            ctx.fds.clone(),
             stop_http.clone(),
         ))
     });

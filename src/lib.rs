@@ -48,7 +48,10 @@
 //! * [`liveness`]: the heartbeat rule behind `/healthz` and the watchdog.
 //! * [`notify`]: what systemd is told (READY, STATUS, WATCHDOG, STOPPING).
 //! * [`metrics`]: the Prometheus registry and every metric's name.
-//! * [`http`]: `/healthz`, `/readyz`, `/metrics`.
+//! * [`http`]: `/healthz`, `/readyz`, `/metrics`, with the timeouts and
+//!   the connection cap that keep clients from starving the daemon.
+//! * [`fds`]: the file-descriptor limit, raised at start; running out of
+//!   descriptors named in `last_error` and failing `/healthz`.
 //! * [`status`]: `status` and `health`: tables, JSON, stale readers.
 //! * [`quarantine`]: `quarantine list | show | retry | drop`, the admin's
 //!   side of the mail the store set aside whole.
@@ -64,6 +67,7 @@
 pub mod auth;
 pub mod config;
 pub mod daemon;
+pub mod fds;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;

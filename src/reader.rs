@@ -23,6 +23,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Wakes the acknowledgement sender (a poll opened tickets).
     pub acks: tokio::sync::Notify,
+    /// Running out of file descriptors, which fails `/healthz`.
+    pub fds: crate::fds::Pressure,
 }
 
 /// Why a poll failed; the text is the reader's `last_error`.
@@ -331,10 +333,16 @@ async fn record<T>(
             let state = e.state();
             meter.failed(e.class());
             meter.state(state);
-            let text = match advice(reader, state) {
+            let mut text = match advice(reader, state) {
                 Some(advice) => format!("{e}; {advice}"),
                 None => e.to_string(),
             };
+            // "os error 24" deep in a connect error names neither the cause
+            // nor the fix; the limit does.
+            if let Some(what) = crate::fds::Exhausted::of(e) {
+                ctx.fds.met(what);
+                text = format!("{}: {text}", what.describe());
+            }
             let r = ctx.store.record_failure(&reader.name, state, &text).await;
             log_store_error(r.map(|_| ()));
         }

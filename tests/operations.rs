@@ -1057,3 +1057,222 @@ async fn a_second_run_on_the_same_database_is_refused_while_the_first_lives() {
     second.terminate();
     block_in_place(|| second.wait_for_exit(Duration::from_secs(40))).expect("stops");
 }
+
+/// Our ends of `conns` the daemon has not closed: a read that neither
+/// returns data, EOF nor an error within a moment means still open.
+async fn still_open(conns: &mut [tokio::net::TcpStream]) -> usize {
+    use tokio::io::AsyncReadExt as _;
+    let open = futures::future::join_all(conns.iter_mut().map(|c| async move {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(Duration::from_millis(300), c.read(&mut byte))
+            .await
+            .is_err()
+    }))
+    .await;
+    open.into_iter().filter(|open| *open).count()
+}
+
+/// Idle clients cannot starve the daemon through `[daemon] listen`: of 200
+/// idle connections the daemon keeps at most its cap (64), idle ones give
+/// their place to `/healthz`, every idle one is closed after the header
+/// timeout, and a request head dribbled a byte at a time is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_http_clients_hold_nothing_and_keep_no_health_check_out() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+    const IDLE: usize = 200;
+    const CAP: usize = 64;
+
+    let env = Env::start();
+    let (listen, port) = listen_line();
+    env.set_daemon_extra(&listen);
+    let config = env.write_config(&[env.reader("helpdesk")]);
+    env.init_store().await;
+    let daemon = env.spawn_service(&config, &[]);
+    assert!(
+        wait_for_http_status(port, "/healthz", 200, WAIT).await,
+        "{}",
+        daemon.stderr_tail(40)
+    );
+
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(
+            TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+        );
+    }
+    // Each health check waits behind the idle clients in the backlog and
+    // is answered: the oldest idle one gives its place.
+    for _ in 0..5 {
+        assert_eq!(
+            http_get(port, "/healthz").await.map(|r| r.0),
+            Ok(200),
+            "{}",
+            daemon.stderr_tail(40)
+        );
+    }
+    let open = still_open(&mut idle).await;
+    assert!(
+        open <= CAP,
+        "{open} of {IDLE} idle connections held (cap {CAP})"
+    );
+
+    // A slow loris: a request head that never ends, a byte a second.
+    let mut loris = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    loris
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let mut cut = false;
+    for _ in 0..90 {
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_secs(1), loris.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                cut = true;
+                break;
+            }
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                let _ = loris.write_all(b"X").await;
+            }
+        }
+    }
+    assert!(cut, "a dribbled request head was never cut");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        !answer.contains(" 200 "),
+        "a half request was served: {answer}"
+    );
+
+    // By now the header timeout has passed for every idle connection.
+    let deadline = Instant::now() + WAIT;
+    let mut open = still_open(&mut idle).await;
+    while open > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        open = still_open(&mut idle).await;
+    }
+    assert_eq!(open, 0, "idle connections outlived the header timeout");
+    assert_eq!(http_get(port, "/healthz").await.map(|r| r.0), Ok(200));
+}
+
+/// Soft and hard RLIMIT_NOFILE of a process, from /proc.
+fn nofile(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut numbers = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    (numbers.next().expect("soft"), numbers.next().expect("hard"))
+}
+
+fn set_soft_nofile(pid: u32, soft: u64) {
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit --pid {pid} --nofile={soft}:");
+}
+
+/// The daemon raises its soft file-descriptor limit to the hard one at
+/// start. When it runs out all the same, the reader that cannot connect
+/// says so in an admin's words naming the limit, and `/healthz` fails with
+/// the same reason (answered even then); both recover when descriptors are
+/// free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_is_named_and_fails_health_until_it_passes() {
+    use tokio::net::TcpStream;
+    const HARD: u64 = 512;
+
+    let env = Env::start();
+    let (listen, port) = listen_line();
+    env.set_daemon_extra(&listen);
+    let config = env.write_config(&[env.pop3_reader("pop")]);
+    env.init_store().await;
+    let daemon = env.spawn_service_with_nofile(&config, &[], 128, HARD);
+    let pid = daemon.pid();
+    assert!(
+        wait_for_http_status(port, "/healthz", 200, WAIT).await,
+        "{}",
+        daemon.stderr_tail(40)
+    );
+    assert_eq!(nofile(pid), (HARD, HARD), "soft limit raised at start");
+    assert!(
+        wait_until(WAIT, || async { env.state("pop").await == "ok" }).await,
+        "the POP3 reader never succeeded"
+    );
+
+    // Down to what it holds now plus a few; idle clients take the rest.
+    let held = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .count() as u64;
+    let limit = held + 4;
+    set_soft_nofile(pid, limit);
+    let stop_eating = tokio_util::sync::CancellationToken::new();
+    let eater = tokio::spawn({
+        let stop = stop_eating.clone();
+        async move {
+            let mut held: Vec<TcpStream> = Vec::new();
+            while !stop.is_cancelled() {
+                if held.len() < 32
+                    && let Ok(c) = TcpStream::connect(("127.0.0.1", port)).await
+                {
+                    held.push(c);
+                }
+                if held.len() >= 32 {
+                    let open = still_open(&mut held).await;
+                    // Closed ones (given up or timed out) are replaced.
+                    if open < held.len() {
+                        held.clear();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+
+    let named =
+        format!("too many open files (the process's file-descriptor limit {limit} is reached)");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last_error = env.last_error("pop").await;
+    while !last_error.as_deref().is_some_and(|e| e.contains(&named)) {
+        assert!(
+            Instant::now() < deadline,
+            "last_error never named the limit: {last_error:?}\n{}",
+            daemon.stderr_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        last_error = env.last_error("pop").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut health = http_get(port, "/healthz").await;
+    while !matches!(&health, Ok((503, body)) if body.contains(&named)) {
+        assert!(
+            Instant::now() < deadline,
+            "/healthz did not fail naming the limit: {health:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        health = http_get(port, "/healthz").await;
+    }
+
+    stop_eating.cancel();
+    eater.await.expect("eater");
+    set_soft_nofile(pid, HARD);
+    assert!(
+        wait_for_http_status(port, "/healthz", 200, Duration::from_secs(90)).await,
+        "/healthz did not recover\n{}",
+        daemon.stderr_tail(40)
+    );
+    assert!(
+        wait_until(WAIT, || async { env.state("pop").await == "ok" }).await,
+        "the reader did not recover: {:?}",
+        env.last_error("pop").await
+    );
+}

@@ -338,6 +338,151 @@ async fn a_pasted_redirect_from_another_sign_in_is_refused() {
     );
 }
 
+/// The `redirect_uri` and `state` of the sign-in address `authorize`
+/// printed.
+fn redirect_and_state(sign_in_url: &str) -> (url::Url, String) {
+    let url = url::Url::parse(sign_in_url).expect("a URL");
+    let param = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| panic!("no {name} in {sign_in_url}"))
+    };
+    let redirect = url::Url::parse(&param("redirect_uri")).expect("redirect_uri is a URL");
+    (redirect, param("state"))
+}
+
+/// Answers to `query` on the listener at `addr`: status and page.
+async fn ask_listener(addr: std::net::SocketAddr, query: &str) -> (u16, String) {
+    let resp = reqwest::get(format!("http://{addr}/?{query}"))
+        .await
+        .unwrap_or_else(|e| panic!("{addr} does not answer: {e}"));
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("page"))
+}
+
+/// Any web page can make the browser request the loopback listener: a
+/// request without this sign-in's state, with a wrong one, or an error
+/// without one is answered and ignored, on every address `localhost`
+/// names; the real redirect then completes the sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_requests_to_the_redirect_listener_are_ignored() {
+    let env = Env::start();
+    env.idp.set_browser_user(Some(USER));
+    let mut reader = env.reader("helpdesk");
+    reader.grant = "authorization_code";
+    let config = env.write_config(&[reader]);
+
+    let mut authorize = Authorize::start(&config, &["helpdesk", "--port", "0"], &[]);
+    let url = authorize.sign_in_url();
+    let (redirect, state) = redirect_and_state(&url);
+    assert_eq!(redirect.host_str(), Some("localhost"), "{redirect}");
+    let port = redirect.port().expect("a port");
+
+    // The host of the redirect is what the listener holds: every address
+    // `localhost` resolves to here answers, and none is left for another
+    // process to bind.
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(("localhost", port))
+        .await
+        .expect("localhost resolves")
+        .collect();
+    assert!(!addrs.is_empty());
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let mut every = addrs.clone();
+    every.push(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    if std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)).is_ok() {
+        every.push(v6);
+    }
+    for addr in &every {
+        let taken = std::net::TcpListener::bind(addr);
+        assert!(taken.is_err(), "{addr} was left for anyone to bind");
+        for forged in [
+            "error=access_denied&error_description=go+away".to_string(),
+            "code=stolen".to_string(),
+            "code=stolen&state=not-ours".to_string(),
+            format!("error=access_denied&state={state}x"),
+        ] {
+            let (status, page) = ask_listener(*addr, &forged).await;
+            assert_eq!(status, 400, "{addr} ?{forged}: {page}");
+            assert!(page.contains("ignored"), "{addr} ?{forged}: {page}");
+        }
+    }
+
+    sign_in_with_browser(&url).await;
+    let (code, output) = authorize.finish();
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.contains(&format!("helpdesk: authorized; signed in as {USER}")),
+        "{output}"
+    );
+    assert_eq!(env.idp.count("authorization_code"), 1, "{output}");
+}
+
+/// Another process on [::1] at the redirect port would receive the code
+/// of a browser that resolves `localhost` to it: `authorize` refuses to
+/// start rather than listen beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_refuses_a_port_taken_on_the_other_loopback_address() {
+    let Ok(squatter) = std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)) else {
+        panic!("this test needs an IPv6 loopback ([::1]) on the machine");
+    };
+    let port = squatter.local_addr().expect("addr").port();
+    let env = Env::start();
+    let mut reader = env.reader("helpdesk");
+    reader.grant = "authorization_code";
+    let config = env.write_config(&[reader]);
+    let authorize = Authorize::start(&config, &["helpdesk", "--port", &port.to_string()], &[]);
+    let (code, output) = authorize.finish();
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains(&format!("cannot listen on [::1]:{port}")),
+        "{output}"
+    );
+    assert!(
+        !output.contains("/oauth2/v2.0/authorize?"),
+        "no sign-in address is handed out: {output}"
+    );
+}
+
+/// An error that carries this sign-in's state ends `authorize` with the
+/// identity platform's words, control characters replaced before they
+/// reach the terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_redirect_ends_authorize_with_its_words_cleaned() {
+    let env = Env::start();
+    let mut reader = env.reader("helpdesk");
+    reader.grant = "authorization_code";
+    let config = env.write_config(&[reader]);
+
+    let mut authorize = Authorize::start(&config, &["helpdesk", "--port", "0"], &[]);
+    let url = authorize.sign_in_url();
+    let (redirect, state) = redirect_and_state(&url);
+    let port = redirect.port().expect("a port");
+    let (status, page) = ask_listener(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        &format!(
+            "error=access_denied&error_description=AADSTS65004%3A+User+declined%1b%5d0%3Bowned%07%1b%5b2J+to+consent.&state={state}"
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Sign-in failed"), "{page}");
+    let (code, output) = authorize.finish();
+    assert_eq!(code, Some(1), "{output}");
+    // (The log lines on stderr carry the logger's own colours.)
+    let line = output
+        .lines()
+        .find(|l| l.contains("helpdesk: error:"))
+        .unwrap_or_else(|| panic!("no error line: {output}"));
+    assert!(line.contains("AADSTS65004"), "{line}");
+    assert!(line.contains("User declined"), "{line}");
+    assert!(
+        !line.contains(char::is_control),
+        "control characters reached the terminal: {line:?}"
+    );
+    assert_eq!(env.idp.count("authorization_code"), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_code_waits_through_pending_and_slow_down() {
     let env = Env::start();

@@ -5,7 +5,8 @@
 //!
 //! The loopback redirect is why no public redirect URI is needed: Entra
 //! sends the browser to `http://localhost:PORT/`, which only the machine the
-//! browser runs on can answer. On a headless server the admin signs in on
+//! browser runs on can answer. The listener takes both addresses
+//! `localhost` names and only the redirect carrying this sign-in's `state`. On a headless server the admin signs in on
 //! their own machine and pastes the address the browser was sent to
 //! (`--no-listen`), or uses the device code.
 
@@ -75,23 +76,21 @@ impl TokenStore {
         let client = self.client(app)?;
         let scope = super::scope_for(app, req);
         let port = options.port.unwrap_or(app.redirect_port);
-        let listener = if options.listen {
-            let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
-                AuthError::SignIn(format!(
-                    "cannot listen on 127.0.0.1:{port} for the redirect ({e}); \
-                     pick another port with --port or use --no-listen"
-                ))
-            })?;
-            Some(listener)
+        let listeners = if options.listen {
+            Some(bind_loopback(port).await?)
         } else {
             None
         };
-        let port = match &listener {
-            Some(l) => l.local_addr().map_or(port, |a| a.port()),
+        let port = match &listeners {
+            Some(l) => l.port,
             None => port,
         };
-        // Entra matches localhost redirect URIs whatever the port, so one
-        // registered `http://localhost` serves every port.
+        // `localhost`, not 127.0.0.1: the redirect URI registered in Entra
+        // (README, app registration) says `localhost`, and Entra compares
+        // the host literally, so a switch would break every registration.
+        // Both addresses `localhost` names are bound instead
+        // ([`bind_loopback`]), so no other local user can take one of them
+        // and receive the code.
         let redirect = RedirectUrl::new(format!("http://localhost:{port}/"))
             .map_err(|e| AuthError::SignIn(format!("redirect URI: {e}")))?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -112,13 +111,13 @@ impl TokenStore {
             req.account
         ));
         ui.show(url.as_str());
-        let query = match listener {
-            Some(listener) => {
+        let query = match listeners {
+            Some(listeners) => {
                 ui.show(&format!(
                     "Waiting for the browser to come back to {} ...",
                     redirect.as_str()
                 ));
-                wait_for_redirect(listener, options.timeout).await?
+                wait_for_redirect(listeners, state.secret(), options.timeout).await?
             }
             None => {
                 ui.show(&format!(
@@ -236,29 +235,94 @@ fn interactive_scopes(scope: &str) -> Vec<String> {
         .collect()
 }
 
-/// Serves the loopback redirect until one carrying a `code` or an `error`
-/// arrives, or `timeout` passes.
+/// The loopback listeners of one sign-in: 127.0.0.1 and, where the
+/// machine has IPv6, [::1], on one port.
+struct Loopback {
+    port: u16,
+    listeners: Vec<TcpListener>,
+}
+
+/// Attempts at a port free on both addresses when any port will do.
+const FREE_PORT_ATTEMPTS: usize = 20;
+
+/// Binds `port` (0: any free one) on every address `localhost` can name.
+/// A browser may resolve `localhost` to either; an address left unbound
+/// could be bound by another local user, who would receive the code.
+/// Without IPv6 on the machine [::1] cannot be bound by anyone, so
+/// 127.0.0.1 alone is safe.
+async fn bind_loopback(port: u16) -> Result<Loopback, AuthError> {
+    let cannot = |addr: &str, e: &std::io::Error| {
+        AuthError::SignIn(format!(
+            "cannot listen on {addr}:{port} for the redirect ({e}); \
+             pick another port with --port or use --no-listen"
+        ))
+    };
+    let attempts = if port == 0 { FREE_PORT_ATTEMPTS } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let v4 = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .map_err(|e| cannot("127.0.0.1", &e))?;
+        let bound = v4.local_addr().map_or(port, |a| a.port());
+        match TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, bound)).await {
+            Ok(v6) => {
+                return Ok(Loopback {
+                    port: bound,
+                    listeners: vec![v4, v6],
+                });
+            }
+            Err(e) if no_ipv6(&e) => {
+                return Ok(Loopback {
+                    port: bound,
+                    listeners: vec![v4],
+                });
+            }
+            // Taken on [::1] (by someone who would receive the code): with
+            // --port 0 another port is tried, a given port is refused.
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AddrInUse));
+    Err(cannot("[::1]", &e))
+}
+
+/// The machine has no IPv6 loopback (disabled, or no IPv6 at all).
+fn no_ipv6(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::AddrNotAvailable
+        || rustix::io::Errno::from_io_error(e) == Some(rustix::io::Errno::AFNOSUPPORT)
+}
+
+/// Serves the loopback redirect until one carrying this sign-in's `state`
+/// (with a `code` or an `error`) arrives, or `timeout` passes. Requests
+/// without it are answered and ignored: any web page can make the browser
+/// request `http://localhost:PORT/?error=x`, and must not end the sign-in.
 async fn wait_for_redirect(
-    listener: TcpListener,
+    loopback: Loopback,
+    state: &str,
     timeout: Duration,
 ) -> Result<HashMap<String, String>, AuthError> {
     let (tx, mut rx) = mpsc::channel::<HashMap<String, String>>(1);
     let app = axum::Router::new()
         .route("/", axum::routing::get(redirect_page))
-        .with_state(tx);
+        .with_state(Redirect {
+            tx,
+            state: state.to_owned(),
+        });
     let stop = CancellationToken::new();
-    let server = tokio::spawn({
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in loopback.listeners {
+        let app = app.clone();
         let stop = stop.clone();
-        async move {
+        servers.spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
-        }
-    });
+        });
+    }
     let received = tokio::time::timeout(timeout, rx.recv()).await;
     stop.cancel();
     // Let the page that was just answered reach the browser.
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), servers.join_all()).await;
     match received {
         Ok(Some(query)) => Ok(query),
         Ok(None) => Err(AuthError::SignIn("the redirect listener stopped".into())),
@@ -269,16 +333,30 @@ async fn wait_for_redirect(
     }
 }
 
+/// What the redirect listener needs: where the redirect goes, and the
+/// state that tells this sign-in's redirect from a forged one.
+#[derive(Clone)]
+struct Redirect {
+    tx: mpsc::Sender<HashMap<String, String>>,
+    state: String,
+}
+
 async fn redirect_page(
-    State(tx): State<mpsc::Sender<HashMap<String, String>>>,
+    State(r): State<Redirect>,
     Query(query): Query<HashMap<String, String>>,
 ) -> impl IntoResponse {
     if !query.contains_key("code") && !query.contains_key("error") {
         return (StatusCode::NOT_FOUND, Html("Not a sign-in redirect."));
     }
+    if query.get("state") != Some(&r.state) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Html("This request does not belong to the sign-in in progress and was ignored."),
+        );
+    }
     let failed = query.contains_key("error");
     // Only the first redirect counts; a reload of the page changes nothing.
-    let _ = tx.try_send(query);
+    let _ = r.tx.try_send(query);
     if failed {
         (
             StatusCode::OK,
@@ -317,23 +395,33 @@ fn code_from_redirect(
     query: &HashMap<String, String>,
     expected_state: &str,
 ) -> Result<String, AuthError> {
-    if let Some(error) = query.get("error") {
-        return Err(AuthError::Rejected(EntraErrorResponse {
-            error: error.clone(),
-            error_description: query.get("error_description").cloned(),
-            error_codes: Vec::new(),
-        }));
-    }
     if query.get("state").map(String::as_str) != Some(expected_state) {
         return Err(AuthError::SignIn(
             "the redirect does not belong to this sign-in (state mismatch); run the command again"
                 .into(),
         ));
     }
+    if let Some(error) = query.get("error") {
+        // Whoever sent the browser here chose these words; they reach the
+        // terminal, so no escape sequence may pass.
+        return Err(AuthError::Rejected(EntraErrorResponse {
+            error: printable(error),
+            error_description: query.get("error_description").map(|d| printable(d)),
+            error_codes: Vec::new(),
+        }));
+    }
     query
         .get("code")
         .cloned()
         .ok_or_else(|| AuthError::SignIn("the redirect carries no authorization code".into()))
+}
+
+/// Text from a redirect, fit for the terminal: control characters (an
+/// escape sequence, a bell, a line break) become `?`.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -408,6 +496,27 @@ mod tests {
         let err = code_from_redirect(&q, "xyz").unwrap_err();
         assert_eq!(err.aadsts(), Some(65004));
         assert!(err.to_string().contains("User declined"), "{err}");
+    }
+
+    #[test]
+    fn an_error_needs_the_state_and_reaches_the_terminal_without_escapes() {
+        let q = parse_pasted("?error=access_denied&error_description=evil&state=other")
+            .expect("parsed");
+        let err = code_from_redirect(&q, "xyz").unwrap_err().to_string();
+        assert!(err.contains("state mismatch"), "{err}");
+
+        let q = parse_pasted(
+            "?error=access_denied%1b%5b2J&error_description=AADSTS65004%3A+no%1b%5d0%3Bpwned%07%0Ahere&state=xyz",
+        )
+        .expect("parsed");
+        let AuthError::Rejected(e) = code_from_redirect(&q, "xyz").unwrap_err() else {
+            panic!("an IdP error is Rejected");
+        };
+        assert_eq!(e.error, "access_denied?[2J");
+        assert_eq!(
+            e.error_description.as_deref(),
+            Some("AADSTS65004: no?]0;pwned??here")
+        );
     }
 
     #[test]

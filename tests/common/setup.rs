@@ -975,10 +975,34 @@ impl Env {
     /// unless `envs` says otherwise, and no `NOTIFY_SOCKET` / `WATCHDOG_*`
     /// inherited from the test's own environment (`envs` may set them).
     pub fn spawn_service(&self, config: &Path, envs: &[(&str, &str)]) -> DaemonProcess {
+        self.spawn_service_via(std::process::Command::new(binary()), config, envs)
+    }
+
+    /// [`Env::spawn_service`] under `prlimit --nofile=SOFT:HARD` (which
+    /// sets the limits and execs the binary, so the pid is the daemon's).
+    pub fn spawn_service_with_nofile(
+        &self,
+        config: &Path,
+        envs: &[(&str, &str)],
+        soft: u64,
+        hard: u64,
+    ) -> DaemonProcess {
+        let mut cmd = std::process::Command::new("prlimit");
+        cmd.arg(format!("--nofile={soft}:{hard}"))
+            .arg("--")
+            .arg(binary());
+        self.spawn_service_via(cmd, config, envs)
+    }
+
+    fn spawn_service_via(
+        &self,
+        mut cmd: std::process::Command,
+        config: &Path,
+        envs: &[(&str, &str)],
+    ) -> DaemonProcess {
         let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stderr_file = self.path(&format!("daemon-{n}.stderr"));
         let stderr = std::fs::File::create(&stderr_file).expect("create the stderr file");
-        let mut cmd = std::process::Command::new(binary());
         cmd.args(["-c", config.to_str().expect("utf-8 path"), "run"])
             .env("RUST_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
