@@ -7,8 +7,11 @@ mod common;
 use std::time::Duration;
 
 use common::mail::subject;
-use common::setup::{Env, ReaderSpec, USER, check_binary, run_binary, run_once_killed_at};
+use common::setup::{
+    Env, ReaderSpec, USER, check_binary, free_port, run_binary, run_once_killed_at,
+};
 use common::time::{rfc5322_date, unix_now};
+use mail2ticket::config::Config;
 use common::{Proxy, mail};
 use tokio::task::block_in_place;
 
@@ -44,6 +47,14 @@ async fn first_contact(env: &Env, reader: &str) -> (i64, i64, i64, String) {
     .expect("one first contact");
     pool.close().await;
     row
+}
+
+/// The config of `reader` alone, in a file of its own (so that several
+/// can be checked side by side).
+fn config_of(env: &Env, reader: ReaderSpec) -> Config {
+    let path = env.path(&format!("{}.toml", reader.name));
+    std::fs::write(&path, env.config_toml(&[reader])).expect("write config");
+    Config::load(&path).expect("valid config")
 }
 
 fn with_backfill(reader: ReaderSpec, backfill: &str) -> ReaderSpec {
@@ -149,9 +160,9 @@ async fn imap_backfill_none_all_and_a_period() {
     // Three readers of the same folder, each with its own ledger, each
     // alone in its config so that what it fetched is its own.
     let keep = |name: &str, backfill: &str| with_backfill(env.reader(name).after("keep"), backfill);
-    let none = env.config(&[keep("none", "none")]);
-    let all = env.config(&[keep("all", "all")]);
-    let day = env.config(&[keep("day", "1d")]);
+    let none = config_of(&env, keep("none", "none"));
+    let all = config_of(&env, keep("all", "all"));
+    let day = config_of(&env, keep("day", "1d"));
     assert!(
         check_line(&day.path, "day").contains(
             "2 not yet ingested (first contact: backfill = \"1day\" would take 2 of 4 (skipping 2))"
@@ -225,9 +236,12 @@ async fn pop3_backfill_none_all_and_a_period() {
         ],
     );
     // "none" deletes what it ingests, never what it left.
-    let none = env.config(&[with_backfill(env.pop3_reader("none"), "none").after("delete")]);
-    let day = env.config(&[with_backfill(env.pop3_reader("day"), "1d")]);
-    let unseen = env.config(&[env.pop3_reader("unseen")]);
+    let none = config_of(
+        &env,
+        with_backfill(env.pop3_reader("none"), "none").after("delete"),
+    );
+    let day = config_of(&env, with_backfill(env.pop3_reader("day"), "1d"));
+    let unseen = config_of(&env, env.pop3_reader("unseen"));
     assert!(
         check_line(&none.path, "none").starts_with(
             "none: ok, 4 messages, 0 not yet ingested (first contact: backfill = \"none\" \
@@ -254,7 +268,8 @@ async fn pop3_backfill_none_all_and_a_period() {
 
     env.dovecot.deliver(USER, &mail_from(4, 2 * DAY));
     assert!(check_line(&none.path, "none").starts_with("none: ok, 5 messages, 1 not yet ingested; capabilities:"));
-    for (config, name) in [(&none, "none"), (&day, "day"), (&unseen, "unseen")] {
+    // "none" last: it deletes what it takes.
+    for (config, name) in [(&day, "day"), (&unseen, "unseen"), (&none, "none")] {
         let report = env.poll_ok(config, name).await;
         assert_eq!(report.fetched, 1, "{name}: new mail is taken whatever its date");
     }
@@ -283,10 +298,10 @@ async fn a_backlog_gets_tickets_but_no_acknowledgements() {
     // The headers of `mail` are a year old: the INTERNALDATE decides.
     env.dovecot
         .deliver_aged(USER, [(mail(0), 2 * DAY), (mail(1), HOUR), (mail(2), Duration::ZERO)]);
+    // Only what is queued counts here: nothing listens for the sending.
     let reply = format!(
-        "\n[reader.reply]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nca_file = \"{}\"\n",
-        env.dovecot.submission_port(),
-        env.dovecot.ca_file().display()
+        "\n[reader.reply]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n",
+        free_port()
     );
     let reader = |name: &str, extra: &str| ReaderSpec {
         extra: format!("backfill = \"all\"\nafter = \"keep\"\n{extra}{reply}"),
