@@ -14,8 +14,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::store::{
-    DaemonStatus, FirstContactRow, MailCounts, OutboxStatus, ReaderEvent, ReaderState,
-    ReaderStatus,
+    DaemonStatus, FirstContactRow, MailCounts, OutboxStatus, ReaderEvent, ReaderState, ReaderStatus,
 };
 
 /// A reader is stale after this many poll intervals without a success.

@@ -11,8 +11,8 @@ use common::setup::{
     Env, ReaderSpec, USER, check_binary, free_port, run_binary, run_once_killed_at,
 };
 use common::time::{rfc5322_date, unix_now};
-use mail2ticket::config::Config;
 use common::{Proxy, mail};
+use mail2ticket::config::Config;
 use tokio::task::block_in_place;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -118,9 +118,8 @@ async fn imap_first_contact_takes_unseen_mail_only_then_everything_new() {
     });
     assert_eq!(code, Some(0), "{status}{stderr}");
     assert!(
-        status.contains(
-            "first contact of helpdesk with INBOX at 20"
-        ) && status.contains(": backfill = \"unseen\" took 2 of 6 mails, left 4 on the server"),
+        status.contains("first contact of helpdesk with INBOX at 20")
+            && status.contains(": backfill = \"unseen\" took 2 of 6 mails, left 4 on the server"),
         "{status}"
     );
 
@@ -128,8 +127,9 @@ async fn imap_first_contact_takes_unseen_mail_only_then_everything_new() {
     // old mail marked unread again is still old.
     env.dovecot.deliver_many(USER, (6..9).map(mail));
     env.dovecot.add_flag(USER, "INBOX", "\\Seen", "7");
-    env.dovecot
-        .doveadm(&["flags", "remove", "-u", USER, "\\Seen", "mailbox", "INBOX", "uid", "1"]);
+    env.dovecot.doveadm(&[
+        "flags", "remove", "-u", USER, "\\Seen", "mailbox", "INBOX", "uid", "1",
+    ]);
     assert_eq!(
         check_line(&config.path, "helpdesk"),
         "helpdesk: ok, 9 messages, 3 not yet ingested; capabilities: IDLE MOVE UIDPLUS"
@@ -251,27 +251,41 @@ async fn pop3_backfill_none_all_and_a_period() {
         check_line(&none.path, "none")
     );
     assert!(
-        check_line(&day.path, "day").contains("2 not yet ingested (first contact: backfill = \"1day\" would take 2 of 4"),
+        check_line(&day.path, "day")
+            .contains("2 not yet ingested (first contact: backfill = \"1day\" would take 2 of 4"),
     );
 
     let report = env.poll_ok(&none, "none").await;
     assert_eq!(report.fetched, 0);
     assert_eq!(first_contact(&env, "none").await, (4, 0, 4, "none".into()));
-    assert_eq!(env.dovecot.message_count(USER, "INBOX"), 4, "nothing deleted");
+    assert_eq!(
+        env.dovecot.message_count(USER, "INBOX"),
+        4,
+        "nothing deleted"
+    );
     let report = env.poll_ok(&day, "day").await;
     assert_eq!((report.fetched, report.created), (2, 2));
     assert_eq!(subjects(&env).await, subjects_of(&[2, 3]));
     // POP3 has no read state: "unseen" is everything on the server.
     let report = env.poll_ok(&unseen, "unseen").await;
     assert_eq!((report.fetched, report.duplicates), (4, 2));
-    assert_eq!(first_contact(&env, "unseen").await, (4, 4, 0, "unseen".into()));
+    assert_eq!(
+        first_contact(&env, "unseen").await,
+        (4, 4, 0, "unseen".into())
+    );
 
     env.dovecot.deliver(USER, &mail_from(4, 2 * DAY));
-    assert!(check_line(&none.path, "none").starts_with("none: ok, 5 messages, 1 not yet ingested; capabilities:"));
+    assert!(
+        check_line(&none.path, "none")
+            .starts_with("none: ok, 5 messages, 1 not yet ingested; capabilities:")
+    );
     // "none" last: it deletes what it takes.
     for (config, name) in [(&day, "day"), (&unseen, "unseen"), (&none, "none")] {
         let report = env.poll_ok(config, name).await;
-        assert_eq!(report.fetched, 1, "{name}: new mail is taken whatever its date");
+        assert_eq!(
+            report.fetched, 1,
+            "{name}: new mail is taken whatever its date"
+        );
     }
     env.assert_exactly_once(5).await;
     assert_eq!(
@@ -296,8 +310,14 @@ async fn acked(env: &Env) -> Vec<String> {
 async fn a_backlog_gets_tickets_but_no_acknowledgements() {
     let env = Env::start();
     // The headers of `mail` are a year old: the INTERNALDATE decides.
-    env.dovecot
-        .deliver_aged(USER, [(mail(0), 2 * DAY), (mail(1), HOUR), (mail(2), Duration::ZERO)]);
+    env.dovecot.deliver_aged(
+        USER,
+        [
+            (mail(0), 2 * DAY),
+            (mail(1), HOUR),
+            (mail(2), Duration::ZERO),
+        ],
+    );
     // Only what is queued counts here: nothing listens for the sending.
     let reply = format!(
         "\n[reader.reply]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n",

@@ -1570,7 +1570,10 @@ poll_interval = "30s"
             "folder = \"INBOX\"\nack_max_age = \"3d\"",
         );
         let r = &parse(&format!("{here}{reply}")).expect("valid").readers[0];
-        assert_eq!(r.mail.current().ack_max_age, Duration::from_secs(3 * 86_400));
+        assert_eq!(
+            r.mail.current().ack_max_age,
+            Duration::from_secs(3 * 86_400)
+        );
         let there = format!("{GOOD}{reply}ack_max_age = \"2h\"\n");
         let r = &parse(&there).expect("valid").readers[0];
         assert_eq!(r.mail.current().ack_max_age, Duration::from_secs(2 * 3600));

@@ -544,8 +544,10 @@ impl Session {
         let mut stream = step(
             t,
             "UID FETCH",
-            self.inner
-                .uid_fetch(uid_set(uids), format!("(BODY.PEEK[]<0.{cap}> INTERNALDATE)")),
+            self.inner.uid_fetch(
+                uid_set(uids),
+                format!("(BODY.PEEK[]<0.{cap}> INTERNALDATE)"),
+            ),
         )
         .await?;
         let mut mails = Vec::with_capacity(uids.len());
@@ -791,7 +793,10 @@ async fn check_inner(
             let mut waiting = session.uids_after(watermark.max(floor)).await?.len();
             let owed = store.imap_backfill_owed(&pos).await?;
             if !owed.is_empty() {
-                waiting += session.search(&format!("UID {}", uid_set(&owed))).await?.len();
+                waiting += session
+                    .search(&format!("UID {}", uid_set(&owed)))
+                    .await?
+                    .len();
             }
             (waiting, None)
         }
@@ -1126,7 +1131,11 @@ async fn uids_to_take(
     if !owed.is_empty() {
         // Only those still in the folder.
         let present = session.search(&format!("UID {}", uid_set(&owed))).await?;
-        uids.extend(present.into_iter().filter(|u| owed.binary_search(u).is_ok()));
+        uids.extend(
+            present
+                .into_iter()
+                .filter(|u| owed.binary_search(u).is_ok()),
+        );
         uids.sort_unstable();
         uids.dedup();
     }

@@ -171,9 +171,7 @@ impl Store {
                 "INSERT OR IGNORE INTO pop3_skipped (reader, uidl, skipped_at) ",
             );
             q.push_values(chunk, |mut row, uidl| {
-                row.push_bind(reader)
-                    .push_bind(uidl.as_str())
-                    .push(NOW);
+                row.push_bind(reader).push_bind(uidl.as_str()).push(NOW);
             });
             q.build().execute(&mut *tx).await?;
         }

@@ -912,7 +912,12 @@ mod tests {
         )
         .await;
         // No date at all: acknowledged.
-        commit_one(&store, "From: d@example.net\nSubject: s4\nMessage-ID: <b4@x>", &p).await;
+        commit_one(
+            &store,
+            "From: d@example.net\nSubject: s4\nMessage-ID: <b4@x>",
+            &p,
+        )
+        .await;
         assert_eq!(scalar(&store, "SELECT COUNT(*) FROM tickets").await, 4);
         let acked: Vec<(String,)> = sqlx::query_as("SELECT to_addr FROM outbox ORDER BY to_addr")
             .fetch_all(store.pool())
@@ -920,7 +925,10 @@ mod tests {
             .expect("outbox");
         assert_eq!(
             acked,
-            vec![("a@example.net".to_string(),), ("d@example.net".to_string(),)]
+            vec![
+                ("a@example.net".to_string(),),
+                ("d@example.net".to_string(),)
+            ]
         );
         // A reader that allows a week acknowledges the two-day-old mail.
         let week = Arc::new(MailPolicy {

@@ -587,7 +587,9 @@ impl Dovecot {
 
     fn files_in(&self, dir: &Path) -> std::collections::HashSet<std::ffi::OsString> {
         match fs::read_dir(dir) {
-            Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .collect(),
             Err(_) => std::collections::HashSet::new(),
         }
     }
@@ -595,7 +597,9 @@ impl Dovecot {
     /// Sets `flag` (e.g. `\Seen`) on the messages of `folder` whose UIDs
     /// are in `uids` (an IMAP set, e.g. "1:3").
     pub fn add_flag(&self, user: &str, folder: &str, flag: &str, uids: &str) {
-        self.doveadm(&["flags", "add", "-u", user, flag, "mailbox", folder, "uid", uids]);
+        self.doveadm(&[
+            "flags", "add", "-u", user, flag, "mailbox", folder, "uid", uids,
+        ]);
     }
 
     /// Delivers into an existing or new folder (ASCII names; `/`-separated

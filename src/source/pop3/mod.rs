@@ -177,7 +177,10 @@ async fn first_contact_skips(
     let mut skipped = Vec::new();
     for (number, uidl) in listing {
         let mut head = Vec::new();
-        session.conn.top_capped(*number, &mut head, HEADER_CAP).await?;
+        session
+            .conn
+            .top_capped(*number, &mut head, HEADER_CAP)
+            .await?;
         if ingest::received_at(&head).is_some_and(|t| t < since) {
             skipped.push(uidl.clone());
         }
