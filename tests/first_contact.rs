@@ -293,6 +293,14 @@ async fn pop3_backfill_none_all_and_a_period() {
         4,
         "only the mail \"none\" ingested was deleted"
     );
+    // A left mail gone from the server is forgotten: its UIDL may come
+    // back on new mail.
+    let left = "SELECT COUNT(*) FROM pop3_skipped WHERE reader = 'none'";
+    assert_eq!(env.count(left).await, 4);
+    env.dovecot
+        .doveadm(&["expunge", "-u", USER, "mailbox", "INBOX", "uid", "1"]);
+    env.poll_ok(&none, "none").await;
+    assert_eq!(env.count(left).await, 3);
 }
 
 /// The recipients of every queued acknowledgement, sorted.

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
-use super::mails::ROWS_PER_INSERT;
+use super::mails::{ROWS_PER_INSERT, in_list};
 use super::{BEGIN_WRITE, NOW, StatusView, Store, StoreError};
 use crate::store::FolderPosition;
 
@@ -173,6 +173,28 @@ impl Store {
             q.push_values(chunk, |mut row, uidl| {
                 row.push_bind(reader).push_bind(uidl.as_str()).push(NOW);
             });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets left UIDLs that are no longer on the server: a server may
+    /// give a UIDL to a new message once the old one is gone, and that
+    /// mail must not be taken for the one left.
+    pub async fn forget_pop3_skipped(
+        &self,
+        reader: &str,
+        gone: &[String],
+    ) -> Result<(), StoreError> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        for chunk in gone.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM pop3_skipped WHERE reader = ");
+            q.push_bind(reader).push(" AND uidl IN ");
+            in_list(&mut q, chunk.iter().map(String::as_str));
             q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;

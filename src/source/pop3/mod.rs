@@ -197,7 +197,16 @@ async fn skipped_uidls(
     listing: &[(u32, String)],
 ) -> Result<HashSet<String>, Pop3Error> {
     if store.pop3_met(&reader.name).await? {
-        return Ok(store.pop3_skipped(&reader.name).await?);
+        let mut skipped = store.pop3_skipped(&reader.name).await?;
+        let listed: HashSet<&str> = listing.iter().map(|(_, u)| u.as_str()).collect();
+        let gone: Vec<String> = skipped
+            .iter()
+            .filter(|u| !listed.contains(u.as_str()))
+            .cloned()
+            .collect();
+        store.forget_pop3_skipped(&reader.name, &gone).await?;
+        skipped.retain(|u| listed.contains(u.as_str()));
+        return Ok(skipped);
     }
     let skipped = first_contact_skips(session, reader.backfill, listing).await?;
     let backfill = reader.backfill.as_str();
