@@ -10,10 +10,16 @@
 //! pending in the ledger and is retried on the next poll; since it only
 //! ever runs for committed mail, a retry can never duplicate a ticket.
 //!
-//! A UIDVALIDITY change (the folder was recreated) starts a new UID space:
-//! everything in it is fetched again and matched against the emails already
-//! stored by Message-ID, or by content hash for mail without one, so known
-//! mail is only recorded under its new UID.
+//! The first poll of a folder (no record of it at this UIDVALIDITY) takes
+//! only what the reader's `backfill` says of the mail already there, and
+//! records that choice with a floor (the highest UID then) before fetching
+//! anything: mail above the floor is new and always taken, mail at or below
+//! it only if chosen, so old mail left then is never taken later.
+//!
+//! A UIDVALIDITY change (the folder was recreated) starts a new UID space,
+//! a first contact again: what `backfill` takes of it is matched against
+//! the emails already stored by Message-ID, or by content hash for mail
+//! without one, so known mail is only recorded under its new UID.
 //!
 //! With `idle = true` the connection is kept between polls and waits in
 //! IDLE, so new mail is noticed as it arrives.
@@ -790,14 +796,9 @@ async fn check_inner(
         }
         floor => {
             let floor = floor.map_or(0, |f| f.floor);
-            let mut waiting = session.uids_after(watermark.max(floor)).await?.len();
-            let owed = store.imap_backfill_owed(&pos).await?;
-            if !owed.is_empty() {
-                waiting += session
-                    .search(&format!("UID {}", uid_set(&owed)))
-                    .await?
-                    .len();
-            }
+            let waiting = uids_since_first_contact(&mut session, store, &pos, watermark, floor)
+                .await?
+                .len();
             (waiting, None)
         }
     };
@@ -1126,6 +1127,18 @@ async fn uids_to_take(
             return Ok(plan.taken);
         }
     };
+    uids_since_first_contact(session, store, pos, watermark, floor).await
+}
+
+/// After first contact: every UID above both the watermark and the floor,
+/// and the UIDs the first contact took that are not in the ledger yet.
+async fn uids_since_first_contact(
+    session: &mut Session,
+    store: &Store,
+    pos: &FolderPosition,
+    watermark: u32,
+    floor: u32,
+) -> Result<Vec<u32>, ImapError> {
     let mut uids = session.uids_after(watermark.max(floor)).await?;
     let owed = store.imap_backfill_owed(pos).await?;
     if !owed.is_empty() {

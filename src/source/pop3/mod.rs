@@ -8,7 +8,9 @@
 //! mail; the server applies deletions only at a clean QUIT, so until QUIT is
 //! confirmed the UIDLs stay pending and are deleted again on the next poll.
 //! A server without UIDL is refused: without it there is no way to tell a
-//! new message from one already ingested.
+//! new message from one already ingested. At first contact `backfill`
+//! decides which of the mail already there is taken; the UIDLs it leaves
+//! are recorded (`pop3_skipped`) and never taken or deleted.
 //!
 //! Sizes come from LIST first, so batches close at `batch_size` or
 //! `batch_bytes`, and RETR keeps only the first `max_email_size` bytes of a
