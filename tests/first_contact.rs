@@ -350,3 +350,27 @@ async fn a_backlog_gets_tickets_but_no_acknowledgements() {
     assert_eq!(report.created, 1);
     assert_eq!(acked(&env).await.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_database_takes_only_mail_never_ingested() {
+    let env = Env::start();
+    env.dovecot.deliver_many(USER, (0..3).map(mail));
+    let config = env.config(&[env.reader("helpdesk")]);
+    assert_eq!(env.poll_ok(&config, "helpdesk").await.created, 3);
+    assert_eq!(env.dovecot.seen_count(USER, "INBOX"), 3, "after = \"seen\"");
+
+    // The database is lost; two mails came meanwhile.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = env.db_file().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    env.dovecot.deliver_many(USER, (3..5).map(mail));
+    let report = env.poll_ok(&config, "helpdesk").await;
+    assert_eq!((report.fetched, report.created), (2, 2));
+    assert_eq!(subjects(&env).await, subjects_of(&[3, 4]));
+    assert_eq!(
+        first_contact(&env, "helpdesk").await,
+        (5, 2, 3, "unseen".into())
+    );
+}
