@@ -150,7 +150,8 @@ impl Harness {
     }
 
     /// Arbitrary IMAP server output through `imap::check` (greeting, login,
-    /// NOOP, CAPABILITY, SELECT, LIST, UID SEARCH, LOGOUT), over a loopback
+    /// NOOP, CAPABILITY, SELECT, LIST, UID SEARCH (all, then what `backfill`
+    /// takes at first contact), LOGOUT), over a loopback
     /// connection. The first byte picks token or password login and which
     /// pure helper (UID sets, folder names) is checked on the rest.
     pub fn imap_responses(&self, data: &[u8]) {

@@ -27,7 +27,8 @@
 //!   is: the loop guard ([`ingest::guard`]), routing rules
 //!   ([`ingest::rules`]), how it names its ticket ([`ingest::thread`]).
 //! * [`store`]: SQLite through sqlx: schema, exactly-once commits with each
-//!   protocol's ledger (IMAP folder positions, POP3 UIDLs), the ticket each
+//!   protocol's ledger (IMAP folder positions, POP3 UIDLs, and what each
+//!   first contact with a mailbox took under `backfill`), the ticket each
 //!   mail opens or joins (threading, dedup, rate limit, contents stored
 //!   once, acknowledgements queued), the quarantine of mail that cannot be
 //!   stored, reader health, sealed tokens.

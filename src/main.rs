@@ -191,8 +191,12 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 } else {
                     r.capabilities.join(" ")
                 };
+                let first_contact = r
+                    .first_contact
+                    .map(|f| format!(" ({f})"))
+                    .unwrap_or_default();
                 format!(
-                    "ok, {} messages, {} not yet ingested; capabilities: {capabilities}",
+                    "ok, {} messages, {} not yet ingested{first_contact}; capabilities: {capabilities}",
                     r.messages, r.waiting
                 )
             }))
@@ -253,6 +257,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 // `rows` was narrowed to this one reader above.
                 if let Some(r) = report.readers.first_mut() {
                     r.events = Some(store.reader_events(name, limit).await?);
+                    r.first_contacts = Some(store.first_contacts(name).await?);
                 }
             }
             if json {

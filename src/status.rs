@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::store::{
-    DaemonStatus, MailCounts, OutboxStatus, ReaderEvent, ReaderState, ReaderStatus,
+    DaemonStatus, FirstContactRow, MailCounts, OutboxStatus, ReaderEvent, ReaderState, ReaderStatus,
 };
 
 /// A reader is stale after this many poll intervals without a success.
@@ -54,6 +54,10 @@ pub struct ReaderView {
     pub mail_24h: Option<MailCounts>,
     /// Mails of this reader in the quarantine now, whenever they came.
     pub quarantined: i64,
+    /// What `backfill` took and left at each first contact (with
+    /// `--reader`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_contacts: Option<Vec<FirstContactRow>>,
 }
 
 /// The window of the mail counts `status` shows.
@@ -80,6 +84,7 @@ impl Report {
                     outbox: None,
                     mail_24h: None,
                     quarantined: 0,
+                    first_contacts: None,
                 }
             })
             .collect();
@@ -245,6 +250,13 @@ pub fn render_report(report: &Report) -> String {
         }
         if let Some(outbox) = &r.outbox {
             out.push_str(&outbox_line(&r.row.name, outbox));
+        }
+        for f in r.first_contacts.iter().flatten() {
+            out.push_str(&format!(
+                "first contact of {} with {} at {}: backfill = \"{}\" took {} of {} mails, \
+                 left {} on the server\n",
+                r.row.name, f.folder, f.at, f.backfill, f.found.taken, f.found.messages, f.skipped
+            ));
         }
         if let Some(events) = &r.events {
             out.push_str(&format!("\nhistory of {} (newest first):\n", r.row.name));

@@ -605,7 +605,8 @@ fn check_and_status_commands_report_per_reader() {
     );
     assert_eq!(
         stdout.trim(),
-        "helpdesk: ok, 4 messages, 4 not yet ingested; capabilities: IDLE MOVE UIDPLUS"
+        "helpdesk: ok, 4 messages, 4 not yet ingested (first contact: backfill = \"unseen\" \
+         would take 4 of 4 (skipping 0)); capabilities: IDLE MOVE UIDPLUS"
     );
 
     let out = std::process::Command::new(binary())

@@ -25,6 +25,9 @@ pub struct MailPolicy {
     pub allow_auto_submitted: bool,
     /// Acknowledge new tickets of this reader (`[reader.reply]` is set).
     pub acknowledge: bool,
+    /// No acknowledgement for mail received longer than this before it
+    /// was ingested (`ack_max_age`): a backlog is not answered.
+    pub ack_max_age: Duration,
     /// The domain of our outbound Message-IDs: the reply address's.
     pub message_id_domain: String,
 }
@@ -216,6 +219,7 @@ impl Default for MailPolicy {
             rules: Rules::default(),
             allow_auto_submitted: false,
             acknowledge: false,
+            ack_max_age: super::DEFAULT_ACK_MAX_AGE,
             message_id_domain: "localhost".into(),
         }
     }
@@ -287,9 +291,16 @@ pub(super) struct RawReply {
     subject: Option<String>,
     body: Option<String>,
     body_file: Option<Spanned<PathBuf>>,
+    ack_max_age: Option<HumanDuration>,
 }
 
 impl RawReply {
+    /// `ack_max_age` written in `[reader.reply]`; the reader's table may
+    /// hold it instead.
+    pub(super) fn ack_max_age(&self) -> Option<Duration> {
+        self.ack_max_age.map(|d| d.0)
+    }
+
     pub(super) fn sender(&self) -> Option<String> {
         self.from.as_ref().map(|f| f.get_ref().clone())
     }
@@ -466,6 +477,7 @@ impl Shared {
         allow_auto_submitted: bool,
         reply_from: Option<&str>,
         username: &str,
+        ack_max_age: Duration,
     ) -> SharedPolicy {
         SharedPolicy::new(Arc::new(MailPolicy {
             tickets: self.tickets.clone(),
@@ -473,6 +485,7 @@ impl Shared {
             rules: self.rules.clone(),
             allow_auto_submitted,
             acknowledge: reply_from.is_some(),
+            ack_max_age,
             message_id_domain: domain_of(reply_from.unwrap_or(username)).to_ascii_lowercase(),
         }))
     }

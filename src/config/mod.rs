@@ -253,6 +253,52 @@ impl After {
     }
 }
 
+/// Which of the mail already in a folder a reader takes the first time it
+/// reads it (`backfill`); from then on the ledger takes everything new.
+/// Protocol-neutral: each source decides what the mail it finds matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backfill {
+    /// Mail not yet read by anyone (IMAP: not `\Seen`). POP3 has no read
+    /// state, so there it is everything.
+    Unseen,
+    /// Everything already there.
+    All,
+    /// Nothing already there: only mail that arrives from now on.
+    None,
+    /// Mail received within this period before first contact.
+    Within(Duration),
+}
+
+impl Backfill {
+    fn parse(text: &str) -> Result<Backfill, String> {
+        match text {
+            "unseen" => Ok(Backfill::Unseen),
+            "all" => Ok(Backfill::All),
+            "none" => Ok(Backfill::None),
+            other => match humantime::parse_duration(other) {
+                Ok(d) if !d.is_zero() => Ok(Backfill::Within(d)),
+                _ => Err(format!(
+                    "{other:?} is not a backfill; use \"unseen\", \"all\", \"none\" or a duration such as \"7d\""
+                )),
+            },
+        }
+    }
+
+    /// As written in the configuration.
+    pub fn as_str(self) -> String {
+        match self {
+            Backfill::Unseen => "unseen".into(),
+            Backfill::All => "all".into(),
+            Backfill::None => "none".into(),
+            Backfill::Within(d) => humantime::format_duration(d).to_string(),
+        }
+    }
+}
+
+/// `ack_max_age` when not set: mail older than a day at ingest is not
+/// acknowledged.
+pub const DEFAULT_ACK_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
 /// How a reader obtains its tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -302,6 +348,8 @@ pub struct ReaderConfig {
     /// The IMAP folder read (POP3 has only the one maildrop).
     pub folder: String,
     pub after: After,
+    /// What the first poll of a folder takes of the mail already in it.
+    pub backfill: Backfill,
     /// Keep an IMAP connection open and IDLE instead of polling.
     pub idle: bool,
     pub ca_file: Option<PathBuf>,
@@ -526,6 +574,8 @@ struct RawReader {
     grant: Option<Spanned<Grant>>,
     folder: Option<Spanned<String>>,
     after: Option<Spanned<String>>,
+    backfill: Option<Spanned<String>>,
+    ack_max_age: Option<Spanned<HumanDuration>>,
     idle: Option<Spanned<bool>>,
     ca_file: Option<PathBuf>,
     poll_interval: Option<HumanDuration>,
@@ -937,6 +987,11 @@ impl Config {
                     after
                 }
             };
+            let backfill = match r.backfill {
+                Some(text) => Backfill::parse(text.get_ref())
+                    .map_err(|e| locate.at(text.span(), "backfill", &e))?,
+                None => Backfill::Unseen,
+            };
             let idle = match r.idle {
                 Some(i) if *i.get_ref() && protocol == Protocol::Pop3 => {
                     return Err(locate.at(
@@ -962,6 +1017,19 @@ impl Config {
                 Some(b) => b.get_ref().as_u64(),
                 None => DEFAULT_BATCH_BYTES,
             };
+            let in_reply = r.reply.as_ref().and_then(|raw| raw.get_ref().ack_max_age());
+            let ack_max_age = match (r.ack_max_age, in_reply) {
+                (Some(here), Some(_)) => {
+                    return Err(locate.at(
+                        here.span(),
+                        "ack_max_age",
+                        "set either here or in [reader.reply], not both",
+                    ));
+                }
+                (Some(d), None) => d.get_ref().0,
+                (None, Some(d)) => d,
+                (None, None) => DEFAULT_ACK_MAX_AGE,
+            };
             let reply = match r.reply {
                 Some(raw) => {
                     let span = raw.span();
@@ -982,6 +1050,7 @@ impl Config {
                 r.allow_auto_submitted.unwrap_or(false),
                 reply.as_ref().map(|p| p.from.as_str()),
                 &r.username,
+                ack_max_age,
             );
             readers.push(ReaderConfig {
                 name,
@@ -993,6 +1062,7 @@ impl Config {
                 login,
                 folder,
                 after,
+                backfill,
                 idle,
                 ca_file: r.ca_file.map(|p| base_dir.join(p)),
                 poll_interval: r.poll_interval.map_or(daemon.poll_interval, |d| d.0),
@@ -1462,6 +1532,56 @@ poll_interval = "30s"
             "poll_interval = \"30s\"\nidle = true",
         ));
         assert!(err.contains("reader.idle"), "{err}");
+    }
+
+    #[test]
+    fn backfill_and_ack_max_age() {
+        let r = &parse(GOOD).expect("valid").readers[0];
+        assert_eq!(r.backfill, Backfill::Unseen, "the default");
+        assert_eq!(r.mail.current().ack_max_age, DEFAULT_ACK_MAX_AGE);
+        for (text, want) in [
+            ("all", Backfill::All),
+            ("none", Backfill::None),
+            ("unseen", Backfill::Unseen),
+            ("7d", Backfill::Within(Duration::from_secs(7 * 86_400))),
+            ("12h", Backfill::Within(Duration::from_secs(12 * 3600))),
+        ] {
+            let config = parse(&GOOD.replace(
+                "folder = \"INBOX\"",
+                &format!("folder = \"INBOX\"\nbackfill = \"{text}\""),
+            ))
+            .expect("valid");
+            assert_eq!(config.readers[0].backfill, want, "{text}");
+        }
+        for bad in ["everything", "0s", "-1d"] {
+            let err = error_text(&GOOD.replace(
+                "folder = \"INBOX\"",
+                &format!("folder = \"INBOX\"\nbackfill = \"{bad}\""),
+            ));
+            assert!(
+                err.contains(":23: reader.backfill: ") && err.contains("is not a backfill"),
+                "{err}"
+            );
+        }
+
+        let reply = "\n[reader.reply]\nhost = \"smtp.example.com\"\n";
+        let here = GOOD.replace(
+            "folder = \"INBOX\"",
+            "folder = \"INBOX\"\nack_max_age = \"3d\"",
+        );
+        let r = &parse(&format!("{here}{reply}")).expect("valid").readers[0];
+        assert_eq!(
+            r.mail.current().ack_max_age,
+            Duration::from_secs(3 * 86_400)
+        );
+        let there = format!("{GOOD}{reply}ack_max_age = \"2h\"\n");
+        let r = &parse(&there).expect("valid").readers[0];
+        assert_eq!(r.mail.current().ack_max_age, Duration::from_secs(2 * 3600));
+        let err = error_text(&format!("{here}{reply}ack_max_age = \"2h\"\n"));
+        assert!(
+            err.contains(":23: reader.ack_max_age: ") && err.contains("not both"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -245,6 +245,7 @@ mod tests {
             rules: Rules::default(),
             allow_auto_submitted,
             acknowledge: true,
+            ack_max_age: crate::config::DEFAULT_ACK_MAX_AGE,
             message_id_domain: "contoso.com".into(),
         }
     }

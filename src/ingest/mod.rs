@@ -40,6 +40,9 @@ pub struct Incoming {
     /// The mail as fetched, until it is committed: if storing it fails
     /// because of what it contains, the quarantine keeps these bytes.
     pub raw: Vec<u8>,
+    /// When the mail reached the mailbox, in Unix seconds (see
+    /// [`received_at`]); `None` when nothing in it tells.
+    pub received_at: Option<i64>,
 }
 
 impl std::fmt::Debug for Incoming {
@@ -61,14 +64,37 @@ pub struct Fetched {
     pub bytes: Vec<u8>,
     /// At least `bytes.len()`.
     pub size: u64,
+    /// When the server says the mail arrived (IMAP's INTERNALDATE), in
+    /// Unix seconds; otherwise the mail's own headers tell.
+    pub arrived: Option<i64>,
 }
 
 impl Fetched {
     /// A mail fetched whole.
     pub fn whole(bytes: Vec<u8>) -> Fetched {
         let size = bytes.len() as u64;
-        Fetched { bytes, size }
+        Fetched {
+            bytes,
+            size,
+            arrived: None,
+        }
     }
+}
+
+/// When a mail reached the mailbox by its headers, in Unix seconds: the
+/// date of the newest (topmost) `Received:` header, else its `Date:`. Only
+/// the header section is read, and a date that cannot be read counts as
+/// none.
+pub fn received_at(raw: &[u8]) -> Option<i64> {
+    let headers = mail_parser::MessageParser::new().parse_headers(raw)?;
+    let valid = |d: &mail_parser::DateTime| d.is_valid().then(|| d.to_timestamp());
+    headers
+        .received_all()
+        .next()
+        .and_then(|r| r.date())
+        .as_ref()
+        .and_then(valid)
+        .or_else(|| headers.date().and_then(valid))
 }
 
 impl Incoming {
@@ -80,8 +106,18 @@ impl Incoming {
     /// [`Incoming::new`] for a mail as fetched (maybe only its beginning,
     /// see [`Fetched`]), keeping its bytes without a copy.
     pub fn fetched(fetched: Fetched, reader: &str, policy: &Arc<MailPolicy>) -> Incoming {
-        let Fetched { bytes: raw, size } = fetched;
+        let Fetched {
+            bytes: raw,
+            size,
+            arrived,
+        } = fetched;
         let mail = parse_fetched(&raw, size, &Limits::from(&policy.tickets));
+        // Only an acknowledgement asks when the mail came.
+        let received_at = if policy.acknowledge {
+            arrived.or_else(|| received_at(&raw))
+        } else {
+            arrived
+        };
         let verdict = guard::check(&mail, policy);
         let routing = rules::route(&mail, reader, &policy.rules);
         Incoming {
@@ -90,6 +126,7 @@ impl Incoming {
             routing,
             policy: Arc::clone(policy),
             raw,
+            received_at,
         }
     }
 }

@@ -10,10 +10,16 @@
 //! pending in the ledger and is retried on the next poll; since it only
 //! ever runs for committed mail, a retry can never duplicate a ticket.
 //!
-//! A UIDVALIDITY change (the folder was recreated) starts a new UID space:
-//! everything in it is fetched again and matched against the emails already
-//! stored by Message-ID, or by content hash for mail without one, so known
-//! mail is only recorded under its new UID.
+//! The first poll of a folder (no record of it at this UIDVALIDITY) takes
+//! only what the reader's `backfill` says of the mail already there, and
+//! records that choice with a floor (the highest UID then) before fetching
+//! anything: mail above the floor is new and always taken, mail at or below
+//! it only if chosen, so old mail left then is never taken later.
+//!
+//! A UIDVALIDITY change (the folder was recreated) starts a new UID space,
+//! a first contact again: what `backfill` takes of it is matched against
+//! the emails already stored by Message-ID, or by content hash for mail
+//! without one, so known mail is only recorded under its new UID.
 //!
 //! With `idle = true` the connection is kept between polls and waits in
 //! IDLE, so new mail is noticed as it arrives.
@@ -27,9 +33,9 @@ use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
-use super::{Batching, CheckReport, Credential, PollReport};
+use super::{Batching, CheckReport, Credential, FirstContactPreview, PollReport};
 use crate::auth::sasl;
-use crate::config::{After, ReaderConfig, Tls};
+use crate::config::{After, Backfill, ReaderConfig, Tls};
 use crate::ingest::{self, Fetched, ParseTaskFailed};
 use crate::metrics::{FailureClass, ReaderMetrics};
 use crate::store::{FolderPosition, Store, StoreError};
@@ -421,6 +427,89 @@ impl Session {
         Ok(uids)
     }
 
+    /// The UIDs matching an IMAP search, ascending.
+    async fn search(&mut self, query: &str) -> Result<Vec<u32>, ImapError> {
+        let found = step(self.timeout, "UID SEARCH", self.inner.uid_search(query)).await?;
+        let mut uids: Vec<u32> = found.into_iter().collect();
+        uids.sort_unstable();
+        Ok(uids)
+    }
+
+    /// What `backfill` takes of the mail in the folder at first contact.
+    /// The floor is the highest UID found: whatever arrives after this
+    /// search is above it, so it is new mail, taken whatever `backfill`
+    /// says.
+    async fn first_contact(&mut self, backfill: Backfill) -> Result<Backfilled, ImapError> {
+        let all = self.search("ALL").await?;
+        let floor = all.last().copied().unwrap_or(0);
+        let messages = all.len();
+        let taken = match backfill {
+            // Everything, so nothing needs a floor.
+            Backfill::All => {
+                return Ok(Backfilled {
+                    messages,
+                    floor: 0,
+                    taken: all,
+                });
+            }
+            _ if floor == 0 => Vec::new(),
+            Backfill::None => Vec::new(),
+            Backfill::Unseen => self.search(&format!("UID 1:{floor} UNSEEN")).await?,
+            Backfill::Within(period) => {
+                let since = std::time::SystemTime::now()
+                    .checked_sub(period)
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                // SINCE compares dates only, in the server's zone: a day
+                // earlier catches every zone, INTERNALDATE decides.
+                let day_before = since
+                    .checked_sub(Duration::from_secs(86_400))
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                let candidates = self
+                    .search(&format!("UID 1:{floor} SINCE {}", search_date(day_before)))
+                    .await?;
+                self.arrived_since(&candidates, since).await?
+            }
+        };
+        // A server may answer with UIDs outside the range asked for.
+        let taken = taken.into_iter().filter(|&u| u <= floor).collect();
+        Ok(Backfilled {
+            messages,
+            floor,
+            taken,
+        })
+    }
+
+    /// Those of `uids` whose INTERNALDATE is at or after `since`; a mail
+    /// the server gives no date for is kept.
+    async fn arrived_since(
+        &mut self,
+        uids: &[u32],
+        since: std::time::SystemTime,
+    ) -> Result<Vec<u32>, ImapError> {
+        let t = self.timeout;
+        let progress = self.progress.clone();
+        let since = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let mut old = std::collections::HashSet::new();
+        for chunk in uids.chunks(SIZE_CHUNK) {
+            let mut stream = step(
+                t,
+                "UID FETCH",
+                self.inner.uid_fetch(uid_set(chunk), "(UID INTERNALDATE)"),
+            )
+            .await?;
+            while let Some(fetch) = next_fetch(&progress, t, &mut stream).await? {
+                if let (Some(uid), Some(date)) = (fetch.uid, fetch.internal_date())
+                    && date.timestamp() < since
+                {
+                    old.insert(uid);
+                }
+            }
+        }
+        Ok(uids.iter().copied().filter(|u| !old.contains(u)).collect())
+    }
+
     /// The sizes (RFC822.SIZE) of `uids`, learnt before fetching them so
     /// batches can be planned by bytes and large mail fetched only in part.
     /// A UID the server does not size (expunged meanwhile) is left out.
@@ -461,8 +550,10 @@ impl Session {
         let mut stream = step(
             t,
             "UID FETCH",
-            self.inner
-                .uid_fetch(uid_set(uids), format!("BODY.PEEK[]<0.{cap}>")),
+            self.inner.uid_fetch(
+                uid_set(uids),
+                format!("(BODY.PEEK[]<0.{cap}> INTERNALDATE)"),
+            ),
         )
         .await?;
         let mut mails = Vec::with_capacity(uids.len());
@@ -472,7 +563,16 @@ impl Session {
                 let declared = sizes.get(&uid).copied().unwrap_or(0);
                 let bytes = body.to_vec();
                 let size = declared.max(bytes.len() as u64);
-                mails.push((uid, Fetched { bytes, size }));
+                // When it arrived, for `ack_max_age`.
+                let arrived = fetch.internal_date().map(|d| d.timestamp());
+                mails.push((
+                    uid,
+                    Fetched {
+                        bytes,
+                        size,
+                        arrived,
+                    },
+                ));
             }
         }
         mails.sort_unstable_by_key(|(uid, _)| *uid);
@@ -684,13 +784,31 @@ async fn check_inner(
     }
     let pos = position(reader, &selected);
     let watermark = store.watermark(&pos).await?;
-    let waiting = session.uids_after(watermark).await?.len();
+    let (waiting, first_contact) = match store.imap_floor(&pos).await? {
+        None if watermark == 0 => {
+            let plan = session.first_contact(reader.backfill).await?;
+            let preview = FirstContactPreview {
+                backfill: reader.backfill,
+                messages: plan.messages,
+                taken: plan.taken.len(),
+            };
+            (plan.taken.len(), Some(preview))
+        }
+        floor => {
+            let floor = floor.map_or(0, |f| f.floor);
+            let waiting = uids_since_first_contact(&mut session, store, &pos, watermark, floor)
+                .await?
+                .len();
+            (waiting, None)
+        }
+    };
     let capabilities = session.caps.names();
     session.logout().await;
     Ok(CheckReport {
         messages: selected.exists,
         waiting,
         capabilities,
+        first_contact,
     })
 }
 
@@ -844,10 +962,11 @@ async fn poll_inner(
             folder = %reader.folder,
             old,
             new = pos.uidvalidity,
-            "UIDVALIDITY changed (the folder was recreated); matching its mail against stored emails by Message-ID and content"
+            backfill = %reader.backfill.as_str(),
+            "UIDVALIDITY changed (the folder was recreated): a first contact again, where backfill decides what is taken; mail already stored is matched by Message-ID and content"
         );
     }
-    let uids = session.uids_after(watermark).await?;
+    let uids = uids_to_take(&mut session, store, reader, &pos, watermark).await?;
     // Whatever was announced up to here, this search has seen.
     session.take_announcements();
     if !uids.is_empty() {
@@ -960,6 +1079,102 @@ async fn poll_inner(
     Ok(report)
 }
 
+/// What a first contact takes of the mail already in a folder.
+#[derive(Debug)]
+struct Backfilled {
+    /// Mails in the folder at first contact.
+    messages: usize,
+    /// The highest UID then; 0 when everything is taken.
+    floor: u32,
+    /// UIDs at or below the floor to take, ascending.
+    taken: Vec<u32>,
+}
+
+/// The UIDs this poll takes. At first contact with the folder (at this
+/// UIDVALIDITY) that is what `backfill` takes of the mail already there,
+/// recorded with its floor before anything is fetched. After it: every UID
+/// above both the watermark and the floor, and any UID the first contact
+/// took that is not in the ledger yet (a first poll cut short).
+async fn uids_to_take(
+    session: &mut Session,
+    store: &Store,
+    reader: &ReaderConfig,
+    pos: &FolderPosition,
+    watermark: u32,
+) -> Result<Vec<u32>, ImapError> {
+    let floor = match store.imap_floor(pos).await? {
+        Some(floor) => floor.floor,
+        // Mail ingested before first contacts were recorded: no floor.
+        None if watermark > 0 => 0,
+        None => {
+            let plan = session.first_contact(reader.backfill).await?;
+            let backfill = reader.backfill.as_str();
+            store
+                .record_imap_first_contact(pos, &backfill, plan.messages, plan.floor, &plan.taken)
+                .await?;
+            let skipped = plan.messages.saturating_sub(plan.taken.len());
+            tracing::info!(
+                folder = %reader.folder,
+                messages = plan.messages,
+                taken = plan.taken.len(),
+                skipped,
+                backfill = %backfill,
+                "first contact with the folder: backfill takes {} of the {} mails already there; \
+                 the {skipped} others stay in the folder untouched and are never taken",
+                plan.taken.len(),
+                plan.messages,
+            );
+            return Ok(plan.taken);
+        }
+    };
+    uids_since_first_contact(session, store, pos, watermark, floor).await
+}
+
+/// After first contact: every UID above both the watermark and the floor,
+/// and the UIDs the first contact took that are not in the ledger yet.
+async fn uids_since_first_contact(
+    session: &mut Session,
+    store: &Store,
+    pos: &FolderPosition,
+    watermark: u32,
+    floor: u32,
+) -> Result<Vec<u32>, ImapError> {
+    let mut uids = session.uids_after(watermark.max(floor)).await?;
+    let owed = store.imap_backfill_owed(pos).await?;
+    if !owed.is_empty() {
+        // Only those still in the folder.
+        let present = session.search(&format!("UID {}", uid_set(&owed))).await?;
+        uids.extend(
+            present
+                .into_iter()
+                .filter(|u| owed.binary_search(u).is_ok()),
+        );
+        uids.sort_unstable();
+        uids.dedup();
+    }
+    Ok(uids)
+}
+
+/// A date as IMAP SEARCH writes it (RFC 3501 `date`): `6-Dec-2026`, UTC.
+fn search_date(t: std::time::SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    // "2026-12-06T04:03:55Z"
+    let stamp = humantime::format_rfc3339_seconds(t).to_string();
+    let field = |range: std::ops::Range<usize>| {
+        stamp
+            .get(range)
+            .and_then(|s| s.parse::<usize>().ok())
+            .unwrap_or(1)
+    };
+    let month = MONTHS
+        .get(field(5..7).saturating_sub(1))
+        .copied()
+        .unwrap_or("Jan");
+    format!("{}-{month}-{}", field(8..10), field(0..4))
+}
+
 /// What every fetch of one poll shares.
 struct Fetching<'a> {
     sizes: &'a HashMap<u32, u64>,
@@ -1053,6 +1268,13 @@ pub(crate) fn uid_set(uids: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_dates_are_rfc3501() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_796_529_835);
+        assert_eq!(search_date(t), "6-Dec-2026");
+        assert_eq!(search_date(std::time::UNIX_EPOCH), "1-Jan-1970");
+    }
 
     #[test]
     fn uid_sets_are_compact() {

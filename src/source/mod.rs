@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use secrecy::SecretString;
 
-use crate::config::MailPolicy;
+use crate::config::{Backfill, MailPolicy};
 
 pub mod imap;
 pub mod pop3;
@@ -49,6 +49,30 @@ pub struct CheckReport {
     /// The server capabilities mail2ticket uses, of those it has (e.g.
     /// IDLE, MOVE, UIDPLUS for IMAP; UIDL for POP3).
     pub capabilities: Vec<&'static str>,
+    /// Set before the reader's first poll of the mailbox: what `backfill`
+    /// would take of the mail there (`waiting` is then that much).
+    pub first_contact: Option<FirstContactPreview>,
+}
+
+/// What the first poll of a mailbox would take of the mail in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstContactPreview {
+    pub backfill: Backfill,
+    pub messages: usize,
+    pub taken: usize,
+}
+
+impl std::fmt::Display for FirstContactPreview {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "first contact: backfill = \"{}\" would take {} of {} (skipping {})",
+            self.backfill.as_str(),
+            self.taken,
+            self.messages,
+            self.messages.saturating_sub(self.taken)
+        )
+    }
 }
 
 /// How much of each mail is fetched and how many go in one batch; from the

@@ -699,6 +699,17 @@ async fn queue_ack(
     let Some(to) = mail.from_addr.as_deref() else {
         return Ok(());
     };
+    if let Some(age) = backlog_age(incoming) {
+        // A backlog (a first contact, a reader that was down) is not
+        // answered: the sender has long stopped waiting for a receipt.
+        tracing::debug!(
+            ticket,
+            age = %humantime::format_duration(age),
+            ack_max_age = %humantime::format_duration(policy.ack_max_age),
+            "no acknowledgement: the mail was received too long before it was ingested"
+        );
+        return Ok(());
+    }
     let hidden = policy.tickets.hidden_token.then_some(token);
     let message_id = thread::outbound_message_id(&policy.message_id_domain, hidden);
     let references = match (&mail.references, &mail.message_id) {
@@ -721,6 +732,21 @@ async fn queue_ack(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// How long before now `incoming` was received, when that is more than
+/// its reader's `ack_max_age`. A mail that says nothing of when it came is
+/// not old.
+fn backlog_age(incoming: &Incoming) -> Option<std::time::Duration> {
+    let received = incoming.received_at?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let age = std::time::Duration::from_secs(
+        u64::try_from(i64::try_from(now).ok()?.saturating_sub(received)).ok()?,
+    );
+    (age > incoming.policy.ack_max_age).then_some(age)
 }
 
 /// Stores `content` once under its hash; returns the blob's key.
@@ -835,6 +861,91 @@ mod tests {
             .await
             .expect(sql);
         n
+    }
+
+    #[tokio::test]
+    async fn a_backlog_opens_tickets_but_is_not_acknowledged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_in(&dir).await;
+        let p = policy();
+        let now = std::time::SystemTime::now();
+        let date = |ago: u64| {
+            let t = now - std::time::Duration::from_secs(ago);
+            mail_parser::DateTime::from_timestamp(
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .expect("after 1970")
+                    .as_secs() as i64,
+            )
+            .to_rfc822()
+        };
+        // Sent two days ago, but delivered just now (the newest Received
+        // decides): acknowledged.
+        commit_one(
+            &store,
+            &format!(
+                "Received: by mx; {}\nReceived: by relay; {}\nFrom: a@example.net\nSubject: s1\nMessage-ID: <b1@x>\nDate: {}",
+                date(60),
+                date(2 * 86400),
+                date(2 * 86400)
+            ),
+            &p,
+        )
+        .await;
+        // Delivered two days ago: a ticket, no acknowledgement.
+        commit_one(
+            &store,
+            &format!(
+                "Received: by mx; {}\nFrom: b@example.net\nSubject: s2\nMessage-ID: <b2@x>",
+                date(2 * 86400)
+            ),
+            &p,
+        )
+        .await;
+        // Only a Date header, a week old: the same.
+        commit_one(
+            &store,
+            &format!(
+                "From: c@example.net\nSubject: s3\nMessage-ID: <b3@x>\nDate: {}",
+                date(7 * 86400)
+            ),
+            &p,
+        )
+        .await;
+        // No date at all: acknowledged.
+        commit_one(
+            &store,
+            "From: d@example.net\nSubject: s4\nMessage-ID: <b4@x>",
+            &p,
+        )
+        .await;
+        assert_eq!(scalar(&store, "SELECT COUNT(*) FROM tickets").await, 4);
+        let acked: Vec<(String,)> = sqlx::query_as("SELECT to_addr FROM outbox ORDER BY to_addr")
+            .fetch_all(store.pool())
+            .await
+            .expect("outbox");
+        assert_eq!(
+            acked,
+            vec![
+                ("a@example.net".to_string(),),
+                ("d@example.net".to_string(),)
+            ]
+        );
+        // A reader that allows a week acknowledges the two-day-old mail.
+        let week = Arc::new(MailPolicy {
+            acknowledge: true,
+            ack_max_age: std::time::Duration::from_secs(8 * 86400),
+            ..MailPolicy::default()
+        });
+        commit_one(
+            &store,
+            &format!(
+                "Received: by mx; {}\nFrom: e@example.net\nSubject: s5\nMessage-ID: <b5@x>",
+                date(2 * 86400)
+            ),
+            &week,
+        )
+        .await;
+        assert_eq!(scalar(&store, "SELECT COUNT(*) FROM outbox").await, 3);
     }
 
     #[tokio::test]

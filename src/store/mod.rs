@@ -7,6 +7,7 @@
 //! token rows and the outbox's attempts. Nothing else in the crate writes
 //! SQL.
 
+mod first_contact;
 mod health;
 mod key;
 mod mails;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+pub use first_contact::{FirstContact, FirstContactRow, ImapFloor};
 pub use health::{DaemonStatus, EVENTS_KEPT, ReaderEvent, ReaderStatus};
 pub use key::{KeyError, StoreKey};
 pub use mails::{BatchOutcome, MailCounts};

@@ -566,6 +566,42 @@ impl Dovecot {
         self.deliver_into(user, &root, mails);
     }
 
+    /// Delivers mails to INBOX that arrived `ago` before now: the file's
+    /// mtime, which Dovecot's maildir takes as the INTERNALDATE. Only for
+    /// mail Dovecot has not indexed yet (deliver, then read).
+    pub fn deliver_aged(&self, user: &str, mails: impl IntoIterator<Item = (Vec<u8>, Duration)>) {
+        let new = self.maildir(user).join("new");
+        for (raw, ago) in mails {
+            let before: std::collections::HashSet<_> = self.files_in(&new);
+            self.deliver_many(user, std::iter::once(raw));
+            let when = SystemTime::now() - ago;
+            for name in self.files_in(&new).difference(&before) {
+                fs::File::options()
+                    .write(true)
+                    .open(new.join(name))
+                    .and_then(|f| f.set_modified(when))
+                    .expect("set a mail file's mtime");
+            }
+        }
+    }
+
+    fn files_in(&self, dir: &Path) -> std::collections::HashSet<std::ffi::OsString> {
+        match fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .collect(),
+            Err(_) => std::collections::HashSet::new(),
+        }
+    }
+
+    /// Sets `flag` (e.g. `\Seen`) on the messages of `folder` whose UIDs
+    /// are in `uids` (an IMAP set, e.g. "1:3").
+    pub fn add_flag(&self, user: &str, folder: &str, flag: &str, uids: &str) {
+        self.doveadm(&[
+            "flags", "add", "-u", user, flag, "mailbox", folder, "uid", uids,
+        ]);
+    }
+
     /// Delivers into an existing or new folder (ASCII names; `/`-separated
     /// hierarchy maps to Maildir++ `.A.B`).
     pub fn deliver_to(&self, user: &str, folder: &str, raw: &[u8]) {

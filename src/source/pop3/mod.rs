@@ -8,7 +8,9 @@
 //! mail; the server applies deletions only at a clean QUIT, so until QUIT is
 //! confirmed the UIDLs stay pending and are deleted again on the next poll.
 //! A server without UIDL is refused: without it there is no way to tell a
-//! new message from one already ingested.
+//! new message from one already ingested. At first contact `backfill`
+//! decides which of the mail already there is taken; the UIDLs it leaves
+//! are recorded (`pop3_skipped`) and never taken or deleted.
 //!
 //! Sizes come from LIST first, so batches close at `batch_size` or
 //! `batch_bytes`, and RETR keeps only the first `max_email_size` bytes of a
@@ -16,13 +18,13 @@
 
 pub(crate) mod proto;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tokio_util::sync::CancellationToken;
 
 use self::proto::{Capabilities, Connection, Pop3Error as WireError};
-use super::{Batching, CheckReport, Credential, PollReport};
-use crate::config::{After, ReaderConfig, Tls};
+use super::{Batching, CheckReport, Credential, FirstContactPreview, PollReport};
+use crate::config::{After, Backfill, ReaderConfig, Tls};
 use crate::ingest::{self, Fetched, ParseTaskFailed};
 use crate::metrics::{FailureClass, ReaderMetrics};
 use crate::store::{Store, StoreError};
@@ -151,6 +153,82 @@ impl Session {
     }
 }
 
+/// The most of a message's header section read to learn its date at first
+/// contact; the Received and Date headers come long before this.
+const HEADER_CAP: usize = 64 << 10;
+
+/// The UIDLs `backfill` leaves of the maildrop at first contact. POP3
+/// keeps no read state, so all mail on the server counts as unseen. A
+/// period is judged by each mail's newest Received date, else its Date
+/// (read with `TOP n 0`); a mail with neither is taken.
+async fn first_contact_skips(
+    session: &mut Session,
+    backfill: Backfill,
+    listing: &[(u32, String)],
+) -> Result<Vec<String>, Pop3Error> {
+    let period = match backfill {
+        Backfill::Unseen | Backfill::All => return Ok(Vec::new()),
+        Backfill::None => return Ok(listing.iter().map(|(_, u)| u.clone()).collect()),
+        Backfill::Within(period) => period,
+    };
+    let since = std::time::SystemTime::now()
+        .checked_sub(period)
+        .unwrap_or(std::time::UNIX_EPOCH)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let mut skipped = Vec::new();
+    for (number, uidl) in listing {
+        let mut head = Vec::new();
+        session
+            .conn
+            .top_capped(*number, &mut head, HEADER_CAP)
+            .await?;
+        if ingest::received_at(&head).is_some_and(|t| t < since) {
+            skipped.push(uidl.clone());
+        }
+    }
+    Ok(skipped)
+}
+
+/// The UIDLs never to take: on first contact, what `backfill` leaves,
+/// recorded before anything is fetched; after it, what it left then.
+async fn skipped_uidls(
+    session: &mut Session,
+    store: &Store,
+    reader: &ReaderConfig,
+    listing: &[(u32, String)],
+) -> Result<HashSet<String>, Pop3Error> {
+    if store.pop3_met(&reader.name).await? {
+        let mut skipped = store.pop3_skipped(&reader.name).await?;
+        let listed: HashSet<&str> = listing.iter().map(|(_, u)| u.as_str()).collect();
+        let gone: Vec<String> = skipped
+            .iter()
+            .filter(|u| !listed.contains(u.as_str()))
+            .cloned()
+            .collect();
+        store.forget_pop3_skipped(&reader.name, &gone).await?;
+        skipped.retain(|u| listed.contains(u.as_str()));
+        return Ok(skipped);
+    }
+    let skipped = first_contact_skips(session, reader.backfill, listing).await?;
+    let backfill = reader.backfill.as_str();
+    store
+        .record_pop3_first_contact(&reader.name, &backfill, listing.len(), &skipped)
+        .await?;
+    let taken = listing.len().saturating_sub(skipped.len());
+    tracing::info!(
+        messages = listing.len(),
+        taken,
+        skipped = skipped.len(),
+        backfill = %backfill,
+        "first contact with the maildrop: backfill takes {taken} of the {} mails already there; \
+         the {} others stay on the server untouched and are never taken",
+        listing.len(),
+        skipped.len(),
+    );
+    Ok(skipped.into_iter().collect())
+}
+
 /// Connects, authenticates and counts what is waiting.
 pub async fn check(
     reader: &ReaderConfig,
@@ -161,9 +239,20 @@ pub async fn check(
     let (messages, _) = session.conn.stat().await?;
     let listing = session.uidls(&reader.host).await?;
     let ledger = store.pop3_ledger(&reader.name).await?;
+    let (skipped, first_contact) = if store.pop3_met(&reader.name).await? {
+        (store.pop3_skipped(&reader.name).await?, None)
+    } else {
+        let skipped = first_contact_skips(&mut session, reader.backfill, &listing).await?;
+        let preview = FirstContactPreview {
+            backfill: reader.backfill,
+            messages: listing.len(),
+            taken: listing.len().saturating_sub(skipped.len()),
+        };
+        (skipped.into_iter().collect(), Some(preview))
+    };
     let waiting = listing
         .iter()
-        .filter(|(_, uidl)| !ledger.contains_key(uidl))
+        .filter(|(_, uidl)| !ledger.contains_key(uidl) && !skipped.contains(uidl))
         .count();
     let mut capabilities = Vec::new();
     // The listing worked, so UIDL is there even if CAPA did not say so.
@@ -176,6 +265,7 @@ pub async fn check(
         messages,
         waiting,
         capabilities,
+        first_contact,
     })
 }
 
@@ -196,6 +286,7 @@ pub async fn poll(
     let mut session = Session::open(reader, credential).await?;
     let listing = session.uidls(&reader.host).await?;
     let ledger = store.pop3_ledger(&reader.name).await?;
+    let skipped = skipped_uidls(&mut session, store, reader, &listing).await?;
     let mut report = PollReport::default();
 
     // Deleted this session; the deletions count only once QUIT succeeds.
@@ -213,6 +304,8 @@ pub async fn poll(
     let mut new: Vec<(u32, String)> = Vec::new();
     for (number, uidl) in &listing {
         match ledger.get(uidl) {
+            // Left by the first contact: never a ticket, never deleted.
+            None if skipped.contains(uidl) => {}
             None => new.push((*number, uidl.clone())),
             // Committed earlier: its DELE did not reach a QUIT, or it was
             // kept before the reader was switched to delete.
@@ -272,7 +365,16 @@ pub async fn poll(
                 }
             };
             let size = retr?;
-            raw.push((*number, uidl.clone(), Fetched { bytes: body, size }));
+            raw.push((
+                *number,
+                uidl.clone(),
+                // POP3 has no arrival date: the headers tell.
+                Fetched {
+                    bytes: body,
+                    size,
+                    arrived: None,
+                },
+            ));
             index += 1;
         }
         if raw.is_empty() {

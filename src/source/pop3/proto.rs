@@ -434,6 +434,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         result
     }
 
+    /// Appends the header section of message `msg` (`TOP msg 0`, RFC 1939
+    /// section 7) to `out`, at most `cap` bytes of it, like
+    /// [`Connection::retr_capped`].
+    pub async fn top_capped(
+        &mut self,
+        msg: u32,
+        out: &mut Vec<u8>,
+        cap: usize,
+    ) -> Result<u64, Pop3Error> {
+        const STEP: &str = "TOP";
+        self.command(STEP, &format!("TOP {msg} 0")).await?;
+        self.expect_ok(STEP).await?;
+        let before = out.len();
+        let result = self.read_body(out, cap).await;
+        if result.is_err() {
+            out.truncate(before);
+        }
+        result
+    }
+
     /// Copies the body up to the terminating "." line, keeping at most
     /// `cap` bytes in `out`, and returns the body's full size. A leading "."
     /// is dropped as it arrives (dot-stuffing, RFC 1939 §3), and whether the
