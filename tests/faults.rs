@@ -419,8 +419,8 @@ async fn identity_endpoint_down_then_slow_is_named_and_survived() {
     env.idp.set_down(true);
     let mut reader = env.reader("helpdesk");
     reader.timeout = "2s";
-    let (_config, daemon) = spawn(&env, &[reader]);
     let start = Instant::now();
+    let (_config, daemon) = spawn(&env, &[reader]);
 
     let mut samples = Vec::new();
     while start.elapsed() < Duration::from_secs(15) {
