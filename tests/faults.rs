@@ -256,22 +256,23 @@ async fn dovecot_stopped_mid_ingest_loses_and_duplicates_nothing() {
 /// b. A flaky link: ten connections in a row are cut after a random number
 /// of the server's bytes, while mail arrives.
 ///
-/// Each cut comes after 32..96 KiB, which (with batches of 5 small mails,
-/// about 6 KiB, and a backlog kept under a few hundred mails so the login,
-/// SEARCH and sizes stay under 20 KiB) lets every connection commit at
-/// least one batch before it is cut: mail is moving, so the backoff must
-/// not grow as after ten dead connections (about 8.5 minutes in all); the
-/// limit below allows the first retry delay (at most 1 s) per cut and then
-/// some.
+/// The reader connects once per poll, so for every connection to be cut
+/// the test keeps about 80 small mails (about 90 KiB) waiting, more than
+/// any cut lets through; each cut comes after 20..48 KiB, and the login,
+/// SEARCH and sizes of up to 120 mails take under 8 KiB, so every
+/// connection commits at least one batch of 5 mails (about 6 KiB) before
+/// it is cut. Mail is moving, so the backoff must not grow as after ten
+/// dead connections in a row (about 8.5 minutes in all); the limit below
+/// allows each cut its first retry delay (at most 1 s) and then plenty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_cut_ten_times_running_loses_and_duplicates_nothing() {
     let env = Env::start();
     env.init_store().await;
     let mut traffic = Traffic::new(USER, 0);
-    traffic.deliver(&env, 300);
+    traffic.deliver(&env, 80);
     let proxy = Proxy::start(env.dovecot.imap_port());
     let budgets: Vec<usize> = (0..10)
-        .map(|_| (32 << 10) + rand::random::<u32>() as usize % (64 << 10))
+        .map(|_| (20 << 10) + rand::random::<u32>() as usize % (28 << 10))
         .collect();
     proxy.cut_after(&budgets);
     let mut reader = env.reader("flaky").plaintext(proxy.port());
@@ -281,7 +282,9 @@ async fn a_link_cut_ten_times_running_loses_and_duplicates_nothing() {
     let start = Instant::now();
     let mut samples = Vec::new();
     while proxy.cuts_done() < budgets.len() && start.elapsed() < Duration::from_secs(150) {
-        traffic.deliver(&env, 4);
+        let waiting =
+            traffic.delivered.len() as i64 - env.count("SELECT COUNT(*) FROM emails").await;
+        traffic.deliver(&env, (80 - waiting).max(0) as usize);
         samples.push(sample(&env, "flaky").await);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
