@@ -420,6 +420,69 @@ async fn client_credentials_faults_and_introspection() {
     assert_eq!(idp.count("client_credentials"), 9);
 }
 
+/// A slow token endpoint: the request counts when it arrives, the answer
+/// comes only after the delay (a client with a shorter timeout gives up),
+/// and without the delay the endpoint answers as before.
+#[tokio::test]
+async fn idp_delay_counts_on_arrival_and_answers_late() {
+    let idp = IdP::start();
+    idp.add_user(USER, PASSWORD);
+    idp.set_delay(Some(Duration::from_secs(3)));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .expect("client");
+    let form = [
+        ("grant_type", "password"),
+        ("client_id", idp.client_id()),
+        ("username", USER),
+        ("password", PASSWORD),
+        ("scope", OUTLOOK_SCOPE),
+    ];
+    let err = impatient
+        .post(idp.token_url())
+        .form(&form)
+        .send()
+        .await
+        .expect_err("answered within 0.5 s despite a 3 s delay");
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(idp.count("password"), 1, "counted on arrival");
+    idp.set_delay(None);
+    let (status, body) = password_grant(&idp, USER, PASSWORD, OUTLOOK_SCOPE).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(idp.total_requests(), 2);
+}
+
+/// `cut_after`: each budgeted connection gets exactly its budget of the
+/// server's bytes and is then closed; later ones get everything.
+#[test]
+fn proxy_cuts_connections_after_their_budget() {
+    const SENT: usize = 10_000;
+    let target = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let target_port = target.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in target.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = conn.write_all(&[b'x'; SENT]);
+        }
+    });
+    let proxy = Proxy::start(target_port);
+    proxy.cut_after(&[1_000, 3_000]);
+    let received = |_| {
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", proxy.port())).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got);
+        got.len()
+    };
+    let lengths: Vec<usize> = (0..3).map(received).collect();
+    assert_eq!(lengths, [1_000, 3_000, SENT]);
+    assert_eq!(proxy.cuts_done(), 2);
+}
+
 /// The IdP runs on its own thread: a plain blocking test can talk to it.
 #[test]
 fn idp_serves_blocking_callers() {

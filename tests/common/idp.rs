@@ -118,7 +118,8 @@
 //! [`IdP::inject`] / [`IdP::inject_aad`] queue canned answers for the token
 //! endpoint (MFA 50076, consent 65001, conditional access 53003, …: answers
 //! a healthy IdP would not give on its own), [`IdP::set_down`] makes the
-//! token, authorize and devicecode endpoints answer 503. [`IdP::count`],
+//! token, authorize and devicecode endpoints answer 503, [`IdP::set_delay`]
+//! makes the token endpoint slow. [`IdP::count`],
 //! [`IdP::total_requests`], [`IdP::last_form`], [`IdP::device_poll_times`],
 //! [`IdP::device_code_requests`], [`IdP::authorize_requests`],
 //! [`IdP::last_authorize_query`], [`IdP::last_assertion`] show what the client
@@ -297,8 +298,8 @@ struct IdpState {
     access_token_len: usize,
     injections: VecDeque<Injection>,
     down: bool,
-    /// How long the token endpoint waits before it handles a request.
-    token_delay: Duration,
+    /// How long the token endpoint waits before it answers.
+    delay: Option<Duration>,
     counts: HashMap<String, usize>,
     total: usize,
     introspections: usize,
@@ -386,7 +387,7 @@ impl IdP {
                 access_token_len: 96,
                 injections: VecDeque::new(),
                 down: false,
-                token_delay: Duration::ZERO,
+                delay: None,
                 counts: HashMap::new(),
                 total: 0,
                 introspections: 0,
@@ -899,10 +900,18 @@ impl IdP {
         self.st().down = down;
     }
 
-    /// The token endpoint answers only after `delay` (a slow or stalled
-    /// identity platform); `Duration::ZERO` (the default) answers at once.
+    /// From now on the token endpoint answers each request only after
+    /// `delay` (counted on arrival), like an overloaded identity platform;
+    /// `None` answers at once again. The answer itself is the usual one
+    /// (an injection, down, or the grant's result).
+    pub fn set_delay(&self, delay: Option<Duration>) {
+        self.st().delay = delay;
+    }
+
+    /// The token endpoint answers only after `delay`; `Duration::ZERO`
+    /// answers at once (the same as [`IdP::set_delay`]).
     pub fn set_token_delay(&self, delay: Duration) {
-        self.st().token_delay = delay;
+        self.set_delay((!delay.is_zero()).then_some(delay));
     }
 
     /// Token requests with this `grant_type` (successful or not, injected or
@@ -1731,21 +1740,25 @@ async fn token_endpoint(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let delay = sh.lock().token_delay;
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
     let form = parse_form(&body);
     let url = sh.url.as_str();
+    let grant = form.get("grant_type").cloned().unwrap_or_default();
+    // Counted on arrival, so a request its client gave up on still counts.
+    let delay = {
+        let mut st = sh.lock();
+        *st.counts.entry(grant.clone()).or_default() += 1;
+        st.total += 1;
+        st.last_forms.insert(grant.clone(), form.clone());
+        if grant == DEVICE_CODE_GRANT {
+            st.device_poll_times.push(Instant::now());
+        }
+        st.delay
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let mut guard = sh.lock();
     let st = &mut *guard;
-    let grant = form.get("grant_type").cloned().unwrap_or_default();
-    *st.counts.entry(grant.clone()).or_default() += 1;
-    st.total += 1;
-    st.last_forms.insert(grant.clone(), form.clone());
-    if grant == DEVICE_CODE_GRANT {
-        st.device_poll_times.push(Instant::now());
-    }
 
     if let Some(front) = st.injections.front_mut() {
         let resp = injected_response(url, front);

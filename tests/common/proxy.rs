@@ -11,7 +11,9 @@
 //! after-step.
 //!
 //! It can also slow down what the server sends ([`Proxy::throttle`]), or
-//! let it trickle and then stop, to tell a slow transfer from a stalled one.
+//! let it trickle and then stop, to tell a slow transfer from a stalled one,
+//! and cut connections after a given number of the server's bytes
+//! ([`Proxy::cut_after`]), like a flaky link.
 //!
 //! The recorded lines include SASL responses, i.e. tokens: never print
 //! them in an assertion message.
@@ -65,6 +67,11 @@ struct Shared {
     stop: AtomicBool,
     /// The throttle, and the bytes sent under it so far.
     throttle: Mutex<Option<(Throttle, usize)>>,
+    /// Byte budgets for the next connections, one each, in order: a
+    /// connection is cut once the server sent it that many bytes.
+    cuts: Mutex<std::collections::VecDeque<usize>>,
+    /// Connections cut by a budget so far.
+    cut: AtomicUsize,
 }
 
 /// A running proxy from `127.0.0.1:port()` to `127.0.0.1:target_port`;
@@ -88,6 +95,8 @@ impl Proxy {
             accepted: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             throttle: Mutex::new(None),
+            cuts: Mutex::new(std::collections::VecDeque::new()),
+            cut: AtomicUsize::new(0),
         });
         let acceptor = std::thread::spawn({
             let shared = shared.clone();
@@ -143,6 +152,23 @@ impl Proxy {
         *self.shared.throttle.lock().expect("lock") = throttle.map(|t| (t, 0));
     }
 
+    /// Cuts the next `budgets.len()` connections (accepted from now on),
+    /// the k-th once the server sent it `budgets[k]` bytes: both sides are
+    /// closed mid-stream, whatever was in flight. Later connections are
+    /// forwarded whole.
+    pub fn cut_after(&self, budgets: &[usize]) {
+        self.shared
+            .cuts
+            .lock()
+            .expect("lock")
+            .extend(budgets.iter().copied());
+    }
+
+    /// Connections cut by [`Proxy::cut_after`] so far.
+    pub fn cuts_done(&self) -> usize {
+        self.shared.cut.load(Ordering::SeqCst)
+    }
+
     /// The client lines that fired a trigger (the commands that never
     /// reached the server), in order.
     pub fn fired(&self) -> Vec<String> {
@@ -188,12 +214,16 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 }
             }
         }
-        // Server to client: raw bytes, throttled if asked.
+        let budget = shared.cuts.lock().expect("lock").pop_front();
+        // Server to client: raw bytes, throttled if asked, cut if budgeted.
         std::thread::spawn({
             let shared = shared.clone();
             move || {
                 let (mut from, mut to) = (server_in, client_out);
-                forward_throttled(&mut from, &mut to, &shared);
+                match budget {
+                    Some(budget) => forward_until(&mut from, &mut to, budget, &shared),
+                    None => forward_throttled(&mut from, &mut to, &shared),
+                }
                 let _ = to.shutdown(Shutdown::Both);
                 let _ = from.shutdown(Shutdown::Both);
             }
@@ -201,6 +231,28 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
         // Client to server: line by line, through the triggers.
         let shared = shared.clone();
         std::thread::spawn(move || forward_lines(client, server, &shared));
+    }
+}
+
+/// Server to client until `budget` bytes went through; then the
+/// connection is cut (the caller shuts both sockets down).
+fn forward_until(from: &mut TcpStream, to: &mut TcpStream, budget: usize, shared: &Shared) {
+    let mut buf = [0u8; 16 * 1024];
+    let mut left = budget;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let take = n.min(left);
+        if to.write_all(&buf[..take]).is_err() {
+            return;
+        }
+        left -= take;
+        if left == 0 {
+            shared.cut.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
     }
 }
 
