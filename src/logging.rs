@@ -46,8 +46,12 @@ pub fn cap() -> FilterFn {
 
 /// Installs the subscriber for the process.
 pub fn init(format: LogFormat) {
+    use std::io::IsTerminal;
+    // Colour codes only for a person at a terminal: journald, Docker's log
+    // drivers and files would keep them as raw escape sequences.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.finish().with(cap()).init(),
