@@ -355,6 +355,13 @@ async fn invalid_config_on_sighup_keeps_the_old_one_until_a_valid_one_arrives() 
         "no error logged naming {at}\n{}",
         daemon.stderr_tail(40)
     );
+    // A service's stderr is a file or journald, not a terminal: no colour
+    // escape sequences in it.
+    assert!(
+        !daemon.stderr().contains('\u{1b}'),
+        "escape sequences in a service's log:\n{}",
+        daemon.stderr_tail(10)
+    );
 
     // The old config runs on; nothing of the new one was applied.
     env.dovecot.deliver(USER, &mail(1));
