@@ -76,6 +76,16 @@ impl PollError {
         }
     }
 
+    /// The store's error, whichever step of the poll met it.
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            PollError::Store(e)
+            | PollError::Imap(imap::ImapError::Store(e))
+            | PollError::Pop3(pop3::Pop3Error::Store(e)) => Some(e),
+            _ => None,
+        }
+    }
+
     /// A wait the far side asked for.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -324,9 +334,17 @@ async fn record<T>(
         Ok(_) => {
             meter.succeeded();
             meter.state(ReaderState::Ok);
-            log_store_error(ctx.store.record_success(&reader.name).await);
+            let recorded = ctx.store.record_success(&reader.name).await;
+            // The poll's own writes worked; the record's may not have.
+            ctx.store.note_write(&writer(reader), Ok(()));
+            ctx.store
+                .note_write(&writer(reader), recorded.as_ref().map(|_| ()));
+            log_store_error(recorded);
         }
         Err(e) => {
+            if let Some(store_error) = e.store_error() {
+                ctx.store.note_write(&writer(reader), Err(store_error));
+            }
             let state = e.state();
             meter.failed(e.class());
             meter.state(state);
@@ -335,9 +353,28 @@ async fn record<T>(
                 None => e.to_string(),
             };
             let r = ctx.store.record_failure(&reader.name, state, &text).await;
+            match &r {
+                Err(store_error) => ctx.store.note_write(&writer(reader), Err(store_error)),
+                // A parked reader writes nothing until an admin acts: an
+                // old fault of its own must not fail health meanwhile.
+                Ok(_) if state.is_parked() && e.store_error().is_none() => {
+                    ctx.store.note_write(&writer(reader), Ok(()));
+                }
+                Ok(_) => {}
+            }
             log_store_error(r.map(|_| ()));
         }
     }
+}
+
+/// The reader as a writer to the store, for [`Store::note_write`].
+fn writer(reader: &ReaderConfig) -> String {
+    writer_named(&reader.name)
+}
+
+/// [`writer`] by the reader's name.
+pub(crate) fn writer_named(name: &str) -> String {
+    format!("reader {name}")
 }
 
 /// Runs inside the reader's span, which names it.
