@@ -1242,6 +1242,43 @@ poll_interval = "30s"
     }
 
     #[test]
+    fn relative_store_paths_are_relative_to_the_config_file() {
+        let config = parse(GOOD).expect("valid");
+        assert_eq!(config.store.database, "sqlite:///etc/m2t/x.db");
+        let in_cwd = config.database_in_working_directory.expect("relative");
+        assert!(
+            in_cwd.is_absolute() && in_cwd.ends_with("x.db"),
+            "{in_cwd:?}"
+        );
+        let dir = Path::new("/srv/a%b?c#d");
+        assert_eq!(
+            anchor_database("sqlite://./db/m.db?mode=rwc", dir),
+            "sqlite:///srv/a%25b%3Fc%23d/db/m.db?mode=rwc"
+        );
+        assert_eq!(
+            anchor_database("sqlite:m.db", dir),
+            "sqlite:///srv/a%25b%3Fc%23d/m.db"
+        );
+        for kept in [
+            "sqlite:///var/lib/m.db",
+            "sqlite::memory:",
+            "sqlite://?mode=memory",
+        ] {
+            assert_eq!(anchor_database(kept, dir), kept);
+            assert!(relative_database_file(kept).is_none(), "{kept}");
+        }
+        let text = GOOD.replace(
+            "database = \"sqlite://x.db\"",
+            "database = \"sqlite://x.db\"\nkey_file = \"keys/store.key\"",
+        );
+        let config = parse(&text).expect("valid");
+        assert_eq!(
+            config.store.key_file.as_deref(),
+            Some(Path::new("/etc/m2t/keys/store.key"))
+        );
+    }
+
+    #[test]
     fn example_file_is_valid() {
         let text = include_str!("../../config.example.toml");
         parse(text).expect("config.example.toml must stay valid");
