@@ -355,9 +355,11 @@ async fn record<T>(
             let r = ctx.store.record_failure(&reader.name, state, &text).await;
             match &r {
                 Err(store_error) => ctx.store.note_write(&writer(reader), Err(store_error)),
-                // A parked reader writes nothing until an admin acts: an
-                // old fault of its own must not fail health meanwhile.
-                Ok(_) if state.is_parked() && e.store_error().is_none() => {
+                // The poll failed elsewhere (the server, the token) and its
+                // record was written: an older store fault of this reader
+                // no longer holds, and must not fail health while the
+                // reader waits for a server or a person.
+                Ok(_) if e.store_error().is_none() => {
                     ctx.store.note_write(&writer(reader), Ok(()));
                 }
                 Ok(_) => {}

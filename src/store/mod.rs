@@ -5,7 +5,9 @@
 //! ticket), which ticket a mail opens or joins (dedup, threading, rate
 //! limit; `mails`), contents stored once, reader health (`readers.last_error` and friends), the sealed
 //! token rows and the outbox's attempts. Nothing else in the crate writes
-//! SQL.
+//! SQL. Owns the connections too: one a failed write left broken is never
+//! reused, and whether the database currently takes writes
+//! ([`Store::write_fault`]).
 
 mod health;
 mod key;
