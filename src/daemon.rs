@@ -148,6 +148,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     };
     let mut triggers =
         Triggers::new(&config.path, config.daemon.watch_config).map_err(StartError::Signal)?;
+    Store::refuse_moved(
+        &config.store,
+        config.database_in_working_directory.as_deref(),
+    )?;
     let _claimed = Store::claim_for_daemon(&config.store)?;
     let ctx = start(&config).await?;
     let readers = register(&ctx, &config).await?;

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use common::mail;
 use common::setup::{
-    DaemonProcess, Env, USER, binary, free_port, http_get, wait_for_http_status, wait_until,
+    ChildGuard, DaemonProcess, Env, USER, binary, free_port, http_get, wait_for_http_status,
+    wait_until,
 };
 use tokio::task::block_in_place;
 
@@ -152,6 +153,27 @@ async fn run_refuses_a_new_database_while_the_old_one_is_in_the_working_director
         "{err}"
     );
     assert!(!new.exists(), "no new database while the old one is there");
+
+    // The daemon too, before it leaves anything (a lock file) beside it.
+    let mut daemon = ChildGuard(
+        Command::new(binary())
+            .current_dir(&state)
+            .arg("-c")
+            .arg(&config)
+            .arg("run")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start run"),
+    );
+    let exit = block_in_place(|| daemon.wait_for_exit(Duration::from_secs(30)));
+    assert_eq!(
+        exit.and_then(|s| s.code()),
+        Some(2),
+        "run must refuse to start"
+    );
+    assert_eq!(names_in(&env.path("conf")), ["config.toml"]);
 }
 
 /// Undoes `chattr +i` on drop, so the test directory can be removed

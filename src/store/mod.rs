@@ -367,18 +367,26 @@ impl Store {
         config: &StoreConfig,
         working_directory_file: Option<&std::path::Path>,
     ) -> Result<Store, StoreError> {
-        let file = Store::options(config)?.get_filename().to_path_buf();
-        if let Some(found) = working_directory_file
-            && !file.exists()
-            && found != file
-            && found.exists()
-        {
-            return Err(StoreError::Moved {
-                file,
-                found: found.to_path_buf(),
-            });
-        }
+        Store::refuse_moved(config, working_directory_file)?;
         Store::open(config).await
+    }
+
+    /// The check of [`Store::open_or_create`] alone, for `run` to make
+    /// before it creates anything beside the database (its lock file).
+    pub fn refuse_moved(
+        config: &StoreConfig,
+        working_directory_file: Option<&std::path::Path>,
+    ) -> Result<(), StoreError> {
+        let file = Store::options(config)?.get_filename().to_path_buf();
+        match working_directory_file {
+            Some(found) if !file.exists() && found != file && found.exists() => {
+                Err(StoreError::Moved {
+                    file,
+                    found: found.to_path_buf(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Claims the database for one `run` process: an exclusive lock on
