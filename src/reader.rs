@@ -334,9 +334,16 @@ async fn record<T>(
         Ok(_) => {
             meter.succeeded();
             meter.state(ReaderState::Ok);
+            // The poll's own writes worked.
+            if let Some(fault) = ctx.store.note_write(&writer(reader), Ok(())) {
+                // The failures it caused may not have been recorded (the
+                // row could not be written either): the history keeps it.
+                let message = format!(
+                    "the database could not be written for a while: {fault}; it works again"
+                );
+                log_store_error(ctx.store.record_event(&reader.name, "warn", &message).await);
+            }
             let recorded = ctx.store.record_success(&reader.name).await;
-            // The poll's own writes worked; the record's may not have.
-            ctx.store.note_write(&writer(reader), Ok(()));
             ctx.store
                 .note_write(&writer(reader), recorded.as_ref().map(|_| ()));
             log_store_error(recorded);
@@ -354,7 +361,9 @@ async fn record<T>(
             };
             let r = ctx.store.record_failure(&reader.name, state, &text).await;
             match &r {
-                Err(store_error) => ctx.store.note_write(&writer(reader), Err(store_error)),
+                Err(store_error) => {
+                    ctx.store.note_write(&writer(reader), Err(store_error));
+                }
                 // The poll failed elsewhere (the server, the token) and its
                 // record was written: an older store fault of this reader
                 // no longer holds, and must not fail health while the

@@ -275,6 +275,13 @@ async fn a_database_that_cannot_be_written_fails_health_and_is_recovered_from() 
         "{:?}",
         env.last_error("helpdesk").await
     );
+    let events = env.reader_events("helpdesk").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("the database could not be written")),
+        "the history keeps what the reader could not record: {events:?}"
+    );
     let log = daemon.stderr();
     assert!(
         !log.contains("non-zero transaction depth"),

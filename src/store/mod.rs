@@ -522,15 +522,15 @@ impl Store {
     /// Notes how a write by `writer` (a reader, the heartbeat) went: a
     /// failure of the database itself marks the store as unable to write
     /// until that writer succeeds again; other failures change nothing.
-    pub fn note_write(&self, writer: &str, result: Result<(), &StoreError>) {
+    /// Returns the fault a success ended, if any.
+    pub fn note_write(&self, writer: &str, result: Result<(), &StoreError>) -> Option<String> {
         match result {
-            Ok(()) => {
-                self.faults().remove(writer);
-            }
+            Ok(()) => self.faults().remove(writer),
             Err(e) if e.is_database_fault() => {
                 self.faults().insert(writer.to_string(), e.to_string());
+                None
             }
-            Err(_) => {}
+            Err(_) => None,
         }
     }
 
