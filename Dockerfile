@@ -52,9 +52,10 @@ RUN groupadd --system --gid 10001 mail2ticket \
 
 COPY --from=builder /build/target/release/mail2ticket /usr/local/bin/mail2ticket
 
-# The configuration is mounted here (read-only is fine). The database
-# "sqlite://mail2ticket.db" is relative to the working directory, so by
-# default it and its generated store key land in the volume.
+# The configuration is mounted here (read-only is fine). It names the
+# database in the volume: database = "sqlite:///var/lib/mail2ticket/mail2ticket.db"
+# (a relative one would be relative to /etc/mail2ticket); the generated store
+# key lands beside it.
 ENV MAIL2TICKET_CONFIG=/etc/mail2ticket/config.toml \
     RUST_LOG=info
 WORKDIR /var/lib/mail2ticket

@@ -56,9 +56,26 @@ pub enum StartError {
     },
 }
 
-/// Opens the store and builds what every reader shares.
+/// Opens the store (creating the database when missing: `run` and
+/// `run --once`) and builds what every reader shares.
 pub async fn start(config: &Config) -> Result<Arc<Context>, StartError> {
-    let store = Store::open(&config.store).await?;
+    let store = Store::open_or_create(
+        &config.store,
+        config.database_in_working_directory.as_deref(),
+    )
+    .await?;
+    context(config, store)
+}
+
+/// [`start`] for commands that work on what `run` stored (`check`,
+/// `authorize`): a missing database is an error naming the file. A token
+/// stored in a new, empty database would never reach the daemon.
+pub async fn start_existing(config: &Config) -> Result<Arc<Context>, StartError> {
+    let store = Store::open_existing(&config.store).await?;
+    context(config, store)
+}
+
+fn context(config: &Config, store: Store) -> Result<Arc<Context>, StartError> {
     let tokens = TokenStore::new(store.clone(), &config.oauth)?;
     Ok(Arc::new(Context {
         store,
@@ -139,6 +156,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     };
     let mut triggers =
         Triggers::new(&config.path, config.daemon.watch_config).map_err(StartError::Signal)?;
+    Store::refuse_moved(
+        &config.store,
+        config.database_in_working_directory.as_deref(),
+    )?;
     let _claimed = Store::claim_for_daemon(&config.store)?;
     let ctx = start(&config).await?;
     let readers = register(&ctx, &config).await?;
@@ -266,7 +287,14 @@ impl Supervisor {
     /// pings the watchdog.
     async fn beat(&self) {
         let limit = self.liveness.period().max(Duration::from_secs(1));
-        let failure = match tokio::time::timeout(limit, self.ctx.store.heartbeat()).await {
+        let beat = tokio::time::timeout(limit, self.ctx.store.heartbeat()).await;
+        if let Ok(result) = &beat {
+            self.ctx
+                .store
+                .note_write("the heartbeat", result.as_ref().map(|_| ()));
+        }
+        self.liveness.store_fault(self.ctx.store.write_fault());
+        let failure = match beat {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
             Err(_) => Some(format!(
@@ -458,7 +486,7 @@ pub async fn check(
     names: &[String],
 ) -> Result<Vec<(String, Result<CheckReport, PollError>)>, StartError> {
     let selected = select_readers(config, names)?;
-    let ctx = start(config).await?;
+    let ctx = start_existing(config).await?;
     register(&ctx, config).await?;
     Ok(for_each_reader(&selected, |reader| {
         let ctx = ctx.clone();
@@ -489,7 +517,7 @@ pub async fn authorize(
     if request.grant == Grant::ClientCredentials {
         return Err(StartError::AppOnly(reader.name));
     }
-    let ctx = start(config).await?;
+    let ctx = start_existing(config).await?;
     register(&ctx, config).await?;
     let result = match method {
         SignInMethod::Code(options) => ctx.tokens.authorize_code(&request, options, ui).await,

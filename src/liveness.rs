@@ -23,6 +23,9 @@ struct Inner {
     period: Duration,
     last: Mutex<Beat>,
     ready: AtomicBool,
+    /// Why the store cannot write, while it cannot (see
+    /// [`crate::store::Store::write_fault`]).
+    store_fault: Mutex<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -45,6 +48,7 @@ impl Liveness {
                     failure: None,
                 }),
                 ready: AtomicBool::new(false),
+                store_fault: Mutex::new(None),
             }),
         }
     }
@@ -70,10 +74,32 @@ impl Liveness {
         self.last().failure.replace(why).is_none()
     }
 
-    /// `Ok` while a heartbeat succeeded within the last three periods; else
-    /// why not. One slow beat (a long commit holding the write lock) is
-    /// tolerated; a database that takes no writes for three is not.
+    /// Records whether the store can write (`None`) or why not. Kept apart
+    /// from the beat: the watchdog keeps being pinged while the loop runs,
+    /// since restarting the daemon does not empty a full disk.
+    pub fn store_fault(&self, why: Option<String>) {
+        *self
+            .inner
+            .store_fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// `Ok` while a heartbeat succeeded within the last three periods and
+    /// the store can write; else why not. One slow beat (a long commit
+    /// holding the write lock) is tolerated; a database that takes no
+    /// writes for three is not, and neither is one that refuses the
+    /// readers' commits while the small heartbeat still fits.
     pub fn alive(&self) -> Result<(), String> {
+        if let Some(why) = self
+            .inner
+            .store_fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return Err(format!("the store cannot write: {why}"));
+        }
         let last = self.last();
         let limit = self.inner.period * MISSED_BEATS;
         match (last.ok_at, &last.failure) {
@@ -117,5 +143,16 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80));
         let why = live.alive().expect_err("a stale beat is not alive");
         assert!(why.contains("no scheduler heartbeat"), "{why}");
+    }
+
+    #[test]
+    fn a_store_that_cannot_write_is_not_alive_while_the_beat_works() {
+        let live = Liveness::new(Duration::from_secs(60));
+        live.beat_ok();
+        live.store_fault(Some("the disk is full".into()));
+        let why = live.alive().expect_err("a store that cannot write");
+        assert!(why.contains("the disk is full"), "{why}");
+        live.store_fault(None);
+        assert!(live.alive().is_ok());
     }
 }

@@ -87,6 +87,9 @@ struct Families {
     commit_duration: DurationFamily,
     reloads: Family<ReloadLabel, Counter>,
     acks: Family<AckLabels, Counter>,
+    /// Batches committed, for the scheduler's backoff (a failed poll that
+    /// committed some is not stuck); not exported.
+    batches: Family<ReaderLabel, Counter>,
 }
 
 /// The daemon's registry; cheap to clone.
@@ -118,6 +121,7 @@ impl Metrics {
             commit_duration: Family::new_with_constructor(duration_histogram),
             reloads: Family::default(),
             acks: Family::default(),
+            batches: Family::default(),
         };
         let mut registry = Registry::with_prefix("mail2ticket");
         let f = &families;
@@ -212,6 +216,7 @@ impl Metrics {
             &f.emails_ingested,
             &f.emails_quarantined,
             &f.token_refreshes,
+            &f.batches,
         ] {
             family.remove(&label);
         }
@@ -388,6 +393,11 @@ impl ReaderMetrics {
         }
     }
 
+    /// Batches committed so far; a poll that raised it made progress.
+    pub fn batches_committed(&self) -> u64 {
+        self.families.batches.get_or_create(&self.label).get()
+    }
+
     pub fn token_obtained(&self) {
         self.families
             .token_refreshes
@@ -405,6 +415,7 @@ impl ReaderMetrics {
     /// A committed batch of `mails` fetched mails.
     pub fn committed(&self, outcome: &BatchOutcome, took: Duration) {
         let f = &self.families;
+        f.batches.get_or_create(&self.label).inc();
         f.commit_duration
             .get_or_create(&self.label)
             .observe(took.as_secs_f64());

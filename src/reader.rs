@@ -78,6 +78,16 @@ impl PollError {
         }
     }
 
+    /// The store's error, whichever step of the poll met it.
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            PollError::Store(e)
+            | PollError::Imap(imap::ImapError::Store(e))
+            | PollError::Pop3(pop3::Pop3Error::Store(e)) => Some(e),
+            _ => None,
+        }
+    }
+
     /// A wait the far side asked for.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -327,9 +337,24 @@ async fn record<T>(
         Ok(_) => {
             meter.succeeded();
             meter.state(ReaderState::Ok);
-            log_store_error(ctx.store.record_success(&reader.name).await);
+            // The poll's own writes worked.
+            if let Some(fault) = ctx.store.note_write(&writer(reader), Ok(())) {
+                // The failures it caused may not have been recorded (the
+                // row could not be written either): the history keeps it.
+                let message = format!(
+                    "the database could not be written for a while: {fault}; it works again"
+                );
+                log_store_error(ctx.store.record_event(&reader.name, "warn", &message).await);
+            }
+            let recorded = ctx.store.record_success(&reader.name).await;
+            ctx.store
+                .note_write(&writer(reader), recorded.as_ref().map(|_| ()));
+            log_store_error(recorded);
         }
         Err(e) => {
+            if let Some(store_error) = e.store_error() {
+                ctx.store.note_write(&writer(reader), Err(store_error));
+            }
             let state = e.state();
             meter.failed(e.class());
             meter.state(state);
@@ -344,9 +369,32 @@ async fn record<T>(
                 text = format!("{}: {text}", what.describe());
             }
             let r = ctx.store.record_failure(&reader.name, state, &text).await;
+            match &r {
+                Err(store_error) => {
+                    ctx.store.note_write(&writer(reader), Err(store_error));
+                }
+                // The poll failed elsewhere (the server, the token) and its
+                // record was written: an older store fault of this reader
+                // no longer holds, and must not fail health while the
+                // reader waits for a server or a person.
+                Ok(_) if e.store_error().is_none() => {
+                    ctx.store.note_write(&writer(reader), Ok(()));
+                }
+                Ok(_) => {}
+            }
             log_store_error(r.map(|_| ()));
         }
     }
+}
+
+/// The reader as a writer to the store, for [`Store::note_write`].
+fn writer(reader: &ReaderConfig) -> String {
+    writer_named(&reader.name)
+}
+
+/// [`writer`] by the reader's name.
+pub(crate) fn writer_named(name: &str) -> String {
+    format!("reader {name}")
 }
 
 /// Runs inside the reader's span, which names it.

@@ -1,10 +1,10 @@
 //! The scheduler: one task per reader, each on its own poll interval.
 //!
 //! Owns timing: the poll interval after a success, exponential backoff with
-//! jitter after transient failures (capped at 15 minutes, never shorter
-//! than a Retry-After), parking readers whose failure only a person can fix
-//! (they make no requests until `authorize` or `check` releases them, or
-//! a sign-in made elsewhere shows up in the store),
+//! jitter after transient failures that got nothing done (capped at 15
+//! minutes, never shorter than a Retry-After), parking readers whose failure
+//! only a person can fix (they make no requests until `authorize` or `check`
+//! releases them, or a sign-in made elsewhere shows up in the store),
 //! waiting in IMAP IDLE instead of sleeping for `idle = true` readers, and
 //! independence: a reader that hangs or fails only ever delays itself.
 //! Owns the set of running readers too: [`Scheduler::apply`] brings it in
@@ -98,6 +98,10 @@ impl Scheduler {
         for name in gone {
             if let Some(slot) = self.slots.remove(&name) {
                 slot.stop.cancel();
+                // Its failed writes no longer say anything about the store.
+                self.ctx
+                    .store
+                    .note_write(&reader::writer_named(&name), Ok(()));
                 self.retiring.push((name.clone(), slot.task));
                 applied.removed.push(name);
             }
@@ -255,7 +259,9 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
     }
     let mut failures: u32 = 0;
     let mut link = Link::default();
+    let meter = ctx.metrics.reader(&reader.name);
     while !cancel.is_cancelled() {
+        let committed_before = meter.batches_committed();
         let delay = match reader::poll_and_record(&ctx, &reader, &mut link, &cancel).await {
             Ok(report) => {
                 failures = 0;
@@ -311,7 +317,8 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
                 continue;
             }
             Err(e) => {
-                failures = failures.saturating_add(1);
+                let progressed = meter.batches_committed() > committed_before;
+                failures = failures_after(failures, progressed);
                 let delay = backoff(failures, reader.poll_interval)
                     // Honour Retry-After, within reason: a bogus day-long
                     // value must not silence a reader.
@@ -319,6 +326,7 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
                 tracing::warn!(
                             error = %e,
                     failures,
+                    progressed,
                     retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())),
                     "poll failed"
                 );
@@ -396,6 +404,19 @@ async fn wait_for_release(
     }
 }
 
+/// The failures in a row after one more, for [`backoff`]. A poll that
+/// committed mail before it failed (a link cut after 50 mails) counts as
+/// the first failure of a new run: mail is moving, so the reader tries
+/// again soon instead of backing off for up to 15 minutes; only polls that
+/// got nothing done grow the backoff.
+fn failures_after(failures: u32, progressed: bool) -> u32 {
+    if progressed {
+        1
+    } else {
+        failures.saturating_add(1)
+    }
+}
+
 /// Delay before the next try after `failures` failures in a row: doubling
 /// from the poll interval (at most 10 s to start), capped, and jittered
 /// into its upper half so readers that failed together do not retry in
@@ -430,5 +451,17 @@ mod tests {
             assert!(late <= MAX_BACKOFF && late >= MAX_BACKOFF / 2, "{late:?}");
         }
         assert!(backoff(1, Duration::from_secs(1)) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_failed_poll_that_committed_mail_does_not_grow_the_backoff() {
+        let mut failures = 0;
+        for _ in 0..5 {
+            failures = failures_after(failures, false);
+        }
+        assert_eq!(failures, 5, "polls that got nothing done back off");
+        failures = failures_after(failures, true);
+        assert_eq!(failures, 1, "mail moved: the next try comes soon");
+        assert_eq!(failures_after(failures, false), 2);
     }
 }

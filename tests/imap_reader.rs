@@ -587,6 +587,7 @@ fn check_and_status_commands_report_per_reader() {
     let mut dead = env.reader("dead");
     dead.port = dead_port;
     let config = env.write_config(&[env.reader("helpdesk"), dead]);
+    common::setup::ensure_database(&config);
 
     let out = std::process::Command::new(binary())
         .args([

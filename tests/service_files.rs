@@ -281,8 +281,9 @@ fn unit_file_keeps_state_config_and_credentials_in_their_places() {
         unit.list(service, "ConfigurationDirectory"),
         Some(vec!["mail2ticket".to_string()])
     );
-    // The default database "sqlite://mail2ticket.db" is relative to the
-    // working directory, which must therefore be the state directory.
+    // The database is named by an absolute path in the state directory
+    // (README); the working directory is that directory too, so that
+    // nothing else the daemon writes lands elsewhere.
     let workdir = unit.require(service, "WorkingDirectory");
     assert!(
         workdir == "%S/mail2ticket" || workdir == STATE_DIR,
@@ -1161,9 +1162,9 @@ fn dockerfile_runtime_stage_runs_the_daemon_unprivileged() {
         health.line
     );
 
-    // The default database "sqlite://mail2ticket.db" is relative to the
-    // working directory: it must be the volume, or the data is lost with
-    // the container.
+    // The database is named by an absolute path in the volume (README);
+    // the working directory is the volume too, or anything else written
+    // there is lost with the container.
     let volumes: Vec<String> = runtime
         .all("VOLUME")
         .into_iter()

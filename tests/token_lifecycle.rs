@@ -24,6 +24,8 @@ struct Authorize {
 
 impl Authorize {
     fn start(config: &Path, args: &[&str], envs: &[(&str, &str)]) -> Authorize {
+        // As an admin does: the daemon ran (and created the database) first.
+        common::setup::ensure_database_with(config, envs);
         let mut child = Command::new(binary())
             .args(["-c", config.to_str().expect("utf-8"), "authorize"])
             .args(args)

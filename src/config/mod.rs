@@ -59,6 +59,10 @@ pub enum ConfigError {
 pub struct Config {
     pub path: PathBuf,
     pub store: StoreConfig,
+    /// Where a relative `[store] database` was before it was made relative
+    /// to this file's directory: relative to the working directory. Start-up
+    /// refuses to create a new database while one exists there.
+    pub database_in_working_directory: Option<PathBuf>,
     pub daemon: DaemonConfig,
     pub oauth: Vec<OAuthApp>,
     /// `[tickets]`, `[guard]` and the rules are in every reader's
@@ -68,7 +72,8 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// An sqlx SQLite URL; a relative file is relative to the working directory.
+    /// An sqlx SQLite URL; a relative file in the configuration file was
+    /// made absolute, relative to the file's directory.
     pub database: String,
     /// The 32-byte key that seals tokens at rest; see `store::key`.
     pub key_file: Option<PathBuf>,
@@ -665,6 +670,41 @@ impl<'de> Deserialize<'de> for Authority {
     }
 }
 
+/// The file of an sqlx SQLite URL when it is relative (as written, still
+/// percent-encoded); `None` for an absolute file or an in-memory database.
+fn relative_database_file(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let file = rest.split_once('?').map_or(rest, |(file, _)| file);
+    (!file.is_empty() && file != ":memory:" && !file.starts_with('/')).then_some(file)
+}
+
+/// `url` with a relative database file made relative to `dir` (absolute)
+/// instead of the working directory, keeping its parameters.
+fn anchor_database(url: &str, dir: &Path) -> String {
+    if relative_database_file(url).is_none() {
+        return url.to_string();
+    }
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    // sqlx percent-decodes the file: a directory name with `%`, `?` or
+    // `#` in it must reach it encoded.
+    let mut encoded = String::new();
+    for c in dir.to_string_lossy().trim_end_matches('/').chars() {
+        match c {
+            '%' => encoded.push_str("%25"),
+            '?' => encoded.push_str("%3F"),
+            '#' => encoded.push_str("%23"),
+            c => encoded.push(c),
+        }
+    }
+    format!("sqlite://{encoded}/{}", rest.trim_start_matches("./"))
+}
+
 // ---------------------------------------------------------------------------
 
 impl Config {
@@ -697,12 +737,18 @@ impl Config {
             log_format: raw.daemon.log_format.unwrap_or_default(),
             watch_config: raw.daemon.watch_config.unwrap_or(false),
         };
+        // Absolute, so that the database is the same one whichever
+        // directory a command is run from.
+        let anchor = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
+        let database = raw
+            .store
+            .database
+            .unwrap_or_else(|| DEFAULT_DATABASE.into());
+        let database_in_working_directory =
+            relative_database_file(&database).and_then(|file| std::path::absolute(file).ok());
         let store = StoreConfig {
-            database: raw
-                .store
-                .database
-                .unwrap_or_else(|| DEFAULT_DATABASE.into()),
-            key_file: raw.store.key_file,
+            database: anchor_database(&database, &anchor),
+            key_file: raw.store.key_file.map(|k| anchor.join(k)),
         };
 
         let mut oauth = Vec::new();
@@ -1077,6 +1123,7 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             store,
+            database_in_working_directory,
             daemon,
             oauth,
             readers,
@@ -1262,6 +1309,43 @@ poll_interval = "30s"
             .resolve()
             .expect("literal");
         assert_eq!(password.expose_secret(), "hunter2-literal");
+    }
+
+    #[test]
+    fn relative_store_paths_are_relative_to_the_config_file() {
+        let config = parse(GOOD).expect("valid");
+        assert_eq!(config.store.database, "sqlite:///etc/m2t/x.db");
+        let in_cwd = config.database_in_working_directory.expect("relative");
+        assert!(
+            in_cwd.is_absolute() && in_cwd.ends_with("x.db"),
+            "{in_cwd:?}"
+        );
+        let dir = Path::new("/srv/a%b?c#d");
+        assert_eq!(
+            anchor_database("sqlite://./db/m.db?mode=rwc", dir),
+            "sqlite:///srv/a%25b%3Fc%23d/db/m.db?mode=rwc"
+        );
+        assert_eq!(
+            anchor_database("sqlite:m.db", dir),
+            "sqlite:///srv/a%25b%3Fc%23d/m.db"
+        );
+        for kept in [
+            "sqlite:///var/lib/m.db",
+            "sqlite::memory:",
+            "sqlite://?mode=memory",
+        ] {
+            assert_eq!(anchor_database(kept, dir), kept);
+            assert!(relative_database_file(kept).is_none(), "{kept}");
+        }
+        let text = GOOD.replace(
+            "database = \"sqlite://x.db\"",
+            "database = \"sqlite://x.db\"\nkey_file = \"keys/store.key\"",
+        );
+        let config = parse(&text).expect("valid");
+        assert_eq!(
+            config.store.key_file.as_deref(),
+            Some(Path::new("/etc/m2t/keys/store.key"))
+        );
     }
 
     #[test]

@@ -30,9 +30,38 @@ pub use message::MessageError;
 pub use smtp::SmtpError;
 
 /// How far a claimed row's next attempt moves ahead while it is being
-/// tried: longer than any attempt takes, so no other process sends it
-/// meanwhile; a crash mid-attempt retries it after this.
+/// tried, at least: a crash mid-attempt retries it after this. It is
+/// lengthened to outlast the longest attempt a reader's `timeout` allows
+/// (see [`lease`]), so no other process sends the row meanwhile.
 const LEASE: Duration = Duration::from_secs(15 * 60);
+/// Steps of one attempt that each wait up to the reader's `timeout`, with
+/// room to spare: connect, TLS, greeting, EHLO, STARTTLS and its handshake,
+/// EHLO again, AUTH and its answer, MAIL, RCPT, DATA, the message, its
+/// reply, QUIT are 15.
+const ATTEMPT_STEPS: u32 = 20;
+/// Getting a token for the attempt (a token endpoint request and a retry).
+const TOKEN_ALLOWANCE: Duration = Duration::from_secs(2 * 60);
+/// Between the end of the longest attempt and the end of its lease.
+const LEASE_MARGIN: Duration = Duration::from_secs(60);
+
+/// The longest one attempt with this per-step `timeout` may take; an
+/// attempt still running then is abandoned, as a failed one.
+fn attempt_limit(timeout: Duration) -> Duration {
+    timeout
+        .saturating_mul(ATTEMPT_STEPS)
+        .saturating_add(TOKEN_ALLOWANCE)
+}
+
+/// The lease of a claimed row: past the longest attempt any of `readers`
+/// may make, so a slow attempt is never picked up a second time
+/// concurrently (by `run --once`, or another process on the database).
+fn lease(readers: &Readers) -> Duration {
+    readers
+        .values()
+        .filter(|r| r.reply.is_some())
+        .map(|r| attempt_limit(r.timeout).saturating_add(LEASE_MARGIN))
+        .fold(LEASE, Duration::max)
+}
 /// How often a row whose reader has no `[reader.reply]` (any more) is
 /// looked at again; a reload that adds it is picked up within this.
 const RECHECK_CONFIG: Duration = Duration::from_secs(60);
@@ -72,6 +101,11 @@ pub enum AckError {
     Secret(#[from] SecretError),
     #[error(transparent)]
     Smtp(#[from] SmtpError),
+    #[error(
+        "the attempt took longer than {} and was abandoned",
+        humantime::format_duration(*.limit)
+    )]
+    TooSlow { limit: Duration },
 }
 
 impl AckError {
@@ -111,11 +145,12 @@ pub async fn send_due(
     cancel: &CancellationToken,
 ) -> Result<Drained, StoreError> {
     let mut drained = Drained::default();
+    let lease = lease(readers);
     for _ in 0..MAX_PER_ROUND {
         if cancel.is_cancelled() {
             break;
         }
-        let Some(row) = ctx.store.claim_due_ack(LEASE).await? else {
+        let Some(row) = ctx.store.claim_due_ack(lease).await? else {
             break;
         };
         let span = tracing::info_span!("ack", reader = %row.reader, ticket = row.ticket_id);
@@ -137,6 +172,20 @@ async fn attempt(ctx: &Context, readers: &Readers, row: &DueAck) -> Result<(), A
         .reply
         .as_ref()
         .ok_or_else(|| AckError::NoReply(row.reader.clone()))?;
+    // Each step has its own timeout; this bounds their sum, which the
+    // lease was sized for.
+    let limit = attempt_limit(reader.timeout);
+    tokio::time::timeout(limit, attempt_with(ctx, reader, reply, row))
+        .await
+        .unwrap_or(Err(AckError::TooSlow { limit }))
+}
+
+async fn attempt_with(
+    ctx: &Context,
+    reader: &ReaderConfig,
+    reply: &crate::config::ReplyConfig,
+    row: &DueAck,
+) -> Result<(), AckError> {
     let policy = reader.mail.current();
     let (envelope, bytes) = message::build(reply, &policy.tickets.subject_tag, row)?;
     match &reader.login {
@@ -250,5 +299,54 @@ pub async fn run(
             () = ctx.acks.notified() => {}
             () = tokio::time::sleep(TICK) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readers_with_timeout(timeout: &str) -> Readers {
+        let text = format!(
+            r#"
+[[oauth]]
+name = "contoso"
+tenant = "t"
+client_id = "c"
+
+[[reader]]
+name = "helpdesk"
+protocol = "imap"
+username = "helpdesk@contoso.com"
+oauth = "contoso"
+grant = "authorization_code"
+timeout = "{timeout}"
+
+[reader.reply]
+"#
+        );
+        let config = Config::parse(std::path::Path::new("/etc/m2t/config.toml"), &text)
+            .expect("valid config");
+        readers(&config)
+    }
+
+    /// A row is claimed for one attempt at a time: its lease must not run
+    /// out while the attempt may still be sending it, however long the
+    /// reader's timeout.
+    #[test]
+    fn the_lease_outlasts_the_longest_attempt() {
+        for timeout in ["5s", "60s", "2m", "10m", "1h"] {
+            let readers = readers_with_timeout(timeout);
+            let reader = &readers["helpdesk"];
+            let longest = attempt_limit(reader.timeout);
+            assert!(
+                lease(&readers) > longest,
+                "timeout {timeout}: lease {:?}, an attempt may take {longest:?}",
+                lease(&readers)
+            );
+            // Every step may take the whole timeout: 15 steps fit.
+            assert!(longest >= reader.timeout * 15, "timeout {timeout}");
+        }
+        assert_eq!(lease(&Arc::new(HashMap::new())), LEASE);
     }
 }

@@ -5,7 +5,9 @@
 //! ticket), which ticket a mail opens or joins (dedup, threading, rate
 //! limit; `mails`), contents stored once, reader health (`readers.last_error` and friends), the sealed
 //! token rows and the outbox's attempts. Nothing else in the crate writes
-//! SQL.
+//! SQL. Owns the connections too: one a failed write left broken is never
+//! reused, and whether the database currently takes writes
+//! ([`Store::write_fault`]).
 
 mod first_contact;
 mod health;
@@ -51,12 +53,24 @@ pub enum StoreError {
     Open { url: String, source: sqlx::Error },
     #[error(
         "database {} does not exist; has the daemon run with this configuration? \
-         (a relative [store] database is relative to the working directory)", .file.display()
+         Only `mail2ticket run` creates it (a relative [store] database is relative to the \
+         configuration file's directory)", .file.display()
     )]
     Missing { file: std::path::PathBuf },
+    #[error(
+        "database {} does not exist, but {} does: a relative [store] database is now relative \
+         to the configuration file's directory, no longer to the working directory. Move the \
+         database (with its .key file) there, or set [store] database = \"sqlite://{}\"; \
+         a new, empty database would take the whole mailbox again",
+        .file.display(), .found.display(), .found.display()
+    )]
+    Moved {
+        file: std::path::PathBuf,
+        found: std::path::PathBuf,
+    },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("database error: {0}")]
+    #[error("{}", sql_words(.0))]
     Sql(#[from] sqlx::Error),
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -80,30 +94,73 @@ pub enum StoreError {
     Isolation(String),
 }
 
+/// SQLite's primary result codes of the database itself.
+const DATABASE_FAULTS: [i64; 11] = [
+    5,  // BUSY
+    6,  // LOCKED
+    7,  // NOMEM
+    8,  // READONLY
+    9,  // INTERRUPT
+    10, // IOERR
+    11, // CORRUPT
+    13, // FULL
+    14, // CANTOPEN
+    15, // PROTOCOL
+    26, // NOTADB
+];
+
+/// SQLite's primary result code of `e`, if the database answered.
+fn primary_code(e: &sqlx::Error) -> Option<i64> {
+    match e {
+        sqlx::Error::Database(e) => {
+            Some(e.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(1) & 0xff)
+        }
+        _ => None,
+    }
+}
+
+/// A database error in an admin's words: what is wrong with the database
+/// and where to look, then SQLite's own text. It ends up in `last_error`
+/// and `/healthz`, read by people who did not write the SQL.
+fn sql_words(e: &sqlx::Error) -> String {
+    let words = match primary_code(e) {
+        Some(5 | 6) => "the database is locked by another process",
+        Some(8) => {
+            "the database cannot be written: it is read-only \
+             (check the permissions and attributes of the file, its -wal and -shm files and their directory)"
+        }
+        Some(10) => {
+            "the database cannot be written: input/output error \
+             (a failing disk, or a file made immutable?)"
+        }
+        Some(13) => "the database cannot be written: the disk is full",
+        Some(14) => "the database file cannot be opened",
+        Some(11 | 26) => "the database file is damaged or not a database",
+        _ => return format!("database error: {e}"),
+    };
+    format!("{words} ({e})")
+}
+
 impl StoreError {
+    /// Whether the failure lies in the database itself (locked, full,
+    /// read-only, unreachable, damaged) rather than in what was written:
+    /// every write would fail the same way until someone or something
+    /// fixes it.
+    pub fn is_database_fault(&self) -> bool {
+        match self {
+            StoreError::Sql(_) | StoreError::Isolation(_) => !self.may_be_caused_by_content(),
+            _ => false,
+        }
+    }
+
     /// Whether the failure may lie in the content of the mail being stored
     /// (a constraint, a value too big or of the wrong kind) rather than in
     /// the database itself (busy, locked, full, read-only, unreachable,
     /// corrupt), which no mail can cause and every retry would hit again.
     pub fn may_be_caused_by_content(&self) -> bool {
-        // SQLite's primary result codes of the database itself.
-        const DATABASE_FAULTS: [i64; 11] = [
-            5,  // BUSY
-            6,  // LOCKED
-            7,  // NOMEM
-            8,  // READONLY
-            9,  // INTERRUPT
-            10, // IOERR
-            11, // CORRUPT
-            13, // FULL
-            14, // CANTOPEN
-            15, // PROTOCOL
-            26, // NOTADB
-        ];
         match self {
-            StoreError::Sql(sqlx::Error::Database(e)) => {
-                let code = e.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(1);
-                !DATABASE_FAULTS.contains(&(code & 0xff))
+            StoreError::Sql(e @ sqlx::Error::Database(_)) => {
+                !primary_code(e).is_some_and(|code| DATABASE_FAULTS.contains(&code))
             }
             StoreError::Sql(sqlx::Error::Encode(_)) => true,
             _ => false,
@@ -116,6 +173,27 @@ impl StoreError {
 pub struct Store {
     pool: SqlitePool,
     key: std::sync::Arc<StoreKey>,
+    faults: std::sync::Arc<WriteFaults>,
+}
+
+/// Who failed to write because of the database itself, and why; see
+/// [`Store::write_fault`]. Small writes (a heartbeat) can still succeed on
+/// a full disk while every mail commit fails, so the heartbeat alone does
+/// not tell that the store works.
+#[derive(Debug, Default)]
+struct WriteFaults {
+    by_writer: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl WriteFaults {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, String>> {
+        // A plain map, consistent after any panic.
+        self.by_writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn any(&self) -> bool {
+        !self.lock().is_empty()
+    }
 }
 
 /// The lock of [`Store::claim_for_daemon`]; the database is claimed while
@@ -283,6 +361,37 @@ impl Store {
         Store::open(config).await
     }
 
+    /// [`Store::open`] for `run`, the one command that creates the
+    /// database; unless none exists yet and `working_directory_file` (where
+    /// a relative database was found before it became relative to the
+    /// configuration file) holds one: a new database would take every mail
+    /// in the mailbox again.
+    pub async fn open_or_create(
+        config: &StoreConfig,
+        working_directory_file: Option<&std::path::Path>,
+    ) -> Result<Store, StoreError> {
+        Store::refuse_moved(config, working_directory_file)?;
+        Store::open(config).await
+    }
+
+    /// The check of [`Store::open_or_create`] alone, for `run` to make
+    /// before it creates anything beside the database (its lock file).
+    pub fn refuse_moved(
+        config: &StoreConfig,
+        working_directory_file: Option<&std::path::Path>,
+    ) -> Result<(), StoreError> {
+        let file = Store::options(config)?.get_filename().to_path_buf();
+        match working_directory_file {
+            Some(found) if !file.exists() && found != file && found.exists() => {
+                Err(StoreError::Moved {
+                    file,
+                    found: found.to_path_buf(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Claims the database for one `run` process: an exclusive lock on
     /// `DATABASE.lock`, held for the life of the returned value and
     /// released by the kernel however the process ends. A second `run` on
@@ -342,8 +451,28 @@ impl Store {
         };
         let options = Store::options(config)?.create_if_missing(true);
         let database_file = options.get_filename().to_path_buf();
+        let faults = std::sync::Arc::new(WriteFaults::default());
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // SQLite ends a transaction by itself on some errors (full
+            // disk, I/O error); sqlx's ROLLBACK then fails and the
+            // connection still counts as inside one, failing every later
+            // BEGIN on it. Such a connection is closed, not pooled. So is
+            // every connection while the store cannot write: one opened
+            // while the file refused writes is read-only for good (SQLite
+            // falls back to that), and fresh ones work once the disk does.
+            .after_release({
+                let faults = faults.clone();
+                move |conn, _| {
+                    let faulty = faults.any();
+                    Box::pin(async move {
+                        // Queued behind the rollback of a dropped
+                        // transaction, so the depth below is the one after.
+                        sqlx::Connection::ping(conn).await?;
+                        Ok(!faulty && !sqlx::Connection::is_in_transaction(conn))
+                    })
+                }
+            })
             .connect_with(options)
             .await
             .map_err(open_err)?;
@@ -356,6 +485,7 @@ impl Store {
         let store = Store {
             pool,
             key: std::sync::Arc::new(key),
+            faults,
         };
         store.check_key().await?;
         Ok(store)
@@ -388,8 +518,80 @@ impl Store {
         &self.pool
     }
 
+    fn faults(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, String>> {
+        self.faults.lock()
+    }
+
+    /// Notes how a write by `writer` (a reader, the heartbeat) went: a
+    /// failure of the database itself marks the store as unable to write
+    /// until that writer succeeds again; other failures change nothing.
+    /// Returns the fault a success ended, if any.
+    pub fn note_write(&self, writer: &str, result: Result<(), &StoreError>) -> Option<String> {
+        match result {
+            Ok(()) => self.faults().remove(writer),
+            Err(e) if e.is_database_fault() => {
+                self.faults().insert(writer.to_string(), e.to_string());
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Why the database cannot be written, while a writer's last write
+    /// failed because of it; `None` while every writer's last write worked.
+    pub fn write_fault(&self) -> Option<String> {
+        self.faults()
+            .iter()
+            .next()
+            .map(|(writer, why)| format!("{why} (last write by {writer})"))
+    }
+
     /// A keyed digest of `data` under the store key (see [`StoreKey::digest`]).
     pub fn digest(&self, data: &[u8]) -> String {
         self.key.digest(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(name: &str) -> ReaderIdentity<'_> {
+        ReaderIdentity {
+            name,
+            protocol: "imap",
+            oauth: None,
+            account: "desk@example.com",
+            grant: "password",
+            config_hash: "h",
+        }
+    }
+
+    /// SQLite ends a transaction by itself on some errors (a full disk,
+    /// an I/O error, RAISE(ROLLBACK)); sqlx's ROLLBACK then fails and the
+    /// connection still counts as inside one, so every later write on it
+    /// failed with "begin_with at non-zero transaction depth".
+    #[tokio::test]
+    async fn a_transaction_sqlite_ended_itself_does_not_poison_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir).await;
+        sqlx::query(
+            "CREATE TRIGGER refuse BEFORE INSERT ON readers WHEN NEW.name = 'bad'
+             BEGIN SELECT RAISE(ROLLBACK, 'the test refuses this row'); END",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        for _ in 0..3 {
+            let e = store.register_reader(identity("bad")).await.unwrap_err();
+            assert!(e.to_string().contains("refuses"), "{e}");
+        }
+        for i in 0..12 {
+            let name = format!("good{i}");
+            store
+                .register_reader(identity(&name))
+                .await
+                .unwrap_or_else(|e| panic!("write {i} after the failure: {e}"));
+        }
     }
 }

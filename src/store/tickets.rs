@@ -73,14 +73,31 @@ impl Store {
     /// The POP3 ledger of `reader`: every UIDL ingested, with whether its
     /// after-step is still pending.
     pub async fn pop3_ledger(&self, reader: &str) -> Result<HashMap<String, bool>, StoreError> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT uidl, after_state FROM pop3_uidls WHERE reader = ?")
+        Ok(self
+            .pop3_ledger_sized(reader)
+            .await?
+            .into_iter()
+            .map(|(uidl, (pending, _))| (uidl, pending))
+            .collect())
+    }
+
+    /// [`Store::pop3_ledger`] with the size each UIDL was ingested at, when
+    /// known (see [`Store::commit_pop3_batch_sized`]).
+    pub async fn pop3_ledger_sized(
+        &self,
+        reader: &str,
+    ) -> Result<HashMap<String, (bool, Option<u64>)>, StoreError> {
+        let rows: Vec<(String, String, Option<i64>)> =
+            sqlx::query_as("SELECT uidl, after_state, size FROM pop3_uidls WHERE reader = ?")
                 .bind(reader)
                 .fetch_all(&self.pool)
                 .await?;
         Ok(rows
             .into_iter()
-            .map(|(uidl, state)| (uidl, state == "pending"))
+            .map(|(uidl, state, size)| {
+                let size = size.and_then(|s| u64::try_from(s).ok());
+                (uidl, (state == "pending", size))
+            })
             .collect())
     }
 
@@ -95,8 +112,22 @@ impl Store {
         mails: &[(String, Incoming)],
         pending: bool,
     ) -> Result<BatchOutcome, StoreError> {
+        self.commit_pop3_batch_sized(reader, mails, &HashMap::new(), pending)
+            .await
+    }
+
+    /// [`Store::commit_pop3_batch`] recording each mail's listed size
+    /// (`sizes`, by UIDL): a UIDL in the ledger with another known size is
+    /// a new mail under a reused UIDL, stored, and its row replaced.
+    pub async fn commit_pop3_batch_sized(
+        &self,
+        reader: &str,
+        mails: &[(String, Incoming)],
+        sizes: &HashMap<String, u64>,
+        pending: bool,
+    ) -> Result<BatchOutcome, StoreError> {
         isolating(mails, |mails, set_aside| {
-            self.commit_pop3_once(reader, mails, pending, set_aside)
+            self.commit_pop3_once(reader, mails, sizes, pending, set_aside)
         })
         .await
     }
@@ -105,6 +136,7 @@ impl Store {
         &self,
         reader: &str,
         mails: &[(String, Incoming)],
+        sizes: &HashMap<String, u64>,
         pending: bool,
         set_aside: Option<String>,
     ) -> Result<BatchOutcome, StoreError> {
@@ -112,15 +144,19 @@ impl Store {
             return Ok(BatchOutcome::default());
         }
         let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
-        let mut q = QueryBuilder::new("SELECT uidl FROM pop3_uidls WHERE reader = ");
+        let mut q = QueryBuilder::new("SELECT uidl, size FROM pop3_uidls WHERE reader = ");
         q.push_bind(reader).push(" AND uidl IN ");
         in_list(&mut q, mails.iter().map(|(uidl, _)| uidl.as_str()));
         let recorded: HashSet<String> = q
-            .build_query_as::<(String,)>()
+            .build_query_as::<(String, Option<i64>)>()
             .fetch_all(&mut *tx)
             .await?
             .into_iter()
-            .map(|(uidl,)| uidl)
+            .filter(|(uidl, size)| {
+                let was = size.and_then(|s| u64::try_from(s).ok());
+                !matches!((was, sizes.get(uidl)), (Some(was), Some(now)) if was != *now)
+            })
+            .map(|(uidl, _)| uidl)
             .collect();
         let (outcome, rows) = store_unrecorded(
             &mut tx,
@@ -133,15 +169,22 @@ impl Store {
         let state = if pending { "pending" } else { "done" };
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             let mut q = QueryBuilder::new(
-                "INSERT INTO pop3_uidls (reader, uidl, email_id, after_state, ingested_at) ",
+                "INSERT INTO pop3_uidls (reader, uidl, email_id, after_state, ingested_at, size) ",
             );
             q.push_values(chunk, |mut row, (uidl, email_id)| {
                 row.push_bind(reader)
                     .push_bind(uidl.as_str())
                     .push_bind(*email_id)
                     .push_bind(state)
-                    .push(NOW);
+                    .push(NOW)
+                    .push_bind(sizes.get(*uidl).and_then(|s| i64::try_from(*s).ok()));
             });
+            // A reused UIDL: the row now stands for the new mail.
+            q.push(
+                " ON CONFLICT (reader, uidl) DO UPDATE SET email_id = excluded.email_id,
+                 after_state = excluded.after_state, ingested_at = excluded.ingested_at,
+                 size = excluded.size",
+            );
             q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;

@@ -685,8 +685,56 @@ pub fn run_measured(args: &[&str]) -> (std::process::ExitStatus, String, String,
     (status, out, err, peak_kib * 1024)
 }
 
-/// `mail2ticket -c CONFIG check [READER]`: (exit code, stdout, stderr).
+/// Creates the database of the configuration at `config` when it is
+/// missing, as the first `run` does (only `run` creates one; `check`,
+/// `authorize` and the rest refuse a missing one): `run --once` with the
+/// file's `[store]` table and no readers, from a file beside it.
+pub fn ensure_database(config: &Path) {
+    ensure_database_with(config, &[]);
+}
+
+/// [`ensure_database`] with environment variables for `run`, e.g. the
+/// `CREDENTIALS_DIRECTORY` the store key comes from.
+pub fn ensure_database_with(config: &Path, envs: &[(&str, &str)]) {
+    let loaded = Config::load(config).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let url = &loaded.store.database;
+    let file = url.strip_prefix("sqlite://").unwrap_or(url);
+    let file = file.split_once('?').map_or(file, |(f, _)| f);
+    if Path::new(file).exists() {
+        return;
+    }
+    let text = std::fs::read_to_string(config).expect("read the config");
+    let mut store = String::new();
+    let mut in_store = false;
+    for line in text.lines() {
+        let header = line.trim_start().starts_with('[');
+        if header {
+            in_store = line.trim() == "[store]";
+        }
+        if in_store {
+            store.push_str(line);
+            store.push('\n');
+        }
+    }
+    let init = config.with_file_name(".init-store.toml");
+    std::fs::write(&init, store).expect("write the store-only config");
+    let out = std::process::Command::new(binary())
+        .args(["-c", init.to_str().expect("utf-8 path"), "run", "--once"])
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run --once");
+    assert!(
+        out.status.success(),
+        "creating the database failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(&init);
+}
+
+/// `mail2ticket -c CONFIG check [READER]`: (exit code, stdout, stderr),
+/// after creating the database if missing (see [`ensure_database`]).
 pub fn check_binary(config: &Path, reader: Option<&str>) -> (Option<i32>, String, String) {
+    ensure_database(config);
     let mut cmd = std::process::Command::new(binary());
     cmd.args(["-c", config.to_str().expect("utf-8 path"), "check"]);
     cmd.args(reader);

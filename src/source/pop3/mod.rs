@@ -285,9 +285,16 @@ pub async fn poll(
     };
     let mut session = Session::open(reader, credential).await?;
     let listing = session.uidls(&reader.host).await?;
-    let ledger = store.pop3_ledger(&reader.name).await?;
+    let ledger = store.pop3_ledger_sized(&reader.name).await?;
     let skipped = skipped_uidls(&mut session, store, reader, &listing).await?;
     let mut report = PollReport::default();
+    // Every mail's size, also of those in the ledger: a server that reuses
+    // UIDLs is caught by a size that differs from the one ingested.
+    let sizes: HashMap<u32, u64> = if listing.is_empty() {
+        HashMap::new()
+    } else {
+        session.conn.list().await?.into_iter().collect()
+    };
 
     // Deleted this session; the deletions count only once QUIT succeeds.
     let mut deleted: Vec<String> = Vec::new();
@@ -295,7 +302,7 @@ pub async fn poll(
     // through before we could record it.
     let mut gone: Vec<String> = ledger
         .iter()
-        .filter(|(_, pending)| **pending)
+        .filter(|(_, (pending, _))| *pending)
         .map(|(uidl, _)| uidl.clone())
         .collect();
     let on_server: HashMap<&str, u32> = listing.iter().map(|(n, u)| (u.as_str(), *n)).collect();
@@ -303,10 +310,22 @@ pub async fn poll(
 
     let mut new: Vec<(u32, String)> = Vec::new();
     for (number, uidl) in &listing {
+        let listed = sizes.get(number).copied();
         match ledger.get(uidl) {
             // Left by the first contact: never a ticket, never deleted.
             None if skipped.contains(uidl) => {}
             None => new.push((*number, uidl.clone())),
+            // The server gave a new mail the UIDL of one it no longer has:
+            // deleting it as done would lose it unread.
+            Some((_, Some(was))) if listed.is_some_and(|now| now != *was) => {
+                tracing::warn!(
+                    uidl = %uidl,
+                    ingested_size = was,
+                    listed_size = listed,
+                    "the server reuses a UIDL for a mail of another size; ingesting it as a new mail"
+                );
+                new.push((*number, uidl.clone()));
+            }
             // Committed earlier: its DELE did not reach a QUIT, or it was
             // kept before the reader was switched to delete.
             Some(_) if delete => {
@@ -314,19 +333,14 @@ pub async fn poll(
                 deleted.push(uidl.clone());
             }
             // Pending from a time the reader deleted; it keeps now.
-            Some(true) => gone.push(uidl.clone()),
-            Some(false) => {}
+            Some((true, _)) => gone.push(uidl.clone()),
+            Some((false, _)) => {}
         }
     }
     if !new.is_empty() {
         tracing::debug!(new = new.len(), "new mail");
     }
 
-    let sizes: HashMap<u32, u64> = if new.is_empty() {
-        HashMap::new()
-    } else {
-        session.conn.list().await?.into_iter().collect()
-    };
     // One policy for the whole poll: the cap a mail is read with is the
     // limit its parse judges it by.
     let policy = reader.mail.current();
@@ -383,6 +397,10 @@ pub async fn poll(
         meter.fetched(fetching.elapsed());
         report.fetched += raw.len();
         let numbers: Vec<(u32, String)> = raw.iter().map(|(n, u, _)| (*n, u.clone())).collect();
+        let listed: HashMap<String, u64> = numbers
+            .iter()
+            .filter_map(|(n, u)| sizes.get(n).map(|s| (u.clone(), *s)))
+            .collect();
         let parsed = ingest::parse_batch(
             raw.into_iter()
                 .map(|(_, uidl, body)| (uidl, body))
@@ -393,7 +411,7 @@ pub async fn poll(
         .await?;
         let committing = std::time::Instant::now();
         let outcome = store
-            .commit_pop3_batch(&reader.name, &parsed, delete)
+            .commit_pop3_batch_sized(&reader.name, &parsed, &listed, delete)
             .await?;
         meter.committed(&outcome, committing.elapsed());
         report.created += outcome.created;
