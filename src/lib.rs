@@ -54,6 +54,9 @@
 //!   side of the mail the store set aside whole.
 //! * [`logging`]: the tracing subscriber (text or JSON), with
 //!   credential-bearing targets capped.
+//! * [`scrub`]: server text cut free of the credential in use (whole or
+//!   any 16-character piece) before it reaches a log, `last_error` or
+//!   history; used by IMAP, POP3 and SMTP alike.
 //!
 //! For tests and the fuzz targets in `fuzz/` only (feature `fuzzing`):
 //! `fuzzing`, one entry point per input from outside, with the invariants
@@ -78,6 +81,7 @@ pub mod quarantine;
 pub mod reader;
 pub mod reload;
 pub mod scheduler;
+pub mod scrub;
 pub mod shutdown;
 pub mod source;
 pub mod status;

@@ -11,6 +11,7 @@ mod health;
 mod key;
 mod mails;
 mod outbox;
+mod owed;
 mod quarantine;
 mod tickets;
 mod tokens;
@@ -24,6 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use health::{DaemonStatus, EVENTS_KEPT, ReaderEvent, ReaderStatus};
 pub use key::{KeyError, StoreKey};
 pub use mails::{BatchOutcome, MailCounts};
+pub use owed::{MAX_REFUSALS, Owed};
 pub use outbox::{AttemptRecorded, DueAck, MAX_ATTEMPTS, OutboxStatus, retry_delay};
 pub use quarantine::{QUARANTINED, QuarantineEntry, QuarantineReason, Retried};
 pub use tickets::FolderPosition;
