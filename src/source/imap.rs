@@ -303,10 +303,20 @@ fn crate_refusal(scrub: &Scrubber, e: &async_imap::error::Error) -> Option<Refus
     let (async_imap::error::Error::No(debug) | async_imap::error::Error::Bad(debug)) = e else {
         return None;
     };
-    let (code, info) = match debug
-        .strip_prefix("code: ")
-        .and_then(|rest| rest.split_once(", info: "))
+    // Two wordings: `code: C, info: I` (tagged answers) and
+    // `outcome: Outcome { code: C, information: I }` (SELECT, STATUS).
+    let parts = match debug
+        .strip_prefix("outcome: Outcome { ")
+        .and_then(|rest| rest.strip_suffix(" }"))
     {
+        Some(inner) => inner
+            .strip_prefix("code: ")
+            .and_then(|rest| rest.split_once(", information: ")),
+        None => debug
+            .strip_prefix("code: ")
+            .and_then(|rest| rest.split_once(", info: ")),
+    };
+    let (code, info) = match parts {
         Some(parts) => parts,
         // Not the crate's usual wording: keep it whole.
         None => ("None", debug.as_str()),
@@ -1306,6 +1316,7 @@ async fn poll_inner(
         done.extend(undone);
     }
     store.mark_after_done(&pos, &done).await?;
+    store.settle_owed(&pos).await?;
     report.interrupted = cancel.is_cancelled() && index < chunks.len();
     if let Some(e @ ImapError::NoMoveTarget { .. }) = after_failed {
         // The tickets exist; the admin must fix the target before mail
@@ -1488,6 +1499,38 @@ mod tests {
         assert_eq!(mailbox_name("台北"), "&U,BTFw-");
         // Outside the BMP: a surrogate pair in one run.
         assert_eq!(mailbox_name("a😀b"), "a&2D3eAA-b");
+    }
+
+    #[test]
+    fn the_crates_refusals_are_read_back_for_people() {
+        let scrub = Scrubber::new(["0123456789abcdefghij-token"]);
+        let no = async_imap::error::Error::No(
+            "code: None, info: Some(\"[LIMIT] Maximum number of \\\"connections\\\"\\u{1b}\")"
+                .into(),
+        );
+        let r = crate_refusal(&scrub, &no).expect("a refusal");
+        assert_eq!(r.code.as_deref(), Some("LIMIT"));
+        assert_eq!(r.text, "Maximum number of \"connections\"?");
+        assert!(matches!(
+            crate_error(&scrub, "SELECT", no),
+            ImapError::Busy { step: "SELECT", .. }
+        ));
+        let bad = async_imap::error::Error::Bad(
+            "code: Some(TryCreate), info: Some(\"no 0123456789abcdefgh here\")".into(),
+        );
+        let select = async_imap::error::Error::No(
+            "outcome: Outcome { code: None, information: Some(\"Mailbox is locked\") }".into(),
+        );
+        let r = crate_refusal(&scrub, &select).expect("a refusal");
+        assert_eq!((r.code, r.text.as_str()), (None, "Mailbox is locked"));
+        let r = crate_refusal(&scrub, &bad).expect("a refusal");
+        assert_eq!(r.code.as_deref(), Some("TRYCREATE"));
+        assert_eq!(r.text, "no [redacted] here");
+        let shown = crate_error(&scrub, "UID COPY", bad).to_string();
+        assert_eq!(
+            shown,
+            "the IMAP server refused UID COPY: \"[TRYCREATE] no [redacted] here\""
+        );
     }
 
     #[test]

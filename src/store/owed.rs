@@ -47,6 +47,18 @@ impl Store {
             .collect())
     }
 
+    /// Forgets owed UIDs the ledger has recorded since: delivered after all.
+    pub async fn settle_owed(&self, pos: &FolderPosition) -> Result<(), StoreError> {
+        let mut q = QueryBuilder::new("DELETE FROM imap_owed AS o WHERE ");
+        where_position(&mut q, pos);
+        q.push(
+            " AND EXISTS (SELECT 1 FROM source_positions p WHERE p.reader = o.reader
+               AND p.folder = o.folder AND p.uidvalidity = o.uidvalidity AND p.uid = o.uid)",
+        );
+        q.build().execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Records that `uids` were asked for and not delivered, with the
     /// server's (scrubbed) words. Must be called before any mail above them
     /// is committed. A UID refused [`MAX_REFUSALS`] times is set aside in
