@@ -35,7 +35,9 @@ pub struct Script {
     pub capabilities: String,
     /// Instead of `OK` to AUTHENTICATE / LOGIN: the whole tagged answer
     /// after the tag, e.g. `NO [LIMIT] Too many connections`. `{token}` and
-    /// `{blob}` are replaced by what the client sent (an echoing server).
+    /// `{blob}` are replaced by what the client sent (an echoing server),
+    /// `{token20}` and `{blob30}` by their first 20 / 30 characters,
+    /// `{tokenmid}` by 20 characters from the token's middle.
     pub auth_answer: Option<String>,
     /// Instead of the SELECT answer.
     pub select_answer: Option<String>,
@@ -170,7 +172,13 @@ fn parse_set(set: &str, max: u32) -> Vec<u32> {
 
 impl Conn {
     fn fill(&self, text: &str) -> String {
-        text.replace("{token}", &self.token)
+        let prefix = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+        let middle = |s: &str| s.chars().skip(7).take(20).collect::<String>();
+        // Truncated echoes: a prefix and a piece from the middle.
+        text.replace("{token20}", &prefix(&self.token, 20))
+            .replace("{blob30}", &prefix(&self.blob, 30))
+            .replace("{tokenmid}", &middle(&self.token))
+            .replace("{token}", &self.token)
             .replace("{blob}", &self.blob)
     }
 
@@ -286,7 +294,11 @@ impl Conn {
             if rest.contains('*') && found.is_empty() && max > 0 {
                 found.push(max.to_string());
             }
-            put(format!("* SEARCH {}\r\n{tag} OK\r\n", found.join(" ")));
+            if found.is_empty() {
+                put(format!("* SEARCH\r\n{tag} OK\r\n"));
+            } else {
+                put(format!("* SEARCH {}\r\n{tag} OK\r\n", found.join(" ")));
+            }
         } else if let Some(rest) = upper.strip_prefix("UID FETCH ") {
             let (set, items) = rest.split_once(' ').unwrap_or((rest, ""));
             let uids: Vec<u32> = parse_set(set, max)
