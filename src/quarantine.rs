@@ -167,9 +167,9 @@ pub fn settled(result: Result<Retried, QuarantineError>) -> Result<String, Strin
         }
         Ok(Retried::StillQuarantined(why)) => Err(format!("still quarantined: {why}")),
         Ok(Retried::NotQuarantined) => Err("not in the quarantine".to_string()),
-        Ok(Retried::AskedAgain) => {
-            Ok("the server refused it before; the next poll asks the server for it again".to_string())
-        }
+        Ok(Retried::AskedAgain) => Ok(
+            "the server refused it before; the next poll asks the server for it again".to_string(),
+        ),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -11,9 +11,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::mail;
 use common::scripted_imap::{Script, ScriptedImap, Withhold};
 use common::setup::{Env, binary, wait_until};
-use common::mail;
 use mail2ticket::config::Config;
 
 fn mails(uids: std::ops::RangeInclusive<u32>) -> BTreeMap<u32, Vec<u8>> {
@@ -65,12 +65,14 @@ async fn owed(env: &Env) -> i64 {
 async fn assert_each_once(env: &Env, n: i64) {
     assert_eq!(tickets(env).await, n, "tickets");
     assert_eq!(
-        env.count("SELECT COUNT(*) FROM emails WHERE disposition = 'ticket'").await,
+        env.count("SELECT COUNT(*) FROM emails WHERE disposition = 'ticket'")
+            .await,
         n,
         "emails"
     );
     assert_eq!(
-        env.count("SELECT COUNT(DISTINCT uid) FROM source_positions").await,
+        env.count("SELECT COUNT(DISTINCT uid) FROM source_positions")
+            .await,
         n,
         "ledger"
     );
@@ -91,7 +93,9 @@ async fn a_refused_fetch_loses_no_mail() {
     script.withhold.insert(2, Withhold::Omit);
     let (env, server, config) = scripted(script, Some("keep")).await;
 
-    let err = poll(&env, &config).await.expect_err("a refused FETCH fails the poll");
+    let err = poll(&env, &config)
+        .await
+        .expect_err("a refused FETCH fails the poll");
     assert!(err.contains("did not deliver 2 mail(s)"), "{err}");
     assert!(err.contains("UID 1:2"), "{err}");
     assert!(err.contains("[SERVERBUG] Internal error occurred"), "{err}");
@@ -108,13 +112,20 @@ async fn a_refused_fetch_loses_no_mail() {
         .iter()
         .filter(|c| c.starts_with("UID FETCH 1:2 BODY.PEEK"))
         .count();
-    assert_eq!(fetches, 1, "the second poll asked for the owed UIDs: {:?}", server.commands());
+    assert_eq!(
+        fetches,
+        1,
+        "the second poll asked for the owed UIDs: {:?}",
+        server.commands()
+    );
 
     server.script(|s| {
         s.fetch_answer = None;
         s.withhold.clear();
     });
-    poll(&env, &config).await.expect("the server serves them now");
+    poll(&env, &config)
+        .await
+        .expect("the server serves them now");
     assert_each_once(&env, 3).await;
     assert_eq!(owed(&env).await, 0);
     poll(&env, &config).await.expect("nothing new");
@@ -153,7 +164,9 @@ async fn bad_fetch_missing_uid_and_nil_body_are_asked_again() {
         s.withhold.insert(5, Withhold::Omit);
         s.withhold.insert(6, Withhold::Nil);
     });
-    let err = poll(&env, &config).await.expect_err("missing mail fails the poll");
+    let err = poll(&env, &config)
+        .await
+        .expect_err("missing mail fails the poll");
     assert!(err.contains("did not deliver 2 mail(s)"), "{err}");
     assert!(err.contains("UID 5:6"), "{err}");
     assert!(err.contains("left them out or had no body"), "{err}");
@@ -184,24 +197,41 @@ async fn a_mail_refused_for_good_ends_in_the_quarantine() {
         let err = poll(&env, &config).await.expect_err("refused");
         assert!(err.contains("UID 1"), "round {round}: {err}");
     }
-    let report = poll(&env, &config).await.expect("set aside: the poll is good");
+    let report = poll(&env, &config)
+        .await
+        .expect("set aside: the poll is good");
     assert_eq!(report.quarantined, 1);
     assert_eq!(tickets(&env).await, 1);
     assert_eq!(owed(&env).await, 0);
-    let list = mail2ticket::quarantine::list(&config, None).await.expect("list");
+    let list = mail2ticket::quarantine::list(&config, None)
+        .await
+        .expect("list");
     assert_eq!(list.len(), 1, "{list:?}");
     let entry = &list[0];
-    assert!(entry.disposition.starts_with("quarantined: server ("), "{}", entry.disposition);
-    assert!(entry.disposition.contains("UID 1"), "{}", entry.disposition);
     assert!(
-        entry.disposition.contains("[UNAVAILABLE] Message body unavailable"),
+        entry.disposition.starts_with("quarantined: server ("),
         "{}",
         entry.disposition
     );
-    server.script(|s| assert!(!s.seen.contains(&1), "a mail never delivered is not marked read"));
+    assert!(entry.disposition.contains("UID 1"), "{}", entry.disposition);
+    assert!(
+        entry
+            .disposition
+            .contains("[UNAVAILABLE] Message body unavailable"),
+        "{}",
+        entry.disposition
+    );
+    server.script(|s| {
+        assert!(
+            !s.seen.contains(&1),
+            "a mail never delivered is not marked read"
+        )
+    });
     let events = env.reader_events("r").await;
     assert!(
-        events.iter().any(|e| e.message.contains("quarantined (server)")),
+        events
+            .iter()
+            .any(|e| e.message.contains("quarantined (server)")),
         "{events:?}"
     );
     // Polls go on without asking for it.
@@ -212,19 +242,22 @@ async fn a_mail_refused_for_good_ends_in_the_quarantine() {
         s.fetch_answer = None;
         s.withhold.clear();
     });
-    let retried = mail2ticket::quarantine::retry(
-        &config,
-        mail2ticket::quarantine::Which::One(entry.id),
-    )
-    .await
-    .expect("retry");
+    let retried =
+        mail2ticket::quarantine::retry(&config, mail2ticket::quarantine::Which::One(entry.id))
+            .await
+            .expect("retry");
     assert!(
         matches!(retried[0].1, Ok(mail2ticket::store::Retried::AskedAgain)),
         "{retried:?}"
     );
     poll(&env, &config).await.expect("fetched");
     assert_each_once(&env, 2).await;
-    assert!(mail2ticket::quarantine::list(&config, None).await.expect("list").is_empty());
+    assert!(
+        mail2ticket::quarantine::list(&config, None)
+            .await
+            .expect("list")
+            .is_empty()
+    );
 }
 
 /// A NO to UID STORE (seen), to UID EXPUNGE (delete) and to UID MOVE:
@@ -313,7 +346,10 @@ async fn response_codes_decide_what_a_refusal_means() {
     assert_eq!(env.idp.total_requests(), 1, "the cached token was kept");
     let err = env.last_error("r").await.unwrap_or_default();
     assert!(err.contains("cannot serve AUTHENTICATE right now"), "{err}");
-    assert!(err.contains("[LIMIT] Maximum number of connections"), "{err}");
+    assert!(
+        err.contains("[LIMIT] Maximum number of connections"),
+        "{err}"
+    );
     assert!(!err.contains("refused the access token"), "{err}");
     assert_readable(&err);
     assert_eq!(env.state("r").await, "retrying");
@@ -329,7 +365,10 @@ async fn response_codes_decide_what_a_refusal_means() {
     env.stop_daemon(cancel, daemon).await;
     let err = env.last_error("r").await.unwrap_or_default();
     assert!(err.contains("refused the access token"), "{err}");
-    assert!(err.contains("[AUTHENTICATIONFAILED] Invalid credentials"), "{err}");
+    assert!(
+        err.contains("[AUTHENTICATIONFAILED] Invalid credentials"),
+        "{err}"
+    );
 
     server.script(|s| {
         s.auth_answer = None;
@@ -340,13 +379,17 @@ async fn response_codes_decide_what_a_refusal_means() {
     assert!(!err.contains("does not exist"), "{err}");
     assert_eq!(env.state("r").await, "retrying");
 
-    server.script(|s| s.select_answer = Some("NO [NONEXISTENT] Mailbox doesn't exist: INBOX".into()));
+    server
+        .script(|s| s.select_answer = Some("NO [NONEXISTENT] Mailbox doesn't exist: INBOX".into()));
     let err = poll(&env, &config).await.expect_err("missing folder");
     assert!(err.starts_with("folder \"INBOX\" does not exist"), "{err}");
 
     server.script(|s| s.select_answer = Some("NO Folder is not available".into()));
     let err = poll(&env, &config).await.expect_err("refused folder");
-    assert!(err.starts_with("the server refused to open folder \"INBOX\""), "{err}");
+    assert!(
+        err.starts_with("the server refused to open folder \"INBOX\""),
+        "{err}"
+    );
 
     // A password reader: [LIMIT] retries, it does not park.
     server.script(|s| {
@@ -386,8 +429,7 @@ async fn credentials_echoed_by_the_server_go_nowhere() {
         if round == 1 {
             server.script(|s| {
                 s.auth_answer = None;
-                s.fetch_bye =
-                    Some("closing: {token20} {blob30} {tokenmid} ({token})".into());
+                s.fetch_bye = Some("closing: {token20} {blob30} {tokenmid} ({token})".into());
             });
         }
         let out = std::process::Command::new(binary())
@@ -400,7 +442,10 @@ async fn credentials_echoed_by_the_server_go_nowhere() {
     }
     let text = String::from_utf8_lossy(&output).into_owned();
     let last_error = env.last_error("r").await.unwrap_or_default();
-    assert!(last_error.contains("closed the connection during UID FETCH"), "{last_error}");
+    assert!(
+        last_error.contains("closed the connection during UID FETCH"),
+        "{last_error}"
+    );
     assert!(last_error.contains("[redacted]"), "{last_error}");
     assert_readable(&last_error);
     let history: String = env
@@ -410,7 +455,10 @@ async fn credentials_echoed_by_the_server_go_nowhere() {
         .chain(env.reader_events("p").await)
         .map(|e| e.message + "\n")
         .collect();
-    assert!(history.contains("[redacted]"), "the echoes were there: {history}");
+    assert!(
+        history.contains("[redacted]"),
+        "the echoes were there: {history}"
+    );
     let credentials = server.credentials();
     assert!(credentials.len() >= 4, "{credentials:?}");
     let database = env.database_bytes();

@@ -782,7 +782,10 @@ mod tests {
         let text = echoed.redacted(&[line.expose_secret(), secret]).to_string();
         assert!(!text.contains(&secret[..16]), "{text}");
         assert!(!text.contains(&line.expose_secret()[..16]), "{text}");
-        assert!(text.contains("got [redacted]... and [redacted]..."), "{text}");
+        assert!(
+            text.contains("got [redacted]... and [redacted]..."),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -30,10 +30,10 @@ use tokio_util::sync::CancellationToken;
 use super::refusal::{Meaning, Refusal};
 use super::{Batching, CheckReport, Credential, PollReport};
 use crate::auth::sasl;
-use crate::scrub::Scrubber;
 use crate::config::{After, ReaderConfig, Tls};
 use crate::ingest::{self, Fetched, ParseTaskFailed};
 use crate::metrics::{FailureClass, ReaderMetrics};
+use crate::scrub::Scrubber;
 use crate::store::{FolderPosition, MAX_REFUSALS, Owed, Store, StoreError};
 use crate::transport::{self, ConnectError, Endpoint, Progress, Stream};
 
@@ -91,7 +91,9 @@ pub enum ImapError {
     },
     /// The mail is ingested, but the after-step was refused; it stays
     /// pending and is retried next poll.
-    #[error("mail was ingested, but after = {after:?} failed on the server (retried next poll): {source}")]
+    #[error(
+        "mail was ingested, but after = {after:?} failed on the server (retried next poll): {source}"
+    )]
     AfterStep {
         after: String,
         source: Box<ImapError>,
@@ -323,7 +325,11 @@ fn crate_refusal(scrub: &Scrubber, e: &async_imap::error::Error) -> Option<Refus
     };
     let code = code
         .strip_prefix("Some(")
-        .map(|c| c.split(|ch: char| !ch.is_ascii_alphanumeric()).next().unwrap_or(""))
+        .map(|c| {
+            c.split(|ch: char| !ch.is_ascii_alphanumeric())
+                .next()
+                .unwrap_or("")
+        })
         .filter(|c| !c.is_empty())
         .map(code_name);
     let text = match info.strip_prefix("Some(").and_then(|i| i.strip_suffix(')')) {
@@ -384,15 +390,15 @@ fn unescape_debug(quoted: &str) -> String {
 }
 
 /// The refusal in a tagged or untagged status response.
-fn outcome_refusal(
-    scrub: &Scrubber,
-    outcome: &async_imap::imap_proto::Outcome<'_>,
-) -> Refusal {
+fn outcome_refusal(scrub: &Scrubber, outcome: &async_imap::imap_proto::Outcome<'_>) -> Refusal {
     let code = outcome
         .code
         .as_ref()
         .map(|c| code_name(format!("{c:?}").split('(').next().unwrap_or("")));
-    Refusal::with_code(code, &scrub.clean(outcome.information.as_deref().unwrap_or("")))
+    Refusal::with_code(
+        code,
+        &scrub.clean(outcome.information.as_deref().unwrap_or("")),
+    )
 }
 
 fn timed_out(step: &'static str, after: Duration) -> ImapError {
@@ -542,9 +548,7 @@ impl Session {
         // a command after login tells.
         match tokio::time::timeout(t, session.inner.run_command_and_check_ok("NOOP")).await {
             Err(_) => return Err(timed_out("NOOP", t)),
-            Ok(Err(
-                e @ (async_imap::error::Error::Bad(_) | async_imap::error::Error::No(_)),
-            )) => {
+            Ok(Err(e @ (async_imap::error::Error::Bad(_) | async_imap::error::Error::No(_)))) => {
                 let answer = crate_refusal(&session.scrub, &e);
                 return Err(ImapError::NotConnected {
                     user: user.to_string(),
@@ -611,7 +615,13 @@ impl Session {
     async fn folder_exists(&mut self, folder: &str) -> Result<bool, ImapError> {
         let t = self.timeout;
         let name = mailbox_name(folder);
-        let stream = step(t, &self.scrub, "LIST", self.inner.list(Some(""), Some(&name))).await?;
+        let stream = step(
+            t,
+            &self.scrub,
+            "LIST",
+            self.inner.list(Some(""), Some(&name)),
+        )
+        .await?;
         let names: Vec<_> = tokio::time::timeout(t, stream.collect::<Vec<_>>())
             .await
             .map_err(|_| timed_out("LIST", t))?;
@@ -1130,7 +1140,14 @@ async fn session_for_poll(
     if let Some(mut conn) = kept.take() {
         // A NOOP both proves the connection and collects what changed.
         let session = &mut conn.session;
-        match step(session.timeout, &session.scrub, "NOOP", session.inner.noop()).await {
+        match step(
+            session.timeout,
+            &session.scrub,
+            "NOOP",
+            session.inner.noop(),
+        )
+        .await
+        {
             Ok(()) => return Ok((conn.session, conn.selected)),
             Err(e) => {
                 tracing::debug!(error = %e, "kept IMAP connection is gone; reconnecting");

@@ -37,7 +37,12 @@ pub enum Meaning {
 }
 
 /// Codes that blame the credential: IMAP (RFC 5530) and POP3 (RFC 3206).
-const CREDENTIAL: &[&str] = &["AUTHENTICATIONFAILED", "AUTHORIZATIONFAILED", "EXPIRED", "AUTH"];
+const CREDENTIAL: &[&str] = &[
+    "AUTHENTICATIONFAILED",
+    "AUTHORIZATIONFAILED",
+    "EXPIRED",
+    "AUTH",
+];
 /// Codes of passing server conditions.
 const TRANSIENT: &[&str] = &[
     "UNAVAILABLE",
@@ -142,12 +147,24 @@ mod tests {
             Refusal::parse("[NONEXISTENT] Mailbox doesn't exist: X").meaning(),
             Meaning::Nonexistent
         );
-        assert_eq!(Refusal::parse("Mailbox is locked").meaning(), Meaning::Transient);
-        assert_eq!(Refusal::parse("[SYS/TEMP] busy").meaning(), Meaning::Transient);
-        assert_eq!(Refusal::parse("[IN-USE] maildrop locked").meaning(), Meaning::Transient);
+        assert_eq!(
+            Refusal::parse("Mailbox is locked").meaning(),
+            Meaning::Transient
+        );
+        assert_eq!(
+            Refusal::parse("[SYS/TEMP] busy").meaning(),
+            Meaning::Transient
+        );
+        assert_eq!(
+            Refusal::parse("[IN-USE] maildrop locked").meaning(),
+            Meaning::Transient
+        );
         assert_eq!(Refusal::parse("[AUTH] bad").meaning(), Meaning::Credential);
         assert_eq!(Refusal::parse("[SYS/PERM] gone").meaning(), Meaning::Other);
-        assert_eq!(Refusal::parse("Folder X not found").meaning(), Meaning::Unknown);
+        assert_eq!(
+            Refusal::parse("Folder X not found").meaning(),
+            Meaning::Unknown
+        );
     }
 
     #[test]

@@ -25,8 +25,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use health::{DaemonStatus, EVENTS_KEPT, ReaderEvent, ReaderStatus};
 pub use key::{KeyError, StoreKey};
 pub use mails::{BatchOutcome, MailCounts};
-pub use owed::{MAX_REFUSALS, Owed};
 pub use outbox::{AttemptRecorded, DueAck, MAX_ATTEMPTS, OutboxStatus, retry_delay};
+pub use owed::{MAX_REFUSALS, Owed};
 pub use quarantine::{QUARANTINED, QuarantineEntry, QuarantineReason, Retried};
 pub use tickets::FolderPosition;
 

@@ -324,10 +324,15 @@ impl Conn {
                 let seq = seq_of(s, uid).unwrap_or(0);
                 match s.withhold.get(&uid) {
                     Some(Withhold::Omit) => {}
-                    Some(Withhold::Nil) => put(format!("* {seq} FETCH (UID {uid} BODY[]<0> NIL)\r\n")),
+                    Some(Withhold::Nil) => {
+                        put(format!("* {seq} FETCH (UID {uid} BODY[]<0> NIL)\r\n"))
+                    }
                     None => {
                         let body = &s.mails[&uid];
-                        put(format!("* {seq} FETCH (UID {uid} BODY[]<0> {{{}}}\r\n", body.len()));
+                        put(format!(
+                            "* {seq} FETCH (UID {uid} BODY[]<0> {{{}}}\r\n",
+                            body.len()
+                        ));
                         out_body(&mut put, body);
                         put(")\r\n".into());
                     }

@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
 
 use self::proto::{Capabilities, Connection, Pop3Error as WireError};
-use super::{Batching, CheckReport, Credential, PollReport};
 use super::refusal::Refusal;
+use super::{Batching, CheckReport, Credential, PollReport};
 use crate::config::{After, ReaderConfig, Tls};
 use crate::ingest::{self, Fetched, ParseTaskFailed};
 use crate::metrics::{FailureClass, ReaderMetrics};
