@@ -21,7 +21,9 @@
 //!   [`source::pop3`] with its wire protocol beside it); finds new mail,
 //!   fetches it in batches bounded by bytes (a mail over the size limit
 //!   only in part), and runs the after-step (seen, delete, move) once the
-//!   commit is done; IMAP IDLE lives here too.
+//!   commit is done; IMAP IDLE lives here too. [`source::refusal`] reads
+//!   a server's NO / -ERR by its response code (credential, missing
+//!   folder, or a passing server condition) for both protocols.
 //! * [`ingest`]: raw bytes to a parsed mail (never fails), with the MIME
 //!   nesting bounded (`ingest/mime.rs`), size limits, and what the mail
 //!   is: the loop guard ([`ingest::guard`]), routing rules

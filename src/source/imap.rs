@@ -1,7 +1,9 @@
 //! IMAP with SASL XOAUTH2 (or a password), over implicit TLS or STARTTLS.
 //!
 //! Owns how an IMAP folder becomes tickets exactly once: new mail is found
-//! by UID above the ledger's watermark for the folder's UIDVALIDITY, sized
+//! by UID above the ledger's watermark for the folder's UIDVALIDITY, plus
+//! the UIDs the ledger still owes (asked for earlier, not delivered: the
+//! tagged answer of every command is read, see `Session::run`), sized
 //! (`RFC822.SIZE`), fetched in batches bounded by `batch_size` and
 //! `batch_bytes` with `BODY.PEEK[]<0.max_email_size>` (so nothing is marked
 //! read before its ticket exists, and a huge mail is never held whole),

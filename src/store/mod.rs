@@ -1,6 +1,7 @@
 //! The store: the SQLite database behind sqlx, and everything written to it.
 //!
-//! Owns the schema (embedded migrations, applied at open), the exactly-once
+//! Owns the schema (embedded migrations, applied at open), the IMAP UIDs a
+//! folder's ledger still owes (`owed`), the exactly-once
 //! rule (a mail's source position is written in the same transaction as its
 //! ticket), which ticket a mail opens or joins (dedup, threading, rate
 //! limit; `mails`), contents stored once, reader health (`readers.last_error` and friends), the sealed
