@@ -21,7 +21,9 @@
 //!   [`source::pop3`] with its wire protocol beside it); finds new mail,
 //!   fetches it in batches bounded by bytes (a mail over the size limit
 //!   only in part), and runs the after-step (seen, delete, move) once the
-//!   commit is done; IMAP IDLE lives here too.
+//!   commit is done; IMAP IDLE lives here too. [`source::refusal`] reads
+//!   a server's NO / -ERR by its response code (credential, missing
+//!   folder, or a passing server condition) for both protocols.
 //! * [`ingest`]: raw bytes to a parsed mail (never fails), with the MIME
 //!   nesting bounded (`ingest/mime.rs`), size limits, and what the mail
 //!   is: the loop guard ([`ingest::guard`]), routing rules
@@ -58,6 +60,9 @@
 //!   side of the mail the store set aside whole.
 //! * [`logging`]: the tracing subscriber (text or JSON), with
 //!   credential-bearing targets capped.
+//! * [`scrub`]: server text cut free of the credential in use (whole or
+//!   any 16-character piece) before it reaches a log, `last_error` or
+//!   history; used by IMAP, POP3 and SMTP alike.
 //!
 //! For tests and the fuzz targets in `fuzz/` only (feature `fuzzing`):
 //! `fuzzing`, one entry point per input from outside, with the invariants
@@ -83,6 +88,7 @@ pub mod quarantine;
 pub mod reader;
 pub mod reload;
 pub mod scheduler;
+pub mod scrub;
 pub mod shutdown;
 pub mod source;
 pub mod status;

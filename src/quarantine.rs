@@ -133,6 +133,9 @@ pub async fn retry(
 }
 
 async fn retry_one(config: &Config, store: &Store, id: i64) -> Result<Retried, QuarantineError> {
+    if store.requeue_refused(id).await? {
+        return Ok(Retried::AskedAgain);
+    }
     let Some((reader_name, raw)) = store.quarantined_raw(id).await? else {
         return Ok(Retried::NotQuarantined);
     };
@@ -164,6 +167,9 @@ pub fn settled(result: Result<Retried, QuarantineError>) -> Result<String, Strin
         }
         Ok(Retried::StillQuarantined(why)) => Err(format!("still quarantined: {why}")),
         Ok(Retried::NotQuarantined) => Err("not in the quarantine".to_string()),
+        Ok(Retried::AskedAgain) => Ok(
+            "the server refused it before; the next poll asks the server for it again".to_string(),
+        ),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -67,23 +67,11 @@ pub fn decode_challenge(challenge: &str, secrets: &[&str]) -> Option<String> {
     })
 }
 
-/// Replaces every occurrence of each (non-empty) secret in `bytes` with
-/// `[redacted]`: for server text that may quote what we sent.
+/// Cuts every secret, and every piece of one of 16 characters or more,
+/// out of `bytes` (see [`crate::scrub`], which this is a shorthand for):
+/// for server text that may quote what we sent, whole or cut short.
 pub fn scrub(bytes: &mut Vec<u8>, secrets: &[&str]) {
-    for secret in secrets.iter().map(|s| s.as_bytes()) {
-        if secret.is_empty() || !bytes.windows(secret.len()).any(|w| w == secret) {
-            continue;
-        }
-        let mut kept = Vec::with_capacity(bytes.len());
-        let mut rest = &bytes[..];
-        while let Some(at) = rest.windows(secret.len()).position(|w| w == secret) {
-            kept.extend_from_slice(&rest[..at]);
-            kept.extend_from_slice(b"[redacted]");
-            rest = &rest[at + secret.len()..];
-        }
-        kept.extend_from_slice(rest);
-        *bytes = kept;
-    }
+    crate::scrub::Scrubber::new(secrets.iter().copied()).cut(bytes);
 }
 
 #[cfg(test)]
@@ -105,7 +93,7 @@ mod tests {
         scrub(&mut line, &["", "abc", "absent"]);
         assert_eq!(
             String::from_utf8_lossy(&line),
-            "-ERR [redacted] and [redacted], [redacted][redacted]"
+            "-ERR [redacted] and [redacted], [redacted]"
         );
     }
 

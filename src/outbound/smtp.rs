@@ -98,11 +98,13 @@ impl SmtpError {
     /// words replaced: a server that echoes the AUTH line must not put the
     /// credential into `last_error`, a log or the database.
     fn redacted(self, secrets: &[&str]) -> SmtpError {
-        let clean = |mut text: String| {
-            for secret in secrets.iter().filter(|s| !s.is_empty()) {
-                text = text.replace(secret, "[redacted]");
-            }
-            text
+        // Pieces too: a server quoting the AUTH line cut short must not
+        // leak its start.
+        let scrubber = crate::scrub::Scrubber::new(secrets.iter().copied());
+        let clean = |text: String| {
+            let mut bytes = text.into_bytes();
+            scrubber.cut(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
         };
         match self {
             SmtpError::Refused {
@@ -758,6 +760,30 @@ mod tests {
         assert!(!text.contains(line.expose_secret()), "{text}");
         assert!(
             text.contains("535 5.7.3 bad line [redacted] for [redacted]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn credentials_echoed_cut_short_are_redacted() {
+        let secret = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.secret-token";
+        let token = Credential::Token(SecretString::from(secret));
+        let line = sasl_line("a@b", &token);
+        let echoed = SmtpError::AuthRejected {
+            server: "smtp.example.net".into(),
+            user: "a@b".into(),
+            what: "access token",
+            reply: format!(
+                "535 5.7.3 got {}... and {}...",
+                &line.expose_secret()[..24],
+                &secret[..20]
+            ),
+        };
+        let text = echoed.redacted(&[line.expose_secret(), secret]).to_string();
+        assert!(!text.contains(&secret[..16]), "{text}");
+        assert!(!text.contains(&line.expose_secret()[..16]), "{text}");
+        assert!(
+            text.contains("got [redacted]... and [redacted]..."),
             "{text}"
         );
     }

@@ -1,7 +1,9 @@
 //! IMAP with SASL XOAUTH2 (or a password), over implicit TLS or STARTTLS.
 //!
 //! Owns how an IMAP folder becomes tickets exactly once: new mail is found
-//! by UID above the ledger's watermark for the folder's UIDVALIDITY, sized
+//! by UID above the ledger's watermark for the folder's UIDVALIDITY, plus
+//! the UIDs the ledger still owes (asked for earlier, not delivered: the
+//! tagged answer of every command is read, see `Session::run`), sized
 //! (`RFC822.SIZE`), fetched in batches bounded by `batch_size` and
 //! `batch_bytes` with `BODY.PEEK[]<0.max_email_size>` (so nothing is marked
 //! read before its ticket exists, and a huge mail is never held whole),
@@ -33,12 +35,14 @@ use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
+use super::refusal::{Meaning, Refusal};
 use super::{Batching, CheckReport, Credential, FirstContactPreview, PollReport};
 use crate::auth::sasl;
 use crate::config::{After, Backfill, ReaderConfig, Tls};
 use crate::ingest::{self, Fetched, ParseTaskFailed};
 use crate::metrics::{FailureClass, ReaderMetrics};
-use crate::store::{FolderPosition, Store, StoreError};
+use crate::scrub::Scrubber;
+use crate::store::{FolderPosition, MAX_REFUSALS, Owed, Store, StoreError};
 use crate::transport::{self, ConnectError, Endpoint, Progress, Stream};
 
 /// UIDs per `UID FETCH (UID RFC822.SIZE)`, so a folder with a huge backlog
@@ -68,6 +72,40 @@ pub enum ImapError {
     NotConnected { user: String, server: String },
     #[error("folder {folder:?} does not exist ({server})")]
     NoFolder { folder: String, server: String },
+    /// SELECT refused without a code that says why.
+    #[error("the server refused to open folder {folder:?}: {answer}")]
+    FolderRefused { folder: String, answer: Refusal },
+    /// A passing server condition (RFC 5530: in use, a limit, unavailable,
+    /// a server bug): retried with backoff; neither the credential nor the
+    /// configuration is at fault.
+    #[error("the IMAP server cannot serve {step} right now (retried with backoff): {answer}")]
+    Busy { step: &'static str, answer: Refusal },
+    /// A NO or BAD to a command, in the server's words.
+    #[error("the IMAP server refused {step}: {answer}")]
+    Refused { step: &'static str, answer: Refusal },
+    /// The server said BYE in the middle of a command.
+    #[error("the IMAP server closed the connection during {step}: {answer}")]
+    Closed { step: &'static str, answer: Refusal },
+    /// Mail asked for and not delivered; the ledger owes it.
+    #[error(
+        "the IMAP server did not deliver {count} mail(s) of folder {folder:?} (UID {uids}): {words}; \
+         they are asked for again every poll, and set aside in the quarantine after {MAX_REFUSALS} refusals"
+    )]
+    Undelivered {
+        folder: String,
+        count: usize,
+        uids: String,
+        words: String,
+    },
+    /// The mail is ingested, but the after-step was refused; it stays
+    /// pending and is retried next poll.
+    #[error(
+        "mail was ingested, but after = {after:?} failed on the server (retried next poll): {source}"
+    )]
+    AfterStep {
+        after: String,
+        source: Box<ImapError>,
+    },
     #[error(
         "after = \"move:{folder}\": the folder {folder:?} does not exist; create it or fix `after`"
     )]
@@ -94,11 +132,19 @@ impl ImapError {
         match self {
             ImapError::Connect(e) => e.class(),
             ImapError::AuthRejected { .. } => FailureClass::Auth,
-            ImapError::NotConnected { .. } | ImapError::Timeout { .. } => FailureClass::Connection,
+            ImapError::NotConnected { .. }
+            | ImapError::Timeout { .. }
+            | ImapError::Busy { .. }
+            | ImapError::Closed { .. } => FailureClass::Connection,
             ImapError::NoStartTls { .. }
             | ImapError::NoFolder { .. }
+            | ImapError::FolderRefused { .. }
             | ImapError::NoMoveTarget { .. } => FailureClass::Config,
-            ImapError::NoUidValidity { .. } | ImapError::Protocol { .. } => FailureClass::Protocol,
+            ImapError::NoUidValidity { .. }
+            | ImapError::Protocol { .. }
+            | ImapError::Refused { .. }
+            | ImapError::Undelivered { .. } => FailureClass::Protocol,
+            ImapError::AfterStep { source, .. } => source.class(),
             ImapError::Parser(_) | ImapError::Store(_) => FailureClass::Store,
         }
     }
@@ -175,6 +221,20 @@ struct Session {
     /// Bytes moved on the connection: a FETCH that keeps delivering a large
     /// literal is waited for, one that stalls for `timeout` is not.
     progress: Progress,
+    /// The credential this session logged in with, in every form sent.
+    scrub: Scrubber,
+    /// The folder grew (EXISTS) during a command read by [`Session::run`].
+    grew: bool,
+}
+
+/// What the server answered to one `UID FETCH` of mail.
+#[derive(Debug, Default)]
+struct Delivery {
+    mails: Vec<(u32, Fetched)>,
+    /// Asked for, not delivered with a body.
+    missing: Vec<u32>,
+    /// The tagged NO / BAD, if the command was refused.
+    refused: Option<Refusal>,
 }
 
 /// A folder as selected.
@@ -229,35 +289,172 @@ fn protocol_error(step: &'static str, e: impl std::fmt::Display) -> ImapError {
     }
 }
 
+/// The crate's error for a command, for a person: a NO or BAD becomes the
+/// server's words (the crate words them as Rust debug output), scrubbed.
+fn crate_error(scrub: &Scrubber, step: &'static str, e: async_imap::error::Error) -> ImapError {
+    match crate_refusal(scrub, &e) {
+        Some(answer) if matches!(answer.meaning(), Meaning::Transient) => {
+            ImapError::Busy { step, answer }
+        }
+        Some(answer) => ImapError::Refused { step, answer },
+        None => match e {
+            async_imap::error::Error::ConnectionLost => {
+                protocol_error(step, "the server closed the connection")
+            }
+            other => protocol_error(step, scrub.clean(&other.to_string())),
+        },
+    }
+}
+
+/// The server's refusal inside a NO or BAD of the crate, which it words as
+/// `code: Some(TryCreate), info: Some("text")`: taken apart again and
+/// scrubbed of the credential.
+fn crate_refusal(scrub: &Scrubber, e: &async_imap::error::Error) -> Option<Refusal> {
+    let (async_imap::error::Error::No(debug) | async_imap::error::Error::Bad(debug)) = e else {
+        return None;
+    };
+    // Two wordings: `code: C, info: I` (tagged answers) and
+    // `outcome: Outcome { code: C, information: I }` (SELECT, STATUS).
+    let parts = match debug
+        .strip_prefix("outcome: Outcome { ")
+        .and_then(|rest| rest.strip_suffix(" }"))
+    {
+        Some(inner) => inner
+            .strip_prefix("code: ")
+            .and_then(|rest| rest.split_once(", information: ")),
+        None => debug
+            .strip_prefix("code: ")
+            .and_then(|rest| rest.split_once(", info: ")),
+    };
+    let (code, info) = match parts {
+        Some(parts) => parts,
+        // Not the crate's usual wording: keep it whole.
+        None => ("None", debug.as_str()),
+    };
+    let code = code
+        .strip_prefix("Some(")
+        .map(|c| {
+            c.split(|ch: char| !ch.is_ascii_alphanumeric())
+                .next()
+                .unwrap_or("")
+        })
+        .filter(|c| !c.is_empty())
+        .map(code_name);
+    let text = match info.strip_prefix("Some(").and_then(|i| i.strip_suffix(')')) {
+        Some(quoted) => unescape_debug(quoted),
+        None if info == "None" => String::new(),
+        None => info.to_string(),
+    };
+    Some(Refusal::with_code(code, &scrub.clean(&text)))
+}
+
+/// A response code as the server wrote it, from imap-proto's variant name
+/// (`TryCreate` → `TRYCREATE`, `ReadOnly` → `READ-ONLY`).
+fn code_name(variant: &str) -> String {
+    match variant {
+        "ReadOnly" => "READ-ONLY".into(),
+        "ReadWrite" => "READ-WRITE".into(),
+        "Capabilities" => "CAPABILITY".into(),
+        other => other.to_ascii_uppercase(),
+    }
+}
+
+/// Undoes Rust's `{:?}` quoting of a string: `"a \"b\" \u{1b}"`.
+fn unescape_debug(quoted: &str) -> String {
+    let inner = quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or(quoted);
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('t') => out.push('\t'),
+            Some('0') => out.push('\0'),
+            Some('u') => {
+                let hex: String = chars
+                    .by_ref()
+                    .skip_while(|&c| c == '{')
+                    .take_while(|&c| c != '}')
+                    .collect();
+                out.push(
+                    u32::from_str_radix(&hex, 16)
+                        .ok()
+                        .and_then(char::from_u32)
+                        .unwrap_or('?'),
+                );
+            }
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    out
+}
+
+/// The refusal in a tagged or untagged status response.
+fn outcome_refusal(scrub: &Scrubber, outcome: &async_imap::imap_proto::Outcome<'_>) -> Refusal {
+    let code = outcome
+        .code
+        .as_ref()
+        .map(|c| code_name(format!("{c:?}").split('(').next().unwrap_or("")));
+    Refusal::with_code(
+        code,
+        &scrub.clean(outcome.information.as_deref().unwrap_or("")),
+    )
+}
+
 fn timed_out(step: &'static str, after: Duration) -> ImapError {
     ImapError::Timeout { step, after }
 }
 
 async fn step<T>(
     timeout: Duration,
+    scrub: &Scrubber,
     step: &'static str,
     fut: impl std::future::Future<Output = Result<T, async_imap::error::Error>>,
 ) -> Result<T, ImapError> {
     match tokio::time::timeout(timeout, fut).await {
         Err(_) => Err(timed_out(step, timeout)),
-        Ok(Err(e)) => Err(protocol_error(step, e)),
+        Ok(Err(e)) => Err(crate_error(scrub, step, e)),
         Ok(Ok(v)) => Ok(v),
     }
 }
 
-/// Drains a response stream of a UID command, bounded by `timeout`.
-async fn drain<S, T, E>(timeout: Duration, step: &'static str, stream: S) -> Result<(), ImapError>
-where
-    S: futures::Stream<Item = Result<T, E>>,
-    E: std::fmt::Display,
-{
-    let results: Vec<_> = tokio::time::timeout(timeout, stream.collect::<Vec<_>>())
-        .await
-        .map_err(|_| timed_out(step, timeout))?;
-    for r in results {
-        r.map_err(|e| protocol_error(step, e))?;
+/// `text` as an IMAP quoted string.
+fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
     }
-    Ok(())
+    out.push('"');
+    out
+}
+
+/// Every form this login's credential is sent in, for [`Scrubber`]: the
+/// secret itself and its SASL blob as it goes on the wire (base64).
+fn scrubber(user: &str, credential: &Credential) -> Scrubber {
+    let b64 = |payload: &str| base64::engine::general_purpose::STANDARD.encode(payload);
+    match credential {
+        Credential::Token(token) => Scrubber::new([
+            token.expose_secret().to_string(),
+            b64(sasl::xoauth2(user, token.expose_secret()).as_str()),
+        ]),
+        Credential::Password(password) => Scrubber::new([
+            password.expose_secret().to_string(),
+            b64(sasl::plain(user, password.expose_secret()).as_str()),
+            quoted(password.expose_secret()),
+        ]),
+    }
 }
 
 impl Session {
@@ -295,6 +492,7 @@ impl Session {
             client = async_imap::Client::new(stream);
         }
         let user = reader.username.as_str();
+        let scrub = scrubber(user, credential);
         let (login, what) = match credential {
             Credential::Token(token) => (
                 authenticate(
@@ -315,17 +513,34 @@ impl Session {
             }
         };
         let inner = match login {
-            Err(async_imap::error::Error::No(server)) => {
+            Err(e @ async_imap::error::Error::No(_)) => {
+                let answer = crate_refusal(&scrub, &e).unwrap_or_else(|| Refusal::parse(""));
+                // Only a code that blames the credential (or none, as
+                // servers without RFC 5530 answer) refuses it: a connection
+                // limit or an outage must not cost the token or park a
+                // password reader.
+                if !answer.blames_credential() {
+                    return Err(match answer.meaning() {
+                        Meaning::Transient => ImapError::Busy {
+                            step: "AUTHENTICATE",
+                            answer,
+                        },
+                        _ => ImapError::Refused {
+                            step: "AUTHENTICATE",
+                            answer,
+                        },
+                    });
+                }
                 return Err(ImapError::AuthRejected {
                     what,
                     user: user.to_string(),
-                    server: server_text(server),
+                    server: answer.to_string(),
                 });
             }
             Err(async_imap::error::Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
                 return Err(timed_out("AUTHENTICATE", t));
             }
-            Err(e) => return Err(protocol_error("AUTHENTICATE", e)),
+            Err(e) => return Err(crate_error(&scrub, "AUTHENTICATE", e)),
             Ok(session) => session,
         };
         let mut session = Session {
@@ -333,25 +548,30 @@ impl Session {
             timeout: t,
             caps: Caps::default(),
             progress,
+            scrub,
+            grew: false,
         };
         // Exchange Online can accept AUTHENTICATE and then answer every
         // command with "BAD User is authenticated but not connected"; only
         // a command after login tells.
         match tokio::time::timeout(t, session.inner.run_command_and_check_ok("NOOP")).await {
             Err(_) => return Err(timed_out("NOOP", t)),
-            Ok(Err(
-                async_imap::error::Error::Bad(server) | async_imap::error::Error::No(server),
-            )) => {
+            Ok(Err(e @ (async_imap::error::Error::Bad(_) | async_imap::error::Error::No(_)))) => {
+                let answer = crate_refusal(&session.scrub, &e);
                 return Err(ImapError::NotConnected {
                     user: user.to_string(),
-                    server: server_text(server),
+                    server: answer.map(|a| a.to_string()).unwrap_or_default(),
                 });
             }
-            Ok(Err(e)) => return Err(protocol_error("NOOP", e)),
+            Ok(Err(e)) => return Err(crate_error(&session.scrub, "NOOP", e)),
             Ok(Ok(())) => {}
         }
         // After login: servers may announce more (or less) than before it.
-        let caps = step(t, "CAPABILITY", session.inner.capabilities()).await?;
+        let caps = match tokio::time::timeout(t, session.inner.capabilities()).await {
+            Err(_) => return Err(timed_out("CAPABILITY", t)),
+            Ok(Err(e)) => return Err(crate_error(&session.scrub, "CAPABILITY", e)),
+            Ok(Ok(caps)) => caps,
+        };
         session.caps = Caps {
             idle: caps.has_str("IDLE"),
             moves: caps.has_str("MOVE"),
@@ -364,13 +584,28 @@ impl Session {
         let name = mailbox_name(folder);
         let mailbox = match tokio::time::timeout(self.timeout, self.inner.select(&name)).await {
             Err(_) => return Err(timed_out("SELECT", self.timeout)),
-            Ok(Err(async_imap::error::Error::No(server))) => {
-                return Err(ImapError::NoFolder {
-                    folder: folder.to_string(),
-                    server: server_text(server),
+            Ok(Err(e @ async_imap::error::Error::No(_))) => {
+                let answer = crate_refusal(&self.scrub, &e).unwrap_or_else(|| Refusal::parse(""));
+                return Err(match answer.meaning() {
+                    Meaning::Nonexistent => ImapError::NoFolder {
+                        folder: folder.to_string(),
+                        server: answer.to_string(),
+                    },
+                    Meaning::Transient => ImapError::Busy {
+                        step: "SELECT",
+                        answer,
+                    },
+                    Meaning::Unknown => ImapError::FolderRefused {
+                        folder: folder.to_string(),
+                        answer,
+                    },
+                    Meaning::Credential | Meaning::Other => ImapError::Refused {
+                        step: "SELECT",
+                        answer,
+                    },
                 });
             }
-            Ok(Err(e)) => return Err(protocol_error("SELECT", e)),
+            Ok(Err(e)) => return Err(crate_error(&self.scrub, "SELECT", e)),
             Ok(Ok(mailbox)) => mailbox,
         };
         let uidvalidity = mailbox
@@ -388,7 +623,13 @@ impl Session {
     async fn folder_exists(&mut self, folder: &str) -> Result<bool, ImapError> {
         let t = self.timeout;
         let name = mailbox_name(folder);
-        let stream = step(t, "LIST", self.inner.list(Some(""), Some(&name))).await?;
+        let stream = step(
+            t,
+            &self.scrub,
+            "LIST",
+            self.inner.list(Some(""), Some(&name)),
+        )
+        .await?;
         let names: Vec<_> = tokio::time::timeout(t, stream.collect::<Vec<_>>())
             .await
             .map_err(|_| timed_out("LIST", t))?;
@@ -403,11 +644,96 @@ impl Session {
         Ok(found)
     }
 
-    /// UIDs above `watermark`, ascending.
+    /// Runs one tagged command and reads its answer up to the tagged status
+    /// line, handing every other response to `each`. The crate's own FETCH,
+    /// STORE and EXPUNGE end their stream at the tagged line without saying
+    /// whether it was OK, NO or BAD; this says: `Ok(Err(refusal))` for a NO
+    /// or BAD, in the server's (scrubbed) words. A stall of `timeout`
+    /// without a byte moving is a timeout; a large literal that keeps
+    /// arriving is waited for.
+    async fn run<F>(
+        &mut self,
+        step: &'static str,
+        command: &str,
+        mut each: F,
+    ) -> Result<Result<(), Refusal>, ImapError>
+    where
+        F: FnMut(&async_imap::imap_proto::Response<'_>),
+    {
+        use async_imap::imap_proto::{MailboxDatum, Response, Status};
+        let t = self.timeout;
+        let id = match tokio::time::timeout(t, self.inner.run_command(command)).await {
+            Err(_) => return Err(timed_out(step, t)),
+            Ok(Err(e)) => return Err(crate_error(&self.scrub, step, e)),
+            Ok(Ok(id)) => id,
+        };
+        loop {
+            let response = self
+                .progress
+                .wait(t, self.inner.read_response())
+                .await
+                .map_err(|_| timed_out(step, t))?
+                .map_err(|e| protocol_error(step, self.scrub.clean(&e.to_string())))?
+                .ok_or_else(|| protocol_error(step, "the server closed the connection"))?;
+            match response.parsed() {
+                Response::Done {
+                    tag,
+                    status,
+                    outcome,
+                } if *tag == id => {
+                    return Ok(match status {
+                        Status::Ok => Ok(()),
+                        _ => Err(outcome_refusal(&self.scrub, outcome)),
+                    });
+                }
+                Response::Data {
+                    status: Status::Bye,
+                    outcome,
+                } => {
+                    return Err(ImapError::Closed {
+                        step,
+                        answer: outcome_refusal(&self.scrub, outcome),
+                    });
+                }
+                Response::MailboxData(MailboxDatum::Exists(_))
+                | Response::MailboxData(MailboxDatum::Recent(1..)) => self.grew = true,
+                other => each(other),
+            }
+        }
+    }
+
+    /// Runs a command whose only answer that matters is its tagged status:
+    /// a NO or BAD is an error in the server's words.
+    async fn run_checked(&mut self, step: &'static str, command: &str) -> Result<(), ImapError> {
+        match self.run(step, command, |_| {}).await? {
+            Ok(()) => Ok(()),
+            Err(answer) if matches!(answer.meaning(), Meaning::Transient) => {
+                Err(ImapError::Busy { step, answer })
+            }
+            Err(answer) => Err(ImapError::Refused { step, answer }),
+        }
+    }
+
+    /// Which of `uids` the folder still holds.
+    async fn existing(&mut self, uids: &[u32]) -> Result<Vec<u32>, ImapError> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = format!("UID {}", uid_set(uids));
+        let found = match tokio::time::timeout(self.timeout, self.inner.uid_search(query)).await {
+            Err(_) => return Err(timed_out("UID SEARCH", self.timeout)),
+            Ok(Err(e)) => return Err(crate_error(&self.scrub, "UID SEARCH", e)),
+            Ok(Ok(found)) => found,
+        };
+        let mut found: Vec<u32> = found.into_iter().filter(|u| uids.contains(u)).collect();
+        found.sort_unstable();
+        Ok(found)
+    }
+
     /// Takes the server's unsolicited announcements the crate set aside;
     /// true when one says the folder grew (new mail).
     fn take_announcements(&mut self) -> bool {
-        let mut grew = false;
+        let mut grew = std::mem::take(&mut self.grew);
         while let Ok(response) = self.inner.unsolicited_responses.try_recv() {
             grew |= matches!(
                 response,
@@ -420,7 +746,11 @@ impl Session {
 
     async fn uids_after(&mut self, watermark: u32) -> Result<Vec<u32>, ImapError> {
         let query = format!("UID {}:*", watermark.saturating_add(1));
-        let found = step(self.timeout, "UID SEARCH", self.inner.uid_search(query)).await?;
+        let found = match tokio::time::timeout(self.timeout, self.inner.uid_search(query)).await {
+            Err(_) => return Err(timed_out("UID SEARCH", self.timeout)),
+            Ok(Err(e)) => return Err(crate_error(&self.scrub, "UID SEARCH", e)),
+            Ok(Ok(found)) => found,
+        };
         // "n:*" always matches the highest UID, even one below n.
         let mut uids: Vec<u32> = found.into_iter().filter(|&u| u > watermark).collect();
         uids.sort_unstable();
@@ -429,7 +759,13 @@ impl Session {
 
     /// The UIDs matching an IMAP search, ascending.
     async fn search(&mut self, query: &str) -> Result<Vec<u32>, ImapError> {
-        let found = step(self.timeout, "UID SEARCH", self.inner.uid_search(query)).await?;
+        let found = step(
+            self.timeout,
+            &self.scrub,
+            "UID SEARCH",
+            self.inner.uid_search(query),
+        )
+        .await?;
         let mut uids: Vec<u32> = found.into_iter().collect();
         uids.sort_unstable();
         Ok(uids)
@@ -486,25 +822,39 @@ impl Session {
         uids: &[u32],
         since: std::time::SystemTime,
     ) -> Result<Vec<u32>, ImapError> {
-        let t = self.timeout;
-        let progress = self.progress.clone();
+        use async_imap::imap_proto::{AttributeValue, Response};
         let since = since
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let mut old = std::collections::HashSet::new();
         for chunk in uids.chunks(SIZE_CHUNK) {
-            let mut stream = step(
-                t,
-                "UID FETCH",
-                self.inner.uid_fetch(uid_set(chunk), "(UID INTERNALDATE)"),
-            )
-            .await?;
-            while let Some(fetch) = next_fetch(&progress, t, &mut stream).await? {
-                if let (Some(uid), Some(date)) = (fetch.uid, fetch.internal_date())
-                    && date.timestamp() < since
-                {
-                    old.insert(uid);
-                }
+            let command = format!("UID FETCH {} (UID INTERNALDATE)", uid_set(chunk));
+            let answer = self
+                .run("UID FETCH", &command, |response| {
+                    if let Response::Fetch(_, attrs) = response {
+                        let uid = attrs.iter().find_map(|a| match a {
+                            AttributeValue::Uid(u) => Some(*u),
+                            _ => None,
+                        });
+                        let date = attrs.iter().find_map(|a| match a {
+                            AttributeValue::InternalDate(d) => internal_date(d),
+                            _ => None,
+                        });
+                        if let (Some(uid), Some(date)) = (uid, date)
+                            && date < since
+                        {
+                            old.insert(uid);
+                        }
+                    }
+                })
+                .await?;
+            // First contact is decided once: on a refusal it is decided on
+            // a later poll rather than on half the dates.
+            if let Err(answer) = answer {
+                return Err(ImapError::Refused {
+                    step: "UID FETCH",
+                    answer,
+                });
             }
         }
         Ok(uids.iter().copied().filter(|u| !old.contains(u)).collect())
@@ -514,20 +864,32 @@ impl Session {
     /// batches can be planned by bytes and large mail fetched only in part.
     /// A UID the server does not size (expunged meanwhile) is left out.
     async fn sizes(&mut self, uids: &[u32]) -> Result<HashMap<u32, u64>, ImapError> {
-        let t = self.timeout;
-        let progress = self.progress.clone();
+        use async_imap::imap_proto::{AttributeValue, Response};
         let mut sizes = HashMap::with_capacity(uids.len());
         for chunk in uids.chunks(SIZE_CHUNK) {
-            let mut stream = step(
-                t,
-                "UID FETCH",
-                self.inner.uid_fetch(uid_set(chunk), "(UID RFC822.SIZE)"),
-            )
-            .await?;
-            while let Some(fetch) = next_fetch(&progress, t, &mut stream).await? {
-                if let (Some(uid), Some(size)) = (fetch.uid, fetch.size) {
-                    sizes.insert(uid, u64::from(size));
-                }
+            let command = format!("UID FETCH {} (UID RFC822.SIZE)", uid_set(chunk));
+            let answer = self
+                .run("UID FETCH", &command, |response| {
+                    if let Response::Fetch(_, attrs) = response {
+                        let uid = attrs.iter().find_map(|a| match a {
+                            AttributeValue::Uid(u) => Some(*u),
+                            _ => None,
+                        });
+                        let size = attrs.iter().find_map(|a| match a {
+                            AttributeValue::Rfc822Size(s) => Some(*s),
+                            _ => None,
+                        });
+                        if let (Some(uid), Some(size)) = (uid, size) {
+                            sizes.insert(uid, u64::from(size));
+                        }
+                    }
+                })
+                .await?;
+            // Sizes only plan the batches: a mail left unsized is planned
+            // as large as it may be fetched, and the body FETCH that
+            // follows says whether the server really refuses it.
+            if let Err(refusal) = answer {
+                tracing::debug!(server = %refusal, "the server refused to size some mail");
             }
         }
         Ok(sizes)
@@ -536,66 +898,91 @@ impl Session {
     /// Fetches the raw messages for `uids` without setting `\Seen`, each
     /// only up to `cap` bytes (a partial fetch, RFC 3501 6.4.5), so a mail
     /// over `max_email_size` is never held whole. `sizes` are the declared
-    /// full sizes, which the parse reports for a cut mail.
+    /// full sizes, which the parse reports for a cut mail. A refused
+    /// command, a UID left out or one without a body is reported in the
+    /// [`Delivery`], not an error: what was delivered is still good.
     async fn fetch(
         &mut self,
         uids: &[u32],
         sizes: &HashMap<u32, u64>,
         cap: u64,
-    ) -> Result<Vec<(u32, Fetched)>, ImapError> {
-        let t = self.timeout;
-        let progress = self.progress.clone();
+    ) -> Result<Delivery, ImapError> {
+        use async_imap::imap_proto::{AttributeValue, Response};
         // A partial fetch counts in a 32-bit number.
         let cap = cap.clamp(1, u64::from(u32::MAX));
-        let mut stream = step(
-            t,
-            "UID FETCH",
-            self.inner.uid_fetch(
-                uid_set(uids),
-                format!("(BODY.PEEK[]<0.{cap}> INTERNALDATE)"),
-            ),
-        )
-        .await?;
-        let mut mails = Vec::with_capacity(uids.len());
-        while let Some(fetch) = next_fetch(&progress, t, &mut stream).await? {
-            // Unsolicited FETCH responses (flag changes) carry no body.
-            if let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) {
-                let declared = sizes.get(&uid).copied().unwrap_or(0);
-                let bytes = body.to_vec();
-                let size = declared.max(bytes.len() as u64);
-                // When it arrived, for `ack_max_age`.
-                let arrived = fetch.internal_date().map(|d| d.timestamp());
-                mails.push((
-                    uid,
-                    Fetched {
-                        bytes,
-                        size,
-                        arrived,
-                    },
-                ));
-            }
-        }
+        let command = format!(
+            "UID FETCH {} (BODY.PEEK[]<0.{cap}> INTERNALDATE)",
+            uid_set(uids)
+        );
+        let mut mails: HashMap<u32, Fetched> = HashMap::with_capacity(uids.len());
+        let answer = self
+            .run("UID FETCH", &command, |response| {
+                let Response::Fetch(_, attrs) = response else {
+                    return;
+                };
+                let uid = attrs.iter().find_map(|a| match a {
+                    AttributeValue::Uid(u) => Some(*u),
+                    _ => None,
+                });
+                // Unsolicited FETCH responses (flag changes) carry no body;
+                // neither does a NIL body, which leaves the UID missing.
+                let body = attrs.iter().find_map(|a| match a {
+                    AttributeValue::BodySection { data, .. } => data.as_deref(),
+                    AttributeValue::Rfc822(data) => data.as_deref(),
+                    _ => None,
+                });
+                if let (Some(uid), Some(body)) = (uid, body)
+                    && uids.binary_search(&uid).is_ok()
+                {
+                    let declared = sizes.get(&uid).copied().unwrap_or(0);
+                    let bytes = body.to_vec();
+                    let size = declared.max(bytes.len() as u64);
+                    // When it arrived, for `ack_max_age`.
+                    let arrived = attrs.iter().find_map(|a| match a {
+                        AttributeValue::InternalDate(date) => internal_date(date),
+                        _ => None,
+                    });
+                    mails.insert(
+                        uid,
+                        Fetched {
+                            bytes,
+                            size,
+                            arrived,
+                        },
+                    );
+                }
+            })
+            .await?;
+        let missing: Vec<u32> = uids
+            .iter()
+            .copied()
+            .filter(|uid| !mails.contains_key(uid))
+            .collect();
+        let mut mails: Vec<(u32, Fetched)> = mails.into_iter().collect();
         mails.sort_unstable_by_key(|(uid, _)| *uid);
-        Ok(mails)
+        Ok(Delivery {
+            mails,
+            missing,
+            refused: answer.err(),
+        })
     }
 
     async fn store_flag(&mut self, uids: &str, flag: &str) -> Result<(), ImapError> {
-        let t = self.timeout;
-        let query = format!("+FLAGS.SILENT ({flag})");
-        let stream = step(t, "UID STORE", self.inner.uid_store(uids, &query)).await?;
-        drain(t, "UID STORE", stream).await
+        self.run_checked(
+            "UID STORE",
+            &format!("UID STORE {uids} +FLAGS.SILENT ({flag})"),
+        )
+        .await
     }
 
     /// Removes messages flagged `\Deleted`: only `uids` with UIDPLUS; every
     /// flagged message of the folder without it (RFC 3501 has nothing finer).
     async fn expunge(&mut self, uids: &str) -> Result<(), ImapError> {
-        let t = self.timeout;
         if self.caps.uidplus {
-            let stream = step(t, "UID EXPUNGE", self.inner.uid_expunge(uids)).await?;
-            drain(t, "UID EXPUNGE", stream).await
+            self.run_checked("UID EXPUNGE", &format!("UID EXPUNGE {uids}"))
+                .await
         } else {
-            let stream = step(t, "EXPUNGE", self.inner.expunge()).await?;
-            drain(t, "EXPUNGE", stream).await
+            self.run_checked("EXPUNGE", "EXPUNGE").await
         }
     }
 
@@ -610,15 +997,17 @@ impl Session {
                 self.expunge(&set).await
             }
             After::Move(folder) => {
-                let t = self.timeout;
-                let target = mailbox_name(folder);
-                let result = if self.caps.moves {
-                    step(t, "UID MOVE", self.inner.uid_mv(&set, &target)).await
+                let target = quoted(&mailbox_name(folder));
+                let (step, command) = if self.caps.moves {
+                    ("UID MOVE", format!("UID MOVE {set} {target}"))
                 } else {
-                    step(t, "UID COPY", self.inner.uid_copy(&set, &target)).await
+                    ("UID COPY", format!("UID COPY {set} {target}"))
                 };
-                if let Err(ImapError::Protocol { detail, .. }) = &result
-                    && detail.contains("TRYCREATE")
+                let result = self.run_checked(step, &command).await;
+                if let Err(ImapError::Refused { answer, .. } | ImapError::Busy { answer, .. }) =
+                    &result
+                    && (answer.code.as_deref() == Some("TRYCREATE")
+                        || answer.code.as_deref() == Some("NONEXISTENT"))
                 {
                     return Err(ImapError::NoMoveTarget {
                         folder: folder.clone(),
@@ -637,24 +1026,6 @@ impl Session {
     async fn logout(mut self) {
         let _ = tokio::time::timeout(self.timeout, self.inner.logout()).await;
     }
-}
-
-/// The next response of a `UID FETCH`. One response can be a whole large
-/// mail: this waits while its bytes keep arriving and gives up only when
-/// they stall for `t`.
-async fn next_fetch<S>(
-    progress: &Progress,
-    t: Duration,
-    stream: &mut S,
-) -> Result<Option<async_imap::types::Fetch>, ImapError>
-where
-    S: futures::Stream<Item = Result<async_imap::types::Fetch, async_imap::error::Error>> + Unpin,
-{
-    let next = progress
-        .wait(t, stream.next())
-        .await
-        .map_err(|_| timed_out("UID FETCH", t))?;
-    next.transpose().map_err(|e| protocol_error("UID FETCH", e))
 }
 
 async fn authenticate(
@@ -798,7 +1169,8 @@ async fn check_inner(
             let floor = floor.map_or(0, |f| f.floor);
             let waiting = uids_since_first_contact(&mut session, store, &pos, watermark, floor)
                 .await?
-                .len();
+                .len()
+                + store.owed_uids(&pos).await?.len();
             (waiting, None)
         }
     };
@@ -856,11 +1228,13 @@ async fn idle_inner(
         timeout,
         caps,
         progress,
+        scrub,
+        grew,
     } = session;
     let mut handle = inner.idle();
     match tokio::time::timeout(timeout, handle.init()).await {
         Err(_) => return Idled::Lost(timed_out("IDLE", timeout)),
-        Ok(Err(e)) => return Idled::Lost(protocol_error("IDLE", e)),
+        Ok(Err(e)) => return Idled::Lost(crate_error(&scrub, "IDLE", e)),
         Ok(Ok(())) => {}
     }
     let outcome = {
@@ -878,12 +1252,12 @@ async fn idle_inner(
         Ok(Ok(async_imap::extensions::idle::IdleResponse::ManualInterrupt)) => {
             return Idled::Lost(protocol_error("IDLE", "the server closed the connection"));
         }
-        Ok(Err(e)) => return Idled::Lost(protocol_error("IDLE", e)),
+        Ok(Err(e)) => return Idled::Lost(crate_error(&scrub, "IDLE", e)),
         Ok(Ok(_)) | Err(_) => Idled::Changed,
     };
     match tokio::time::timeout(timeout, handle.done()).await {
         Err(_) => Idled::Lost(timed_out("DONE", timeout)),
-        Ok(Err(e)) => Idled::Lost(protocol_error("DONE", e)),
+        Ok(Err(e)) => Idled::Lost(crate_error(&scrub, "DONE", e)),
         Ok(Ok(inner)) => {
             *kept = Some(Connection {
                 session: Session {
@@ -891,6 +1265,8 @@ async fn idle_inner(
                     timeout,
                     caps,
                     progress,
+                    scrub,
+                    grew,
                 },
                 selected,
             });
@@ -908,7 +1284,15 @@ async fn session_for_poll(
 ) -> Result<(Session, Selected), ImapError> {
     if let Some(mut conn) = kept.take() {
         // A NOOP both proves the connection and collects what changed.
-        match step(conn.session.timeout, "NOOP", conn.session.inner.noop()).await {
+        let session = &mut conn.session;
+        match step(
+            session.timeout,
+            &session.scrub,
+            "NOOP",
+            session.inner.noop(),
+        )
+        .await
+        {
             Ok(()) => return Ok((conn.session, conn.selected)),
             Err(e) => {
                 tracing::debug!(error = %e, "kept IMAP connection is gone; reconnecting");
@@ -966,9 +1350,12 @@ async fn poll_inner(
             "UIDVALIDITY changed (the folder was recreated): a first contact again, where backfill decides what is taken; mail already stored is matched by Message-ID and content"
         );
     }
-    let uids = uids_to_take(&mut session, store, reader, &pos, watermark).await?;
+    let mut uids = uids_to_take(&mut session, store, reader, &pos, watermark).await?;
     // Whatever was announced up to here, this search has seen.
     session.take_announcements();
+    // The ledger, not the highest UID, decides what is done: UIDs below
+    // the watermark that the server did not deliver are asked for again.
+    uids = with_owed(&mut session, store, &pos, uids).await?;
     if !uids.is_empty() {
         tracing::debug!(new = uids.len(), "new mail");
     }
@@ -1010,8 +1397,16 @@ async fn poll_inner(
     let mut undone: Vec<u32> = Vec::new();
     // After-step done on the server, not yet recorded in the ledger.
     let mut done: Vec<u32> = Vec::new();
+    // Asked for, not delivered, still owed after this poll.
+    let mut undelivered: Vec<u32> = Vec::new();
+    let mut undelivered_words = String::new();
     let mut index = 0;
-    while let Some(raw) = next.take() {
+    while let Some(delivery) = next.take() {
+        let Delivery {
+            mails: raw,
+            missing,
+            refused,
+        } = delivery;
         report.fetched += raw.len();
         let following = chunks.get(index + 1).copied();
         let to_do = std::mem::take(&mut undone);
@@ -1025,12 +1420,19 @@ async fn poll_inner(
         let started = std::time::Instant::now();
         let (committed, (after_ok, prefetched)) = tokio::join!(
             async {
+                // Owed before anything above them is committed: the
+                // positions may then pass them, the ledger still has them.
+                let words = match &refused {
+                    Some(answer) => format!("it answered {answer}"),
+                    None => "its answer left them out or had no body".to_string(),
+                };
+                let owed = store.owe(&pos, &missing, &words).await?;
                 let parsed = ingest::parse_batch(raw, &reader.name, &policy).await?;
                 let uids: Vec<u32> = parsed.iter().map(|(uid, _)| *uid).collect();
                 let committing = std::time::Instant::now();
                 let outcome = store.commit_batch(&pos, &parsed, &to_record).await?;
                 meter.committed(&outcome, committing.elapsed());
-                Ok::<_, ImapError>((uids, outcome))
+                Ok::<_, ImapError>((uids, outcome, owed, words))
             },
             async {
                 let ok = run_after(&mut session, reader, &to_do, &mut after_failed).await;
@@ -1041,7 +1443,20 @@ async fn poll_inner(
                 (ok, prefetched)
             }
         );
-        let (committed, outcome) = committed?;
+        let (committed, outcome, owed, words) = committed?;
+        for owed in owed {
+            match owed {
+                Owed::Again { uid, attempts } => {
+                    tracing::warn!(uid, attempts, server = %words, "the IMAP server did not deliver a mail; asking again next poll");
+                    undelivered.push(uid);
+                    undelivered_words.clone_from(&words);
+                }
+                Owed::SetAside { uid, email } => {
+                    tracing::warn!(uid, email, server = %words, "the IMAP server kept refusing a mail; set aside in the quarantine");
+                    report.quarantined += 1;
+                }
+            }
+        }
         tracing::debug!(
             mails = committed.len(),
             created = outcome.created,
@@ -1064,12 +1479,32 @@ async fn poll_inner(
         done.extend(undone);
     }
     store.mark_after_done(&pos, &done).await?;
+    store.settle_owed(&pos).await?;
     report.interrupted = cancel.is_cancelled() && index < chunks.len();
     if let Some(e @ ImapError::NoMoveTarget { .. }) = after_failed {
         // The tickets exist; the admin must fix the target before mail
         // can leave the folder.
         session.logout().await;
         return Err(e);
+    }
+    // What was delivered is committed; what was not must not pass for a
+    // good poll.
+    if !undelivered.is_empty() {
+        session.logout().await;
+        undelivered.sort_unstable();
+        return Err(ImapError::Undelivered {
+            folder: reader.folder.clone(),
+            count: undelivered.len(),
+            uids: uid_set(&undelivered),
+            words: undelivered_words,
+        });
+    }
+    if let Some(e) = after_failed {
+        session.logout().await;
+        return Err(ImapError::AfterStep {
+            after: reader.after.as_str(),
+            source: Box::new(e),
+        });
     }
     if reader.idle && !cancel.is_cancelled() {
         *kept = Some(Connection { session, selected });
@@ -1157,22 +1592,17 @@ async fn uids_since_first_contact(
 
 /// A date as IMAP SEARCH writes it (RFC 3501 `date`): `6-Dec-2026`, UTC.
 fn search_date(t: std::time::SystemTime) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    // "2026-12-06T04:03:55Z"
-    let stamp = humantime::format_rfc3339_seconds(t).to_string();
-    let field = |range: std::ops::Range<usize>| {
-        stamp
-            .get(range)
-            .and_then(|s| s.parse::<usize>().ok())
-            .unwrap_or(1)
-    };
-    let month = MONTHS
-        .get(field(5..7).saturating_sub(1))
-        .copied()
-        .unwrap_or("Jan");
-    format!("{}-{month}-{}", field(8..10), field(0..4))
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%-d-%b-%Y")
+        .to_string()
+}
+
+/// An INTERNALDATE (RFC 3501 `date-time`, `" 6-Dec-2026 04:03:55 +0100"`)
+/// as seconds since the epoch; `None` when the server wrote something else.
+fn internal_date(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_str(text.trim(), "%d-%b-%Y %H:%M:%S %z")
+        .ok()
+        .map(|d| d.timestamp())
 }
 
 /// What every fetch of one poll shares.
@@ -1189,7 +1619,7 @@ impl Fetching<'_> {
         &self,
         session: &mut Session,
         uids: &[u32],
-    ) -> Result<Option<Vec<(u32, Fetched)>>, ImapError> {
+    ) -> Result<Option<Delivery>, ImapError> {
         if self.cancel.is_cancelled() {
             return Ok(None);
         }
@@ -1231,6 +1661,38 @@ async fn run_after(
             false
         }
     }
+}
+
+/// `uids` (new mail) together with the UIDs the ledger owes that the
+/// folder still holds, ascending; an owed UID the folder no longer holds
+/// (expunged before it could be delivered) is forgotten, with a history
+/// line saying so.
+async fn with_owed(
+    session: &mut Session,
+    store: &Store,
+    pos: &FolderPosition,
+    mut uids: Vec<u32>,
+) -> Result<Vec<u32>, ImapError> {
+    let owed = store.owed_uids(pos).await?;
+    if owed.is_empty() {
+        return Ok(uids);
+    }
+    let present = session.existing(&owed).await?;
+    let gone: Vec<u32> = owed
+        .iter()
+        .copied()
+        .filter(|u| present.binary_search(u).is_err())
+        .collect();
+    if !gone.is_empty() {
+        tracing::warn!(uids = %uid_set(&gone), "mail the server had not delivered is gone from the folder");
+        store
+            .forget_owed(pos, &gone, "the folder no longer holds them")
+            .await?;
+    }
+    uids.extend(present);
+    uids.sort_unstable();
+    uids.dedup();
+    Ok(uids)
 }
 
 fn position(reader: &ReaderConfig, selected: &Selected) -> FolderPosition {
@@ -1277,6 +1739,19 @@ mod tests {
     }
 
     #[test]
+    fn internal_dates_are_read_with_their_zone() {
+        assert_eq!(
+            internal_date(" 6-Dec-2026 05:03:55 +0100"),
+            Some(1_796_529_835)
+        );
+        assert_eq!(
+            internal_date("06-Dec-2026 04:03:55 +0000"),
+            Some(1_796_529_835)
+        );
+        assert_eq!(internal_date("yesterday"), None);
+    }
+
+    #[test]
     fn uid_sets_are_compact() {
         assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
         assert_eq!(uid_set(&[5]), "5");
@@ -1298,6 +1773,38 @@ mod tests {
         assert_eq!(mailbox_name("台北"), "&U,BTFw-");
         // Outside the BMP: a surrogate pair in one run.
         assert_eq!(mailbox_name("a😀b"), "a&2D3eAA-b");
+    }
+
+    #[test]
+    fn the_crates_refusals_are_read_back_for_people() {
+        let scrub = Scrubber::new(["0123456789abcdefghij-token"]);
+        let no = async_imap::error::Error::No(
+            "code: None, info: Some(\"[LIMIT] Maximum number of \\\"connections\\\"\\u{1b}\")"
+                .into(),
+        );
+        let r = crate_refusal(&scrub, &no).expect("a refusal");
+        assert_eq!(r.code.as_deref(), Some("LIMIT"));
+        assert_eq!(r.text, "Maximum number of \"connections\"?");
+        assert!(matches!(
+            crate_error(&scrub, "SELECT", no),
+            ImapError::Busy { step: "SELECT", .. }
+        ));
+        let bad = async_imap::error::Error::Bad(
+            "code: Some(TryCreate), info: Some(\"no 0123456789abcdefgh here\")".into(),
+        );
+        let select = async_imap::error::Error::No(
+            "outcome: Outcome { code: None, information: Some(\"Mailbox is locked\") }".into(),
+        );
+        let r = crate_refusal(&scrub, &select).expect("a refusal");
+        assert_eq!((r.code, r.text.as_str()), (None, "Mailbox is locked"));
+        let r = crate_refusal(&scrub, &bad).expect("a refusal");
+        assert_eq!(r.code.as_deref(), Some("TRYCREATE"));
+        assert_eq!(r.text, "no [redacted] here");
+        let shown = crate_error(&scrub, "UID COPY", bad).to_string();
+        assert_eq!(
+            shown,
+            "the IMAP server refused UID COPY: \"[TRYCREATE] no [redacted] here\""
+        );
     }
 
     #[test]

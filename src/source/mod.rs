@@ -12,6 +12,7 @@ use crate::config::{Backfill, MailPolicy};
 
 pub mod imap;
 pub mod pop3;
+pub mod refusal;
 
 /// What a source logs in with; the user name is the reader's `username`.
 pub enum Credential {

@@ -1,6 +1,7 @@
 //! The store: the SQLite database behind sqlx, and everything written to it.
 //!
-//! Owns the schema (embedded migrations, applied at open), the exactly-once
+//! Owns the schema (embedded migrations, applied at open), the IMAP UIDs a
+//! folder's ledger still owes (`owed`), the exactly-once
 //! rule (a mail's source position is written in the same transaction as its
 //! ticket), which ticket a mail opens or joins (dedup, threading, rate
 //! limit; `mails`), contents stored once, reader health (`readers.last_error` and friends), the sealed
@@ -14,6 +15,7 @@ mod health;
 mod key;
 mod mails;
 mod outbox;
+mod owed;
 mod quarantine;
 mod tickets;
 mod tokens;
@@ -29,6 +31,7 @@ pub use health::{DaemonStatus, EVENTS_KEPT, ReaderEvent, ReaderStatus};
 pub use key::{KeyError, StoreKey};
 pub use mails::{BatchOutcome, MailCounts};
 pub use outbox::{AttemptRecorded, DueAck, MAX_ATTEMPTS, OutboxStatus, retry_delay};
+pub use owed::{MAX_REFUSALS, Owed};
 pub use quarantine::{QUARANTINED, QuarantineEntry, QuarantineReason, Retried};
 pub use tickets::FolderPosition;
 pub use tokens::{Replaced, StoredToken, TokenVersion};

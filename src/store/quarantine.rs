@@ -41,6 +41,9 @@ pub enum QuarantineReason {
     Parser,
     /// Storing it failed because of what it contains.
     Store,
+    /// The IMAP server kept refusing to deliver it: the row holds the
+    /// server's words and no bytes; `retry` asks the server again.
+    Server,
 }
 
 impl QuarantineReason {
@@ -48,6 +51,7 @@ impl QuarantineReason {
         match self {
             QuarantineReason::Parser => "parser",
             QuarantineReason::Store => "store",
+            QuarantineReason::Server => "server",
         }
     }
 }
@@ -78,6 +82,9 @@ pub enum Retried {
     StillQuarantined(String),
     /// No quarantined mail has this id (retried or dropped already).
     NotQuarantined,
+    /// A mail the server had refused to deliver: its position is owed
+    /// again, and the next poll asks the server for it.
+    AskedAgain,
 }
 
 const ENTRY_COLUMNS: &str =
@@ -314,6 +321,68 @@ pub(super) async fn set_aside(
     )
     .await?;
     Ok((id, true))
+}
+
+/// Records an IMAP UID the server kept refusing to deliver as a
+/// quarantined email without bytes (`quarantined: server (DETAIL)`) and
+/// puts it in the folder's ledger, after-step done (there is nothing on
+/// our side to mark): the position is settled, the mail is visible in
+/// `quarantine list` and `status`, and `retry` can ask for it again.
+pub(super) async fn set_aside_refused(
+    tx: &mut Transaction<'_, Sqlite>,
+    pos: &super::FolderPosition,
+    uid: u32,
+    detail: &str,
+) -> Result<i64, StoreError> {
+    let dedup_key = refused_key(pos, uid);
+    let disposition = format!(
+        "{QUARANTINED}{} ({})",
+        QuarantineReason::Server.as_str(),
+        printable(detail, DETAIL_MAX)
+    );
+    let (id,): (i64,) = sqlx::query_as(&format!(
+        "INSERT INTO emails (reader, dedup_key, received_at, disposition)
+         VALUES (?, ?, {NOW}, ?)
+         ON CONFLICT (dedup_key) DO UPDATE SET disposition = excluded.disposition
+         RETURNING id"
+    ))
+    .bind(&pos.reader)
+    .bind(&dedup_key)
+    .bind(&disposition)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query(&format!(
+        "INSERT INTO source_positions (reader, folder, uidvalidity, uid, email_id, after_state, ingested_at)
+         VALUES (?, ?, ?, ?, ?, 'done', {NOW})
+         ON CONFLICT DO NOTHING"
+    ))
+    .bind(&pos.reader)
+    .bind(&pos.folder)
+    .bind(i64::from(pos.uidvalidity))
+    .bind(i64::from(uid))
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    insert_event(
+        tx,
+        &pos.reader,
+        "warn",
+        &format!(
+            "mail {id} quarantined (server): {}; see `mail2ticket quarantine show {id}`",
+            printable(detail, DETAIL_MAX)
+        ),
+    )
+    .await?;
+    Ok(id)
+}
+
+/// The dedup key of a refused mail: its position, since there are no bytes
+/// to hash.
+fn refused_key(pos: &super::FolderPosition, uid: u32) -> String {
+    format!(
+        "refused:{}/{}/{}/{uid}",
+        pos.reader, pos.folder, pos.uidvalidity
+    )
 }
 
 /// `text` without control characters, at most `max` bytes.

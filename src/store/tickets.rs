@@ -402,7 +402,7 @@ async fn mark_after_done(
 }
 
 /// `reader = ? AND folder = ? AND uidvalidity = ?` for `pos`.
-fn where_position<'q>(q: &mut QueryBuilder<'q, Sqlite>, pos: &'q FolderPosition) {
+pub(super) fn where_position<'q>(q: &mut QueryBuilder<'q, Sqlite>, pos: &'q FolderPosition) {
     q.push("reader = ")
         .push_bind(pos.reader.as_str())
         .push(" AND folder = ")

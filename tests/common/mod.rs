@@ -27,6 +27,7 @@ pub mod mail;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod scripted_imap;
 pub mod setup;
 pub mod submission;
 pub mod time;

@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 use tokio_util::sync::CancellationToken;
 
 use self::proto::{Capabilities, Connection, Pop3Error as WireError};
+use super::refusal::Refusal;
 use super::{Batching, CheckReport, Credential, FirstContactPreview, PollReport};
 use crate::config::{After, Backfill, ReaderConfig, Tls};
 use crate::ingest::{self, Fetched, ParseTaskFailed};
@@ -44,6 +45,12 @@ pub enum Pop3Error {
         user: String,
         detail: String,
     },
+    /// A login refused with a code that does not blame the credential
+    /// (RFC 2449 / 3206: `[SYS/TEMP]`, `[IN-USE]`, `[LOGIN-DELAY]`,
+    /// `[SYS/PERM]`): retried; the token is kept, a password reader is not
+    /// stopped.
+    #[error("the POP3 server refused the login for now (retried with backoff): {answer}")]
+    LoginRefused { answer: Refusal },
     #[error(
         "{server} does not support UIDL (unique message ids), so mail2ticket cannot tell new mail \
          from mail it already ingested; use IMAP for this mailbox"
@@ -53,6 +60,21 @@ pub enum Pop3Error {
     Parser(#[from] ParseTaskFailed),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A -ERR to the login, sorted by its response code (RFC 2449 / 3206):
+/// only `[AUTH]`, or no code at all, refuses the credential.
+fn refused_login(what: &'static str, user: &str, text: String) -> Pop3Error {
+    let answer = Refusal::parse(&text);
+    if answer.blames_credential() {
+        Pop3Error::AuthRejected {
+            what,
+            user: user.to_string(),
+            detail: text,
+        }
+    } else {
+        Pop3Error::LoginRefused { answer }
+    }
 }
 
 impl Pop3Error {
@@ -73,6 +95,7 @@ impl Pop3Error {
             Pop3Error::Wire(WireError::Err { .. } | WireError::Protocol { .. }) => {
                 FailureClass::Protocol
             }
+            Pop3Error::LoginRefused { .. } => FailureClass::Connection,
             Pop3Error::NoStartTls { .. } | Pop3Error::NoUidl { .. } => FailureClass::Config,
             Pop3Error::Parser(_) | Pop3Error::Store(_) => FailureClass::Store,
         }
@@ -123,11 +146,7 @@ impl Session {
             Credential::Password(password) => (conn.user_pass(user, password).await, "password"),
         };
         match result {
-            Err(WireError::AuthRejected { text }) => Err(Pop3Error::AuthRejected {
-                what,
-                user: user.to_string(),
-                detail: text,
-            }),
+            Err(WireError::AuthRejected { text }) => Err(refused_login(what, user, text)),
             Err(e) => Err(e.into()),
             Ok(()) => {
                 // CAPA may only be complete after login (RFC 2449 6.0).
@@ -434,4 +453,29 @@ pub async fn poll(
     gone.extend(deleted);
     store.mark_pop3_done(&reader.name, &gone).await?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_auth_codes_refuse_the_credential() {
+        for text in ["[AUTH] Invalid credentials", "Authentication failed", ""] {
+            let e = refused_login("password", "u", text.into());
+            assert!(e.is_auth_rejected(), "{text}: {e}");
+            assert_eq!(e.class(), FailureClass::Auth);
+        }
+        for text in [
+            "[IN-USE] Maildrop is locked",
+            "[SYS/TEMP] Try again later",
+            "[LOGIN-DELAY] Wait 5 minutes",
+            "[SYS/PERM] Mailbox unavailable",
+        ] {
+            let e = refused_login("password", "u", text.into());
+            assert!(!e.is_auth_rejected(), "{text}: {e}");
+            assert_eq!(e.class(), FailureClass::Connection, "{text}");
+            assert!(e.to_string().contains(text), "{e}");
+        }
+    }
 }
