@@ -110,7 +110,7 @@ async fn a_refused_fetch_loses_no_mail() {
     let fetches = server
         .commands()
         .iter()
-        .filter(|c| c.starts_with("UID FETCH 1:2 BODY.PEEK"))
+        .filter(|c| c.starts_with("UID FETCH 1:2 (BODY.PEEK"))
         .count();
     assert_eq!(
         fetches,

@@ -714,19 +714,14 @@ impl Session {
         }
     }
 
-    /// Which of `uids` the folder still holds.
+    /// Which of `uids` (ascending) the folder still holds.
     async fn existing(&mut self, uids: &[u32]) -> Result<Vec<u32>, ImapError> {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
-        let query = format!("UID {}", uid_set(uids));
-        let found = match tokio::time::timeout(self.timeout, self.inner.uid_search(query)).await {
-            Err(_) => return Err(timed_out("UID SEARCH", self.timeout)),
-            Ok(Err(e)) => return Err(crate_error(&self.scrub, "UID SEARCH", e)),
-            Ok(Ok(found)) => found,
-        };
-        let mut found: Vec<u32> = found.into_iter().filter(|u| uids.contains(u)).collect();
-        found.sort_unstable();
+        let mut found = self.search(&format!("UID {}", uid_set(uids))).await?;
+        // A server may answer with UIDs outside the set asked for.
+        found.retain(|u| uids.binary_search(u).is_ok());
         Ok(found)
     }
 
@@ -745,15 +740,11 @@ impl Session {
     }
 
     async fn uids_after(&mut self, watermark: u32) -> Result<Vec<u32>, ImapError> {
-        let query = format!("UID {}:*", watermark.saturating_add(1));
-        let found = match tokio::time::timeout(self.timeout, self.inner.uid_search(query)).await {
-            Err(_) => return Err(timed_out("UID SEARCH", self.timeout)),
-            Ok(Err(e)) => return Err(crate_error(&self.scrub, "UID SEARCH", e)),
-            Ok(Ok(found)) => found,
-        };
+        let mut uids = self
+            .search(&format!("UID {}:*", watermark.saturating_add(1)))
+            .await?;
         // "n:*" always matches the highest UID, even one below n.
-        let mut uids: Vec<u32> = found.into_iter().filter(|&u| u > watermark).collect();
-        uids.sort_unstable();
+        uids.retain(|&u| u > watermark);
         Ok(uids)
     }
 
@@ -1578,12 +1569,7 @@ async fn uids_since_first_contact(
     let owed = store.imap_backfill_owed(pos).await?;
     if !owed.is_empty() {
         // Only those still in the folder.
-        let present = session.search(&format!("UID {}", uid_set(&owed))).await?;
-        uids.extend(
-            present
-                .into_iter()
-                .filter(|u| owed.binary_search(u).is_ok()),
-        );
+        uids.extend(session.existing(&owed).await?);
         uids.sort_unstable();
         uids.dedup();
     }

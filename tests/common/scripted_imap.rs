@@ -282,8 +282,14 @@ impl Conn {
         } else if upper.starts_with("LIST ") {
             let name = command.rsplit(' ').next().unwrap_or("\"\"");
             put(format!("* LIST () \"/\" {name}\r\n{tag} OK\r\n"));
+        } else if upper == "UID SEARCH ALL" {
+            let all: Vec<String> = s.mails.keys().map(u32::to_string).collect();
+            put(format!("* SEARCH {}\r\n{tag} OK\r\n", all.join(" ")));
         } else if let Some(rest) = upper.strip_prefix("UID SEARCH UID ") {
-            let asked: HashSet<u32> = parse_set(rest.trim(), max).into_iter().collect();
+            // No mail of a script has been read: UNSEEN (first contact's
+            // search) matches all of them.
+            let rest = rest.trim().trim_end_matches(" UNSEEN");
+            let asked: HashSet<u32> = parse_set(rest, max).into_iter().collect();
             let mut found: Vec<String> = s
                 .mails
                 .keys()
