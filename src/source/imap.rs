@@ -114,6 +114,10 @@ pub enum ImapError {
     NoUidValidity { folder: String },
     #[error("IMAP server did not answer {step} within {}s", .after.as_secs())]
     Timeout { step: &'static str, after: Duration },
+    /// The connection broke under a command: the network or the server
+    /// went away. Transient; the ledger asks again for what was missed.
+    #[error("the connection to the IMAP server was lost during {step}: {detail}")]
+    ConnectionLost { step: &'static str, detail: String },
     #[error("IMAP {step} failed: {detail}")]
     Protocol { step: &'static str, detail: String },
     #[error(transparent)]
@@ -135,7 +139,8 @@ impl ImapError {
             ImapError::NotConnected { .. }
             | ImapError::Timeout { .. }
             | ImapError::Busy { .. }
-            | ImapError::Closed { .. } => FailureClass::Connection,
+            | ImapError::Closed { .. }
+            | ImapError::ConnectionLost { .. } => FailureClass::Connection,
             ImapError::NoStartTls { .. }
             | ImapError::NoFolder { .. }
             | ImapError::FolderRefused { .. }
@@ -282,6 +287,29 @@ fn server_text(text: impl std::fmt::Display) -> String {
         .collect()
 }
 
+/// An I/O error under a command, for a person: a broken connection is
+/// named as such (the crate says "bytes remaining in stream" when the
+/// server vanished mid-answer); anything else is a protocol failure.
+fn io_error(scrub: &Scrubber, step: &'static str, e: &std::io::Error) -> ImapError {
+    use std::io::ErrorKind;
+    let detail = match e.kind() {
+        ErrorKind::UnexpectedEof => "the server or the network closed it mid-answer".to_owned(),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
+            "the server or the network reset it".to_owned()
+        }
+        ErrorKind::BrokenPipe => "the server or the network closed it".to_owned(),
+        _ => return protocol_error(step, scrub.clean(&e.to_string())),
+    };
+    ImapError::ConnectionLost { step, detail }
+}
+
+fn connection_closed(step: &'static str) -> ImapError {
+    ImapError::ConnectionLost {
+        step,
+        detail: "the server closed it".into(),
+    }
+}
+
 fn protocol_error(step: &'static str, e: impl std::fmt::Display) -> ImapError {
     ImapError::Protocol {
         step,
@@ -298,9 +326,8 @@ fn crate_error(scrub: &Scrubber, step: &'static str, e: async_imap::error::Error
         }
         Some(answer) => ImapError::Refused { step, answer },
         None => match e {
-            async_imap::error::Error::ConnectionLost => {
-                protocol_error(step, "the server closed the connection")
-            }
+            async_imap::error::Error::ConnectionLost => connection_closed(step),
+            async_imap::error::Error::Io(e) => io_error(scrub, step, &e),
             other => protocol_error(step, scrub.clean(&other.to_string())),
         },
     }
@@ -467,12 +494,7 @@ impl Session {
         match tokio::time::timeout(t, client.read_response()).await {
             Err(_) => return Err(timed_out("greeting", t)),
             Ok(Err(e)) => return Err(protocol_error("greeting", e)),
-            Ok(Ok(None)) => {
-                return Err(protocol_error(
-                    "greeting",
-                    "the server closed the connection",
-                ));
-            }
+            Ok(Ok(None)) => return Err(connection_closed("greeting")),
             Ok(Ok(Some(_))) => {}
         }
         if reader.tls == Tls::StartTls {
@@ -673,8 +695,8 @@ impl Session {
                 .wait(t, self.inner.read_response())
                 .await
                 .map_err(|_| timed_out(step, t))?
-                .map_err(|e| protocol_error(step, self.scrub.clean(&e.to_string())))?
-                .ok_or_else(|| protocol_error(step, "the server closed the connection"))?;
+                .map_err(|e| io_error(&self.scrub, step, &e))?
+                .ok_or_else(|| connection_closed(step))?;
             match response.parsed() {
                 Response::Done {
                     tag,
@@ -1241,7 +1263,7 @@ async fn idle_inner(
         // The crate reports a closed connection as an interrupt; we never
         // interrupt it ourselves.
         Ok(Ok(async_imap::extensions::idle::IdleResponse::ManualInterrupt)) => {
-            return Idled::Lost(protocol_error("IDLE", "the server closed the connection"));
+            return Idled::Lost(connection_closed("IDLE"));
         }
         Ok(Err(e)) => return Idled::Lost(crate_error(&scrub, "IDLE", e)),
         Ok(Ok(_)) | Err(_) => Idled::Changed,
