@@ -26,6 +26,7 @@ use base64::engine::general_purpose::STANDARD;
 use secrecy::zeroize::Zeroizing;
 
 use crate::auth::sasl;
+use crate::scrub::Scrubber;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
@@ -46,8 +47,8 @@ const MAX_QUOTED: usize = 120;
 
 /// Why a POP3 exchange failed. The texts go to admins' logs and status
 /// pages, so they say which step failed and quote the server, but never
-/// contain a password, a token or a SASL response (server texts from the
-/// authentication steps are scrubbed of them in case a server echoes them).
+/// contain a password, a token or a SASL response (every status line from
+/// the login on is scrubbed of them, in case a server echoes them).
 #[derive(Debug, thiserror::Error)]
 pub enum Pop3Error {
     #[error("POP3 {step} failed: {detail}")]
@@ -124,6 +125,9 @@ pub struct Connection<S> {
     timeout: Duration,
     /// False from sending a command until its whole answer has been read.
     in_step: bool,
+    /// The credentials of this session's login, cut out of every status
+    /// line read after it too: a server may echo them in any later -ERR.
+    scrub: Scrubber,
 }
 
 /// Buffers can hold mail or, briefly, a server's echo of credentials, so
@@ -147,6 +151,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             io: BufReader::with_capacity(READ_BUFFER, stream),
             timeout,
             in_step: true,
+            scrub: Scrubber::default(),
         }
     }
 
@@ -582,7 +587,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Reads and classifies one status line. `secrets` are cut out of the
+    /// Reads and classifies one status line. `secrets` (the login's
+    /// credentials, kept for the rest of the session) are cut out of the
     /// raw line before anything else looks at it, so that a server echoing
     /// credentials cannot get them into an error, not even partly through
     /// a shortened quote.
@@ -593,7 +599,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     ) -> Result<Reply, Pop3Error> {
         let mut line = Vec::new();
         self.read_line(step, &mut line).await?;
-        sasl::scrub(&mut line, secrets);
+        if !secrets.is_empty() {
+            self.scrub = Scrubber::new(secrets.iter().copied());
+        }
+        self.scrub.cut(&mut line);
         let reply = parse_reply(&line).ok_or_else(|| Pop3Error::Protocol {
             step,
             detail: format!("expected +OK or -ERR, got {}", quote(&line)),
@@ -1382,6 +1391,33 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_later_error_echoing_the_password_is_scrubbed_too() {
+        let (mut c, mut s) = pair();
+        let password = secret(PASSWORD);
+        run(c.user_pass("helpdesk", &password), async {
+            s.expect("USER helpdesk\r\n").await;
+            s.send("+OK\r\n").await;
+            s.expect(format!("PASS {PASSWORD}\r\n")).await;
+            s.send("+OK logged in\r\n").await;
+        })
+        .await
+        .unwrap();
+        // A truncated echo, long after the login.
+        let err = run(c.stat(), async {
+            s.expect("STAT\r\n").await;
+            s.send(format!(
+                "-ERR [SYS/TEMP] session of {} broke\r\n",
+                &PASSWORD[..20]
+            ))
+            .await;
+        })
+        .await
+        .expect_err("refused");
+        assert_no_secrets(&err, &[&PASSWORD[..16], &PASSWORD[4..20]]);
+        assert!(err.to_string().contains("[redacted]"), "{err}");
     }
 
     #[tokio::test]
