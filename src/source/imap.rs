@@ -724,6 +724,32 @@ impl Session {
         }
     }
 
+    /// Runs `UID FETCH uids items`, handing each answer that names a UID
+    /// to `each` with its attributes; the tagged status as [`Session::run`].
+    async fn fetch_each<F>(
+        &mut self,
+        uids: &[u32],
+        items: &str,
+        mut each: F,
+    ) -> Result<Result<(), Refusal>, ImapError>
+    where
+        F: FnMut(u32, &[async_imap::imap_proto::AttributeValue<'_>]),
+    {
+        use async_imap::imap_proto::{AttributeValue, Response};
+        let command = format!("UID FETCH {} {items}", uid_set(uids));
+        self.run("UID FETCH", &command, |response| {
+            if let Response::Fetch(_, attrs) = response
+                && let Some(uid) = attrs.iter().find_map(|a| match a {
+                    AttributeValue::Uid(u) => Some(*u),
+                    _ => None,
+                })
+            {
+                each(uid, attrs);
+            }
+        })
+        .await
+    }
+
     /// Runs a command whose only answer that matters is its tagged status:
     /// a NO or BAD is an error in the server's words.
     async fn run_checked(&mut self, step: &'static str, command: &str) -> Result<(), ImapError> {
@@ -835,29 +861,15 @@ impl Session {
         uids: &[u32],
         since: std::time::SystemTime,
     ) -> Result<Vec<u32>, ImapError> {
-        use async_imap::imap_proto::{AttributeValue, Response};
         let since = since
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let mut old = std::collections::HashSet::new();
         for chunk in uids.chunks(SIZE_CHUNK) {
-            let command = format!("UID FETCH {} (UID INTERNALDATE)", uid_set(chunk));
             let answer = self
-                .run("UID FETCH", &command, |response| {
-                    if let Response::Fetch(_, attrs) = response {
-                        let uid = attrs.iter().find_map(|a| match a {
-                            AttributeValue::Uid(u) => Some(*u),
-                            _ => None,
-                        });
-                        let date = attrs.iter().find_map(|a| match a {
-                            AttributeValue::InternalDate(d) => internal_date(d),
-                            _ => None,
-                        });
-                        if let (Some(uid), Some(date)) = (uid, date)
-                            && date < since
-                        {
-                            old.insert(uid);
-                        }
+                .fetch_each(chunk, "(UID INTERNALDATE)", |uid, attrs| {
+                    if internal_date_of(attrs).is_some_and(|date| date < since) {
+                        old.insert(uid);
                     }
                 })
                 .await?;
@@ -877,24 +889,17 @@ impl Session {
     /// batches can be planned by bytes and large mail fetched only in part.
     /// A UID the server does not size (expunged meanwhile) is left out.
     async fn sizes(&mut self, uids: &[u32]) -> Result<HashMap<u32, u64>, ImapError> {
-        use async_imap::imap_proto::{AttributeValue, Response};
+        use async_imap::imap_proto::AttributeValue;
         let mut sizes = HashMap::with_capacity(uids.len());
         for chunk in uids.chunks(SIZE_CHUNK) {
-            let command = format!("UID FETCH {} (UID RFC822.SIZE)", uid_set(chunk));
             let answer = self
-                .run("UID FETCH", &command, |response| {
-                    if let Response::Fetch(_, attrs) = response {
-                        let uid = attrs.iter().find_map(|a| match a {
-                            AttributeValue::Uid(u) => Some(*u),
-                            _ => None,
-                        });
-                        let size = attrs.iter().find_map(|a| match a {
-                            AttributeValue::Rfc822Size(s) => Some(*s),
-                            _ => None,
-                        });
-                        if let (Some(uid), Some(size)) = (uid, size) {
-                            sizes.insert(uid, u64::from(size));
-                        }
+                .fetch_each(chunk, "(UID RFC822.SIZE)", |uid, attrs| {
+                    let size = attrs.iter().find_map(|a| match a {
+                        AttributeValue::Rfc822Size(s) => Some(*s),
+                        _ => None,
+                    });
+                    if let Some(size) = size {
+                        sizes.insert(uid, u64::from(size));
                     }
                 })
                 .await?;
@@ -920,23 +925,13 @@ impl Session {
         sizes: &HashMap<u32, u64>,
         cap: u64,
     ) -> Result<Delivery, ImapError> {
-        use async_imap::imap_proto::{AttributeValue, Response};
+        use async_imap::imap_proto::AttributeValue;
         // A partial fetch counts in a 32-bit number.
         let cap = cap.clamp(1, u64::from(u32::MAX));
-        let command = format!(
-            "UID FETCH {} (BODY.PEEK[]<0.{cap}> INTERNALDATE)",
-            uid_set(uids)
-        );
+        let items = format!("(BODY.PEEK[]<0.{cap}> INTERNALDATE)");
         let mut mails: HashMap<u32, Fetched> = HashMap::with_capacity(uids.len());
         let answer = self
-            .run("UID FETCH", &command, |response| {
-                let Response::Fetch(_, attrs) = response else {
-                    return;
-                };
-                let uid = attrs.iter().find_map(|a| match a {
-                    AttributeValue::Uid(u) => Some(*u),
-                    _ => None,
-                });
+            .fetch_each(uids, &items, |uid, attrs| {
                 // Unsolicited FETCH responses (flag changes) carry no body;
                 // neither does a NIL body, which leaves the UID missing.
                 let body = attrs.iter().find_map(|a| match a {
@@ -944,23 +939,19 @@ impl Session {
                     AttributeValue::Rfc822(data) => data.as_deref(),
                     _ => None,
                 });
-                if let (Some(uid), Some(body)) = (uid, body)
+                if let Some(body) = body
                     && uids.binary_search(&uid).is_ok()
                 {
                     let declared = sizes.get(&uid).copied().unwrap_or(0);
                     let bytes = body.to_vec();
                     let size = declared.max(bytes.len() as u64);
-                    // When it arrived, for `ack_max_age`.
-                    let arrived = attrs.iter().find_map(|a| match a {
-                        AttributeValue::InternalDate(date) => internal_date(date),
-                        _ => None,
-                    });
                     mails.insert(
                         uid,
                         Fetched {
                             bytes,
                             size,
-                            arrived,
+                            // When it arrived, for `ack_max_age`.
+                            arrived: internal_date_of(attrs),
                         },
                     );
                 }
@@ -1603,6 +1594,14 @@ fn search_date(t: std::time::SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t)
         .format("%-d-%b-%Y")
         .to_string()
+}
+
+/// The INTERNALDATE among a FETCH answer's attributes, if readable.
+fn internal_date_of(attrs: &[async_imap::imap_proto::AttributeValue<'_>]) -> Option<i64> {
+    attrs.iter().find_map(|a| match a {
+        async_imap::imap_proto::AttributeValue::InternalDate(date) => internal_date(date),
+        _ => None,
+    })
 }
 
 /// An INTERNALDATE (RFC 3501 `date-time`, `" 6-Dec-2026 04:03:55 +0100"`)

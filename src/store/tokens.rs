@@ -61,6 +61,35 @@ impl Store {
         TokenVersion(self.digest(&data))
     }
 
+    /// Seals and stores `token` in the row of (oauth, account), a use of it.
+    async fn write_token<'e, E>(
+        &self,
+        executor: E,
+        oauth: &str,
+        account: &str,
+        token: &SecretString,
+    ) -> Result<TokenVersion, StoreError>
+    where
+        E: sqlx::SqliteExecutor<'e>,
+    {
+        let sealed = self
+            .key
+            .seal(&context(oauth, account), token.expose_secret().as_bytes());
+        sqlx::query(&format!(
+            "INSERT INTO oauth_tokens (oauth, account, refresh_token, updated_at, last_used_at)
+             VALUES (?, ?, ?, {NOW}, {NOW})
+             ON CONFLICT (oauth, account) DO UPDATE
+             SET refresh_token = excluded.refresh_token, updated_at = excluded.updated_at,
+                 last_used_at = excluded.last_used_at"
+        ))
+        .bind(oauth)
+        .bind(account)
+        .bind(sealed)
+        .execute(executor)
+        .await?;
+        Ok(self.version_of(token.expose_secret().as_bytes()))
+    }
+
     async fn read_token<'e, E>(
         &self,
         executor: E,
@@ -117,22 +146,7 @@ impl Store {
         account: &str,
         token: &SecretString,
     ) -> Result<TokenVersion, StoreError> {
-        let sealed = self
-            .key
-            .seal(&context(oauth, account), token.expose_secret().as_bytes());
-        sqlx::query(&format!(
-            "INSERT INTO oauth_tokens (oauth, account, refresh_token, updated_at, last_used_at)
-             VALUES (?, ?, ?, {NOW}, {NOW})
-             ON CONFLICT (oauth, account) DO UPDATE
-             SET refresh_token = excluded.refresh_token, updated_at = excluded.updated_at,
-                 last_used_at = excluded.last_used_at"
-        ))
-        .bind(oauth)
-        .bind(account)
-        .bind(sealed)
-        .execute(&self.pool)
-        .await?;
-        Ok(self.version_of(token.expose_secret().as_bytes()))
+        self.write_token(&self.pool, oauth, account, token).await
     }
 
     /// Stores the successor of the token `used` (`None`: no refresh token
@@ -152,25 +166,9 @@ impl Store {
         {
             return Ok(Replaced::Superseded);
         }
-        let sealed = self
-            .key
-            .seal(&context(oauth, account), token.expose_secret().as_bytes());
-        sqlx::query(&format!(
-            "INSERT INTO oauth_tokens (oauth, account, refresh_token, updated_at, last_used_at)
-             VALUES (?, ?, ?, {NOW}, {NOW})
-             ON CONFLICT (oauth, account) DO UPDATE
-             SET refresh_token = excluded.refresh_token, updated_at = excluded.updated_at,
-                 last_used_at = excluded.last_used_at"
-        ))
-        .bind(oauth)
-        .bind(account)
-        .bind(sealed)
-        .execute(&mut *tx)
-        .await?;
+        let version = self.write_token(&mut *tx, oauth, account, token).await?;
         tx.commit().await?;
-        Ok(Replaced::Stored(
-            self.version_of(token.expose_secret().as_bytes()),
-        ))
+        Ok(Replaced::Stored(version))
     }
 
     /// Notes that the refresh token worked without being rotated.

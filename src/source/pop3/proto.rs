@@ -428,15 +428,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         out: &mut Vec<u8>,
         cap: usize,
     ) -> Result<u64, Pop3Error> {
-        const STEP: &str = "RETR";
-        self.command(STEP, &format!("RETR {msg}")).await?;
-        self.expect_ok(STEP).await?;
-        let before = out.len();
-        let result = self.read_body(out, cap).await;
-        if result.is_err() {
-            out.truncate(before);
-        }
-        result
+        self.read_capped("RETR", &format!("RETR {msg}"), out, cap)
+            .await
     }
 
     /// Appends the header section of message `msg` (`TOP msg 0`, RFC 1939
@@ -448,9 +441,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         out: &mut Vec<u8>,
         cap: usize,
     ) -> Result<u64, Pop3Error> {
-        const STEP: &str = "TOP";
-        self.command(STEP, &format!("TOP {msg} 0")).await?;
-        self.expect_ok(STEP).await?;
+        self.read_capped("TOP", &format!("TOP {msg} 0"), out, cap)
+            .await
+    }
+
+    /// Sends `command` and appends its multi-line answer to `out`, as
+    /// [`Connection::retr_capped`] describes.
+    async fn read_capped(
+        &mut self,
+        step: &'static str,
+        command: &str,
+        out: &mut Vec<u8>,
+        cap: usize,
+    ) -> Result<u64, Pop3Error> {
+        self.command(step, command).await?;
+        self.expect_ok(step).await?;
         let before = out.len();
         let result = self.read_body(out, cap).await;
         if result.is_err() {
