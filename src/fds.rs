@@ -79,6 +79,15 @@ impl Exhausted {
         None
     }
 
+    /// Whether the process cannot open a descriptor right now: for errors
+    /// that lost their errno (SQLite says only "unable to open database
+    /// file").
+    pub fn now() -> Option<Exhausted> {
+        std::fs::File::open("/dev/null")
+            .err()
+            .and_then(|e| Exhausted::of_io(&e))
+    }
+
     pub fn of_io(e: &std::io::Error) -> Option<Exhausted> {
         match Errno::from_io_error(e)? {
             Errno::MFILE => Some(Exhausted::Process),
@@ -128,9 +137,7 @@ impl Pressure {
     pub fn exhausted(&self) -> Option<String> {
         // A probe, so that `/healthz` fails even while every reader sits
         // in IDLE and nothing else tries to open a file.
-        if let Err(e) = std::fs::File::open("/dev/null")
-            && let Some(what) = Exhausted::of_io(&e)
-        {
+        if let Some(what) = Exhausted::now() {
             self.met(what);
         }
         let last = *self.lock();

@@ -364,7 +364,12 @@ async fn record<T>(
             };
             // "os error 24" deep in a connect error names neither the cause
             // nor the fix; the limit does.
-            if let Some(what) = crate::fds::Exhausted::of(e) {
+            let exhausted = crate::fds::Exhausted::of(e).or_else(|| {
+                e.store_error()
+                    .filter(|s| s.cannot_open())
+                    .and_then(|_| crate::fds::Exhausted::now())
+            });
+            if let Some(what) = exhausted {
                 ctx.fds.met(what);
                 text = format!("{}: {text}", what.describe());
             }

@@ -156,6 +156,12 @@ impl StoreError {
         }
     }
 
+    /// Whether SQLite could not open a file (the database, its journal or
+    /// a temporary file): one cause is a process out of descriptors.
+    pub fn cannot_open(&self) -> bool {
+        matches!(self, StoreError::Sql(e) if primary_code(e) == Some(14))
+    }
+
     /// Whether the failure may lie in the content of the mail being stored
     /// (a constraint, a value too big or of the wrong kind) rather than in
     /// the database itself (busy, locked, full, read-only, unreachable,
