@@ -365,10 +365,7 @@ impl Supervisor {
             }
         };
         for (what, changed) in [
-            (
-                "[store]",
-                format!("{:?}", new.store) != format!("{:?}", self.config.store),
-            ),
+            ("[store]", new.store != self.config.store),
             (
                 "[daemon] listen",
                 new.daemon.listen != self.config.daemon.listen,

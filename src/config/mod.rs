@@ -70,7 +70,7 @@ pub struct Config {
     pub readers: Vec<ReaderConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     /// An sqlx SQLite URL; a relative file in the configuration file was
     /// made absolute, relative to the file's directory.
