@@ -175,13 +175,13 @@ fn broken_links(path: &Path, text: &str) -> Vec<String> {
                 };
                 (target_path, text)
             };
-            if let Some(anchor) = anchor {
-                if !anchors(&target_text).contains(anchor) {
-                    broken.push(format!(
-                        "{where_}: no heading of {} makes #{anchor}",
-                        target_path.display()
-                    ));
-                }
+            if let Some(anchor) = anchor
+                && !anchors(&target_text).contains(anchor)
+            {
+                broken.push(format!(
+                    "{where_}: no heading of {} makes #{anchor}",
+                    target_path.display()
+                ));
             }
         }
     }
