@@ -1,4 +1,4 @@
-# mail2ticket in a container. README.md, "Run in Docker", says how to run it.
+# mail2ticket in a container. docs/operations.md, "Run in Docker", says how to run it.
 #
 #   docker build -t mail2ticket .
 #

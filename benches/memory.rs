@@ -3,7 +3,7 @@
 //! Loads N mails of M MiB each (default 100 × 25 MiB; override with
 //! `M2T_BENCH_MAILS` and `M2T_BENCH_MAIL_MIB`) into a real Dovecot, then
 //! runs the mail2ticket binary's `run --once` on it as a child process and
-//! reports its peak RSS beside the bound the README documents
+//! reports its peak RSS beside the bound docs/configuration.md documents
 //! for the reader's `batch_bytes` and `max_email_size`: memory is bounded
 //! by the configuration, not by the mailbox.
 //!

@@ -372,7 +372,7 @@ fn sigkill_while_mail_is_being_set_aside_loses_and_duplicates_nothing() {
     );
 }
 
-/// The memory bound the README documents (`batch_bytes`) for a reader
+/// The memory bound docs/configuration.md documents (`batch_bytes`) for a reader
 /// with these limits.
 fn documented_peak(batch_bytes: u64, max_email_size: u64) -> u64 {
     8 * batch_bytes.max(max_email_size) + (64 << 20)

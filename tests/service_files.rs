@@ -282,7 +282,7 @@ fn unit_file_keeps_state_config_and_credentials_in_their_places() {
         Some(vec!["mail2ticket".to_string()])
     );
     // The database is named by an absolute path in the state directory
-    // (README); the working directory is that directory too, so that
+    // (docs/operations.md); the working directory is that directory too, so that
     // nothing else the daemon writes lands elsewhere.
     let workdir = unit.require(service, "WorkingDirectory");
     assert!(
@@ -1162,7 +1162,7 @@ fn dockerfile_runtime_stage_runs_the_daemon_unprivileged() {
         health.line
     );
 
-    // The database is named by an absolute path in the volume (README);
+    // The database is named by an absolute path in the volume (docs/operations.md);
     // the working directory is the volume too, or anything else written
     // there is lost with the container.
     let volumes: Vec<String> = runtime

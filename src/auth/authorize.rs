@@ -86,7 +86,7 @@ impl TokenStore {
             None => port,
         };
         // `localhost`, not 127.0.0.1: the redirect URI registered in Entra
-        // (README, app registration) says `localhost`, and Entra compares
+        // (docs/entra-app.md) says `localhost`, and Entra compares
         // the host literally, so a switch would break every registration.
         // Both addresses `localhost` names are bound instead
         // ([`bind_loopback`]), so no other local user can take one of them
