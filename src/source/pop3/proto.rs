@@ -405,8 +405,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Appends message `msg` to `out` whole; see [`Connection::retr_capped`].
     // The poller always caps; whole messages are what the framing tests
-    // compare against.
-    #[cfg(test)]
+    // and the POP3 fuzz target compare against.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub async fn retr(&mut self, msg: u32, out: &mut Vec<u8>) -> Result<(), Pop3Error> {
         self.retr_capped(msg, out, usize::MAX).await.map(drop)
     }
