@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, Service, TokenRequest, TokenStore};
+use crate::auth::{AuthError, TokenRequest, TokenStore};
+use crate::config::Service;
 use crate::config::{Grant, Login, OAuthLogin, Protocol, ReaderConfig, SecretError};
 use crate::metrics::{FailureClass, Metrics, ReaderMetrics};
 use crate::source::{CheckReport, Credential, PollReport, imap, pop3};

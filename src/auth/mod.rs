@@ -11,7 +11,6 @@
 //! interactive sign-in, which only names the account.
 
 mod authorize;
-mod cloud;
 mod credential;
 mod entra;
 pub mod sasl;
@@ -24,11 +23,11 @@ use oauth2::{RefreshToken, ResourceOwnerPassword, ResourceOwnerUsername, Scope, 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
+use crate::config::Service;
 use crate::config::{Grant, OAuthApp, SecretError, SecretRef};
-use crate::metrics::FailureClass;
-use crate::store::{ReaderState, Replaced, Store, StoreError, StoredToken, TokenVersion};
+use crate::outcome::{FailureClass, ReaderState};
+use crate::store::{Replaced, Store, StoreError, StoredToken, TokenVersion};
 pub use authorize::{Authorized, CodeFlowOptions, Interaction};
-pub use cloud::{Cloud, Service};
 use credential::Credential;
 pub use entra::TransportError;
 use entra::{EntraClient, EntraErrorResponse, EntraTokenResponse, TokenError, TokenHttp};
@@ -718,6 +717,7 @@ fn is_consent_missing(e: &entra::EntraErrorResponse) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Cloud;
 
     #[test]
     fn margin_scales_with_lifetime() {

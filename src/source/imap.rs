@@ -1710,29 +1710,8 @@ fn position(reader: &ReaderConfig, selected: &Selected) -> FolderPosition {
     }
 }
 
-/// Sorted UIDs as a compact IMAP sequence set: `1:3,7,9:10`.
-pub(crate) fn uid_set(uids: &[u32]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < uids.len() {
-        let start = uids[i];
-        let mut end = start;
-        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
-            i += 1;
-            end = uids[i];
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}:{end}"));
-        }
-        i += 1;
-    }
-    out
-}
+/// The store names UIDs in its events the same way, so the set lives there.
+pub(crate) use crate::store::uid_set;
 
 #[cfg(test)]
 mod tests {
