@@ -28,7 +28,7 @@ use crate::config::{Grant, OAuthApp, SecretError, SecretRef};
 use crate::outcome::{FailureClass, ReaderState};
 use crate::store::{Replaced, Store, StoreError, StoredToken, TokenVersion};
 pub use authorize::{Authorized, CodeFlowOptions, Interaction};
-use credential::Credential;
+use credential::ClientAuth;
 pub use entra::TransportError;
 use entra::{EntraClient, EntraErrorResponse, EntraTokenResponse, TokenError, TokenHttp};
 
@@ -376,7 +376,7 @@ impl TokenStore {
         let client = self.client(app)?;
         let http = self.http.within(req.timeout);
         if req.grant.is_app_only() {
-            let credential = Credential::for_request(app)?;
+            let credential = ClientAuth::for_request(app)?;
             let response = with_credential!(client.exchange_client_credentials(), credential)
                 .add_scopes(scopes(scope))
                 .request_async(&http)
@@ -401,7 +401,7 @@ impl TokenStore {
             let used = stored.version.clone();
             account.seen = Some(Some(used.clone()));
             let refresh = RefreshToken::new(stored.token.expose_secret().to_string());
-            let credential = Credential::for_request(app)?;
+            let credential = ClientAuth::for_request(app)?;
             let result = with_credential!(client.exchange_refresh_token(&refresh), credential)
                 // Entra needs the scope again on refresh (AADSTS900144).
                 .add_scopes(scopes(scope))
@@ -488,7 +488,7 @@ impl TokenStore {
                 detail: format!("reader account {} has no password configured", req.account),
             })?;
             let password = password.resolve()?;
-            let credential = Credential::for_request(app)?;
+            let credential = ClientAuth::for_request(app)?;
             let username = ResourceOwnerUsername::new(req.account.to_string());
             let password = ResourceOwnerPassword::new(password.expose_secret().to_string());
             let response =

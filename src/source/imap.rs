@@ -36,7 +36,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
 use super::refusal::{Meaning, Refusal};
-use super::{Batching, CheckReport, Credential, FirstContactPreview, PollReport};
+use super::{Batching, CheckReport, FirstContactPreview, PollReport, SignInSecret};
 use crate::auth::sasl;
 use crate::config::{After, Backfill, ReaderConfig, Tls};
 use crate::ingest::{self, Fetched, ParseTaskFailed};
@@ -469,14 +469,14 @@ fn quoted(text: &str) -> String {
 
 /// Every form this login's credential is sent in, for [`Scrubber`]: the
 /// secret itself and its SASL blob as it goes on the wire (base64).
-fn scrubber(user: &str, credential: &Credential) -> Scrubber {
+fn scrubber(user: &str, credential: &SignInSecret) -> Scrubber {
     let b64 = |payload: &str| base64::engine::general_purpose::STANDARD.encode(payload);
     match credential {
-        Credential::Token(token) => Scrubber::new([
+        SignInSecret::Token(token) => Scrubber::new([
             token.expose_secret().to_string(),
             b64(sasl::xoauth2(user, token.expose_secret()).as_str()),
         ]),
-        Credential::Password(password) => Scrubber::new([
+        SignInSecret::Password(password) => Scrubber::new([
             password.expose_secret().to_string(),
             b64(sasl::plain(user, password.expose_secret()).as_str()),
             quoted(password.expose_secret()),
@@ -485,7 +485,7 @@ fn scrubber(user: &str, credential: &Credential) -> Scrubber {
 }
 
 impl Session {
-    async fn open(reader: &ReaderConfig, credential: &Credential) -> Result<Session, ImapError> {
+    async fn open(reader: &ReaderConfig, credential: &SignInSecret) -> Result<Session, ImapError> {
         let t = reader.timeout;
         let endpoint = Endpoint::of(reader);
         let stream = transport::connect(&endpoint).await?;
@@ -516,7 +516,7 @@ impl Session {
         let user = reader.username.as_str();
         let scrub = scrubber(user, credential);
         let (login, what) = match credential {
-            Credential::Token(token) => (
+            SignInSecret::Token(token) => (
                 authenticate(
                     client,
                     "XOAUTH2",
@@ -530,7 +530,7 @@ impl Session {
                 .await,
                 "access token",
             ),
-            Credential::Password(password) => {
+            SignInSecret::Password(password) => {
                 (login_plain(client, user, password, t).await, "password")
             }
         };
@@ -1137,7 +1137,7 @@ fn unreadable_answer() -> ImapError {
 /// and makes sure the after-step can work (a `move:` target exists).
 pub async fn check(
     reader: &ReaderConfig,
-    credential: &Credential,
+    credential: &SignInSecret,
     store: &Store,
 ) -> Result<CheckReport, ImapError> {
     contained(check_inner(reader, credential, store)).await
@@ -1145,7 +1145,7 @@ pub async fn check(
 
 async fn check_inner(
     reader: &ReaderConfig,
-    credential: &Credential,
+    credential: &SignInSecret,
     store: &Store,
 ) -> Result<CheckReport, ImapError> {
     let mut session = Session::open(reader, credential).await?;
@@ -1283,7 +1283,7 @@ async fn idle_inner(
 /// one with the folder selected.
 async fn session_for_poll(
     reader: &ReaderConfig,
-    credential: &Credential,
+    credential: &SignInSecret,
     kept: &mut Option<Connection>,
 ) -> Result<(Session, Selected), ImapError> {
     if let Some(mut conn) = kept.take() {
@@ -1314,7 +1314,7 @@ async fn session_for_poll(
 /// [`idle`] and the next poll.
 pub async fn poll(
     reader: &ReaderConfig,
-    credential: &Credential,
+    credential: &SignInSecret,
     store: &Store,
     cancel: &CancellationToken,
     kept: &mut Option<Connection>,
@@ -1325,7 +1325,7 @@ pub async fn poll(
 
 async fn poll_inner(
     reader: &ReaderConfig,
-    credential: &Credential,
+    credential: &SignInSecret,
     store: &Store,
     cancel: &CancellationToken,
     kept: &mut Option<Connection>,
