@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::outcome::{BatchOutcome, ReaderState, Reason};
+use crate::outcome::{BatchOutcome, FailureClass, ReaderState, Reason};
 
 /// The content type of the classic Prometheus text format.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -286,8 +286,6 @@ impl Metrics {
         (content_type, body)
     }
 }
-
-pub use crate::outcome::FailureClass;
 
 /// How an acknowledgement attempt ended, for `mail2ticket_acks_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

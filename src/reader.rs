@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{AuthError, TokenRequest, TokenStore};
 use crate::config::Service;
 use crate::config::{Grant, Login, OAuthLogin, Protocol, ReaderConfig, SecretError};
-use crate::metrics::{FailureClass, Metrics, ReaderMetrics};
+use crate::metrics::{Metrics, ReaderMetrics};
+use crate::outcome::{FailureClass, ReaderState};
 use crate::source::{CheckReport, PollReport, SignInSecret, imap, pop3};
-use crate::store::{ReaderState, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// What every reader task shares.
 #[derive(Debug)]

@@ -5,6 +5,7 @@
 //! in; the per-sender rate limit needs the database and is the store's.
 
 use crate::config::MailPolicy;
+use crate::outcome::Reason;
 
 use super::ParsedMail;
 
@@ -39,8 +40,6 @@ impl Guarded {
         format!("ignored: {} ({})", self.reason.as_str(), self.detail)
     }
 }
-
-pub use crate::outcome::Reason;
 
 /// Judges one mail.
 ///

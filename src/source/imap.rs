@@ -40,7 +40,8 @@ use super::{Batching, CheckReport, FirstContactPreview, PollReport, SignInSecret
 use crate::auth::sasl;
 use crate::config::{After, Backfill, ReaderConfig, Tls};
 use crate::ingest::{self, Fetched, ParseTaskFailed};
-use crate::metrics::{FailureClass, ReaderMetrics};
+use crate::metrics::ReaderMetrics;
+use crate::outcome::FailureClass;
 use crate::scrub::Scrubber;
 use crate::store::{FolderPosition, MAX_REFUSALS, Owed, Store, StoreError};
 use crate::transport::{self, ConnectError, Endpoint, Progress, Stream};

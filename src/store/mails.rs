@@ -14,10 +14,9 @@ use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::{NOW, StoreError};
 use crate::config::{ClosedReply, TagFrom};
-use crate::ingest::guard::{Guarded, Reason};
+use crate::ingest::guard::Guarded;
 use crate::ingest::{Incoming, ParsedMail, Verdict, thread};
-
-pub use crate::outcome::BatchOutcome;
+use crate::outcome::{BatchOutcome, Reason};
 
 /// What one reader's mail became recently, as `status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

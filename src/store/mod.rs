@@ -29,7 +29,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use first_contact::{FirstContact, FirstContactRow, ImapFloor};
 pub use health::{DaemonStatus, EVENTS_KEPT, ReaderEvent, ReaderStatus};
 pub use key::{KeyError, StoreKey};
-pub use mails::{BatchOutcome, MailCounts};
+pub use mails::MailCounts;
 pub use outbox::{AttemptRecorded, DueAck, MAX_ATTEMPTS, OutboxStatus, retry_delay};
 pub(crate) use owed::uid_set;
 pub use owed::{MAX_REFUSALS, Owed};
@@ -212,8 +212,6 @@ impl WriteFaults {
 pub struct DaemonLock {
     _file: std::fs::File,
 }
-
-pub use crate::outcome::ReaderState;
 
 /// Which account a reader signs in as, recorded so that `authorize` and
 /// `status` can find the readers behind a token.
