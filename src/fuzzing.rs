@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::config::{Config, ConfigError, MailPolicy, ReaderConfig, StoreConfig};
 use crate::ingest::{self, Incoming, thread};
-use crate::source::Credential;
+use crate::source::SignInSecret;
 use crate::source::imap::{self, ImapError};
 use crate::source::pop3::proto::{Connection, Pop3Error};
 use crate::store::Store;
@@ -160,9 +160,12 @@ impl Harness {
         };
         imap_helpers(server);
         let (credential, secret) = if control & 1 == 0 {
-            (Credential::Token(SecretString::from(TOKEN)), TOKEN)
+            (SignInSecret::Token(SecretString::from(TOKEN)), TOKEN)
         } else {
-            (Credential::Password(SecretString::from(PASSWORD)), PASSWORD)
+            (
+                SignInSecret::Password(SecretString::from(PASSWORD)),
+                PASSWORD,
+            )
         };
         let outcome = self.runtime.block_on(async {
             tokio::time::timeout(4 * STEP_TIMEOUT, self.imap.exchange(server, &credential)).await
@@ -524,7 +527,7 @@ impl ImapRig {
     async fn exchange(
         &self,
         server: &[u8],
-        credential: &Credential,
+        credential: &SignInSecret,
     ) -> Result<crate::source::CheckReport, ImapError> {
         let serve = async {
             let Ok((mut socket, _)) = self.listener.accept().await else {
@@ -731,14 +734,14 @@ mod tests {
             assert_eq!(h.runtime.block_on(pop3_session(&data)), 10, "{seed}");
         }
         for (seed, credential) in [
-            ("xoauth2-ok", Credential::Token(SecretString::from(TOKEN))),
+            ("xoauth2-ok", SignInSecret::Token(SecretString::from(TOKEN))),
             (
                 "plain-ok",
-                Credential::Password(SecretString::from(PASSWORD)),
+                SignInSecret::Password(SecretString::from(PASSWORD)),
             ),
             (
                 "plain-bad-then-login",
-                Credential::Password(SecretString::from(PASSWORD)),
+                SignInSecret::Password(SecretString::from(PASSWORD)),
             ),
         ] {
             let data = std::fs::read(root.join("imap_responses").join(seed)).expect("seed");
@@ -760,7 +763,7 @@ mod tests {
         let h = Harness::new();
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/imap_responses");
         let data = std::fs::read(root.join("regress-f1-control-char-in-error")).expect("seed");
-        let credential = Credential::Token(SecretString::from(TOKEN));
+        let credential = SignInSecret::Token(SecretString::from(TOKEN));
         let e = h
             .runtime
             .block_on(h.imap.exchange(&data[1..], &credential))

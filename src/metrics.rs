@@ -16,8 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::ingest::guard::Reason;
-use crate::store::{BatchOutcome, ReaderState};
+use crate::outcome::{BatchOutcome, FailureClass, ReaderState, Reason};
 
 /// The content type of the classic Prometheus text format.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -285,39 +284,6 @@ impl Metrics {
             PROMETHEUS_TEXT
         };
         (content_type, body)
-    }
-}
-
-/// What kind of failure a poll had, for alerting: `auth` (the identity
-/// platform or the server refused the credential), `connection` (DNS, TCP,
-/// TLS, timeouts), `protocol` (the server answered something unusable),
-/// `store` (the database), `config` (only an admin can fix it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureClass {
-    Auth,
-    Connection,
-    Protocol,
-    Store,
-    Config,
-}
-
-impl FailureClass {
-    const ALL: [FailureClass; 5] = [
-        FailureClass::Auth,
-        FailureClass::Connection,
-        FailureClass::Protocol,
-        FailureClass::Store,
-        FailureClass::Config,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureClass::Auth => "auth",
-            FailureClass::Connection => "connection",
-            FailureClass::Protocol => "protocol",
-            FailureClass::Store => "store",
-            FailureClass::Config => "config",
-        }
     }
 }
 

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, Service, TokenRequest, TokenStore};
+use crate::auth::{AuthError, TokenRequest, TokenStore};
+use crate::config::Service;
 use crate::config::{Grant, Login, OAuthLogin, Protocol, ReaderConfig, SecretError};
-use crate::metrics::{FailureClass, Metrics, ReaderMetrics};
-use crate::source::{CheckReport, Credential, PollReport, imap, pop3};
-use crate::store::{ReaderState, Store, StoreError};
+use crate::metrics::{Metrics, ReaderMetrics};
+use crate::outcome::{FailureClass, ReaderState};
+use crate::source::{CheckReport, PollReport, SignInSecret, imap, pop3};
+use crate::store::{Store, StoreError};
 
 /// What every reader task shares.
 #[derive(Debug)]
@@ -182,7 +184,7 @@ async fn with_credential<T, E, F, Fut>(
 ) -> Result<T, PollError>
 where
     E: LoginError,
-    F: FnOnce(Credential) -> Fut,
+    F: FnOnce(SignInSecret) -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
     match &reader.login {
@@ -192,7 +194,7 @@ where
             if obtained {
                 meter.token_obtained();
             }
-            match op(Credential::Token(token)).await {
+            match op(SignInSecret::Token(token)).await {
                 Err(e) if e.is_auth_rejected() => {
                     ctx.tokens.invalidate(&request).await;
                     Err(e.into())
@@ -202,7 +204,7 @@ where
         }
         Login::Plain { password } => {
             let password = password.resolve()?;
-            match op(Credential::Password(password)).await {
+            match op(SignInSecret::Password(password)).await {
                 Err(e) if e.is_auth_rejected() => {
                     Err(PollError::PasswordRejected(e.into().to_string()))
                 }

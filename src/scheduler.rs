@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::ReaderConfig;
+use crate::outcome::ReaderState;
 use crate::reader::{self, Context, Idled, Link};
-use crate::store::{ReaderState, TokenVersion};
+use crate::store::TokenVersion;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);

@@ -13,8 +13,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::outcome::ReaderState;
 use crate::store::{
-    DaemonStatus, FirstContactRow, MailCounts, OutboxStatus, ReaderEvent, ReaderState, ReaderStatus,
+    DaemonStatus, FirstContactRow, MailCounts, OutboxStatus, ReaderEvent, ReaderStatus,
 };
 
 /// A reader is stale after this many poll intervals without a success.

@@ -11,7 +11,7 @@
 //! ([`Progress`]), so protocol timeouts can mean "no progress", not "the
 //! whole answer in time".
 
-use crate::metrics::FailureClass;
+use crate::outcome::FailureClass;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;

@@ -797,7 +797,8 @@ async fn seed_refresh_token(env: &Env, config: &mail2ticket::config::Config) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_refresh_token_gives_separate_access_tokens_per_use() {
-    use mail2ticket::auth::{Service, TokenRequest, TokenStore};
+    use mail2ticket::auth::{TokenRequest, TokenStore};
+    use mail2ticket::config::Service;
     let env = Env::start();
     let config = env.config(&[env.reader("helpdesk")]);
     let store = mail2ticket::store::Store::open(&config.store)

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::entra::{EntraErrorResponse, EntraTokenResponse, TransportError};
-use super::{AuthError, Credential, TokenRequest, TokenStore, request_error, with_credential};
+use super::{AuthError, ClientAuth, TokenRequest, TokenStore, request_error, with_credential};
 use crate::config::OAuthApp;
 
 /// Scopes that make Entra add an id_token naming the account.
@@ -133,7 +133,7 @@ impl TokenStore {
         };
         let code = code_from_redirect(&query, state.secret())?;
 
-        let credential = Credential::for_request(app)?;
+        let credential = ClientAuth::for_request(app)?;
         let response = with_credential!(
             client.exchange_code(AuthorizationCode::new(code)),
             credential
@@ -158,7 +158,7 @@ impl TokenStore {
         let app = &*app;
         let client = self.client(app)?;
         let scope = super::scope_for(app, req);
-        let credential = Credential::for_request(app)?;
+        let credential = ClientAuth::for_request(app)?;
         let details: StandardDeviceAuthorizationResponse =
             with_credential!(client.exchange_device_code(), credential)
                 .add_scopes(
@@ -179,7 +179,7 @@ impl TokenStore {
             "Waiting up to {} for the sign-in ...",
             humantime::format_duration(details.expires_in())
         ));
-        let credential = Credential::for_request(app)?;
+        let credential = ClientAuth::for_request(app)?;
         // The oauth2 crate polls at the server's interval, adds 5 s on
         // slow_down and keeps going on authorization_pending.
         let response = with_credential!(client.exchange_device_access_token(&details), credential)

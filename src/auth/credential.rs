@@ -21,35 +21,36 @@ const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 /// soon worthless (Entra accepts up to ten minutes).
 const ASSERTION_LIFETIME_SECS: u64 = 300;
 
-/// The credential a token request carries, as form fields.
-pub(super) enum Credential {
+/// How the app authenticates a token request, as form fields (the
+/// mailbox login is `source::Login`).
+pub(super) enum ClientAuth {
     Public,
     /// Sent by the oauth2 client itself (it knows the secret).
     Secret,
     Assertion(SecretString),
 }
 
-impl Credential {
+impl ClientAuth {
     /// Builds the credential for one request: a certificate assertion is
     /// signed afresh every time, with its own `jti`.
-    pub(super) fn for_request(app: &OAuthApp) -> Result<Credential, AuthError> {
+    pub(super) fn for_request(app: &OAuthApp) -> Result<ClientAuth, AuthError> {
         if app.client_secret.is_some() {
-            return Ok(Credential::Secret);
+            return Ok(ClientAuth::Secret);
         }
         match &app.client_certificate {
-            Some(cert) => Ok(Credential::Assertion(assertion(app, cert)?)),
-            None => Ok(Credential::Public),
+            Some(cert) => Ok(ClientAuth::Assertion(assertion(app, cert)?)),
+            None => Ok(ClientAuth::Public),
         }
     }
 
     /// The extra form fields to add to a token request.
     pub(super) fn params(&self) -> Vec<(&'static str, String)> {
         match self {
-            Credential::Assertion(jwt) => vec![
+            ClientAuth::Assertion(jwt) => vec![
                 ("client_assertion_type", ASSERTION_TYPE.to_string()),
                 ("client_assertion", jwt.expose_secret().to_string()),
             ],
-            Credential::Public | Credential::Secret => Vec::new(),
+            ClientAuth::Public | ClientAuth::Secret => Vec::new(),
         }
     }
 }

@@ -11,7 +11,6 @@
 //! interactive sign-in, which only names the account.
 
 mod authorize;
-mod cloud;
 mod credential;
 mod entra;
 pub mod sasl;
@@ -24,12 +23,12 @@ use oauth2::{RefreshToken, ResourceOwnerPassword, ResourceOwnerUsername, Scope, 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
+use crate::config::Service;
 use crate::config::{Grant, OAuthApp, SecretError, SecretRef};
-use crate::metrics::FailureClass;
-use crate::store::{ReaderState, Replaced, Store, StoreError, StoredToken, TokenVersion};
+use crate::outcome::{FailureClass, ReaderState};
+use crate::store::{Replaced, Store, StoreError, StoredToken, TokenVersion};
 pub use authorize::{Authorized, CodeFlowOptions, Interaction};
-pub use cloud::{Cloud, Service};
-use credential::Credential;
+use credential::ClientAuth;
 pub use entra::TransportError;
 use entra::{EntraClient, EntraErrorResponse, EntraTokenResponse, TokenError, TokenHttp};
 
@@ -377,7 +376,7 @@ impl TokenStore {
         let client = self.client(app)?;
         let http = self.http.within(req.timeout);
         if req.grant.is_app_only() {
-            let credential = Credential::for_request(app)?;
+            let credential = ClientAuth::for_request(app)?;
             let response = with_credential!(client.exchange_client_credentials(), credential)
                 .add_scopes(scopes(scope))
                 .request_async(&http)
@@ -402,7 +401,7 @@ impl TokenStore {
             let used = stored.version.clone();
             account.seen = Some(Some(used.clone()));
             let refresh = RefreshToken::new(stored.token.expose_secret().to_string());
-            let credential = Credential::for_request(app)?;
+            let credential = ClientAuth::for_request(app)?;
             let result = with_credential!(client.exchange_refresh_token(&refresh), credential)
                 // Entra needs the scope again on refresh (AADSTS900144).
                 .add_scopes(scopes(scope))
@@ -489,7 +488,7 @@ impl TokenStore {
                 detail: format!("reader account {} has no password configured", req.account),
             })?;
             let password = password.resolve()?;
-            let credential = Credential::for_request(app)?;
+            let credential = ClientAuth::for_request(app)?;
             let username = ResourceOwnerUsername::new(req.account.to_string());
             let password = ResourceOwnerPassword::new(password.expose_secret().to_string());
             let response =
@@ -718,6 +717,7 @@ fn is_consent_missing(e: &entra::EntraErrorResponse) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Cloud;
 
     #[test]
     fn margin_scales_with_lifetime() {

@@ -12,16 +12,17 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod cloud;
 mod mail;
 mod rules;
 
+pub use cloud::{Cloud, Service};
 pub use mail::{
     ClosedReply, GuardConfig, MailPolicy, ReplyConfig, SharedPolicy, SubjectTag, TagFrom,
     TicketsConfig,
 };
 pub use rules::{Matcher, Route, Rule, RuleAction, RuleMode, Rules};
 
-use crate::auth::Cloud;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use toml::Spanned;

@@ -24,7 +24,7 @@ use crate::auth::AuthError;
 use crate::config::{Config, Login, ReaderConfig, SecretError};
 use crate::metrics::AckResult;
 use crate::reader::{self, Context};
-use crate::source::Credential;
+use crate::source::SignInSecret;
 use crate::store::{DueAck, StoreError};
 pub use message::MessageError;
 pub use smtp::SmtpError;
@@ -195,7 +195,7 @@ async fn attempt_with(
             if obtained {
                 ctx.metrics.reader(&reader.name).token_obtained();
             }
-            let credential = Credential::Token(token);
+            let credential = SignInSecret::Token(token);
             let result =
                 smtp::submit(&submission(reader, reply, &credential), &envelope, &bytes).await;
             if let Err(e) = &result
@@ -208,7 +208,7 @@ async fn attempt_with(
             Ok(result?)
         }
         Login::Plain { password } => {
-            let credential = Credential::Password(password.resolve()?);
+            let credential = SignInSecret::Password(password.resolve()?);
             Ok(smtp::submit(&submission(reader, reply, &credential), &envelope, &bytes).await?)
         }
     }
@@ -217,7 +217,7 @@ async fn attempt_with(
 fn submission<'a>(
     reader: &'a ReaderConfig,
     reply: &'a crate::config::ReplyConfig,
-    credential: &'a Credential,
+    credential: &'a SignInSecret,
 ) -> smtp::Submission<'a> {
     smtp::Submission {
         reply,

@@ -37,7 +37,7 @@ use tokio::io::{
 
 use crate::auth::sasl;
 use crate::config::{ReplyConfig, Tls};
-use crate::source::Credential;
+use crate::source::SignInSecret;
 use crate::transport::{self, ConnectError, Endpoint, Stream};
 
 /// Bounds on what the plain-text part reads from a server.
@@ -174,7 +174,7 @@ pub struct Submission<'a> {
     pub reply: &'a ReplyConfig,
     /// The reader's username: the SASL identity.
     pub user: &'a str,
-    pub credential: &'a Credential,
+    pub credential: &'a SignInSecret,
     /// Bound on every single step (connect, handshake, one command).
     pub timeout: Duration,
 }
@@ -310,10 +310,10 @@ fn refused(server: &str, step: &'static str, e: &LettreError, about_message: boo
 
 /// The base64 credential line of SASL XOAUTH2 (a token) or PLAIN (a
 /// password).
-fn sasl_line(user: &str, credential: &Credential) -> SecretString {
+fn sasl_line(user: &str, credential: &SignInSecret) -> SecretString {
     let raw = match credential {
-        Credential::Token(token) => sasl::xoauth2(user, token.expose_secret()),
-        Credential::Password(password) => sasl::plain(user, password.expose_secret()),
+        SignInSecret::Token(token) => sasl::xoauth2(user, token.expose_secret()),
+        SignInSecret::Password(password) => sasl::plain(user, password.expose_secret()),
     };
     SecretString::from(BASE64.encode(raw.as_bytes()))
 }
@@ -362,9 +362,13 @@ impl Session {
         within(&self.server, step, self.timeout, self.conn.command(line)).await
     }
 
-    async fn authenticate(&mut self, user: &str, credential: &Credential) -> Result<(), SmtpError> {
+    async fn authenticate(
+        &mut self,
+        user: &str,
+        credential: &SignInSecret,
+    ) -> Result<(), SmtpError> {
         let secret = match credential {
-            Credential::Token(token) | Credential::Password(token) => token,
+            SignInSecret::Token(token) | SignInSecret::Password(token) => token,
         };
         let result = self.authenticate_unredacted(user, credential).await;
         let line = sasl_line(user, credential);
@@ -374,12 +378,12 @@ impl Session {
     async fn authenticate_unredacted(
         &mut self,
         user: &str,
-        credential: &Credential,
+        credential: &SignInSecret,
     ) -> Result<(), SmtpError> {
         const STEP: &str = "AUTH";
         let (mechanism, name, what) = match credential {
-            Credential::Token(_) => (Mechanism::Xoauth2, "XOAUTH2", "access token"),
-            Credential::Password(_) => (Mechanism::Plain, "PLAIN", "password"),
+            SignInSecret::Token(_) => (Mechanism::Xoauth2, "XOAUTH2", "access token"),
+            SignInSecret::Password(_) => (Mechanism::Plain, "PLAIN", "password"),
         };
         let initial = sasl_line(user, credential);
         if !self.conn.server_info().supports_auth_mechanism(mechanism) {
@@ -742,7 +746,7 @@ mod tests {
 
     #[test]
     fn credentials_echoed_by_a_server_are_redacted() {
-        let token = Credential::Token(SecretString::from("eyJ.secret-token"));
+        let token = SignInSecret::Token(SecretString::from("eyJ.secret-token"));
         let line = sasl_line("a@b", &token);
         let echoed = SmtpError::AuthRejected {
             server: "smtp.example.net".into(),
@@ -767,7 +771,7 @@ mod tests {
     #[test]
     fn credentials_echoed_cut_short_are_redacted() {
         let secret = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.secret-token";
-        let token = Credential::Token(SecretString::from(secret));
+        let token = SignInSecret::Token(SecretString::from(secret));
         let line = sasl_line("a@b", &token);
         let echoed = SmtpError::AuthRejected {
             server: "smtp.example.net".into(),

@@ -36,11 +36,12 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
 use super::refusal::{Meaning, Refusal};
-use super::{Batching, CheckReport, Credential, FirstContactPreview, PollReport};
+use super::{Batching, CheckReport, FirstContactPreview, PollReport, SignInSecret};
 use crate::auth::sasl;
 use crate::config::{After, Backfill, ReaderConfig, Tls};
 use crate::ingest::{self, Fetched, ParseTaskFailed};
-use crate::metrics::{FailureClass, ReaderMetrics};
+use crate::metrics::ReaderMetrics;
+use crate::outcome::FailureClass;
 use crate::scrub::Scrubber;
 use crate::store::{FolderPosition, MAX_REFUSALS, Owed, Store, StoreError};
 use crate::transport::{self, ConnectError, Endpoint, Progress, Stream};
@@ -469,14 +470,14 @@ fn quoted(text: &str) -> String {
 
 /// Every form this login's credential is sent in, for [`Scrubber`]: the
 /// secret itself and its SASL blob as it goes on the wire (base64).
-fn scrubber(user: &str, credential: &Credential) -> Scrubber {
+fn scrubber(user: &str, credential: &SignInSecret) -> Scrubber {
     let b64 = |payload: &str| base64::engine::general_purpose::STANDARD.encode(payload);
     match credential {
-        Credential::Token(token) => Scrubber::new([
+        SignInSecret::Token(token) => Scrubber::new([
             token.expose_secret().to_string(),
             b64(sasl::xoauth2(user, token.expose_secret()).as_str()),
         ]),
-        Credential::Password(password) => Scrubber::new([
+        SignInSecret::Password(password) => Scrubber::new([
             password.expose_secret().to_string(),
             b64(sasl::plain(user, password.expose_secret()).as_str()),
             quoted(password.expose_secret()),
@@ -485,7 +486,7 @@ fn scrubber(user: &str, credential: &Credential) -> Scrubber {
 }
 
 impl Session {
-    async fn open(reader: &ReaderConfig, credential: &Credential) -> Result<Session, ImapError> {
+    async fn open(reader: &ReaderConfig, credential: &SignInSecret) -> Result<Session, ImapError> {
         let t = reader.timeout;
         let endpoint = Endpoint::of(reader);
         let stream = transport::connect(&endpoint).await?;
@@ -516,7 +517,7 @@ impl Session {
         let user = reader.username.as_str();
         let scrub = scrubber(user, credential);
         let (login, what) = match credential {
-            Credential::Token(token) => (
+            SignInSecret::Token(token) => (
                 authenticate(
                     client,
                     "XOAUTH2",
@@ -530,7 +531,7 @@ impl Session {
                 .await,
                 "access token",
             ),
-            Credential::Password(password) => {
+            SignInSecret::Password(password) => {
                 (login_plain(client, user, password, t).await, "password")
             }
         };
@@ -1137,7 +1138,7 @@ fn unreadable_answer() -> ImapError {
 /// and makes sure the after-step can work (a `move:` target exists).
 pub async fn check(
     reader: &ReaderConfig,
-    credential: &Credential,
+    credential: &SignInSecret,
     store: &Store,
 ) -> Result<CheckReport, ImapError> {
     contained(check_inner(reader, credential, store)).await
@@ -1145,7 +1146,7 @@ pub async fn check(
 
 async fn check_inner(
     reader: &ReaderConfig,
-    credential: &Credential,
+    credential: &SignInSecret,
     store: &Store,
 ) -> Result<CheckReport, ImapError> {
     let mut session = Session::open(reader, credential).await?;
@@ -1283,7 +1284,7 @@ async fn idle_inner(
 /// one with the folder selected.
 async fn session_for_poll(
     reader: &ReaderConfig,
-    credential: &Credential,
+    credential: &SignInSecret,
     kept: &mut Option<Connection>,
 ) -> Result<(Session, Selected), ImapError> {
     if let Some(mut conn) = kept.take() {
@@ -1314,7 +1315,7 @@ async fn session_for_poll(
 /// [`idle`] and the next poll.
 pub async fn poll(
     reader: &ReaderConfig,
-    credential: &Credential,
+    credential: &SignInSecret,
     store: &Store,
     cancel: &CancellationToken,
     kept: &mut Option<Connection>,
@@ -1325,7 +1326,7 @@ pub async fn poll(
 
 async fn poll_inner(
     reader: &ReaderConfig,
-    credential: &Credential,
+    credential: &SignInSecret,
     store: &Store,
     cancel: &CancellationToken,
     kept: &mut Option<Connection>,
@@ -1710,29 +1711,8 @@ fn position(reader: &ReaderConfig, selected: &Selected) -> FolderPosition {
     }
 }
 
-/// Sorted UIDs as a compact IMAP sequence set: `1:3,7,9:10`.
-pub(crate) fn uid_set(uids: &[u32]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < uids.len() {
-        let start = uids[i];
-        let mut end = start;
-        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
-            i += 1;
-            end = uids[i];
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}:{end}"));
-        }
-        i += 1;
-    }
-    out
-}
+/// The store names UIDs in its events the same way, so the set lives there.
+pub(crate) use crate::store::uid_set;
 
 #[cfg(test)]
 mod tests {

@@ -14,8 +14,11 @@ pub mod imap;
 pub mod pop3;
 pub mod refusal;
 
-/// What a source logs in with; the user name is the reader's `username`.
-pub enum Credential {
+/// The secret a mailbox session (IMAP, POP3, SMTP submission) signs in
+/// with; the user name is the reader's `username`. Not `auth`'s client
+/// authentication, which is how the app proves itself to the token
+/// endpoint.
+pub enum SignInSecret {
     /// An OAuth access token, sent with SASL XOAUTH2.
     Token(SecretString),
     /// A password, sent with SASL PLAIN (or the protocol's plain login).

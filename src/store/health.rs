@@ -8,7 +8,8 @@
 
 use sqlx::{Sqlite, Transaction};
 
-use super::{BEGIN_WRITE, NOW, ReaderIdentity, ReaderState, StatusView, Store, StoreError};
+use super::{BEGIN_WRITE, NOW, ReaderIdentity, StatusView, Store, StoreError};
+use crate::outcome::ReaderState;
 
 /// History rows kept per reader.
 pub const EVENTS_KEPT: i64 = 1000;

@@ -14,59 +14,9 @@ use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::{NOW, StoreError};
 use crate::config::{ClosedReply, TagFrom};
-use crate::ingest::guard::{Guarded, Reason};
+use crate::ingest::guard::Guarded;
 use crate::ingest::{Incoming, ParsedMail, Verdict, thread};
-
-/// What committing a batch did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BatchOutcome {
-    /// New tickets opened.
-    pub created: usize,
-    /// Mails that joined an existing ticket (replies, reopenings, bounces
-    /// of our own mail).
-    pub joined: usize,
-    /// Mails kept out of tickets, by guard reason (indexed like
-    /// [`Reason::ALL`]); recorded as emails with their disposition.
-    pub ignored: [usize; Reason::ALL.len()],
-    /// Mails whose Message-ID (or content) was already ingested, by any
-    /// reader: their position is recorded, nothing else.
-    pub duplicates: usize,
-    /// Positions that were already in the ledger (a re-fetch after a crash).
-    pub already_recorded: usize,
-    /// Mails set aside whole in the quarantine (see `super::quarantine`).
-    pub quarantined: usize,
-}
-
-impl BatchOutcome {
-    pub fn ignored(&self, reason: Reason) -> usize {
-        Reason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.ignored[i])
-    }
-
-    fn count_ignored(&mut self, reason: Reason) {
-        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
-            self.ignored[i] += 1;
-        }
-    }
-
-    pub fn ignored_total(&self) -> usize {
-        self.ignored.iter().sum()
-    }
-
-    /// Adds what another commit of the same poll did.
-    pub fn add(&mut self, other: &BatchOutcome) {
-        self.created += other.created;
-        self.joined += other.joined;
-        for (mine, theirs) in self.ignored.iter_mut().zip(other.ignored) {
-            *mine += theirs;
-        }
-        self.duplicates += other.duplicates;
-        self.already_recorded += other.already_recorded;
-        self.quarantined += other.quarantined;
-    }
-}
+use crate::outcome::{BatchOutcome, Reason};
 
 /// What one reader's mail became recently, as `status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

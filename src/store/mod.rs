@@ -29,8 +29,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use first_contact::{FirstContact, FirstContactRow, ImapFloor};
 pub use health::{DaemonStatus, EVENTS_KEPT, ReaderEvent, ReaderStatus};
 pub use key::{KeyError, StoreKey};
-pub use mails::{BatchOutcome, MailCounts};
+pub use mails::MailCounts;
 pub use outbox::{AttemptRecorded, DueAck, MAX_ATTEMPTS, OutboxStatus, retry_delay};
+pub(crate) use owed::uid_set;
 pub use owed::{MAX_REFUSALS, Owed};
 pub use quarantine::{QUARANTINED, QuarantineEntry, QuarantineReason, Retried};
 pub use tickets::FolderPosition;
@@ -210,50 +211,6 @@ impl WriteFaults {
 #[derive(Debug)]
 pub struct DaemonLock {
     _file: std::fs::File,
-}
-
-/// Where a reader stands; kept in `readers.state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReaderState {
-    Ok,
-    /// A transient failure: backing off and trying again.
-    Retrying,
-    /// Someone must sign in again (`mail2ticket authorize`) or fix the
-    /// account in Entra; no request is made until then.
-    NeedsAuthorization,
-    /// The config or the app registration is wrong; no request is made
-    /// until it changes.
-    Misconfigured,
-}
-
-impl ReaderState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReaderState::Ok => "ok",
-            ReaderState::Retrying => "retrying",
-            ReaderState::NeedsAuthorization => "needs_authorization",
-            ReaderState::Misconfigured => "misconfigured",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<ReaderState> {
-        [
-            ReaderState::Ok,
-            ReaderState::Retrying,
-            ReaderState::NeedsAuthorization,
-            ReaderState::Misconfigured,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
-    }
-
-    /// States that wait for a person rather than for time.
-    pub fn is_parked(self) -> bool {
-        matches!(
-            self,
-            ReaderState::NeedsAuthorization | ReaderState::Misconfigured
-        )
-    }
 }
 
 /// Which account a reader signs in as, recorded so that `authorize` and

@@ -15,6 +15,31 @@ use super::tickets::where_position;
 use super::{NOW, Store, StoreError};
 use crate::store::FolderPosition;
 
+/// Sorted UIDs as a compact IMAP sequence set: `1:3,7,9:10`; what the
+/// IMAP reader sends and what this ledger's events name.
+pub(crate) fn uid_set(uids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let start = uids[i];
+        let mut end = start;
+        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
+            i += 1;
+            end = uids[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
 /// Polls a UID may go undelivered before it is set aside in the
 /// quarantine: enough to ride out a server's bad minute (polls back off),
 /// few enough that an admin hears of a mail the server will not give.
@@ -130,7 +155,7 @@ impl Store {
                  (UID {}): {why}",
                 uids.len(),
                 pos.folder,
-                crate::source::imap::uid_set(uids)
+                uid_set(uids)
             ),
         )
         .await?;

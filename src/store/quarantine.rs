@@ -15,9 +15,10 @@ use sha2::{Digest, Sha256};
 use sqlx::{Sqlite, Transaction};
 
 use super::health::insert_event;
-use super::mails::{BatchOutcome, put_blob, store_mails};
+use super::mails::{put_blob, store_mails};
 use super::{NOW, StatusView, Store, StoreError};
 use crate::ingest::Incoming;
+use crate::outcome::BatchOutcome;
 
 /// How every quarantined mail's disposition starts.
 pub const QUARANTINED: &str = "quarantined: ";

@@ -6,10 +6,11 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
-use super::mails::{BatchOutcome, ROWS_PER_INSERT, in_list, store_mails};
+use super::mails::{ROWS_PER_INSERT, in_list, store_mails};
 use super::quarantine::{self, QuarantineReason};
 use super::{NOW, Store, StoreError};
 use crate::ingest::Incoming;
+use crate::outcome::BatchOutcome;
 
 /// A folder of one reader at one UIDVALIDITY: the space UIDs live in.
 #[derive(Debug, Clone)]
@@ -416,7 +417,8 @@ mod tests {
     use super::*;
     use crate::config::StoreConfig;
     use crate::ingest::Incoming;
-    use crate::store::{ReaderIdentity, ReaderState, Retried};
+    use crate::outcome::ReaderState;
+    use crate::store::{ReaderIdentity, Retried};
 
     use crate::store::open_in as store;
 

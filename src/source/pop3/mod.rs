@@ -24,10 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use self::proto::{Capabilities, Connection, Pop3Error as WireError};
 use super::refusal::Refusal;
-use super::{Batching, CheckReport, Credential, FirstContactPreview, PollReport};
+use super::{Batching, CheckReport, FirstContactPreview, PollReport, SignInSecret};
 use crate::config::{After, Backfill, ReaderConfig, Tls};
 use crate::ingest::{self, Fetched, ParseTaskFailed};
-use crate::metrics::{FailureClass, ReaderMetrics};
+use crate::metrics::ReaderMetrics;
+use crate::outcome::FailureClass;
 use crate::store::{Store, StoreError};
 use crate::transport::{self, ConnectError, Endpoint, Stream};
 
@@ -115,7 +116,7 @@ struct Session {
 }
 
 impl Session {
-    async fn open(reader: &ReaderConfig, credential: &Credential) -> Result<Session, Pop3Error> {
+    async fn open(reader: &ReaderConfig, credential: &SignInSecret) -> Result<Session, Pop3Error> {
         let t = reader.timeout;
         let endpoint = Endpoint::of(reader);
         let mut conn = Connection::new(transport::connect(&endpoint).await?, t);
@@ -139,11 +140,11 @@ impl Session {
         let (result, what) = match credential {
             // Always the two-step form: Exchange Online refuses XOAUTH2 as an
             // initial response on the AUTH line.
-            Credential::Token(token) => (conn.auth_xoauth2(user, token).await, "access token"),
-            Credential::Password(password) if caps.sasl.iter().any(|m| m == "PLAIN") => {
+            SignInSecret::Token(token) => (conn.auth_xoauth2(user, token).await, "access token"),
+            SignInSecret::Password(password) if caps.sasl.iter().any(|m| m == "PLAIN") => {
                 (conn.auth_plain(user, password).await, "password")
             }
-            Credential::Password(password) => (conn.user_pass(user, password).await, "password"),
+            SignInSecret::Password(password) => (conn.user_pass(user, password).await, "password"),
         };
         match result {
             Err(WireError::AuthRejected { text }) => Err(refused_login(what, user, text)),
@@ -251,7 +252,7 @@ async fn skipped_uidls(
 /// Connects, authenticates and counts what is waiting.
 pub async fn check(
     reader: &ReaderConfig,
-    credential: &Credential,
+    credential: &SignInSecret,
     store: &Store,
 ) -> Result<CheckReport, Pop3Error> {
     let mut session = Session::open(reader, credential).await?;
@@ -292,7 +293,7 @@ pub async fn check(
 /// deletes committed mail when `after = "delete"`.
 pub async fn poll(
     reader: &ReaderConfig,
-    credential: &Credential,
+    credential: &SignInSecret,
     store: &Store,
     cancel: &CancellationToken,
     meter: &ReaderMetrics,
