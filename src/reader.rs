@@ -356,6 +356,11 @@ async fn record<T>(
         Err(e) => {
             if let Some(store_error) = e.store_error() {
                 ctx.store.note_write(&writer(reader), Err(store_error));
+                if store_error.is_database_fault() {
+                    // Recording the failure needs the same database and
+                    // may wait out its busy timeout, or fail: say it now.
+                    tracing::warn!(error = %e, "the database failed this poll");
+                }
             }
             let state = e.state();
             meter.failed(e.class());
