@@ -500,7 +500,6 @@ async fn identity_endpoint_down_then_slow_is_named_and_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_locked_by_another_process_loses_and_duplicates_nothing() {
     use sqlx::Connection as _;
-    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
     let env = Env::start();
     let port = free_port();
@@ -515,16 +514,7 @@ async fn a_database_locked_by_another_process_loses_and_duplicates_nothing() {
         daemon.stderr_tail(30)
     );
 
-    let options = SqliteConnectOptions::new()
-        .filename(env.db_file())
-        .busy_timeout(Duration::from_secs(30));
-    let mut lock = SqliteConnection::connect_with(&options)
-        .await
-        .expect("open the database");
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut lock)
-        .await
-        .expect("lock the database");
+    let mut lock = env.lock_database().await;
     let locked = Instant::now();
     let log_before = daemon.stderr().len();
     let mut unhealthy = false;

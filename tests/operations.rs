@@ -551,7 +551,6 @@ async fn http_endpoints_and_metrics_follow_what_the_readers_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_pings_stop_while_the_database_is_locked_and_resume_after() {
     use sqlx::Connection as _;
-    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
     let env = Env::start();
     let (listen, port) = listen_line();
@@ -591,16 +590,7 @@ async fn watchdog_pings_stop_while_the_database_is_locked_and_resume_after() {
     assert_eq!(code, Some(0), "health while all is well: {output}");
 
     // Another process holds the write lock.
-    let options = SqliteConnectOptions::new()
-        .filename(env.db_file())
-        .busy_timeout(Duration::from_secs(30));
-    let mut lock = SqliteConnection::connect_with(&options)
-        .await
-        .expect("open the database");
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut lock)
-        .await
-        .expect("lock the database");
+    let mut lock = env.lock_database().await;
     let silent = wait_until(WAIT, || async {
         notify
             .last_time_of("WATCHDOG", "1")

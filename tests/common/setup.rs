@@ -120,6 +120,24 @@ impl Env {
         self.path("mail2ticket.db")
     }
 
+    /// Takes the database's write lock from another connection, as another
+    /// process would (`BEGIN EXCLUSIVE`); held until the connection's
+    /// transaction ends or it is dropped.
+    pub async fn lock_database(&self) -> sqlx::SqliteConnection {
+        use sqlx::Connection as _;
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(self.db_file())
+            .busy_timeout(Duration::from_secs(30));
+        let mut lock = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .expect("open the database");
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut lock)
+            .await
+            .expect("lock the database");
+        lock
+    }
+
     /// The file the default reader reads its password from.
     pub fn password_file(&self, user: &str) -> PathBuf {
         self.path(&format!("password-{user}"))
