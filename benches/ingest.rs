@@ -88,7 +88,7 @@ async fn ingest(env: &Env, name: &str, user: &str) -> (Duration, usize) {
 
 fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
-        mail2ticket::logging::init(mail2ticket::config::LogFormat::Text);
+        mail2ticket::ops::logging::init(mail2ticket::config::LogFormat::Text);
     }
     let n = mails();
     let small = (n / 10).max(1);

@@ -16,15 +16,16 @@ use tracing::Instrument as _;
 
 use crate::auth::{AuthError, Authorized, CodeFlowOptions, Interaction, TokenStore};
 use crate::config::{Config, Grant, ReaderConfig};
-use crate::liveness::Liveness;
-use crate::metrics::Metrics;
-use crate::notify::Notifier;
+use crate::ops::liveness::Liveness;
+use crate::ops::metrics::Metrics;
+use crate::ops::notify::Notifier;
+use crate::ops::reload::Triggers;
+use crate::ops::{http, status};
+use crate::outbound;
 use crate::reader::{self, Context, PollError};
-use crate::reload::Triggers;
 use crate::scheduler::{Registered, Scheduler};
 use crate::source::{CheckReport, PollReport};
 use crate::store::{ReaderIdentity, Store, StoreError};
-use crate::{http, outbound, status};
 
 /// The scheduler's heartbeat when no systemd watchdog sets a faster one.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -82,7 +83,7 @@ fn context(config: &Config, store: Store) -> Result<Arc<Context>, StartError> {
         tokens,
         metrics: Metrics::new(),
         acks: tokio::sync::Notify::new(),
-        fds: crate::fds::Pressure::default(),
+        fds: crate::ops::fds::Pressure::default(),
     }))
 }
 
@@ -133,7 +134,7 @@ fn log_reader(what: &'static str, r: &Registered) {
 /// behind `/healthz` and the systemd watchdog, reloads on SIGHUP (or a
 /// changed file), and the HTTP endpoint when configured.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    match crate::fds::raise_limit() {
+    match crate::ops::fds::raise_limit() {
         Ok(limit) => tracing::debug!(
             ?limit,
             "file-descriptor limit (soft, raised to the hard one)"

@@ -49,22 +49,22 @@
 //!   reloads, systemd status), and the `run --once` / `check` /
 //!   `authorize` modes.
 //!
-//! Around that path, for the people who run it:
+//! Around that path, for the people who run it, [`ops`]:
 //!
-//! * [`shutdown`]: the cancellation token and the signals that fire it.
-//! * [`reload`]: what asks for a config reload (SIGHUP, a changed file).
-//! * [`liveness`]: the heartbeat rule behind `/healthz` and the watchdog.
-//! * [`notify`]: what systemd is told (READY, STATUS, WATCHDOG, STOPPING).
-//! * [`metrics`]: the Prometheus registry and every metric's name.
-//! * [`http`]: `/healthz`, `/readyz`, `/metrics`, with the timeouts and
-//!   the connection cap that keep clients from starving the daemon.
-//! * [`fds`]: the file-descriptor limit, raised at start; running out of
-//!   descriptors named in `last_error` and failing `/healthz`.
-//! * [`status`]: `status` and `health`: tables, JSON, stale readers.
-//! * [`quarantine`]: `quarantine list | show | retry | drop`, the admin's
-//!   side of the mail the store set aside whole.
-//! * [`logging`]: the tracing subscriber (text or JSON), with
-//!   credential-bearing targets capped.
+//!   * [`ops::shutdown`]: the cancellation token and the signals that fire it.
+//!   * [`ops::reload`]: what asks for a config reload (SIGHUP, a changed file).
+//!   * [`ops::liveness`]: the heartbeat rule behind `/healthz` and the watchdog.
+//!   * [`ops::notify`]: what systemd is told (READY, STATUS, WATCHDOG, STOPPING).
+//!   * [`ops::metrics`]: the Prometheus registry and every metric's name.
+//!   * [`ops::http`]: `/healthz`, `/readyz`, `/metrics`, with the timeouts and
+//!     the connection cap that keep clients from starving the daemon.
+//!   * [`ops::fds`]: the file-descriptor limit, raised at start; running out of
+//!     descriptors named in `last_error` and failing `/healthz`.
+//!   * [`ops::status`]: `status` and `health`: tables, JSON, stale readers.
+//!   * [`ops::quarantine`]: `quarantine list | show | retry | drop`, the admin's
+//!     side of the mail the store set aside whole.
+//!   * [`ops::logging`]: the tracing subscriber (text or JSON), with
+//!     credential-bearing targets capped.
 //! * [`scrub`]: server text cut free of the credential in use (whole or
 //!   any 16-character piece) before it reaches a log, `last_error` or
 //!   history; used by IMAP, POP3 and SMTP alike.
@@ -83,25 +83,16 @@
 pub mod auth;
 pub mod config;
 pub mod daemon;
-pub mod fds;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod http;
 pub mod ingest;
-pub mod liveness;
-pub mod logging;
-pub mod metrics;
-pub mod notify;
+pub mod ops;
 pub mod outbound;
 pub mod outcome;
-pub mod quarantine;
 pub mod reader;
-pub mod reload;
 pub mod scheduler;
 pub mod scrub;
-pub mod shutdown;
 pub mod source;
-pub mod status;
 pub mod store;
 pub mod transport;

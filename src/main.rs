@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use mail2ticket::auth::{CodeFlowOptions, Interaction};
 use mail2ticket::config::{self, Config};
 use mail2ticket::daemon::SignInMethod;
-use mail2ticket::{daemon, shutdown, status, store::StatusView};
+use mail2ticket::ops::{shutdown, status};
+use mail2ticket::{daemon, store::StatusView};
 
 /// Turns support mailboxes into helpdesk tickets.
 #[derive(Parser)]
@@ -139,7 +140,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    mail2ticket::logging::init(config.daemon.log_format);
+    mail2ticket::ops::logging::init(config.daemon.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -289,7 +290,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
 }
 
 async fn quarantine(config: &Config, action: QuarantineAction) -> anyhow::Result<ExitCode> {
-    use mail2ticket::quarantine::{self, Which};
+    use mail2ticket::ops::quarantine::{self, Which};
     match action {
         QuarantineAction::List { reader, json } => {
             let entries = quarantine::list(config, reader.as_deref()).await?;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{AuthError, TokenRequest, TokenStore};
 use crate::config::Service;
 use crate::config::{Grant, Login, OAuthLogin, Protocol, ReaderConfig, SecretError};
-use crate::metrics::{Metrics, ReaderMetrics};
+use crate::ops::metrics::{Metrics, ReaderMetrics};
 use crate::outcome::{FailureClass, ReaderState};
 use crate::source::{CheckReport, PollReport, SignInSecret, imap, pop3};
 use crate::store::{Store, StoreError};
@@ -26,7 +26,7 @@ pub struct Context {
     /// Wakes the acknowledgement sender (a poll opened tickets).
     pub acks: tokio::sync::Notify,
     /// Running out of file descriptors, which fails `/healthz`.
-    pub fds: crate::fds::Pressure,
+    pub fds: crate::ops::fds::Pressure,
 }
 
 /// Why a poll failed; the text is the reader's `last_error`.
@@ -371,10 +371,10 @@ async fn record<T>(
             };
             // "os error 24" deep in a connect error names neither the cause
             // nor the fix; the limit does.
-            let exhausted = crate::fds::Exhausted::of(e).or_else(|| {
+            let exhausted = crate::ops::fds::Exhausted::of(e).or_else(|| {
                 e.store_error()
                     .filter(|s| s.cannot_open())
-                    .and_then(|_| crate::fds::Exhausted::now())
+                    .and_then(|_| crate::ops::fds::Exhausted::now())
             });
             if let Some(what) = exhausted {
                 ctx.fds.met(what);

@@ -203,7 +203,7 @@ async fn a_mail_refused_for_good_ends_in_the_quarantine() {
     assert_eq!(report.quarantined, 1);
     assert_eq!(tickets(&env).await, 1);
     assert_eq!(owed(&env).await, 0);
-    let list = mail2ticket::quarantine::list(&config, None)
+    let list = mail2ticket::ops::quarantine::list(&config, None)
         .await
         .expect("list");
     assert_eq!(list.len(), 1, "{list:?}");
@@ -242,10 +242,12 @@ async fn a_mail_refused_for_good_ends_in_the_quarantine() {
         s.fetch_answer = None;
         s.withhold.clear();
     });
-    let retried =
-        mail2ticket::quarantine::retry(&config, mail2ticket::quarantine::Which::One(entry.id))
-            .await
-            .expect("retry");
+    let retried = mail2ticket::ops::quarantine::retry(
+        &config,
+        mail2ticket::ops::quarantine::Which::One(entry.id),
+    )
+    .await
+    .expect("retry");
     assert!(
         matches!(retried[0].1, Ok(mail2ticket::store::Retried::AskedAgain)),
         "{retried:?}"
@@ -253,7 +255,7 @@ async fn a_mail_refused_for_good_ends_in_the_quarantine() {
     poll(&env, &config).await.expect("fetched");
     assert_each_once(&env, 2).await;
     assert!(
-        mail2ticket::quarantine::list(&config, None)
+        mail2ticket::ops::quarantine::list(&config, None)
             .await
             .expect("list")
             .is_empty()

@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 
 use crate::auth::AuthError;
 use crate::config::{Config, Login, ReaderConfig, SecretError};
-use crate::metrics::AckResult;
+use crate::ops::metrics::AckResult;
 use crate::reader::{self, Context};
 use crate::source::SignInSecret;
 use crate::store::{DueAck, StoreError};

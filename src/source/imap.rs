@@ -40,7 +40,7 @@ use super::{Batching, CheckReport, FirstContactPreview, PollReport, SignInSecret
 use crate::auth::sasl;
 use crate::config::{After, Backfill, ReaderConfig, Tls};
 use crate::ingest::{self, Fetched, ParseTaskFailed};
-use crate::metrics::ReaderMetrics;
+use crate::ops::metrics::ReaderMetrics;
 use crate::outcome::FailureClass;
 use crate::scrub::Scrubber;
 use crate::store::{FolderPosition, MAX_REFUSALS, Owed, Store, StoreError};

@@ -27,7 +27,7 @@ use super::refusal::Refusal;
 use super::{Batching, CheckReport, FirstContactPreview, PollReport, SignInSecret};
 use crate::config::{After, Backfill, ReaderConfig, Tls};
 use crate::ingest::{self, Fetched, ParseTaskFailed};
-use crate::metrics::ReaderMetrics;
+use crate::ops::metrics::ReaderMetrics;
 use crate::outcome::FailureClass;
 use crate::store::{Store, StoreError};
 use crate::transport::{self, ConnectError, Endpoint, Stream};

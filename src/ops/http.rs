@@ -6,8 +6,8 @@
 //! [`REQUEST_TIMEOUT`], and idle ones given up first when a newcomer needs
 //! a place or a file descriptor; so idle or slow clients can neither hold
 //! the descriptors the readers need nor keep health checks out. What "alive" means is
-//! [`crate::liveness`]'s (and [`crate::fds`]'s for running out of file
-//! descriptors), the exposition is [`crate::metrics`]'s. Plain HTTP, meant
+//! [`crate::ops::liveness`]'s (and [`crate::ops::fds`]'s for running out of file
+//! descriptors), the exposition is [`crate::ops::metrics`]'s. Plain HTTP, meant
 //! for loopback or a container network: it serves no secrets.
 
 use std::collections::VecDeque;
@@ -29,9 +29,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::fds::{Exhausted, Pressure};
-use crate::liveness::Liveness;
-use crate::metrics::Metrics;
+use crate::ops::fds::{Exhausted, Pressure};
+use crate::ops::liveness::Liveness;
+use crate::ops::metrics::Metrics;
 
 /// Connections served at once. Health checks and a scraper need a handful;
 /// when all are taken, the oldest that has not yet sent a whole request
