@@ -10,8 +10,10 @@ use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::locate::Locator;
 use super::rules::Rules;
-use super::{ConfigError, HumanDuration, Locator, Tls};
+use super::value::{HumanDuration, is_loopback};
+use super::{ConfigError, Tls};
 
 /// Everything the ingest path of one reader decides with; shared, and
 /// rebuilt on reload.
@@ -415,7 +417,7 @@ pub(super) fn reply(
         }
     };
     let tls = raw.tls.unwrap_or(Tls::StartTls);
-    if tls == Tls::None && !super::is_loopback(&host) {
+    if tls == Tls::None && !is_loopback(&host) {
         return Err(locate.at_table(
             defaults.span,
             "reader.reply.tls",

@@ -9,7 +9,8 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, Locator};
+use super::ConfigError;
+use super::locate::Locator;
 
 /// The rules, in file order.
 #[derive(Debug, Clone, Default)]
