@@ -11,12 +11,12 @@
 //! ([`Store::write_fault`]).
 
 mod first_contact;
-mod health;
 mod key;
-mod mails;
+mod ledger;
 mod outbox;
 mod owed;
 mod quarantine;
+mod readers;
 mod tickets;
 mod tokens;
 
@@ -27,14 +27,14 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use first_contact::{FirstContact, FirstContactRow, ImapFloor};
-pub use health::{DaemonStatus, EVENTS_KEPT, ReaderEvent, ReaderStatus};
+pub use readers::{DaemonStatus, EVENTS_KEPT, ReaderEvent, ReaderStatus};
 pub use key::{KeyError, StoreKey};
-pub use mails::MailCounts;
+pub use tickets::MailCounts;
 pub use outbox::{AttemptRecorded, DueAck, MAX_ATTEMPTS, OutboxStatus, retry_delay};
 pub(crate) use owed::uid_set;
 pub use owed::{MAX_REFUSALS, Owed};
 pub use quarantine::{QUARANTINED, QuarantineEntry, QuarantineReason, Retried};
-pub use tickets::FolderPosition;
+pub use ledger::FolderPosition;
 pub use tokens::{Replaced, StoredToken, TokenVersion};
 
 use crate::config::StoreConfig;
