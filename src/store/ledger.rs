@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
-use super::tickets::{ROWS_PER_INSERT, in_list, store_mails};
 use super::quarantine::{self, QuarantineReason};
+use super::tickets::{ROWS_PER_INSERT, in_list, store_mails};
 use super::{NOW, Store, StoreError};
 use crate::ingest::Incoming;
 use crate::outcome::BatchOutcome;
@@ -415,10 +415,8 @@ pub(super) fn where_position<'q>(q: &mut QueryBuilder<'q, Sqlite>, pos: &'q Fold
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreConfig;
     use crate::ingest::Incoming;
-    use crate::outcome::ReaderState;
-    use crate::store::{ReaderIdentity, Retried};
+    use crate::store::Retried;
 
     use crate::store::open_in as store;
 
@@ -566,117 +564,5 @@ mod tests {
                 .await
                 .expect("position");
         assert_eq!(pointed, email);
-    }
-
-    #[tokio::test]
-    async fn reader_health_is_recorded() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = store(&dir).await;
-        store
-            .register_reader(ReaderIdentity {
-                name: "r",
-                protocol: "imap",
-                oauth: Some("app"),
-                account: "a@example.com",
-                grant: "authorization_code",
-                config_hash: "h1",
-            })
-            .await
-            .expect("register");
-        let retrying = ReaderState::Retrying;
-        assert_eq!(
-            store
-                .record_failure("r", retrying, "boom")
-                .await
-                .expect("fail"),
-            1
-        );
-        assert_eq!(
-            store
-                .record_failure("r", ReaderState::NeedsAuthorization, "boom again")
-                .await
-                .expect("fail"),
-            2
-        );
-        let s = &store.status_view().reader_statuses().await.expect("status")[0];
-        assert_eq!(s.last_error.as_deref(), Some("boom again"));
-        assert_eq!(s.consecutive_failures, 2);
-        assert_eq!(s.state, "needs_authorization");
-        assert_eq!(s.refresh_idle_days, None);
-
-        // A sign-in for another account releases nothing; for this one, it does.
-        let none = store.release_authorized("app", "b@example.com").await;
-        assert!(none.expect("release").is_empty());
-        let released = store.release_authorized("app", "A@example.com").await;
-        assert_eq!(released.expect("release"), ["r"]);
-        assert_eq!(
-            store.reader_state("r").await.expect("state").map(|s| s.0),
-            Some(ReaderState::Ok)
-        );
-
-        // Registering again with the same settings keeps a stopped reader
-        // stopped; changed settings release it.
-        let identity = |hash| ReaderIdentity {
-            name: "r",
-            protocol: "imap",
-            oauth: Some("app"),
-            account: "a@example.com",
-            grant: "authorization_code",
-            config_hash: hash,
-        };
-        store
-            .record_failure("r", ReaderState::Misconfigured, "bad secret")
-            .await
-            .expect("fail");
-        let same = store
-            .register_reader(identity("h1"))
-            .await
-            .expect("register");
-        assert_eq!(same, ReaderState::Misconfigured);
-        let changed = store
-            .register_reader(identity("h2"))
-            .await
-            .expect("register");
-        assert_eq!(changed, ReaderState::Ok);
-
-        store
-            .save_refresh_token("app", "a@example.com", &"rt".into())
-            .await
-            .expect("save");
-        sqlx::query(
-            "UPDATE oauth_tokens SET last_used_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-81 days')",
-        )
-        .execute(store.pool())
-        .await
-        .expect("age the token");
-        store.record_success("r").await.expect("ok");
-        let s = &store.status_view().reader_statuses().await.expect("status")[0];
-        assert_eq!(s.last_error, None);
-        assert_eq!(s.consecutive_failures, 0);
-        assert_eq!(s.state, "ok");
-        assert_eq!(s.refresh_idle_days, Some(81));
-        assert!(s.last_success_at.is_some());
-    }
-
-    #[tokio::test]
-    async fn reopening_with_another_key_fails_clearly() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        drop(store(&dir).await);
-        let other_key = dir.path().join("other.key");
-        std::fs::write(&other_key, "11".repeat(32)).expect("write key");
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&other_key, std::fs::Permissions::from_mode(0o600))
-                .expect("chmod key");
-        }
-        let config = StoreConfig {
-            database: format!("sqlite://{}", dir.path().join("t.db").display()),
-            key_file: Some(other_key),
-        };
-        let err = Store::open(&config).await.unwrap_err();
-        assert!(
-            err.to_string().contains("does not match this database"),
-            "{err}"
-        );
     }
 }

@@ -9,9 +9,9 @@
 
 use sqlx::QueryBuilder;
 
-use super::readers::insert_event;
-use super::quarantine::set_aside_refused;
 use super::ledger::where_position;
+use super::quarantine::set_aside_refused;
+use super::readers::insert_event;
 use super::{NOW, Store, StoreError};
 use crate::store::FolderPosition;
 
