@@ -1,5 +1,7 @@
-//! The ledgers of where each mail came from (IMAP folder positions, POP3
-//! UIDLs), committed in one transaction with the tickets and emails the
+//! The ledgers of where each mail came from (IMAP folder positions and
+//! their watermark, POP3 UIDLs, the after-steps still pending), and the one
+//! commit of a fetched batch ([`Store::commit_batch`], for either ledger):
+//! its ledger rows in one transaction with the tickets and emails the
 //! batch's mail became (decided in `super::tickets`).
 
 use std::collections::{HashMap, HashSet};
@@ -18,6 +20,33 @@ pub struct FolderPosition {
     pub reader: String,
     pub folder: String,
     pub uidvalidity: u32,
+}
+
+/// A batch of fetched mails, each under its key in the ledger it is
+/// recorded in: what [`Store::commit_batch`] commits.
+#[derive(Debug, Clone, Copy)]
+pub enum Batch<'a> {
+    /// IMAP mails by UID in one folder position.
+    Imap {
+        position: &'a FolderPosition,
+        mails: &'a [(u32, Incoming)],
+        /// UIDs of earlier batches whose after-step has since succeeded;
+        /// recorded in the same transaction, which saves a write (and a
+        /// wait for the write lock) per batch.
+        after_done: &'a [u32],
+    },
+    /// POP3 mails by UIDL of one reader.
+    Pop3 {
+        reader: &'a str,
+        mails: &'a [(String, Incoming)],
+        /// Each mail's listed size, by UIDL: a UIDL in the ledger with
+        /// another known size is a new mail under a reused UIDL, stored,
+        /// and its row replaced. A UIDL without one is recorded without.
+        sizes: &'a HashMap<String, u64>,
+        /// Whether the after-step (deleting the mail) is still to come: the
+        /// UIDL stays pending until `mark_pop3_done`, else is done at once.
+        pending: bool,
+    },
 }
 
 impl Store {
@@ -83,7 +112,7 @@ impl Store {
     }
 
     /// [`Store::pop3_ledger`] with the size each UIDL was ingested at, when
-    /// known (see [`Store::commit_pop3_batch_sized`]).
+    /// known (see [`Batch::Pop3`]).
     pub async fn pop3_ledger_sized(
         &self,
         reader: &str,
@@ -100,37 +129,6 @@ impl Store {
                 (uidl, (state == "pending", size))
             })
             .collect())
-    }
-
-    /// Commits POP3 mails in one transaction: a ticket for each new mail
-    /// and its UIDL in the ledger, pending until `mark_pop3_done` when
-    /// `pending` (the after-step is to delete it), else done at once. A
-    /// mail whose content cannot be stored is set aside in the quarantine
-    /// (see [`isolating`]).
-    pub async fn commit_pop3_batch(
-        &self,
-        reader: &str,
-        mails: &[(String, Incoming)],
-        pending: bool,
-    ) -> Result<BatchOutcome, StoreError> {
-        self.commit_pop3_batch_sized(reader, mails, &HashMap::new(), pending)
-            .await
-    }
-
-    /// [`Store::commit_pop3_batch`] recording each mail's listed size
-    /// (`sizes`, by UIDL): a UIDL in the ledger with another known size is
-    /// a new mail under a reused UIDL, stored, and its row replaced.
-    pub async fn commit_pop3_batch_sized(
-        &self,
-        reader: &str,
-        mails: &[(String, Incoming)],
-        sizes: &HashMap<String, u64>,
-        pending: bool,
-    ) -> Result<BatchOutcome, StoreError> {
-        isolating(mails, |mails, set_aside| {
-            self.commit_pop3_once(reader, mails, sizes, pending, set_aside)
-        })
-        .await
     }
 
     async fn commit_pop3_once(
@@ -210,29 +208,39 @@ impl Store {
     }
 
     /// Commits a batch of fetched mails in one transaction: a ticket for each
-    /// new mail, and the source position of every mail. Either all of it is
-    /// stored or none, so a crash at any point neither loses nor duplicates.
-    /// A mail whose content cannot be stored is set aside in the quarantine
-    /// and the rest of the batch still commits (see [`isolating`]).
-    ///
-    /// `after_done` lists UIDs of earlier batches whose after-step has since
-    /// succeeded; they are recorded in the same transaction, which saves a
-    /// write (and a wait for the write lock) per batch.
-    pub async fn commit_batch(
-        &self,
-        pos: &FolderPosition,
-        mails: &[(u32, Incoming)],
-        after_done: &[u32],
-    ) -> Result<BatchOutcome, StoreError> {
-        // Recording `after_done` again with each mail of the isolating path
-        // is harmless: it only marks rows done.
-        isolating(mails, |mails, set_aside| {
-            self.commit_batch_once(pos, mails, after_done, set_aside)
-        })
-        .await
+    /// new mail, and the ledger row of every mail (see [`Batch`]). Either all
+    /// of it is stored or none, so a crash at any point neither loses nor
+    /// duplicates. A mail whose content cannot be stored is set aside in the
+    /// quarantine and the rest of the batch still commits (see `isolating`).
+    pub async fn commit_batch(&self, batch: Batch<'_>) -> Result<BatchOutcome, StoreError> {
+        match batch {
+            Batch::Imap {
+                position,
+                mails,
+                after_done,
+            } => {
+                // Recording `after_done` again with each mail of the
+                // isolating path is harmless: it only marks rows done.
+                isolating(mails, |mails, set_aside| {
+                    self.commit_imap_once(position, mails, after_done, set_aside)
+                })
+                .await
+            }
+            Batch::Pop3 {
+                reader,
+                mails,
+                sizes,
+                pending,
+            } => {
+                isolating(mails, |mails, set_aside| {
+                    self.commit_pop3_once(reader, mails, sizes, pending, set_aside)
+                })
+                .await
+            }
+        }
     }
 
-    async fn commit_batch_once(
+    async fn commit_imap_once(
         &self,
         pos: &FolderPosition,
         mails: &[(u32, Incoming)],
@@ -450,7 +458,14 @@ mod tests {
                 )
             })
             .collect();
-        let first = store.commit_batch(&a, &mails, &[]).await.expect("commit");
+        let first = store
+            .commit_batch(Batch::Imap {
+                position: &a,
+                mails: &mails,
+                after_done: &[],
+            })
+            .await
+            .expect("commit");
         assert_eq!(
             first,
             BatchOutcome {
@@ -459,7 +474,11 @@ mod tests {
             }
         );
         let again = store
-            .commit_batch(&a, &mails, &[])
+            .commit_batch(Batch::Imap {
+                position: &a,
+                mails: &mails,
+                after_done: &[],
+            })
             .await
             .expect("commit again");
         assert_eq!(again.already_recorded, 3);
@@ -471,7 +490,14 @@ mod tests {
             folder: "INBOX".into(),
             uidvalidity: 1,
         };
-        let other = store.commit_batch(&b, &mails, &[]).await.expect("commit b");
+        let other = store
+            .commit_batch(Batch::Imap {
+                position: &b,
+                mails: &mails,
+                after_done: &[],
+            })
+            .await
+            .expect("commit b");
         assert_eq!(other.duplicates, 3);
         let a2 = FolderPosition {
             uidvalidity: 8,
@@ -479,7 +505,11 @@ mod tests {
         };
         assert_eq!(
             store
-                .commit_batch(&a2, &mails, &[])
+                .commit_batch(Batch::Imap {
+                    position: &a2,
+                    mails: &mails,
+                    after_done: &[]
+                })
                 .await
                 .expect("a2")
                 .duplicates,
@@ -514,7 +544,14 @@ mod tests {
             &Default::default(),
         );
         let batch = vec![(1, given_up.clone()), (2, healthy)];
-        let outcome = store.commit_batch(&pos, &batch, &[]).await.expect("commit");
+        let outcome = store
+            .commit_batch(Batch::Imap {
+                position: &pos,
+                mails: &batch,
+                after_done: &[],
+            })
+            .await
+            .expect("commit");
         assert_eq!((outcome.created, outcome.quarantined), (1, 1));
         let (id, disposition, kept): (i64, String, Vec<u8>) = sqlx::query_as(
             "SELECT e.id, e.disposition, b.content FROM emails e JOIN blobs b ON b.key = e.raw_blob
@@ -534,7 +571,14 @@ mod tests {
             "the ledger moved on"
         );
         // Fetched again after a crash: recorded, not set aside twice.
-        let again = store.commit_batch(&pos, &batch, &[]).await.expect("again");
+        let again = store
+            .commit_batch(Batch::Imap {
+                position: &pos,
+                mails: &batch,
+                after_done: &[],
+            })
+            .await
+            .expect("again");
         assert_eq!((again.already_recorded, again.quarantined), (2, 0));
 
         // The parser still gives up: it stays.

@@ -42,7 +42,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use first_contact::{FirstContact, FirstContactRow, ImapFloor};
 pub use key::{KeyError, StoreKey};
-pub use ledger::FolderPosition;
+pub use ledger::{Batch, FolderPosition};
 pub use outbox::{AttemptRecorded, DueAck, MAX_ATTEMPTS, OutboxStatus, retry_delay};
 pub(crate) use owed::uid_set;
 pub use owed::{MAX_REFUSALS, Owed};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::*;
 use crate::config::{GuardConfig, MailPolicy, TicketsConfig};
 use crate::ingest::Report;
-use crate::store::{MailCounts, Store, open_in};
+use crate::store::{Batch, MailCounts, Store, open_in};
 
 fn policy() -> Arc<MailPolicy> {
     Arc::new(MailPolicy {
@@ -50,7 +50,12 @@ async fn commit(store: &Store, mails: Vec<Incoming>) -> BatchOutcome {
         .map(|(i, m)| (format!("u{}", n + i as i64), m))
         .collect();
     store
-        .commit_pop3_batch("r", &batch, false)
+        .commit_batch(Batch::Pop3 {
+            reader: "r",
+            mails: &batch,
+            sizes: &HashMap::new(),
+            pending: false,
+        })
         .await
         .expect("commit")
 }
