@@ -163,7 +163,14 @@ fn main() {
         };
         let store_start = Instant::now();
         for batch in parsed.chunks(100) {
-            store.commit_batch(&pos, batch, &[]).await.expect("commit");
+            store
+                .commit_batch(mail2ticket::store::Batch::Imap {
+                    position: &pos,
+                    mails: batch,
+                    after_done: &[],
+                })
+                .await
+                .expect("commit");
         }
         let store_time = store_start.elapsed();
         drop(parsed);

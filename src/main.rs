@@ -11,9 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use mail2ticket::auth::{CodeFlowOptions, Interaction};
 use mail2ticket::config::{self, Config};
-use mail2ticket::daemon::SignInMethod;
+use mail2ticket::daemon::{self, SignInMethod};
 use mail2ticket::ops::{shutdown, status};
-use mail2ticket::{daemon, store::StatusView};
 
 /// Turns support mailboxes into helpdesk tickets.
 #[derive(Parser)]
@@ -242,39 +241,15 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             limit,
             json,
         } => {
-            let store = StatusView::open(&config.store).await?;
-            let mut rows = store.reader_statuses().await?;
-            if let Some(name) = &reader {
-                rows.retain(|r| &r.name == name);
-                if rows.is_empty() {
-                    anyhow::bail!("no reader named {name:?} in the database");
-                }
-            }
-            let mut report = status::Report::new(&config, store.daemon_status().await?, rows);
-            report.set_outbox(store.outbox_statuses().await?);
-            report.set_mail(store.mail_counts(status::MAIL_HOURS).await?);
-            report.set_quarantine(store.quarantine_counts().await?);
-            if let Some(name) = &reader {
-                // `rows` was narrowed to this one reader above.
-                if let Some(r) = report.readers.first_mut() {
-                    r.events = Some(store.reader_events(name, limit).await?);
-                    r.first_contacts = Some(store.first_contacts(name).await?);
-                }
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", status::render_report(&report));
-            }
+            print!(
+                "{}",
+                status::run(&config, reader.as_deref(), limit, json).await?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Quarantine { action } => quarantine(&config, action).await,
         Command::Health => {
-            let store = StatusView::open(&config.store).await?;
-            let verdict = match store.daemon_status().await? {
-                Some(daemon) => status::daemon_alive(&daemon),
-                None => Err("the daemon never ran on this database".into()),
-            };
+            let verdict = status::health(&config).await?;
             Ok(match verdict {
                 Ok(()) => {
                     println!("healthy");

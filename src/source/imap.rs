@@ -1435,7 +1435,13 @@ async fn poll_inner(
                 let parsed = ingest::parse_batch(raw, &reader.name, &policy).await?;
                 let uids: Vec<u32> = parsed.iter().map(|(uid, _)| *uid).collect();
                 let committing = std::time::Instant::now();
-                let outcome = store.commit_batch(&pos, &parsed, &to_record).await?;
+                let outcome = store
+                    .commit_batch(crate::store::Batch::Imap {
+                        position: &pos,
+                        mails: &parsed,
+                        after_done: &to_record,
+                    })
+                    .await?;
                 meter.committed(&outcome, committing.elapsed());
                 Ok::<_, ImapError>((uids, outcome, owed, words))
             },

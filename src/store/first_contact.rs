@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
-use super::mails::{ROWS_PER_INSERT, in_list};
+use super::tickets::{ROWS_PER_INSERT, in_list};
 use super::{BEGIN_WRITE, NOW, StatusView, Store, StoreError};
 use crate::store::FolderPosition;
 

@@ -1,22 +1,36 @@
 //! The store: the SQLite database behind sqlx, and everything written to it.
 //!
-//! Owns the schema (embedded migrations, applied at open), the IMAP UIDs a
-//! folder's ledger still owes (`owed`), the exactly-once
-//! rule (a mail's source position is written in the same transaction as its
-//! ticket), which ticket a mail opens or joins (dedup, threading, rate
-//! limit; `mails`), contents stored once, reader health (`readers.last_error` and friends), the sealed
-//! token rows and the outbox's attempts. Nothing else in the crate writes
-//! SQL. Owns the connections too: one a failed write left broken is never
-//! reused, and whether the database currently takes writes
-//! ([`Store::write_fault`]).
+//! This file owns opening it (the schema's embedded migrations, applied at
+//! open; the store key check; the daemon's lock), the connections (one a
+//! failed write left broken is never reused), whether the database
+//! currently takes writes ([`Store::write_fault`]), and [`StatusView`], the
+//! read-only access of `status` and `health`. Nothing else in the crate
+//! writes SQL. The rest, file by file:
+//!
+//! - `ledger`: where each mail came from (IMAP folder positions and their
+//!   watermark, the POP3 UIDL ledger, pending after-steps), and
+//!   [`Store::commit_batch`], the exactly-once rule: a mail's source
+//!   position is written in the same transaction as its ticket.
+//! - `tickets`: which ticket a mail opens or joins inside that transaction
+//!   (dedup, threading, rate limit), its rows, contents stored once, its
+//!   acknowledgement queued.
+//! - `readers`: the reader records (registration, state, `last_error`,
+//!   history) and the daemon's heartbeat row, with what recent mail became
+//!   per reader ([`MailCounts`]), as `status` and `health` read them.
+//! - `owed`: IMAP UIDs a folder's ledger still owes (asked for, not delivered).
+//! - `first_contact`: what a reader found on first contact, and what
+//!   `backfill` took of it.
+//! - `quarantine`: mail set aside whole instead of failing its batch.
+//! - `outbox`: the acknowledgements' attempts and retry schedule.
+//! - `tokens`: sealed refresh tokens; `key`: the store key sealing them.
 
 mod first_contact;
-mod health;
 mod key;
-mod mails;
+mod ledger;
 mod outbox;
 mod owed;
 mod quarantine;
+mod readers;
 mod tickets;
 mod tokens;
 
@@ -27,14 +41,13 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use first_contact::{FirstContact, FirstContactRow, ImapFloor};
-pub use health::{DaemonStatus, EVENTS_KEPT, ReaderEvent, ReaderStatus};
 pub use key::{KeyError, StoreKey};
-pub use mails::MailCounts;
+pub use ledger::{Batch, FolderPosition};
 pub use outbox::{AttemptRecorded, DueAck, MAX_ATTEMPTS, OutboxStatus, retry_delay};
 pub(crate) use owed::uid_set;
 pub use owed::{MAX_REFUSALS, Owed};
 pub use quarantine::{QUARANTINED, QuarantineEntry, QuarantineReason, Retried};
-pub use tickets::FolderPosition;
+pub use readers::{DaemonStatus, EVENTS_KEPT, MailCounts, ReaderEvent, ReaderStatus};
 pub use tokens::{Replaced, StoredToken, TokenVersion};
 
 use crate::config::StoreConfig;
@@ -559,5 +572,112 @@ mod tests {
                 .await
                 .unwrap_or_else(|e| panic!("write {i} after the failure: {e}"));
         }
+    }
+
+    #[tokio::test]
+    async fn reopening_with_another_key_fails_clearly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(open_in(&dir).await);
+        let other_key = dir.path().join("other.key");
+        std::fs::write(&other_key, "11".repeat(32)).expect("write key");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&other_key, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod key");
+        }
+        let config = StoreConfig {
+            database: format!("sqlite://{}", dir.path().join("t.db").display()),
+            key_file: Some(other_key),
+        };
+        let err = Store::open(&config).await.unwrap_err();
+        assert!(
+            err.to_string().contains("does not match this database"),
+            "{err}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod upgrade {
+    use sqlx::Connection;
+    use sqlx::migrate::Migrate;
+
+    use crate::config::StoreConfig;
+    use crate::store::Store;
+
+    /// A database written before ticket semantics keeps every row, and its
+    /// attachments' contents, through migration 0005.
+    #[tokio::test]
+    async fn migration_0005_keeps_existing_mail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("t.db");
+        let url = format!("sqlite://{}?mode=rwc", file.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("connect");
+        sqlx::query("PRAGMA foreign_keys = ON")
+            .execute(&mut conn)
+            .await
+            .expect("pragma");
+        conn.ensure_migrations_table().await.expect("table");
+        let migrator = sqlx::migrate!("./migrations");
+        for m in migrator.iter().filter(|m| m.version <= 4) {
+            conn.apply(m).await.expect("old migration");
+        }
+        sqlx::raw_sql(
+            "INSERT INTO tickets VALUES (1, 'r', 'Old', 'ann@x', 'Ann', 'closed', 't', 't');
+             INSERT INTO emails (id, ticket_id, reader, dedup_key, message_id, subject, received_at)
+                 VALUES (1, 1, 'r', 'old@x', 'old@x', 'Old', 't');
+             INSERT INTO attachments VALUES (1, 1, 'a.txt', 'text/plain', 3, X'616263');
+             INSERT INTO source_positions VALUES ('r', 'INBOX', 1, 1, 1, 'done', 't');
+             INSERT INTO pop3_uidls VALUES ('p', 'u1', 1, 'done', 't');",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("old rows");
+        conn.close().await.expect("close");
+
+        let config = StoreConfig {
+            database: format!("sqlite://{}", file.display()),
+            key_file: None,
+        };
+        // `status` from a newer binary before the daemon migrated: no
+        // counts, no error.
+        let view = crate::store::StatusView::open(&config)
+            .await
+            .expect("status view");
+        assert!(view.mail_counts(24).await.expect("counts").is_empty());
+        assert!(view.outbox_statuses().await.expect("outbox").is_empty());
+
+        let store = Store::open(&config).await.expect("migrated");
+        let (ticket, disposition): (Option<i64>, String) =
+            sqlx::query_as("SELECT ticket_id, disposition FROM emails WHERE id = 1")
+                .fetch_one(store.pool())
+                .await
+                .expect("email");
+        assert_eq!((ticket, disposition.as_str()), (Some(1), "ticket"));
+        let (content,): (Vec<u8>,) = sqlx::query_as(
+            "SELECT b.content FROM attachments a JOIN blobs b ON b.key = a.blob WHERE a.id = 1",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("attachment content");
+        assert_eq!(content, b"abc");
+        let (tags, positions, uidls): (String, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT tags FROM tickets WHERE id = 1),
+                    (SELECT COUNT(*) FROM source_positions),
+                    (SELECT COUNT(*) FROM pop3_uidls)",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("counts");
+        assert_eq!((tags.as_str(), positions, uidls), ("[]", 1, 1));
+        // The children's foreign keys point at the rebuilt emails table.
+        let orphan = sqlx::query(
+            "INSERT INTO attachments (email_id, content_type, size) VALUES (99, 'x', 1)",
+        )
+        .execute(store.pool())
+        .await;
+        assert!(orphan.is_err(), "a foreign key still holds");
     }
 }

@@ -9,9 +9,9 @@
 
 use sqlx::QueryBuilder;
 
-use super::health::insert_event;
+use super::ledger::where_position;
 use super::quarantine::set_aside_refused;
-use super::tickets::where_position;
+use super::readers::insert_event;
 use super::{NOW, Store, StoreError};
 use crate::store::FolderPosition;
 

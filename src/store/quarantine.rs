@@ -14,8 +14,8 @@
 use sha2::{Digest, Sha256};
 use sqlx::{Sqlite, Transaction};
 
-use super::health::insert_event;
-use super::mails::{put_blob, store_mails};
+use super::readers::insert_event;
+use super::tickets::{put_blob, store_mails};
 use super::{NOW, StatusView, Store, StoreError};
 use crate::ingest::Incoming;
 use crate::outcome::BatchOutcome;
@@ -266,7 +266,7 @@ impl Store {
 /// have been set aside before, e.g. through another reader).
 ///
 /// Must run after the batch's other mails are written: those get ids
-/// assigned ahead (see `super::mails`), this row takes the next free one.
+/// assigned ahead (see `super::tickets`), this row takes the next free one.
 pub(super) async fn set_aside(
     tx: &mut Transaction<'_, Sqlite>,
     reader: &str,

@@ -1,682 +1,668 @@
-//! The ledgers of where each mail came from (IMAP folder positions, POP3
-//! UIDLs), committed in one transaction with the tickets and emails the
-//! batch's mail became (decided in `super::mails`).
+//! One mail into the database, inside the batch's transaction: whether it
+//! is new (dedup), which ticket it joins or opens (threading, rate limit,
+//! the guard's and the rules' verdicts), its email and attachment rows, its
+//! contents stored once, and the acknowledgement queued in the outbox.
+//!
+//! Deciding inside the transaction is what makes the outcome exact: a
+//! reply later in the same batch finds the ticket its parent just opened,
+//! and a crash leaves either all of it or none.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
-use super::mails::{ROWS_PER_INSERT, in_list, store_mails};
-use super::quarantine::{self, QuarantineReason};
-use super::{NOW, Store, StoreError};
-use crate::ingest::Incoming;
-use crate::outcome::BatchOutcome;
+use super::{NOW, StoreError};
+use crate::config::{ClosedReply, TagFrom};
+use crate::ingest::guard::Guarded;
+use crate::ingest::{Incoming, ParsedMail, Verdict, thread};
+use crate::outcome::{BatchOutcome, Reason};
 
-/// A folder of one reader at one UIDVALIDITY: the space UIDs live in.
-#[derive(Debug, Clone)]
-pub struct FolderPosition {
-    pub reader: String,
-    pub folder: String,
-    pub uidvalidity: u32,
-}
-
-impl Store {
-    /// The highest UID already recorded for this folder position; 0 if none.
-    pub async fn watermark(&self, pos: &FolderPosition) -> Result<u32, StoreError> {
-        let mut q = QueryBuilder::new("SELECT MAX(uid) FROM source_positions WHERE ");
-        where_position(&mut q, pos);
-        let (max,): (Option<i64>,) = q.build_query_as().fetch_one(&self.pool).await?;
-        Ok(max.and_then(|m| u32::try_from(m).ok()).unwrap_or(0))
-    }
-
-    /// UIDs committed as tickets whose after-step (e.g. `\Seen`) has not
-    /// been confirmed yet, oldest first.
-    pub async fn pending_after(&self, pos: &FolderPosition) -> Result<Vec<u32>, StoreError> {
-        let mut q = QueryBuilder::new("SELECT uid FROM source_positions WHERE ");
-        where_position(&mut q, pos);
-        q.push(" AND after_state = 'pending' ORDER BY uid");
-        let rows: Vec<(i64,)> = q.build_query_as().fetch_all(&self.pool).await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(u,)| u32::try_from(u).ok())
-            .collect())
-    }
-
-    pub async fn mark_after_done(
-        &self,
-        pos: &FolderPosition,
-        uids: &[u32],
-    ) -> Result<(), StoreError> {
-        if uids.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
-        mark_after_done(&mut tx, pos, uids).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Another UIDVALIDITY this folder was read under, if any: a folder
-    /// that has one but no position under the current one was recreated.
-    pub async fn other_uidvalidity(&self, pos: &FolderPosition) -> Result<Option<u32>, StoreError> {
-        let row: Option<(i64,)> = sqlx::query_as(
-            "SELECT uidvalidity FROM source_positions
-             WHERE reader = ? AND folder = ? AND uidvalidity != ? LIMIT 1",
-        )
-        .bind(&pos.reader)
-        .bind(&pos.folder)
-        .bind(i64::from(pos.uidvalidity))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.and_then(|(v,)| u32::try_from(v).ok()))
-    }
-
-    /// The POP3 ledger of `reader`: every UIDL ingested, with whether its
-    /// after-step is still pending.
-    pub async fn pop3_ledger(&self, reader: &str) -> Result<HashMap<String, bool>, StoreError> {
-        Ok(self
-            .pop3_ledger_sized(reader)
-            .await?
-            .into_iter()
-            .map(|(uidl, (pending, _))| (uidl, pending))
-            .collect())
-    }
-
-    /// [`Store::pop3_ledger`] with the size each UIDL was ingested at, when
-    /// known (see [`Store::commit_pop3_batch_sized`]).
-    pub async fn pop3_ledger_sized(
-        &self,
-        reader: &str,
-    ) -> Result<HashMap<String, (bool, Option<u64>)>, StoreError> {
-        let rows: Vec<(String, String, Option<i64>)> =
-            sqlx::query_as("SELECT uidl, after_state, size FROM pop3_uidls WHERE reader = ?")
-                .bind(reader)
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(uidl, state, size)| {
-                let size = size.and_then(|s| u64::try_from(s).ok());
-                (uidl, (state == "pending", size))
-            })
-            .collect())
-    }
-
-    /// Commits POP3 mails in one transaction: a ticket for each new mail
-    /// and its UIDL in the ledger, pending until `mark_pop3_done` when
-    /// `pending` (the after-step is to delete it), else done at once. A
-    /// mail whose content cannot be stored is set aside in the quarantine
-    /// (see [`isolating`]).
-    pub async fn commit_pop3_batch(
-        &self,
-        reader: &str,
-        mails: &[(String, Incoming)],
-        pending: bool,
-    ) -> Result<BatchOutcome, StoreError> {
-        self.commit_pop3_batch_sized(reader, mails, &HashMap::new(), pending)
-            .await
-    }
-
-    /// [`Store::commit_pop3_batch`] recording each mail's listed size
-    /// (`sizes`, by UIDL): a UIDL in the ledger with another known size is
-    /// a new mail under a reused UIDL, stored, and its row replaced.
-    pub async fn commit_pop3_batch_sized(
-        &self,
-        reader: &str,
-        mails: &[(String, Incoming)],
-        sizes: &HashMap<String, u64>,
-        pending: bool,
-    ) -> Result<BatchOutcome, StoreError> {
-        isolating(mails, |mails, set_aside| {
-            self.commit_pop3_once(reader, mails, sizes, pending, set_aside)
-        })
-        .await
-    }
-
-    async fn commit_pop3_once(
-        &self,
-        reader: &str,
-        mails: &[(String, Incoming)],
-        sizes: &HashMap<String, u64>,
-        pending: bool,
-        set_aside: Option<String>,
-    ) -> Result<BatchOutcome, StoreError> {
-        if mails.is_empty() {
-            return Ok(BatchOutcome::default());
-        }
-        let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
-        let mut q = QueryBuilder::new("SELECT uidl, size FROM pop3_uidls WHERE reader = ");
-        q.push_bind(reader).push(" AND uidl IN ");
-        in_list(&mut q, mails.iter().map(|(uidl, _)| uidl.as_str()));
-        let recorded: HashSet<String> = q
-            .build_query_as::<(String, Option<i64>)>()
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .filter(|(uidl, size)| {
-                let was = size.and_then(|s| u64::try_from(s).ok());
-                !matches!((was, sizes.get(uidl)), (Some(was), Some(now)) if was != *now)
-            })
-            .map(|(uidl, _)| uidl)
-            .collect();
-        let (outcome, rows) = store_unrecorded(
-            &mut tx,
-            reader,
-            mails,
-            |uidl| recorded.contains(uidl),
-            set_aside.as_deref(),
-        )
-        .await?;
-        let state = if pending { "pending" } else { "done" };
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::new(
-                "INSERT INTO pop3_uidls (reader, uidl, email_id, after_state, ingested_at, size) ",
-            );
-            q.push_values(chunk, |mut row, (uidl, email_id)| {
-                row.push_bind(reader)
-                    .push_bind(uidl.as_str())
-                    .push_bind(*email_id)
-                    .push_bind(state)
-                    .push(NOW)
-                    .push_bind(sizes.get(*uidl).and_then(|s| i64::try_from(*s).ok()));
-            });
-            // A reused UIDL: the row now stands for the new mail.
-            q.push(
-                " ON CONFLICT (reader, uidl) DO UPDATE SET email_id = excluded.email_id,
-                 after_state = excluded.after_state, ingested_at = excluded.ingested_at,
-                 size = excluded.size",
-            );
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    /// Records that the server confirmed the after-step for `uidls`.
-    pub async fn mark_pop3_done(&self, reader: &str, uidls: &[String]) -> Result<(), StoreError> {
-        if uidls.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
-        for chunk in uidls.chunks(ROWS_PER_INSERT) {
-            let mut q =
-                QueryBuilder::new("UPDATE pop3_uidls SET after_state = 'done' WHERE reader = ");
-            q.push_bind(reader).push(" AND uidl IN ");
-            in_list(&mut q, chunk.iter().map(String::as_str));
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Commits a batch of fetched mails in one transaction: a ticket for each
-    /// new mail, and the source position of every mail. Either all of it is
-    /// stored or none, so a crash at any point neither loses nor duplicates.
-    /// A mail whose content cannot be stored is set aside in the quarantine
-    /// and the rest of the batch still commits (see [`isolating`]).
-    ///
-    /// `after_done` lists UIDs of earlier batches whose after-step has since
-    /// succeeded; they are recorded in the same transaction, which saves a
-    /// write (and a wait for the write lock) per batch.
-    pub async fn commit_batch(
-        &self,
-        pos: &FolderPosition,
-        mails: &[(u32, Incoming)],
-        after_done: &[u32],
-    ) -> Result<BatchOutcome, StoreError> {
-        // Recording `after_done` again with each mail of the isolating path
-        // is harmless: it only marks rows done.
-        isolating(mails, |mails, set_aside| {
-            self.commit_batch_once(pos, mails, after_done, set_aside)
-        })
-        .await
-    }
-
-    async fn commit_batch_once(
-        &self,
-        pos: &FolderPosition,
-        mails: &[(u32, Incoming)],
-        after_done: &[u32],
-        set_aside: Option<String>,
-    ) -> Result<BatchOutcome, StoreError> {
-        let mut tx = self.pool.begin_with(super::BEGIN_WRITE).await?;
-        mark_after_done(&mut tx, pos, after_done).await?;
-        if mails.is_empty() {
-            tx.commit().await?;
-            return Ok(BatchOutcome::default());
-        }
-
-        // Two lookups per batch rather than two per mail: positions already
-        // recorded (another process got there first) and mails already known.
-        let mut q = QueryBuilder::new("SELECT uid FROM source_positions WHERE ");
-        where_position(&mut q, pos);
-        q.push(" AND uid IN ");
-        in_list(&mut q, mails.iter().map(|(uid, _)| i64::from(*uid)));
-        let recorded: HashSet<i64> = q
-            .build_query_as::<(i64,)>()
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|(uid,)| uid)
-            .collect();
-        let (outcome, positions) = store_unrecorded(
-            &mut tx,
-            &pos.reader,
-            mails,
-            |uid| recorded.contains(&i64::from(*uid)),
-            set_aside.as_deref(),
-        )
-        .await?;
-        for chunk in positions.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::new(
-                "INSERT INTO source_positions (reader, folder, uidvalidity, uid, email_id, ingested_at) ",
-            );
-            q.push_values(chunk, |mut row, (uid, email_id)| {
-                row.push_bind(pos.reader.as_str())
-                    .push_bind(pos.folder.as_str())
-                    .push_bind(i64::from(pos.uidvalidity))
-                    .push_bind(i64::from(**uid))
-                    .push_bind(*email_id)
-                    .push(NOW);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(outcome)
-    }
-}
-
-/// Commits `mails` with `commit`; when that fails for a reason that may
-/// lie in a mail's content, commits them one at a time instead (see
-/// [`isolating_each`]). Failures of the database itself (locked, full,
-/// unreachable) fail the batch as before: it is fetched again next poll.
-async fn isolating<'m, K, F, Fut>(
-    mails: &'m [(K, Incoming)],
-    commit: F,
-) -> Result<BatchOutcome, StoreError>
-where
-    F: Fn(&'m [(K, Incoming)], Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<BatchOutcome, StoreError>>,
-{
-    match commit(mails, None).await {
-        Err(e) if e.may_be_caused_by_content() => {
-            tracing::warn!(
-                error = %e,
-                mails = mails.len(),
-                "a batch could not be stored; storing its mails one at a time to set aside the one that fails"
-            );
-            isolating_each(mails, &e, commit).await
-        }
-        other => other,
-    }
-}
-
-/// Commits each mail in a transaction of its own; one that still fails
-/// for a reason that may lie in its content is committed once more, set
-/// aside in the quarantine with the error, so the mailbox moves on. If even
-/// that fails, the database itself is at fault and the batch fails.
-async fn isolating_each<'m, K, F, Fut>(
-    mails: &'m [(K, Incoming)],
-    batch_error: &StoreError,
-    commit: F,
-) -> Result<BatchOutcome, StoreError>
-where
-    F: Fn(&'m [(K, Incoming)], Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<BatchOutcome, StoreError>>,
-{
-    let mut total = BatchOutcome::default();
-    for one in mails.chunks(1) {
-        let outcome = match commit(one, None).await {
-            Err(e) if e.may_be_caused_by_content() => commit(one, Some(e.to_string()))
-                .await
-                .map_err(|set_aside| {
-                    tracing::error!(error = %set_aside, "could not set a mail aside in the quarantine");
-                    // The first error is the one that tells what happened.
-                    StoreError::Isolation(batch_error.to_string())
-                })?,
-            other => other?,
-        };
-        total.add(&outcome);
-    }
-    Ok(total)
-}
-
-/// Stores each mail of a batch whose ledger key is not `recorded` yet
-/// (see `super::mails`): the one place where mail becomes tickets, for
-/// every protocol's ledger. Returns the outcome and, for each mail stored,
-/// its key and the email it is, for the caller's ledger rows.
-///
-/// Mails the parser gave up on are set aside in the quarantine, and so is
-/// every mail when `set_aside` names a store error (one mail that could not
-/// be stored alone, see [`isolating_each`]).
-async fn store_unrecorded<'m, K>(
+/// Stores each mail not yet known, in order. Returns, for every mail, the
+/// email it is (new or the earlier copy), for the caller's ledger rows.
+pub(super) async fn store_mails<'m, K>(
     tx: &mut Transaction<'_, Sqlite>,
     reader: &str,
-    mails: &'m [(K, Incoming)],
-    recorded: impl Fn(&K) -> bool,
-    set_aside: Option<&str>,
-) -> Result<(BatchOutcome, Vec<(&'m K, i64)>), StoreError> {
-    let fresh: Vec<(&K, &Incoming)> = mails
-        .iter()
-        .filter(|(key, _)| !recorded(key))
-        .map(|(k, i)| (k, i))
-        .collect();
-    let mut outcome = BatchOutcome {
-        already_recorded: mails.len() - fresh.len(),
-        ..BatchOutcome::default()
-    };
-    let (aside, to_store): (Vec<_>, Vec<_>) = fresh
-        .into_iter()
-        .partition(|(_, i)| set_aside.is_some() || i.mail.quarantine.is_some());
-    let mut stored = store_mails(tx, reader, &to_store, &mut outcome).await?;
-    for (key, incoming) in aside {
-        let (reason, detail) = match (set_aside, &incoming.mail.quarantine) {
-            (Some(error), _) => (QuarantineReason::Store, error),
-            (None, Some(why)) => (QuarantineReason::Parser, why.as_str()),
-            (None, None) => continue,
-        };
-        let (id, new) = quarantine::set_aside(tx, reader, incoming, reason, detail).await?;
-        if new {
-            outcome.quarantined += 1;
-        } else {
-            outcome.duplicates += 1;
-        }
-        stored.push((key, id));
+    mails: &[(&'m K, &'m Incoming)],
+    outcome: &mut BatchOutcome,
+) -> Result<Vec<(&'m K, i64)>, StoreError> {
+    if mails.is_empty() {
+        // A batch fetched again after a crash: every position is known.
+        return Ok(Vec::new());
     }
-    Ok((outcome, stored))
+    // Tickets and emails are written in bulk at the end (see `Seen`), after
+    // the attachments and outbox rows that point at them: their foreign
+    // keys are checked at commit.
+    sqlx::query("PRAGMA defer_foreign_keys = ON")
+        .execute(&mut **tx)
+        .await?;
+    let mut seen = Seen::load(tx, reader, mails).await?;
+    let mut stored = Vec::with_capacity(mails.len());
+    for &(key, incoming) in mails {
+        // `seen` learns each mail stored, so this also catches the same
+        // mail twice within one batch.
+        let email_id = match seen.emails.get(&incoming.mail.dedup_key) {
+            Some(&id) => {
+                outcome.duplicates += 1;
+                id
+            }
+            None => {
+                let id = store_one(tx, incoming, &mut seen, outcome).await?;
+                seen.emails.insert(incoming.mail.dedup_key.clone(), id);
+                id
+            }
+        };
+        stored.push((key, email_id));
+    }
+    seen.flush(tx).await?;
+    Ok(stored)
 }
 
-async fn mark_after_done(
-    tx: &mut Transaction<'_, Sqlite>,
-    pos: &FolderPosition,
-    uids: &[u32],
-) -> Result<(), StoreError> {
-    // Bounded IN lists: a long-failing after-step can leave many pending.
-    for chunk in uids.chunks(ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::new("UPDATE source_positions SET after_state = 'done' WHERE ");
-        where_position(&mut q, pos);
-        q.push(" AND uid IN ");
-        in_list(&mut q, chunk.iter().map(|u| i64::from(*u)));
-        q.build().execute(&mut **tx).await?;
+/// What a batch needs to know about mail already stored, read with one
+/// query each for the whole batch rather than per mail (each statement
+/// costs a round trip to SQLite's thread), kept up to date as the batch is
+/// stored; and the new tickets and emails not written yet. They are
+/// written many rows per statement, when a lookup needs them in the
+/// database (a reply to a mail earlier in the batch) or at the end.
+struct Seen<'m> {
+    reader: &'m str,
+    /// Dedup key → email id.
+    emails: HashMap<String, i64>,
+    /// Lower-case sender → mail that opened or joined a ticket within the
+    /// rate window.
+    recent: HashMap<String, i64>,
+    /// Ids are assigned here, under the write lock the transaction holds.
+    next_ticket: i64,
+    next_email: i64,
+    tickets: Vec<NewTicket<'m>>,
+    new_emails: Vec<NewEmail<'m>>,
+}
+
+struct NewTicket<'m> {
+    id: i64,
+    token: String,
+    incoming: &'m Incoming,
+}
+
+struct NewEmail<'m> {
+    id: i64,
+    ticket_id: Option<i64>,
+    disposition: String,
+    raw_blob: Option<String>,
+    incoming: &'m Incoming,
+}
+
+impl<'m> Seen<'m> {
+    async fn load<K>(
+        tx: &mut Transaction<'_, Sqlite>,
+        reader: &'m str,
+        mails: &[(&K, &Incoming)],
+    ) -> Result<Seen<'m>, StoreError> {
+        let (next_ticket,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM tickets")
+            .fetch_one(&mut **tx)
+            .await?;
+        let (next_email,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM emails")
+            .fetch_one(&mut **tx)
+            .await?;
+        let mut seen = Seen {
+            reader,
+            emails: HashMap::new(),
+            recent: HashMap::new(),
+            next_ticket,
+            next_email,
+            tickets: Vec::new(),
+            new_emails: Vec::new(),
+        };
+        // Chunks keep the bound values under SQLite's limit.
+        for chunk in mails.chunks(LOOKUP_CHUNK) {
+            let mut q = QueryBuilder::new("SELECT dedup_key, id FROM emails WHERE dedup_key IN ");
+            in_list(&mut q, chunk.iter().map(|(_, m)| m.mail.dedup_key.as_str()));
+            let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+            seen.emails.extend(rows);
+        }
+        // One batch is parsed under one policy.
+        let Some((_, first)) = mails.first() else {
+            return Ok(seen);
+        };
+        let guard = &first.policy.guard;
+        if guard.rate_limit == 0 {
+            return Ok(seen);
+        }
+        let mut senders: Vec<String> = mails
+            .iter()
+            .filter_map(|(_, m)| m.mail.from_addr.as_deref().map(str::to_ascii_lowercase))
+            .collect();
+        senders.sort();
+        senders.dedup();
+        for chunk in senders.chunks(LOOKUP_CHUNK) {
+            let mut q = QueryBuilder::new(
+                "SELECT lower(from_addr), COUNT(*) FROM emails
+                 WHERE disposition IN ('ticket', 'reply', 'reopened')
+                   AND received_at >= strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ",
+            );
+            q.push_bind(format!("-{} seconds", guard.rate_window.as_secs()));
+            q.push(") AND lower(from_addr) IN ");
+            in_list(&mut q, chunk);
+            q.push(" GROUP BY 1");
+            let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+            seen.recent.extend(rows);
+        }
+        Ok(seen)
     }
+
+    /// Writes the new tickets and emails.
+    async fn flush(&mut self, tx: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
+        for chunk in self.tickets.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO tickets (id, reader, subject, requester, requester_name, status,
+                    created_at, updated_at, queue, priority, category, tags, thread_token) ",
+            );
+            q.push_values(chunk, |mut row, t| {
+                let (mail, routing) = (&t.incoming.mail, &t.incoming.routing);
+                let tags = serde_json::to_string(&routing.tags).unwrap_or_else(|_| "[]".into());
+                row.push_bind(t.id)
+                    .push_bind(self.reader)
+                    .push_bind(mail.subject.as_str())
+                    .push_bind(mail.from_addr.as_deref())
+                    .push_bind(mail.from_name.as_deref())
+                    .push("'open'")
+                    .push(NOW)
+                    .push(NOW)
+                    .push_bind(routing.queue.as_deref())
+                    .push_bind(routing.priority.as_deref())
+                    .push_bind(routing.category.as_deref())
+                    .push_bind(tags)
+                    .push_bind(t.token.as_str());
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        self.tickets.clear();
+        for chunk in self.new_emails.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO emails (id, ticket_id, reader, dedup_key, message_id, in_reply_to,
+                    references_, from_addr, from_name, to_addrs, cc_addrs, subject, sent_at,
+                    body_text, body_html, parse_note, received_at, disposition, limit_note, size,
+                    raw_blob) ",
+            );
+            q.push_values(chunk, |mut row, e| {
+                let m = &e.incoming.mail;
+                row.push_bind(e.id)
+                    .push_bind(e.ticket_id)
+                    .push_bind(self.reader)
+                    .push_bind(m.dedup_key.as_str())
+                    .push_bind(m.message_id.as_deref())
+                    .push_bind(m.in_reply_to.as_deref())
+                    .push_bind(m.references.as_deref())
+                    .push_bind(m.from_addr.as_deref())
+                    .push_bind(m.from_name.as_deref())
+                    .push_bind(m.to.as_deref())
+                    .push_bind(m.cc.as_deref())
+                    .push_bind(m.subject.as_str())
+                    .push_bind(m.sent_at.as_deref())
+                    .push_bind(m.body_text.as_str())
+                    .push_bind(m.body_html.as_deref())
+                    .push_bind(m.parse_note.as_deref())
+                    .push(NOW)
+                    .push_bind(e.disposition.as_str())
+                    .push_bind(m.limit_note.as_deref())
+                    .push_bind(i64::try_from(m.size).unwrap_or(i64::MAX))
+                    .push_bind(e.raw_blob.as_deref());
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        self.new_emails.clear();
+        Ok(())
+    }
+}
+
+/// Rows per multi-row INSERT (here and for the ledgers), keeping the bound
+/// values (20 per email row) well under SQLite's limit of 32766.
+pub(super) const ROWS_PER_INSERT: usize = 500;
+
+/// Values per lookup query.
+const LOOKUP_CHUNK: usize = 500;
+
+/// Where a new mail goes.
+enum Placement {
+    /// Opens a ticket.
+    Open,
+    /// Joins this ticket, reopening it if `reopen`.
+    Join { ticket: i64, reopen: bool },
+    /// A report about our mail to this ticket.
+    Bounce { ticket: i64 },
+    /// No ticket.
+    Ignore(Guarded),
+}
+
+async fn store_one<'m>(
+    tx: &mut Transaction<'_, Sqlite>,
+    incoming: &'m Incoming,
+    seen: &mut Seen<'m>,
+    outcome: &mut BatchOutcome,
+) -> Result<i64, StoreError> {
+    let mail = &incoming.mail;
+    let placement = place(tx, incoming, seen).await?;
+    if matches!(placement, Placement::Open | Placement::Join { .. })
+        && let Some(sender) = &mail.from_addr
+    {
+        *seen.recent.entry(sender.to_ascii_lowercase()).or_default() += 1;
+    }
+    let mut new_token = None;
+    let (ticket_id, disposition) = match &placement {
+        Placement::Open => {
+            outcome.created += 1;
+            let id = seen.next_ticket;
+            seen.next_ticket += 1;
+            let token = thread::new_token();
+            new_token = Some(token.clone());
+            seen.tickets.push(NewTicket {
+                id,
+                token,
+                incoming,
+            });
+            (Some(id), "ticket".to_string())
+        }
+        Placement::Join { ticket, reopen } => {
+            outcome.joined += 1;
+            touch_ticket(tx, *ticket, *reopen).await?;
+            let disposition = if *reopen { "reopened" } else { "reply" };
+            (Some(*ticket), disposition.to_string())
+        }
+        Placement::Bounce { ticket } => {
+            outcome.joined += 1;
+            touch_ticket(tx, *ticket, false).await?;
+            (Some(*ticket), "bounce".to_string())
+        }
+        Placement::Ignore(guarded) => {
+            outcome.count_ignored(guarded.reason);
+            (None, guarded.disposition())
+        }
+    };
+
+    let raw_blob = match &mail.raw {
+        Some(raw) => Some(put_blob(tx, &raw.content, &raw.sha256).await?),
+        None => None,
+    };
+    let email_id = seen.next_email;
+    seen.next_email += 1;
+    seen.new_emails.push(NewEmail {
+        id: email_id,
+        ticket_id,
+        disposition,
+        raw_blob,
+        incoming,
+    });
+
+    for a in &mail.attachments {
+        let blob = match &a.content {
+            Some(content) => Some(put_blob(tx, content, &a.sha256).await?),
+            None => None,
+        };
+        sqlx::query(
+            "INSERT INTO attachments (email_id, filename, content_type, size, sha256, blob,
+                content_id, inline, dropped)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(email_id)
+        .bind(&a.filename)
+        .bind(&a.content_type)
+        .bind(i64::try_from(a.size).unwrap_or(i64::MAX))
+        .bind(&a.sha256)
+        .bind(blob)
+        .bind(&a.content_id)
+        .bind(a.inline)
+        .bind(&a.dropped)
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    if let (Some(ticket), Some(token)) = (ticket_id, new_token) {
+        queue_ack(tx, seen.reader, incoming, ticket, &token).await?;
+    }
+    Ok(email_id)
+}
+
+/// A mail joined `ticket`: it moves up, and opens again if `reopen`.
+async fn touch_ticket(
+    tx: &mut Transaction<'_, Sqlite>,
+    ticket: i64,
+    reopen: bool,
+) -> Result<(), StoreError> {
+    let status = if reopen { ", status = 'open'" } else { "" };
+    sqlx::query(&format!(
+        "UPDATE tickets SET updated_at = {NOW}{status} WHERE id = ?"
+    ))
+    .bind(ticket)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
-/// `reader = ? AND folder = ? AND uidvalidity = ?` for `pos`.
-pub(super) fn where_position<'q>(q: &mut QueryBuilder<'q, Sqlite>, pos: &'q FolderPosition) {
-    q.push("reader = ")
-        .push_bind(pos.reader.as_str())
-        .push(" AND folder = ")
-        .push_bind(pos.folder.as_str())
-        .push(" AND uidvalidity = ")
-        .push_bind(i64::from(pos.uidvalidity));
+/// Decides where a new mail goes.
+async fn place(
+    tx: &mut Transaction<'_, Sqlite>,
+    incoming: &Incoming,
+    seen: &mut Seen<'_>,
+) -> Result<Placement, StoreError> {
+    let mail = &incoming.mail;
+    match &incoming.verdict {
+        Verdict::Ignore(g) => return Ok(Placement::Ignore(g.clone())),
+        Verdict::Bounce(g) => {
+            let mut ids = mail
+                .report
+                .as_ref()
+                .map(|r| r.original_ids.clone())
+                .unwrap_or_default();
+            ids.extend(thread::referenced_ids(mail));
+            let Some(ticket) = outbound_ticket(tx, &ids).await? else {
+                return Ok(Placement::Ignore(g.clone()));
+            };
+            // Its ticket may be among this batch's rows not written yet.
+            seen.flush(tx).await?;
+            return Ok(Placement::Bounce { ticket });
+        }
+        Verdict::Accept | Verdict::AcceptQuietly(_) => {}
+    }
+    if let Some(rule) = &incoming.routing.ignored_by {
+        return Ok(Placement::Ignore(Guarded {
+            reason: Reason::Rule,
+            detail: rule.clone(),
+        }));
+    }
+    if let Some(guarded) = over_rate_limit(incoming, seen) {
+        return Ok(Placement::Ignore(guarded));
+    }
+    let ids = thread::referenced_ids(mail);
+    let tags = incoming.policy.tickets.subject_tag.find(&mail.subject);
+    if ids.is_empty() && tags.is_empty() {
+        return Ok(Placement::Open);
+    }
+    // The lookups must see this batch's mail too (a reply to a mail
+    // fetched with it).
+    seen.flush(tx).await?;
+    let Some(found) = find_ticket(tx, incoming, &ids, &tags).await? else {
+        return Ok(Placement::Open);
+    };
+    let tickets = &incoming.policy.tickets;
+    let (status, requester): (String, Option<String>) =
+        sqlx::query_as("SELECT status, requester FROM tickets WHERE id = ?")
+            .bind(found.ticket)
+            .fetch_one(&mut **tx)
+            .await?;
+    // A subject tag is easy to carry along, and a forward hands someone
+    // else's thread on: either joins only from a participant.
+    let needs_participant = (found.by_tag_only || thread::is_forward(&mail.subject))
+        && tickets.tag_from == TagFrom::Participants;
+    if needs_participant && !is_participant(tx, found.ticket, requester, mail).await? {
+        return Ok(Placement::Open);
+    }
+    if status == "closed" {
+        let reopen = tickets.closed_reply == ClosedReply::Reopen;
+        // Machine-sent mail a reader accepts (an out-of-office answer, say)
+        // joins a closed ticket but never reopens it.
+        if reopen && incoming.verdict != Verdict::Accept {
+            return Ok(Placement::Join {
+                ticket: found.ticket,
+                reopen: false,
+            });
+        }
+        return Ok(match tickets.closed_reply {
+            ClosedReply::Reopen => Placement::Join {
+                ticket: found.ticket,
+                reopen: true,
+            },
+            ClosedReply::Attach => Placement::Join {
+                ticket: found.ticket,
+                reopen: false,
+            },
+            ClosedReply::NewTicket => Placement::Open,
+        });
+    }
+    Ok(Placement::Join {
+        ticket: found.ticket,
+        reopen: false,
+    })
+}
+
+struct Found {
+    ticket: i64,
+    /// Found by the subject tag, not by anything the mail's client kept.
+    by_tag_only: bool,
+}
+
+/// The ticket a mail names: by the Message-IDs it answers (ours or stored
+/// mails'), by the token hidden in our Message-IDs, or by its subject tag.
+async fn find_ticket(
+    tx: &mut Transaction<'_, Sqlite>,
+    incoming: &Incoming,
+    ids: &[String],
+    tags: &[i64],
+) -> Result<Option<Found>, StoreError> {
+    if !ids.is_empty() {
+        let mut q = QueryBuilder::new(
+            "SELECT message_id, ticket_id FROM emails WHERE ticket_id IS NOT NULL AND message_id IN ",
+        );
+        in_list(&mut q, ids);
+        q.push(" UNION ALL SELECT message_id, ticket_id FROM outbox WHERE message_id IN ");
+        in_list(&mut q, ids);
+        let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+        // The most telling reference that is known wins.
+        let hit = ids
+            .iter()
+            .find_map(|id| rows.iter().find(|(m, _)| m == id).map(|(_, t)| *t));
+        if let Some(ticket) = hit {
+            return Ok(Some(Found {
+                ticket,
+                by_tag_only: false,
+            }));
+        }
+        if incoming.policy.tickets.hidden_token {
+            for token in ids.iter().filter_map(|id| thread::token_of(id)) {
+                let row: Option<(i64,)> =
+                    sqlx::query_as("SELECT id FROM tickets WHERE thread_token = ?")
+                        .bind(token)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                if let Some((ticket,)) = row {
+                    return Ok(Some(Found {
+                        ticket,
+                        by_tag_only: false,
+                    }));
+                }
+            }
+        }
+    }
+    for &id in tags {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM tickets WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some((ticket,)) = row {
+            return Ok(Some(Found {
+                ticket,
+                by_tag_only: true,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// The ticket of the outbound mail one of `ids` names.
+async fn outbound_ticket(
+    tx: &mut Transaction<'_, Sqlite>,
+    ids: &[String],
+) -> Result<Option<i64>, StoreError> {
+    // Chunked: however many ids a report names, the bound values stay
+    // under SQLite's limit.
+    for chunk in ids.chunks(LOOKUP_CHUNK) {
+        let mut q = QueryBuilder::new("SELECT ticket_id FROM outbox WHERE message_id IN ");
+        in_list(&mut q, chunk);
+        q.push(" LIMIT 1");
+        let row: Option<(i64,)> = q.build_query_as().fetch_optional(&mut **tx).await?;
+        if let Some((ticket,)) = row {
+            return Ok(Some(ticket));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the sender is the requester or on the ticket's mail already.
+async fn is_participant(
+    tx: &mut Transaction<'_, Sqlite>,
+    ticket: i64,
+    requester: Option<String>,
+    mail: &ParsedMail,
+) -> Result<bool, StoreError> {
+    let Some(sender) = mail.from_addr.as_deref().map(str::to_ascii_lowercase) else {
+        return Ok(false);
+    };
+    if requester.is_some_and(|r| r.eq_ignore_ascii_case(&sender)) {
+        return Ok(true);
+    }
+    let rows: Vec<(Option<String>, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT from_addr, to_addrs, cc_addrs FROM emails WHERE ticket_id = ?")
+            .bind(ticket)
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows.iter().any(|(from, to, cc)| {
+        from.as_deref()
+            .is_some_and(|f| f.eq_ignore_ascii_case(&sender))
+            || [to, cc]
+                .into_iter()
+                .flatten()
+                .any(|list| thread::addresses_in(list).contains(&sender))
+    }))
+}
+
+/// The sender's accepted mail within the window, this batch included: a
+/// loop of machines that mark nothing still ends here.
+fn over_rate_limit(incoming: &Incoming, seen: &Seen) -> Option<Guarded> {
+    let guard = &incoming.policy.guard;
+    let sender = incoming.mail.from_addr.as_deref()?;
+    if guard.rate_limit == 0 {
+        return None;
+    }
+    let count = seen
+        .recent
+        .get(&sender.to_ascii_lowercase())
+        .copied()
+        .unwrap_or(0);
+    if count < i64::from(guard.rate_limit) {
+        return None;
+    }
+    Some(Guarded {
+        reason: Reason::RateLimit,
+        detail: format!(
+            "{} mails from {sender} within {}",
+            count + 1,
+            humantime::format_duration(guard.rate_window)
+        ),
+    })
+}
+
+/// Queues the acknowledgement of a new ticket, when the reader sends them
+/// and the mail deserves one.
+async fn queue_ack(
+    tx: &mut Transaction<'_, Sqlite>,
+    reader: &str,
+    incoming: &Incoming,
+    ticket: i64,
+    token: &str,
+) -> Result<(), StoreError> {
+    let policy = &incoming.policy;
+    let mail = &incoming.mail;
+    // Machine-sent mail a reader accepts is still never answered (RFC 3834);
+    // mail from our own addresses is never Accept (the guard ignores it).
+    if !policy.acknowledge || incoming.verdict != Verdict::Accept {
+        return Ok(());
+    }
+    let Some(to) = mail.from_addr.as_deref() else {
+        return Ok(());
+    };
+    if let Some(age) = backlog_age(incoming) {
+        // A backlog (a first contact, a reader that was down) is not
+        // answered: the sender has long stopped waiting for a receipt.
+        tracing::debug!(
+            ticket,
+            age = %humantime::format_duration(age),
+            ack_max_age = %humantime::format_duration(policy.ack_max_age),
+            "no acknowledgement: the mail was received too long before it was ingested"
+        );
+        return Ok(());
+    }
+    let hidden = policy.tickets.hidden_token.then_some(token);
+    let message_id = thread::outbound_message_id(&policy.message_id_domain, hidden);
+    let references = match (&mail.references, &mail.message_id) {
+        (Some(refs), Some(id)) => Some(format!("{refs} {id}")),
+        (None, Some(id)) => Some(id.clone()),
+        (refs, None) => refs.clone(),
+    };
+    sqlx::query(&format!(
+        "INSERT INTO outbox (ticket_id, reader, kind, message_id, to_addr, in_reply_to,
+            references_, next_attempt_at, created_at)
+         VALUES (?, ?, 'ack', ?, ?, ?, ?, {NOW}, {NOW})
+         ON CONFLICT (ticket_id, kind) DO NOTHING"
+    ))
+    .bind(ticket)
+    .bind(reader)
+    .bind(message_id)
+    .bind(to)
+    .bind(&mail.message_id)
+    .bind(references)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// How long before now `incoming` was received, when that is more than
+/// its reader's `ack_max_age`. A mail that says nothing of when it came is
+/// not old.
+fn backlog_age(incoming: &Incoming) -> Option<std::time::Duration> {
+    let received = incoming.received_at?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let age = std::time::Duration::from_secs(
+        u64::try_from(i64::try_from(now).ok()?.saturating_sub(received)).ok()?,
+    );
+    (age > incoming.policy.ack_max_age).then_some(age)
+}
+
+/// Stores `content` once under its hash; returns the blob's key.
+pub(super) async fn put_blob(
+    tx: &mut Transaction<'_, Sqlite>,
+    content: &[u8],
+    sha256: &str,
+) -> Result<String, StoreError> {
+    let key = format!("sha256:{sha256}");
+    // Checked first so that known content is not sent to SQLite again.
+    let known: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM blobs WHERE key = ?")
+        .bind(&key)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if known.is_none() {
+        sqlx::query("INSERT INTO blobs (key, size, content) VALUES (?, ?, ?)")
+            .bind(&key)
+            .bind(i64::try_from(content.len()).unwrap_or(i64::MAX))
+            .bind(content)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(key)
+}
+
+/// `(?, ?, ...)` bound to `values`.
+pub(super) fn in_list<'q, T>(q: &mut QueryBuilder<'q, Sqlite>, values: impl IntoIterator<Item = T>)
+where
+    T: 'q + sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Send,
+{
+    q.push("(");
+    let mut list = q.separated(", ");
+    for v in values {
+        list.push_bind(v);
+    }
+    q.push(")");
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::StoreConfig;
-    use crate::ingest::Incoming;
-    use crate::outcome::ReaderState;
-    use crate::store::{ReaderIdentity, Retried};
-
-    use crate::store::open_in as store;
-
-    async fn count(store: &Store, table: &str) -> i64 {
-        let sql = format!("SELECT COUNT(*) FROM {table}");
-        let (n,): (i64,) = sqlx::query_as(&sql)
-            .fetch_one(store.pool())
-            .await
-            .expect("count");
-        n
-    }
-
-    #[tokio::test]
-    async fn batch_is_idempotent_and_dedups_across_readers() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = store(&dir).await;
-        let a = FolderPosition {
-            reader: "a".into(),
-            folder: "INBOX".into(),
-            uidvalidity: 7,
-        };
-        let mails: Vec<_> = (1..=3u32)
-            .map(|i| {
-                (
-                    i,
-                    Incoming::new(
-                        format!("Message-ID: <{i}@x>\r\nSubject: s{i}\r\n\r\nbody").as_bytes(),
-                        "a",
-                        &Default::default(),
-                    ),
-                )
-            })
-            .collect();
-        let first = store.commit_batch(&a, &mails, &[]).await.expect("commit");
-        assert_eq!(
-            first,
-            BatchOutcome {
-                created: 3,
-                ..BatchOutcome::default()
-            }
-        );
-        let again = store
-            .commit_batch(&a, &mails, &[])
-            .await
-            .expect("commit again");
-        assert_eq!(again.already_recorded, 3);
-        assert_eq!(store.watermark(&a).await.expect("wm"), 3);
-
-        // The same mails seen by another reader, or after a UIDVALIDITY change.
-        let b = FolderPosition {
-            reader: "b".into(),
-            folder: "INBOX".into(),
-            uidvalidity: 1,
-        };
-        let other = store.commit_batch(&b, &mails, &[]).await.expect("commit b");
-        assert_eq!(other.duplicates, 3);
-        let a2 = FolderPosition {
-            uidvalidity: 8,
-            ..a.clone()
-        };
-        assert_eq!(
-            store
-                .commit_batch(&a2, &mails, &[])
-                .await
-                .expect("a2")
-                .duplicates,
-            3
-        );
-        assert_eq!(count(&store, "tickets").await, 3);
-        assert_eq!(count(&store, "emails").await, 3);
-        assert_eq!(
-            store.pending_after(&a).await.expect("pending"),
-            vec![1, 2, 3]
-        );
-        store.mark_after_done(&a, &[1, 2]).await.expect("done");
-        assert_eq!(store.pending_after(&a).await.expect("pending"), vec![3]);
-    }
-
-    #[tokio::test]
-    async fn a_mail_the_parser_gave_up_on_is_set_aside_once_and_retried_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = store(&dir).await;
-        let pos = FolderPosition {
-            reader: "a".into(),
-            folder: "INBOX".into(),
-            uidvalidity: 1,
-        };
-        let raw =
-            b"Message-ID: <q@x>\r\nFrom: q@example.net\r\nSubject: broken\r\n\r\nbody".to_vec();
-        let mut given_up = Incoming::new(&raw, "a", &Default::default());
-        given_up.mail.quarantine = Some("the MIME parser panicked".into());
-        let healthy = Incoming::new(
-            b"Message-ID: <h@x>\r\nSubject: fine\r\n\r\nbody",
-            "a",
-            &Default::default(),
-        );
-        let batch = vec![(1, given_up.clone()), (2, healthy)];
-        let outcome = store.commit_batch(&pos, &batch, &[]).await.expect("commit");
-        assert_eq!((outcome.created, outcome.quarantined), (1, 1));
-        let (id, disposition, kept): (i64, String, Vec<u8>) = sqlx::query_as(
-            "SELECT e.id, e.disposition, b.content FROM emails e JOIN blobs b ON b.key = e.raw_blob
-             WHERE e.disposition LIKE 'quarantined: %'",
-        )
-        .fetch_one(store.pool())
-        .await
-        .expect("quarantined row");
-        assert_eq!(
-            disposition,
-            "quarantined: parser (the MIME parser panicked)"
-        );
-        assert_eq!(kept, raw);
-        assert_eq!(
-            store.watermark(&pos).await.expect("wm"),
-            2,
-            "the ledger moved on"
-        );
-        // Fetched again after a crash: recorded, not set aside twice.
-        let again = store.commit_batch(&pos, &batch, &[]).await.expect("again");
-        assert_eq!((again.already_recorded, again.quarantined), (2, 0));
-
-        // The parser still gives up: it stays.
-        assert_eq!(
-            store.retry_quarantined(id, &given_up).await.expect("retry"),
-            Retried::StillQuarantined("the MIME parser panicked".into())
-        );
-        let fixed = Incoming::new(&raw, "a", &Default::default());
-        let Retried::Stored { email, disposition } =
-            store.retry_quarantined(id, &fixed).await.expect("retry")
-        else {
-            panic!("not stored");
-        };
-        assert_eq!(disposition, "ticket");
-        assert_eq!(
-            store
-                .retry_quarantined(id, &fixed)
-                .await
-                .expect("retry again"),
-            Retried::NotQuarantined
-        );
-        assert_eq!(count(&store, "tickets").await, 2);
-        assert_eq!(count(&store, "emails").await, 2);
-        let (pointed,): (i64,) =
-            sqlx::query_as("SELECT email_id FROM source_positions WHERE uid = 1")
-                .fetch_one(store.pool())
-                .await
-                .expect("position");
-        assert_eq!(pointed, email);
-    }
-
-    #[tokio::test]
-    async fn reader_health_is_recorded() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = store(&dir).await;
-        store
-            .register_reader(ReaderIdentity {
-                name: "r",
-                protocol: "imap",
-                oauth: Some("app"),
-                account: "a@example.com",
-                grant: "authorization_code",
-                config_hash: "h1",
-            })
-            .await
-            .expect("register");
-        let retrying = ReaderState::Retrying;
-        assert_eq!(
-            store
-                .record_failure("r", retrying, "boom")
-                .await
-                .expect("fail"),
-            1
-        );
-        assert_eq!(
-            store
-                .record_failure("r", ReaderState::NeedsAuthorization, "boom again")
-                .await
-                .expect("fail"),
-            2
-        );
-        let s = &store.status_view().reader_statuses().await.expect("status")[0];
-        assert_eq!(s.last_error.as_deref(), Some("boom again"));
-        assert_eq!(s.consecutive_failures, 2);
-        assert_eq!(s.state, "needs_authorization");
-        assert_eq!(s.refresh_idle_days, None);
-
-        // A sign-in for another account releases nothing; for this one, it does.
-        let none = store.release_authorized("app", "b@example.com").await;
-        assert!(none.expect("release").is_empty());
-        let released = store.release_authorized("app", "A@example.com").await;
-        assert_eq!(released.expect("release"), ["r"]);
-        assert_eq!(
-            store.reader_state("r").await.expect("state").map(|s| s.0),
-            Some(ReaderState::Ok)
-        );
-
-        // Registering again with the same settings keeps a stopped reader
-        // stopped; changed settings release it.
-        let identity = |hash| ReaderIdentity {
-            name: "r",
-            protocol: "imap",
-            oauth: Some("app"),
-            account: "a@example.com",
-            grant: "authorization_code",
-            config_hash: hash,
-        };
-        store
-            .record_failure("r", ReaderState::Misconfigured, "bad secret")
-            .await
-            .expect("fail");
-        let same = store
-            .register_reader(identity("h1"))
-            .await
-            .expect("register");
-        assert_eq!(same, ReaderState::Misconfigured);
-        let changed = store
-            .register_reader(identity("h2"))
-            .await
-            .expect("register");
-        assert_eq!(changed, ReaderState::Ok);
-
-        store
-            .save_refresh_token("app", "a@example.com", &"rt".into())
-            .await
-            .expect("save");
-        sqlx::query(
-            "UPDATE oauth_tokens SET last_used_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-81 days')",
-        )
-        .execute(store.pool())
-        .await
-        .expect("age the token");
-        store.record_success("r").await.expect("ok");
-        let s = &store.status_view().reader_statuses().await.expect("status")[0];
-        assert_eq!(s.last_error, None);
-        assert_eq!(s.consecutive_failures, 0);
-        assert_eq!(s.state, "ok");
-        assert_eq!(s.refresh_idle_days, Some(81));
-        assert!(s.last_success_at.is_some());
-    }
-
-    #[tokio::test]
-    async fn reopening_with_another_key_fails_clearly() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        drop(store(&dir).await);
-        let other_key = dir.path().join("other.key");
-        std::fs::write(&other_key, "11".repeat(32)).expect("write key");
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&other_key, std::fs::Permissions::from_mode(0o600))
-                .expect("chmod key");
-        }
-        let config = StoreConfig {
-            database: format!("sqlite://{}", dir.path().join("t.db").display()),
-            key_file: Some(other_key),
-        };
-        let err = Store::open(&config).await.unwrap_err();
-        assert!(
-            err.to_string().contains("does not match this database"),
-            "{err}"
-        );
-    }
-}
+mod tests;

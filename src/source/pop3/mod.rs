@@ -431,7 +431,12 @@ pub async fn poll(
         .await?;
         let committing = std::time::Instant::now();
         let outcome = store
-            .commit_pop3_batch_sized(&reader.name, &parsed, &listed, delete)
+            .commit_batch(crate::store::Batch::Pop3 {
+                reader: &reader.name,
+                mails: &parsed,
+                sizes: &listed,
+                pending: delete,
+            })
             .await?;
         meter.committed(&outcome, committing.elapsed());
         report.created += outcome.created;

@@ -1,10 +1,12 @@
-//! Reader health and history, and the daemon's own row.
+//! The reader records and the daemon's own row: registration, state,
+//! history, heartbeat, and the queries `status` and `health` make.
 //!
 //! Owns `readers` (state, `last_error`, counters), `reader_events` (each
 //! state change, failure and recovery, newest [`EVENTS_KEPT`] per reader)
 //! and `daemon` (the heartbeat `health` reads, the last reload's outcome).
 //! A failure or recovery and its history row are one transaction, so the
-//! history never disagrees with the state.
+//! history never disagrees with the state. Also here: what each reader's
+//! recent mail became ([`MailCounts`]), read from `emails` for `status`.
 
 use sqlx::{Sqlite, Transaction};
 
@@ -357,6 +359,76 @@ impl StatusView {
     }
 }
 
+/// What one reader's mail became recently, as `status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MailCounts {
+    #[serde(skip)]
+    pub reader: String,
+    pub tickets: i64,
+    pub replies: i64,
+    pub reopened: i64,
+    pub bounces: i64,
+    /// Mails set aside in the quarantine.
+    pub quarantined: i64,
+    /// Mails kept out, by guard reason (`rule` for ignore rules).
+    pub ignored: std::collections::BTreeMap<String, i64>,
+}
+
+impl MailCounts {
+    pub fn ignored_total(&self) -> i64 {
+        self.ignored.values().sum()
+    }
+}
+
+impl StatusView {
+    /// Per reader, what the mail received within `hours` became. Empty for
+    /// a database from before dispositions existed (`status` may be run by
+    /// a newer binary than the daemon that migrated it).
+    pub async fn mail_counts(&self, hours: u32) -> Result<Vec<MailCounts>, StoreError> {
+        if !self.has_migration(super::TICKET_SEMANTICS).await? {
+            return Ok(Vec::new());
+        }
+        // 'ignored: REASON (DETAIL)' counts by REASON.
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT reader,
+                    CASE WHEN disposition LIKE 'ignored: %' AND instr(disposition, ' (') > 10
+                         THEN 'ignored:' || substr(disposition, 10, instr(disposition, ' (') - 10)
+                         WHEN disposition LIKE 'quarantined: %' THEN 'quarantined'
+                         ELSE disposition END AS kind,
+                    COUNT(*)
+             FROM emails
+             WHERE received_at >= strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?)
+             GROUP BY 1, 2
+             ORDER BY 1, 2",
+        )
+        .bind(format!("-{hours} hours"))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts: Vec<MailCounts> = Vec::new();
+        for (reader, kind, n) in rows {
+            if counts.last().is_none_or(|c| c.reader != reader) {
+                counts.push(MailCounts {
+                    reader,
+                    ..MailCounts::default()
+                });
+            }
+            let Some(c) = counts.last_mut() else { continue };
+            match kind.as_str() {
+                "ticket" => c.tickets += n,
+                "reply" => c.replies += n,
+                "reopened" => c.reopened += n,
+                "bounce" => c.bounces += n,
+                "quarantined" => c.quarantined += n,
+                other => {
+                    let reason = other.strip_prefix("ignored:").unwrap_or(other);
+                    *c.ignored.entry(reason.to_string()).or_default() += n;
+                }
+            }
+        }
+        Ok(counts)
+    }
+}
+
 pub(super) async fn insert_event(
     tx: &mut Transaction<'_, Sqlite>,
     reader: &str,
@@ -507,5 +579,95 @@ mod tests {
             .expect("status")
             .expect("row");
         assert!(status.heartbeat_at.is_none() && status.stopped_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn reader_health_is_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::open_in(&dir).await;
+        store
+            .register_reader(ReaderIdentity {
+                name: "r",
+                protocol: "imap",
+                oauth: Some("app"),
+                account: "a@example.com",
+                grant: "authorization_code",
+                config_hash: "h1",
+            })
+            .await
+            .expect("register");
+        let retrying = ReaderState::Retrying;
+        assert_eq!(
+            store
+                .record_failure("r", retrying, "boom")
+                .await
+                .expect("fail"),
+            1
+        );
+        assert_eq!(
+            store
+                .record_failure("r", ReaderState::NeedsAuthorization, "boom again")
+                .await
+                .expect("fail"),
+            2
+        );
+        let s = &store.status_view().reader_statuses().await.expect("status")[0];
+        assert_eq!(s.last_error.as_deref(), Some("boom again"));
+        assert_eq!(s.consecutive_failures, 2);
+        assert_eq!(s.state, "needs_authorization");
+        assert_eq!(s.refresh_idle_days, None);
+
+        // A sign-in for another account releases nothing; for this one, it does.
+        let none = store.release_authorized("app", "b@example.com").await;
+        assert!(none.expect("release").is_empty());
+        let released = store.release_authorized("app", "A@example.com").await;
+        assert_eq!(released.expect("release"), ["r"]);
+        assert_eq!(
+            store.reader_state("r").await.expect("state").map(|s| s.0),
+            Some(ReaderState::Ok)
+        );
+
+        // Registering again with the same settings keeps a stopped reader
+        // stopped; changed settings release it.
+        let identity = |hash| ReaderIdentity {
+            name: "r",
+            protocol: "imap",
+            oauth: Some("app"),
+            account: "a@example.com",
+            grant: "authorization_code",
+            config_hash: hash,
+        };
+        store
+            .record_failure("r", ReaderState::Misconfigured, "bad secret")
+            .await
+            .expect("fail");
+        let same = store
+            .register_reader(identity("h1"))
+            .await
+            .expect("register");
+        assert_eq!(same, ReaderState::Misconfigured);
+        let changed = store
+            .register_reader(identity("h2"))
+            .await
+            .expect("register");
+        assert_eq!(changed, ReaderState::Ok);
+
+        store
+            .save_refresh_token("app", "a@example.com", &"rt".into())
+            .await
+            .expect("save");
+        sqlx::query(
+            "UPDATE oauth_tokens SET last_used_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-81 days')",
+        )
+        .execute(store.pool())
+        .await
+        .expect("age the token");
+        store.record_success("r").await.expect("ok");
+        let s = &store.status_view().reader_statuses().await.expect("status")[0];
+        assert_eq!(s.last_error, None);
+        assert_eq!(s.consecutive_failures, 0);
+        assert_eq!(s.state, "ok");
+        assert_eq!(s.refresh_idle_days, Some(81));
+        assert!(s.last_success_at.is_some());
     }
 }
