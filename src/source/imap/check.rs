@@ -6,7 +6,7 @@ use super::errors::ImapError;
 use super::poll::{position, uids_since_first_contact};
 use super::session::Session;
 use crate::config::{After, ReaderConfig};
-use crate::source::{CheckReport, FirstContactPreview, SignInSecret};
+use crate::source::{CheckReport, FirstContactPreview, SignInSecret, SourceError};
 use crate::store::Store;
 
 /// Connects, authenticates and selects the folder; counts what is waiting,
@@ -15,7 +15,7 @@ pub async fn check(
     reader: &ReaderConfig,
     credential: &SignInSecret,
     store: &Store,
-) -> Result<CheckReport, ImapError> {
+) -> Result<CheckReport, SourceError> {
     contained(check_inner(reader, credential, store)).await
 }
 
@@ -23,7 +23,7 @@ async fn check_inner(
     reader: &ReaderConfig,
     credential: &SignInSecret,
     store: &Store,
-) -> Result<CheckReport, ImapError> {
+) -> Result<CheckReport, SourceError> {
     let mut session = Session::open(reader, credential).await?;
     let selected = session.select(&reader.folder).await?;
     if let After::Move(folder) = &reader.after
@@ -31,7 +31,8 @@ async fn check_inner(
     {
         return Err(ImapError::NoMoveTarget {
             folder: folder.clone(),
-        });
+        }
+        .into());
     }
     let pos = position(reader, &selected);
     let watermark = store.watermark(&pos).await?;

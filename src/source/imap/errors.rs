@@ -4,25 +4,16 @@
 
 use std::time::Duration;
 
-use crate::ingest::ParseTaskFailed;
 use crate::outcome::FailureClass;
 use crate::scrub::Scrubber;
 use crate::source::refusal::{Meaning, Refusal};
-use crate::store::{MAX_REFUSALS, StoreError};
-use crate::transport::ConnectError;
+use crate::store::MAX_REFUSALS;
 
+/// What only IMAP fails at; the failures every protocol shares (connect,
+/// TLS, a refused credential, parser, store) are
+/// [`crate::source::SourceError`]'s.
 #[derive(Debug, thiserror::Error)]
 pub enum ImapError {
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    #[error("{server} does not offer STARTTLS ({detail}); use tls = \"implicit\" on port 993")]
-    NoStartTls { server: String, detail: String },
-    #[error("authentication failed: the IMAP server refused the {what} for {user} ({server})")]
-    AuthRejected {
-        what: &'static str,
-        user: String,
-        server: String,
-    },
     #[error(
         "authentication failed: the server accepted the token but the session is unusable ({server}); \
          check that {user} has a mailbox with IMAP enabled"
@@ -78,29 +69,17 @@ pub enum ImapError {
     ConnectionLost { step: &'static str, detail: String },
     #[error("IMAP {step} failed: {detail}")]
     Protocol { step: &'static str, detail: String },
-    #[error(transparent)]
-    Parser(#[from] ParseTaskFailed),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 impl ImapError {
-    /// The server refused the credential (not the network, not the folder).
-    pub fn is_auth_rejected(&self) -> bool {
-        matches!(self, ImapError::AuthRejected { .. })
-    }
-
     pub fn class(&self) -> FailureClass {
         match self {
-            ImapError::Connect(e) => e.class(),
-            ImapError::AuthRejected { .. } => FailureClass::Auth,
             ImapError::NotConnected { .. }
             | ImapError::Timeout { .. }
             | ImapError::Busy { .. }
             | ImapError::Closed { .. }
             | ImapError::ConnectionLost { .. } => FailureClass::Connection,
-            ImapError::NoStartTls { .. }
-            | ImapError::NoFolder { .. }
+            ImapError::NoFolder { .. }
             | ImapError::FolderRefused { .. }
             | ImapError::NoMoveTarget { .. } => FailureClass::Config,
             ImapError::NoUidValidity { .. }
@@ -108,7 +87,6 @@ impl ImapError {
             | ImapError::Refused { .. }
             | ImapError::Undelivered { .. } => FailureClass::Protocol,
             ImapError::AfterStep { source, .. } => source.class(),
-            ImapError::Parser(_) | ImapError::Store(_) => FailureClass::Store,
         }
     }
 }

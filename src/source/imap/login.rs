@@ -17,8 +17,8 @@ use super::session::{Caps, Session};
 use crate::auth::sasl;
 use crate::config::{ReaderConfig, Tls};
 use crate::scrub::Scrubber;
-use crate::source::SignInSecret;
 use crate::source::refusal::{Meaning, Refusal};
+use crate::source::{SignInSecret, SourceError};
 use crate::transport::{self, Endpoint, Stream};
 
 /// One SASL message, built by [`sasl`] (XOAUTH2 or PLAIN), sent as the
@@ -84,24 +84,26 @@ impl Session {
     pub(super) async fn open(
         reader: &ReaderConfig,
         credential: &SignInSecret,
-    ) -> Result<Session, ImapError> {
+    ) -> Result<Session, SourceError> {
         let t = reader.timeout;
         let endpoint = Endpoint::of(reader);
         let stream = transport::connect(&endpoint).await?;
         let progress = stream.progress();
         let mut client = async_imap::Client::new(stream);
         match tokio::time::timeout(t, client.read_response()).await {
-            Err(_) => return Err(timed_out("greeting", t)),
-            Ok(Err(e)) => return Err(protocol_error("greeting", e)),
-            Ok(Ok(None)) => return Err(connection_closed("greeting")),
+            Err(_) => return Err(timed_out("greeting", t).into()),
+            Ok(Err(e)) => return Err(protocol_error("greeting", e).into()),
+            Ok(Ok(None)) => return Err(connection_closed("greeting").into()),
             Ok(Ok(Some(_))) => {}
         }
         if reader.tls == Tls::StartTls {
             match tokio::time::timeout(t, client.run_command_and_check_ok("STARTTLS", None)).await {
-                Err(_) => return Err(timed_out("STARTTLS", t)),
+                Err(_) => return Err(timed_out("STARTTLS", t).into()),
                 Ok(Err(e)) => {
-                    return Err(ImapError::NoStartTls {
+                    return Err(SourceError::NoStartTls {
                         server: reader.host.clone(),
+                        command: "STARTTLS",
+                        port: 993,
                         detail: server_text(e),
                     });
                 }
@@ -132,32 +134,27 @@ impl Session {
         let inner = match login {
             Err(e @ async_imap::error::Error::No(_)) => {
                 let answer = crate_refusal(&scrub, &e).unwrap_or_else(|| Refusal::parse(""));
-                // Only a code that blames the credential (or none, as
-                // servers without RFC 5530 answer) refuses it: a connection
-                // limit or an outage must not cost the token or park a
-                // password reader.
-                if !answer.blames_credential() {
-                    return Err(match answer.meaning() {
-                        Meaning::Transient => ImapError::Busy {
-                            step: "AUTHENTICATE",
-                            answer,
-                        },
-                        _ => ImapError::Refused {
-                            step: "AUTHENTICATE",
-                            answer,
-                        },
-                    });
-                }
-                return Err(ImapError::AuthRejected {
+                let words = answer.to_string();
+                return Err(SourceError::login_refused(
+                    "IMAP",
                     what,
-                    user: user.to_string(),
-                    server: answer.to_string(),
-                });
+                    user,
+                    answer,
+                    words,
+                    |answer| {
+                        let step = "AUTHENTICATE";
+                        match answer.meaning() {
+                            Meaning::Transient => ImapError::Busy { step, answer },
+                            _ => ImapError::Refused { step, answer },
+                        }
+                        .into()
+                    },
+                ));
             }
             Err(async_imap::error::Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(timed_out("AUTHENTICATE", t));
+                return Err(timed_out("AUTHENTICATE", t).into());
             }
-            Err(e) => return Err(crate_error(&scrub, "AUTHENTICATE", e)),
+            Err(e) => return Err(crate_error(&scrub, "AUTHENTICATE", e).into()),
             Ok(session) => session,
         };
         let mut session = Session {
@@ -172,21 +169,22 @@ impl Session {
         // command with "BAD User is authenticated but not connected"; only
         // a command after login tells.
         match tokio::time::timeout(t, session.inner.run_command_and_check_ok("NOOP")).await {
-            Err(_) => return Err(timed_out("NOOP", t)),
+            Err(_) => return Err(timed_out("NOOP", t).into()),
             Ok(Err(e @ (async_imap::error::Error::Bad(_) | async_imap::error::Error::No(_)))) => {
                 let answer = crate_refusal(&session.scrub, &e);
                 return Err(ImapError::NotConnected {
                     user: user.to_string(),
                     server: answer.map(|a| a.to_string()).unwrap_or_default(),
-                });
+                }
+                .into());
             }
-            Ok(Err(e)) => return Err(crate_error(&session.scrub, "NOOP", e)),
+            Ok(Err(e)) => return Err(crate_error(&session.scrub, "NOOP", e).into()),
             Ok(Ok(())) => {}
         }
         // After login: servers may announce more (or less) than before it.
         let caps = match tokio::time::timeout(t, session.inner.capabilities()).await {
-            Err(_) => return Err(timed_out("CAPABILITY", t)),
-            Ok(Err(e)) => return Err(crate_error(&session.scrub, "CAPABILITY", e)),
+            Err(_) => return Err(timed_out("CAPABILITY", t).into()),
+            Ok(Err(e)) => return Err(crate_error(&session.scrub, "CAPABILITY", e).into()),
             Ok(Ok(caps)) => caps,
         };
         session.caps = Caps {

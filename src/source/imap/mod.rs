@@ -34,6 +34,8 @@ mod session;
 
 use std::time::Duration;
 
+use super::SourceError;
+
 pub use self::check::check;
 pub use self::errors::ImapError;
 pub use self::idle::idle;
@@ -85,13 +87,13 @@ pub enum Idled {
 /// in `last_error`, like any other bad answer, instead of a reader task
 /// that panics and restarts in a loop.
 async fn contained<T>(
-    fut: impl std::future::Future<Output = Result<T, ImapError>>,
-) -> Result<T, ImapError> {
+    fut: impl std::future::Future<Output = Result<T, SourceError>>,
+) -> Result<T, SourceError> {
     use futures::FutureExt as _;
     std::panic::AssertUnwindSafe(fut)
         .catch_unwind()
         .await
-        .unwrap_or_else(|_| Err(unreadable_answer()))
+        .unwrap_or_else(|_| Err(unreadable_answer().into()))
 }
 
 pub(super) fn unreadable_answer() -> ImapError {

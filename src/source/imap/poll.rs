@@ -10,9 +10,8 @@ use super::errors::{ImapError, step};
 use super::session::{Delivery, Selected, Session};
 use super::{Connection, contained, uid_set};
 use crate::config::ReaderConfig;
-use crate::ingest;
 use crate::ops::metrics::ReaderMetrics;
-use crate::source::{Batching, PollReport, SignInSecret};
+use crate::source::{Batching, PollReport, SignInSecret, SourceError, batch};
 use crate::store::{FolderPosition, Owed, Store};
 
 /// A session for this poll: the kept one if it still answers, else a new
@@ -21,7 +20,7 @@ async fn session_for_poll(
     reader: &ReaderConfig,
     credential: &SignInSecret,
     kept: &mut Option<Connection>,
-) -> Result<(Session, Selected), ImapError> {
+) -> Result<(Session, Selected), SourceError> {
     if let Some(mut conn) = kept.take() {
         // A NOOP both proves the connection and collects what changed.
         let session = &mut conn.session;
@@ -55,7 +54,7 @@ pub async fn poll(
     cancel: &CancellationToken,
     kept: &mut Option<Connection>,
     meter: &ReaderMetrics,
-) -> Result<PollReport, ImapError> {
+) -> Result<PollReport, SourceError> {
     contained(poll_inner(reader, credential, store, cancel, kept, meter)).await
 }
 
@@ -66,7 +65,7 @@ async fn poll_inner(
     cancel: &CancellationToken,
     kept: &mut Option<Connection>,
     meter: &ReaderMetrics,
-) -> Result<PollReport, ImapError> {
+) -> Result<PollReport, SourceError> {
     let (mut session, selected) = session_for_poll(reader, credential, kept).await?;
     let pos = position(reader, &selected);
     let mut report = PollReport::default();
@@ -147,7 +146,6 @@ async fn poll_inner(
             missing,
             refused,
         } = delivery;
-        report.fetched += raw.len();
         let following = chunks.get(index + 1).copied();
         let to_do = std::mem::take(&mut undone);
         let to_record = std::mem::take(&mut done);
@@ -167,12 +165,17 @@ async fn poll_inner(
                     None => "its answer left them out or had no body".to_string(),
                 };
                 let owed = store.owe(&pos, &missing, &words).await?;
-                let parsed = ingest::parse_batch(raw, &reader.name, &policy).await?;
-                let uids: Vec<u32> = parsed.iter().map(|(uid, _)| *uid).collect();
-                let committing = std::time::Instant::now();
-                let outcome = store.commit_batch(&pos, &parsed, &to_record).await?;
-                meter.committed(&outcome, committing.elapsed());
-                Ok::<_, ImapError>((uids, outcome, owed, words))
+                let (pos, to_record) = (&pos, &to_record);
+                let (uids, outcome) = batch::ingest(
+                    raw,
+                    &reader.name,
+                    &policy,
+                    meter,
+                    &mut report,
+                    |parsed| async move { store.commit_batch(pos, &parsed, to_record).await },
+                )
+                .await?;
+                Ok::<_, SourceError>((uids, outcome, owed, words))
             },
             async {
                 let ok = run_after(&mut session, reader, &to_do, &mut after_failed).await;
@@ -203,11 +206,6 @@ async fn poll_inner(
             ms = started.elapsed().as_millis() as u64,
             "batch committed"
         );
-        report.created += outcome.created;
-        report.joined += outcome.joined;
-        report.ignored += outcome.ignored_total();
-        report.quarantined += outcome.quarantined;
-        report.duplicates += outcome.duplicates;
         undone = committed;
         if after_ok {
             done = to_do;
@@ -225,7 +223,7 @@ async fn poll_inner(
         // The tickets exist; the admin must fix the target before mail
         // can leave the folder.
         session.logout().await;
-        return Err(e);
+        return Err(e.into());
     }
     // What was delivered is committed; what was not must not pass for a
     // good poll.
@@ -237,14 +235,16 @@ async fn poll_inner(
             count: undelivered.len(),
             uids: uid_set(&undelivered),
             words: undelivered_words,
-        });
+        }
+        .into());
     }
     if let Some(e) = after_failed {
         session.logout().await;
         return Err(ImapError::AfterStep {
             after: reader.after.as_str(),
             source: Box::new(e),
-        });
+        }
+        .into());
     }
     if reader.idle && !cancel.is_cancelled() {
         *kept = Some(Connection { session, selected });
@@ -265,7 +265,7 @@ async fn uids_to_take(
     reader: &ReaderConfig,
     pos: &FolderPosition,
     watermark: u32,
-) -> Result<Vec<u32>, ImapError> {
+) -> Result<Vec<u32>, SourceError> {
     let floor = match store.imap_floor(pos).await? {
         Some(floor) => floor.floor,
         // Mail ingested before first contacts were recorded: no floor.
@@ -302,7 +302,7 @@ pub(super) async fn uids_since_first_contact(
     pos: &FolderPosition,
     watermark: u32,
     floor: u32,
-) -> Result<Vec<u32>, ImapError> {
+) -> Result<Vec<u32>, SourceError> {
     let mut uids = session.uids_after(watermark.max(floor)).await?;
     let owed = store.imap_backfill_owed(pos).await?;
     if !owed.is_empty() {
@@ -381,7 +381,7 @@ async fn with_owed(
     store: &Store,
     pos: &FolderPosition,
     mut uids: Vec<u32>,
-) -> Result<Vec<u32>, ImapError> {
+) -> Result<Vec<u32>, SourceError> {
     let owed = store.owed_uids(pos).await?;
     if owed.is_empty() {
         return Ok(uids);
