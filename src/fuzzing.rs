@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use crate::config::{Config, ConfigError, MailPolicy, ReaderConfig, StoreConfig};
 use crate::ingest::{self, Incoming, thread};
 use crate::source::SignInSecret;
+use crate::source::SourceError;
 use crate::source::imap::{self, ImapError};
 use crate::source::pop3::proto::{Connection, Pop3Error};
 use crate::store::Store;
@@ -175,10 +176,10 @@ impl Harness {
             panic!("the IMAP exchange did not end although the server closed the connection");
         };
         if let Err(e) = result {
-            if let ImapError::Timeout { step, .. } = e {
+            if let SourceError::Imap(ImapError::Timeout { step, .. }) = e {
                 panic!("IMAP {step} waited for bytes after the server closed the connection");
             }
-            assert!(!matches!(e, ImapError::Store(_)), "store failed: {e}");
+            assert!(!matches!(e, SourceError::Store(_)), "store failed: {e}");
             // The scripted server speaks before it is sent anything, so a
             // credential in its bytes is its own; ours must never appear.
             let echoes = [secret, "dXNlcj", "AGZ1enpA"]
@@ -529,7 +530,7 @@ impl ImapRig {
         &self,
         server: &[u8],
         credential: &SignInSecret,
-    ) -> Result<crate::source::CheckReport, ImapError> {
+    ) -> Result<crate::source::CheckReport, SourceError> {
         let serve = async {
             let Ok((mut socket, _)) = self.listener.accept().await else {
                 return;

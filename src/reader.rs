@@ -14,7 +14,7 @@ use crate::config::Service;
 use crate::config::{Grant, Login, OAuthLogin, Protocol, ReaderConfig, SecretError};
 use crate::ops::metrics::{Metrics, ReaderMetrics};
 use crate::outcome::{FailureClass, ReaderState};
-use crate::source::{CheckReport, PollReport, SignInSecret, imap, pop3};
+use crate::source::{CheckReport, PollReport, SignInSecret, SourceError, imap, pop3};
 use crate::store::{Store, StoreError};
 
 /// What every reader task shares.
@@ -35,9 +35,7 @@ pub enum PollError {
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
-    Imap(#[from] imap::ImapError),
-    #[error(transparent)]
-    Pop3(#[from] pop3::Pop3Error),
+    Source(#[from] SourceError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -59,11 +57,9 @@ impl PollError {
     pub fn state(&self) -> ReaderState {
         match self {
             PollError::Auth(e) => e.state(),
-            PollError::Secret(_)
-            | PollError::PasswordRejected(_)
-            | PollError::Imap(imap::ImapError::NoMoveTarget { .. })
-            | PollError::Pop3(pop3::Pop3Error::NoUidl { .. }) => ReaderState::Misconfigured,
-            PollError::Imap(_) | PollError::Pop3(_) | PollError::Store(_) => ReaderState::Retrying,
+            PollError::Secret(_) | PollError::PasswordRejected(_) => ReaderState::Misconfigured,
+            PollError::Source(e) if e.is_misconfigured() => ReaderState::Misconfigured,
+            PollError::Source(_) | PollError::Store(_) => ReaderState::Retrying,
             PollError::Stopped { state, .. } => *state,
         }
     }
@@ -72,8 +68,7 @@ impl PollError {
     pub fn class(&self) -> FailureClass {
         match self {
             PollError::Auth(e) => e.class(),
-            PollError::Imap(e) => e.class(),
-            PollError::Pop3(e) => e.class(),
+            PollError::Source(e) => e.class(),
             PollError::Store(_) => FailureClass::Store,
             PollError::PasswordRejected(_) => FailureClass::Auth,
             PollError::Secret(_) | PollError::Stopped { .. } => FailureClass::Config,
@@ -83,9 +78,8 @@ impl PollError {
     /// The store's error, whichever step of the poll met it.
     pub fn store_error(&self) -> Option<&StoreError> {
         match self {
-            PollError::Store(e)
-            | PollError::Imap(imap::ImapError::Store(e))
-            | PollError::Pop3(pop3::Pop3Error::Store(e)) => Some(e),
+            PollError::Store(e) => Some(e),
+            PollError::Source(e) => e.store_error(),
             _ => None,
         }
     }
@@ -156,36 +150,18 @@ pub fn advice(reader: &ReaderConfig, state: ReaderState) -> Option<String> {
     }
 }
 
-/// A protocol error that can say whether the server refused the login.
-trait LoginError: Into<PollError> {
-    fn is_auth_rejected(&self) -> bool;
-}
-
-impl LoginError for imap::ImapError {
-    fn is_auth_rejected(&self) -> bool {
-        imap::ImapError::is_auth_rejected(self)
-    }
-}
-
-impl LoginError for pop3::Pop3Error {
-    fn is_auth_rejected(&self) -> bool {
-        pop3::Pop3Error::is_auth_rejected(self)
-    }
-}
-
 /// Runs `op` with the reader's credential. If the mail server refuses a
 /// token, the cached one is dropped so the next attempt gets a new one; a
 /// refused password stops the reader (see [`PollError::PasswordRejected`]).
-async fn with_credential<T, E, F, Fut>(
+async fn with_credential<T, F, Fut>(
     ctx: &Context,
     reader: &ReaderConfig,
     meter: &ReaderMetrics,
     op: F,
 ) -> Result<T, PollError>
 where
-    E: LoginError,
     F: FnOnce(SignInSecret) -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
+    Fut: std::future::Future<Output = Result<T, SourceError>>,
 {
     match &reader.login {
         Login::OAuth(oauth) => {
@@ -205,9 +181,7 @@ where
         Login::Plain { password } => {
             let password = password.resolve()?;
             match op(SignInSecret::Password(password)).await {
-                Err(e) if e.is_auth_rejected() => {
-                    Err(PollError::PasswordRejected(e.into().to_string()))
-                }
+                Err(e) if e.is_auth_rejected() => Err(PollError::PasswordRejected(e.to_string())),
                 other => other.map_err(Into::into),
             }
         }

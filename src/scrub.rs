@@ -10,6 +10,16 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
+/// Server text fit for a log line, `last_error` or the history: control
+/// characters (an escape sequence, a bell, a stray CR) become `?`, so a
+/// server cannot garble what an admin reads. The one quoting every
+/// protocol (IMAP, POP3, SMTP) gives what its server said.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// The shortest piece of a credential that is cut out. Shorter common
 /// pieces are too likely to be ordinary words; no 16 characters of a token
 /// or a blob say anything an attacker can use.
@@ -64,10 +74,7 @@ impl Scrubber {
     pub fn clean(&self, text: &str) -> String {
         let mut bytes = text.as_bytes().to_vec();
         self.cut(&mut bytes);
-        String::from_utf8_lossy(&bytes)
-            .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect()
+        printable(&String::from_utf8_lossy(&bytes))
     }
 
     /// Cuts credentials out of raw bytes in place, as [`Scrubber::clean`]

@@ -179,7 +179,7 @@ fn well_behaved_servers_get_through_every_step() {
 /// Finding F1 (fuzzing, BENCHMARKS.md): an IMAP server's bytes reach
 /// `ImapError::Protocol` unfiltered, so a control character (here
 /// ^Y in an AUTHENTICATE challenge; ESC works the same) lands in logs
-/// and `last_error`. Now replaced as POP3 does (`imap::server_text`).
+/// and `last_error`. Now replaced as POP3 does (`scrub::printable`).
 #[test]
 fn regression_imap_error_quotes_control_characters() {
     let h = Harness::new();

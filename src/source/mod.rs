@@ -1,8 +1,11 @@
 //! Mailbox sources: one module per protocol, each owning how its protocol
 //! finds new mail, hands it to ingest and the store, and cleans up after.
 //!
-//! No module here knows two protocols; `crate::reader` picks one by the
-//! reader's `protocol`.
+//! No protocol module knows another; `crate::reader` picks one by the
+//! reader's `protocol`. What every protocol shares lives here: the
+//! failures ([`SourceError`]), the batch driver (`batch`: parse, commit,
+//! meter, report), batch planning ([`Batching`]), what a poll and a check
+//! report, and the quoting of server text (`crate::scrub::printable`).
 
 use std::ops::Range;
 
@@ -10,9 +13,13 @@ use secrecy::SecretString;
 
 use crate::config::{Backfill, MailPolicy};
 
+pub(crate) mod batch;
+mod error;
 pub mod imap;
 pub mod pop3;
 pub mod refusal;
+
+pub use self::error::SourceError;
 
 /// The secret a mailbox session (IMAP, POP3, SMTP submission) signs in
 /// with; the user name is the reader's `username`. Not `auth`'s client

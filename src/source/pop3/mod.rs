@@ -24,28 +24,22 @@ use tokio_util::sync::CancellationToken;
 
 use self::proto::{Capabilities, Connection, Pop3Error as WireError};
 use super::refusal::Refusal;
-use super::{Batching, CheckReport, FirstContactPreview, PollReport, SignInSecret};
+use super::{
+    Batching, CheckReport, FirstContactPreview, PollReport, SignInSecret, SourceError, batch,
+};
 use crate::config::{After, Backfill, ReaderConfig, Tls};
-use crate::ingest::{self, Fetched, ParseTaskFailed};
+use crate::ingest::{self, Fetched};
 use crate::ops::metrics::ReaderMetrics;
 use crate::outcome::FailureClass;
-use crate::store::{Store, StoreError};
-use crate::transport::{self, ConnectError, Endpoint, Stream};
+use crate::store::Store;
+use crate::transport::{self, Endpoint, Stream};
 
+/// What only POP3 fails at; the failures every protocol shares (connect,
+/// TLS, a refused credential, parser, store) are [`SourceError`]'s.
 #[derive(Debug, thiserror::Error)]
 pub enum Pop3Error {
     #[error(transparent)]
-    Connect(#[from] ConnectError),
-    #[error(transparent)]
     Wire(WireError),
-    #[error("{server} does not offer STLS ({detail}); use tls = \"implicit\" on port 995")]
-    NoStartTls { server: String, detail: String },
-    #[error("authentication failed: the POP3 server refused the {what} for {user}: {detail}")]
-    AuthRejected {
-        what: &'static str,
-        user: String,
-        detail: String,
-    },
     /// A login refused with a code that does not blame the credential
     /// (RFC 2449 / 3206: `[SYS/TEMP]`, `[IN-USE]`, `[LOGIN-DELAY]`,
     /// `[SYS/PERM]`): retried; the token is kept, a password reader is not
@@ -57,48 +51,28 @@ pub enum Pop3Error {
          from mail it already ingested; use IMAP for this mailbox"
     )]
     NoUidl { server: String },
-    #[error(transparent)]
-    Parser(#[from] ParseTaskFailed),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// A -ERR to the login, sorted by its response code (RFC 2449 / 3206):
 /// only `[AUTH]`, or no code at all, refuses the credential.
-fn refused_login(what: &'static str, user: &str, text: String) -> Pop3Error {
-    let answer = Refusal::parse(&text);
-    if answer.blames_credential() {
-        Pop3Error::AuthRejected {
-            what,
-            user: user.to_string(),
-            detail: text,
-        }
-    } else {
-        Pop3Error::LoginRefused { answer }
-    }
+fn refused_login(what: &'static str, user: &str, text: String) -> SourceError {
+    SourceError::login_refused("POP3", what, user, Refusal::parse(&text), text, |answer| {
+        Pop3Error::LoginRefused { answer }.into()
+    })
 }
 
 impl Pop3Error {
-    /// The server refused the credential (not the network).
-    pub fn is_auth_rejected(&self) -> bool {
-        matches!(self, Pop3Error::AuthRejected { .. })
-    }
-
     pub fn class(&self) -> FailureClass {
         match self {
-            Pop3Error::Connect(e) => e.class(),
             Pop3Error::Wire(
                 WireError::Io { .. } | WireError::Closed { .. } | WireError::Timeout { .. },
             ) => FailureClass::Connection,
-            Pop3Error::Wire(WireError::AuthRejected { .. }) | Pop3Error::AuthRejected { .. } => {
-                FailureClass::Auth
-            }
+            Pop3Error::Wire(WireError::AuthRejected { .. }) => FailureClass::Auth,
             Pop3Error::Wire(WireError::Err { .. } | WireError::Protocol { .. }) => {
                 FailureClass::Protocol
             }
             Pop3Error::LoginRefused { .. } => FailureClass::Connection,
-            Pop3Error::NoStartTls { .. } | Pop3Error::NoUidl { .. } => FailureClass::Config,
-            Pop3Error::Parser(_) | Pop3Error::Store(_) => FailureClass::Store,
+            Pop3Error::NoUidl { .. } => FailureClass::Config,
         }
     }
 }
@@ -109,6 +83,12 @@ impl From<WireError> for Pop3Error {
     }
 }
 
+impl From<WireError> for SourceError {
+    fn from(e: WireError) -> Self {
+        SourceError::Pop3(Pop3Error::Wire(e))
+    }
+}
+
 /// An authenticated session in the TRANSACTION state.
 struct Session {
     conn: Connection<Stream>,
@@ -116,7 +96,10 @@ struct Session {
 }
 
 impl Session {
-    async fn open(reader: &ReaderConfig, credential: &SignInSecret) -> Result<Session, Pop3Error> {
+    async fn open(
+        reader: &ReaderConfig,
+        credential: &SignInSecret,
+    ) -> Result<Session, SourceError> {
         let t = reader.timeout;
         let endpoint = Endpoint::of(reader);
         let mut conn = Connection::new(transport::connect(&endpoint).await?, t);
@@ -124,8 +107,10 @@ impl Session {
         let mut caps = conn.capa().await?;
         if reader.tls == Tls::StartTls {
             if let Err(e) = conn.stls().await {
-                return Err(Pop3Error::NoStartTls {
+                return Err(SourceError::NoStartTls {
                     server: reader.host.clone(),
+                    command: "STLS",
+                    port: 995,
                     detail: e.to_string(),
                 });
             }
@@ -217,7 +202,7 @@ async fn skipped_uidls(
     store: &Store,
     reader: &ReaderConfig,
     listing: &[(u32, String)],
-) -> Result<HashSet<String>, Pop3Error> {
+) -> Result<HashSet<String>, SourceError> {
     if store.pop3_met(&reader.name).await? {
         let mut skipped = store.pop3_skipped(&reader.name).await?;
         let listed: HashSet<&str> = listing.iter().map(|(_, u)| u.as_str()).collect();
@@ -254,7 +239,7 @@ pub async fn check(
     reader: &ReaderConfig,
     credential: &SignInSecret,
     store: &Store,
-) -> Result<CheckReport, Pop3Error> {
+) -> Result<CheckReport, SourceError> {
     let mut session = Session::open(reader, credential).await?;
     let (messages, _) = session.conn.stat().await?;
     let listing = session.uidls(&reader.host).await?;
@@ -297,7 +282,7 @@ pub async fn poll(
     store: &Store,
     cancel: &CancellationToken,
     meter: &ReaderMetrics,
-) -> Result<PollReport, Pop3Error> {
+) -> Result<PollReport, SourceError> {
     let delete = match reader.after {
         After::Delete => true,
         // Config refuses the IMAP-only steps for POP3.
@@ -415,35 +400,34 @@ pub async fn poll(
             break;
         }
         meter.fetched(fetching.elapsed());
-        report.fetched += raw.len();
         let numbers: Vec<(u32, String)> = raw.iter().map(|(n, u, _)| (*n, u.clone())).collect();
         let listed: HashMap<String, u64> = numbers
             .iter()
             .filter_map(|(n, u)| sizes.get(n).map(|s| (u.clone(), *s)))
             .collect();
-        let parsed = ingest::parse_batch(
-            raw.into_iter()
-                .map(|(_, uidl, body)| (uidl, body))
-                .collect(),
+        let raw = raw
+            .into_iter()
+            .map(|(_, uidl, body)| (uidl, body))
+            .collect();
+        let listed = &listed;
+        batch::ingest(
+            raw,
             &reader.name,
             &policy,
+            meter,
+            &mut report,
+            |parsed| async move {
+                store
+                    .commit_batch(crate::store::Batch::Pop3 {
+                        reader: &reader.name,
+                        mails: &parsed,
+                        sizes: listed,
+                        pending: delete,
+                    })
+                    .await
+            },
         )
         .await?;
-        let committing = std::time::Instant::now();
-        let outcome = store
-            .commit_batch(crate::store::Batch::Pop3 {
-                reader: &reader.name,
-                mails: &parsed,
-                sizes: &listed,
-                pending: delete,
-            })
-            .await?;
-        meter.committed(&outcome, committing.elapsed());
-        report.created += outcome.created;
-        report.joined += outcome.joined;
-        report.ignored += outcome.ignored_total();
-        report.quarantined += outcome.quarantined;
-        report.duplicates += outcome.duplicates;
         if delete && !cut_off {
             for (number, uidl) in numbers {
                 session.conn.dele(number).await?;
