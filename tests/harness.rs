@@ -2,7 +2,7 @@
 //! IdP, the real Dovecot with XOAUTH2, and the mail helpers. Uses only
 //! reqwest, tokio-rustls and async-imap directly, no library code.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};

@@ -50,7 +50,7 @@
 //! every grant require a credential (AADSTS7000218). Credentials:
 //! [`IdP::set_client_secret`] / [`IdP::expire_client_secret`] (AADSTS7000215
 //! / 7000222) and [`IdP::register_certificate`] (see
-//! [`super::client_cert::ClientCert`]).
+//! [`crate::client_cert::ClientCert`]).
 //!
 //! A client assertion must be a compact JWS with header `alg` = `RS256` and
 //! `x5t#S256` = the thumbprint of a registered certificate, a valid
@@ -150,8 +150,8 @@ use rsa::traits::PublicKeyParts;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::client_cert::{ClientCert, JWT_BEARER_ASSERTION_TYPE};
-use super::time::{azure_timestamp, unix_now};
+use crate::client_cert::{ClientCert, JWT_BEARER_ASSERTION_TYPE};
+use crate::time::{azure_timestamp, unix_now};
 
 /// Default tenant GUID in the token URL path.
 pub const DEFAULT_TENANT: &str = "00000000-0000-0000-0000-0000000000aa";

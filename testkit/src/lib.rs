@@ -1,4 +1,6 @@
-//! Integration-test harness shared by the test files (`mod common;`).
+//! Integration-test support for mail2ticket, a dev-only crate of the
+//! workspace so it is compiled once rather than into every test binary
+//! (the test files import it as `use mail2ticket_testkit as common;`).
 //!
 //! - [`IdP`]: imitation Microsoft Entra ID v2.0 (token, authorize with PKCE,
 //!   device code, discovery) + introspection for Dovecot.
@@ -14,9 +16,6 @@
 //! - [`NotifySocket`]: the systemd end of the notify protocol (`NOTIFY_SOCKET`).
 //! - [`submission`]: the capture sink Dovecot's SMTP submission relays to,
 //!   and a bare SMTP client for wire-level checks.
-//!
-//! Not every test file uses every item, hence the module-wide allows.
-#![allow(dead_code, unused_imports)]
 
 pub mod certs;
 pub mod client_cert;

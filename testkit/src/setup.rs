@@ -4,14 +4,14 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use mail2ticket::config::Config;
 use sqlx::SqlitePool;
 
-use super::proxy::{Action, Proxy};
-use super::{Dovecot, DovecotOptions, IdP};
+use crate::proxy::{Action, Proxy};
+use crate::{Dovecot, DovecotOptions, IdP};
 
 /// The mailbox most tests read, and its password at the IdP.
 pub const USER: &str = "helpdesk@test.example";
@@ -450,8 +450,29 @@ pub fn assert_no_secret_in(output: &str, database: &[u8], secrets: &[String]) {
 }
 
 /// The mail2ticket binary built for these tests.
+///
+/// `CARGO_BIN_EXE_mail2ticket` exists only while cargo compiles an
+/// integration test of the main package, not this library; cargo builds the
+/// binary next to the `deps/` directory the running test binary sits in.
 pub fn binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_mail2ticket"))
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("CARGO_BIN_EXE_mail2ticket") {
+            return PathBuf::from(path);
+        }
+        let exe = std::env::current_exe().expect("the running test binary's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("a test binary lives in <target>/<profile>/deps/");
+        let binary = profile_dir.join(format!("mail2ticket{}", std::env::consts::EXE_SUFFIX));
+        assert!(
+            binary.is_file(),
+            "no mail2ticket binary at {} (run the tests through cargo test)",
+            binary.display()
+        );
+        binary
+    })
 }
 
 /// Polls `cond` every 50 ms until it holds or `limit` passes; returns
@@ -556,7 +577,7 @@ impl Env {
                 .expect("emails");
         assert_eq!(rows.len(), 4, "{rows:?}");
         for (i, (subject, size, note)) in rows.iter().enumerate() {
-            assert_eq!(subject, &super::mail::subject(i));
+            assert_eq!(subject, &crate::mail::subject(i));
             if i == big {
                 assert_eq!(*size, big_len as i64, "the full size, not the fetched");
                 let note = note.as_deref().unwrap_or_default();
@@ -569,7 +590,7 @@ impl Env {
                     "{note}"
                 );
             } else {
-                assert_eq!(*size, super::mail::mail(i).len() as i64);
+                assert_eq!(*size, crate::mail::mail(i).len() as i64);
                 assert_eq!(note, &None, "{subject}");
             }
         }
@@ -885,7 +906,7 @@ impl Env {
 
         let lines = proxy.client_lines();
         assert!(
-            lines.iter().any(|l| super::proxy::is_command(l, starttls)),
+            lines.iter().any(|l| crate::proxy::is_command(l, starttls)),
             "the client sent no {starttls}"
         );
         assert!(

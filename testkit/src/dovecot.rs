@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::certs::TestPki;
+use crate::certs::TestPki;
 
 /// Options for [`Dovecot::start_with`].
 #[derive(Clone, Debug, Default)]
@@ -47,7 +47,7 @@ pub struct DovecotOptions {
     /// STARTTLS offered, AUTH XOAUTH2 / OAUTHBEARER through the same oauth2
     /// passdb, every accepted mail relayed in plain SMTP to
     /// `127.0.0.1:<this port>` (e.g. a
-    /// [`super::submission::CaptureSink`]). Like the IMAP plain port, a
+    /// [`crate::submission::CaptureSink`]). Like the IMAP plain port, a
     /// loopback client counts as secured, so AUTH works before STARTTLS
     /// too; the login line tells (`, TLS,` or `, secured,`).
     pub submission_relay_port: Option<u16>,
@@ -370,7 +370,7 @@ impl Dovecot {
 
     /// Plain IMAP (143-style); offers STARTTLS. From loopback, AUTHENTICATE
     /// XOAUTH2 / OAUTHBEARER work in clear text (what a `tls = "none"`
-    /// reader, e.g. through [`super::proxy::Proxy`], uses). Without
+    /// reader, e.g. through [`crate::proxy::Proxy`], uses). Without
     /// [`DovecotOptions::plain_password`] it says LOGINDISABLED (no plain
     /// mechanism exists); with it, LOGIN works in clear text from loopback
     /// too (see there).
@@ -779,7 +779,7 @@ fn config_text(
     instance_name: &str,
     ports: Ports,
     oauth2_args: &Path,
-    pki: &super::certs::PkiFiles,
+    pki: &crate::certs::PkiFiles,
     uid: u32,
     gid: u32,
     opts: &DovecotOptions,
