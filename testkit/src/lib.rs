@@ -6,6 +6,7 @@
 //!   device code, discovery) + introspection for Dovecot.
 //! - [`ClientCert`]: an RSA key and self-signed certificate for certificate
 //!   client credentials (signed client assertions).
+//! - [`idp_client`]: talking to the IdP as a client would, for tests.
 //! - [`Dovecot`]: a real Dovecot 2.3 on loopback, XOAUTH2 via the IdP.
 //! - [`mail`]: deterministic test mails.
 //! - [`certs`], [`imap`]: TLS / raw IMAP / POP3 client helpers.
@@ -21,6 +22,7 @@ pub mod certs;
 pub mod client_cert;
 pub mod dovecot;
 pub mod idp;
+pub mod idp_client;
 pub mod imap;
 pub mod mail;
 pub mod metrics;
