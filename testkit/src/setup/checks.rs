@@ -108,9 +108,6 @@ impl Env {
     }
 }
 
-/// `mail2ticket -c CONFIG run --once`; panics with its output unless it
-/// exits 0.
-
 static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// One row of `reader_events`.

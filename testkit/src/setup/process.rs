@@ -105,6 +105,8 @@ impl Drop for ChildGuard {
     }
 }
 
+/// `mail2ticket -c CONFIG run --once`; panics with its output unless it
+/// exits 0.
 pub fn run_once_binary(config: &Path) -> std::process::Output {
     let out = std::process::Command::new(binary())
         .args(["-c", config.to_str().expect("utf-8 path"), "run", "--once"])
