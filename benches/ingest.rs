@@ -11,8 +11,7 @@
 //!
 //! Run with `cargo bench --bench ingest` (as root: it starts Dovecot).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use mail2ticket_testkit as common;
 
 use std::time::{Duration, Instant};
 

@@ -9,8 +9,7 @@
 //!
 //! Run with `cargo bench --bench memory` (as root: it starts Dovecot).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use mail2ticket_testkit as common;
 
 use std::time::Instant;
 

@@ -2,7 +2,7 @@
 //! failed is not stuck, so it does not grow the backoff; only polls that
 //! got nothing done do.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::time::Duration;
 

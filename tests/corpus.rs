@@ -9,7 +9,7 @@
 //! strangers, one mail through two readers, and first-match against
 //! all-match rules.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

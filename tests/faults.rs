@@ -15,7 +15,7 @@
 //! each test says what it scaled and why. Time limits are correctness bounds
 //! (how long the backoff schedule may make a reader wait), never speed tests.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! a backlog (`ack_max_age`), against a real Dovecot: IMAP by \Seen and
 //! INTERNALDATE, POP3 by UIDL and the mail's own dates.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::time::Duration;
 

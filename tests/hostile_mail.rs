@@ -7,7 +7,7 @@
 //! aside whole, `quarantine retry` makes it a ticket exactly once, and a
 //! SIGKILL at any moment of that loses nothing.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::path::Path;
 use std::time::Duration;

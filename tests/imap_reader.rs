@@ -1,7 +1,7 @@
 //! The core reader end to end: a real Dovecot over TLS with XOAUTH2, the
 //! IdP stand-in, a real SQLite file.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::time::Duration;
 

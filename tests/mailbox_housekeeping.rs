@@ -3,7 +3,7 @@
 //! two, IDLE (and the fallback without it), UIDVALIDITY resets, STARTTLS
 //! with plain auth, and what `check` reports about the server.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::time::Duration;
 

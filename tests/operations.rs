@@ -9,7 +9,7 @@
 //! load balancer, Prometheus or an admin would: signals, a notify socket,
 //! HTTP, the database and the command line.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -4,7 +4,7 @@
 //! the ticket's transaction; `after = "delete"` sends DELE only for
 //! committed mails, then QUIT.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::sync::{Arc, Mutex};
 

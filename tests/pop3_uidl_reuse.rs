@@ -4,7 +4,7 @@
 //! unread. Dovecot does not reuse UIDLs, so a small scripted POP3 server
 //! plays that part.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;

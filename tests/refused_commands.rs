@@ -6,7 +6,7 @@
 //! the binary: no mail lost, none duplicated, the reader's `last_error`
 //! says what happened in an admin's words, and no credential leaks.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

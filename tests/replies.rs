@@ -8,7 +8,7 @@
 //! gets one acknowledgement, and the customer's out-of-office answer to it
 //! ends the exchange.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! Every test drives the real binary against a real Dovecot and a real
 //! SQLite file.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

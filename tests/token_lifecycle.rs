@@ -3,7 +3,7 @@
 //! a secret scan over all of it. A real Dovecot over TLS with XOAUTH2, the
 //! IdP stand-in, a real SQLite file, the real binary where it matters.
 
-mod common;
+use mail2ticket_testkit as common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

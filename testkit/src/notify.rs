@@ -128,7 +128,7 @@ impl NotifySocket {
                 .find(|(at, v)| *at >= since && pred(v))
                 .map(|(_, v)| v)
         };
-        if super::setup::wait_until(limit, || async { found().is_some() }).await {
+        if crate::setup::wait_until(limit, || async { found().is_some() }).await {
             found()
         } else {
             None

@@ -1,6 +1,6 @@
 //! Deterministic test mails (CRLF line endings, like on the wire).
 
-use super::time::rfc5322_date;
+use crate::time::rfc5322_date;
 
 /// 2025-11-24 09:00:00 UTC; mail `i` is dated `i` minutes later.
 const BASE_DATE: i64 = 1_763_974_800;

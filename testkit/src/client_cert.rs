@@ -24,7 +24,7 @@ use rsa::{RsaPrivateKey, RsaPublicKey};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::time::unix_now;
+use crate::time::unix_now;
 
 /// Form value of `client_assertion_type` for a JWT client assertion.
 pub const JWT_BEARER_ASSERTION_TYPE: &str =

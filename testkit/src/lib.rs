@@ -1,9 +1,12 @@
-//! Integration-test harness shared by the test files (`mod common;`).
+//! Integration-test support for mail2ticket, a dev-only crate of the
+//! workspace so it is compiled once rather than into every test binary
+//! (the test files import it as `use mail2ticket_testkit as common;`).
 //!
 //! - [`IdP`]: imitation Microsoft Entra ID v2.0 (token, authorize with PKCE,
 //!   device code, discovery) + introspection for Dovecot.
 //! - [`ClientCert`]: an RSA key and self-signed certificate for certificate
 //!   client credentials (signed client assertions).
+//! - [`idp_client`]: talking to the IdP as a client would, for tests.
 //! - [`Dovecot`]: a real Dovecot 2.3 on loopback, XOAUTH2 via the IdP.
 //! - [`mail`]: deterministic test mails.
 //! - [`certs`], [`imap`]: TLS / raw IMAP / POP3 client helpers.
@@ -14,14 +17,12 @@
 //! - [`NotifySocket`]: the systemd end of the notify protocol (`NOTIFY_SOCKET`).
 //! - [`submission`]: the capture sink Dovecot's SMTP submission relays to,
 //!   and a bare SMTP client for wire-level checks.
-//!
-//! Not every test file uses every item, hence the module-wide allows.
-#![allow(dead_code, unused_imports)]
 
 pub mod certs;
 pub mod client_cert;
 pub mod dovecot;
 pub mod idp;
+pub mod idp_client;
 pub mod imap;
 pub mod mail;
 pub mod metrics;

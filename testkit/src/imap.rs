@@ -7,7 +7,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::certs::tls_connect;
+use crate::certs::tls_connect;
 
 pub type TlsImapClient = async_imap::Client<TlsStream<TcpStream>>;
 pub type TlsImapSession = async_imap::Session<TlsStream<TcpStream>>;

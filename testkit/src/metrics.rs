@@ -230,7 +230,7 @@ fn parse_value(text: &str) -> Result<f64, String> {
 /// the reason (no answer, not 200, malformed) otherwise.
 /// Scrapes `/metrics` in the classic Prometheus text format (no `Accept`).
 pub async fn scrape(port: u16) -> Metrics {
-    let (status, body) = super::setup::http_get(port, "/metrics")
+    let (status, body) = crate::setup::http_get(port, "/metrics")
         .await
         .unwrap_or_else(|e| panic!("scraping /metrics: {e}"));
     assert_eq!(status, 200, "GET /metrics: {body}");
@@ -247,7 +247,7 @@ pub async fn wait_for_metrics(
     let deadline = tokio::time::Instant::now() + limit;
     let mut last = None;
     loop {
-        if let Ok((200, body)) = super::setup::http_get(port, "/metrics").await {
+        if let Ok((200, body)) = crate::setup::http_get(port, "/metrics").await {
             let metrics = Metrics::parse(&body)
                 .unwrap_or_else(|e| panic!("malformed /metrics ({e}):\n{body}"));
             let held = cond(&metrics);
@@ -266,7 +266,7 @@ pub async fn wait_for_metrics(
 /// Scrapes `/metrics` asking for OpenMetrics, as Prometheus does; the
 /// answer must end with `# EOF`.
 pub async fn scrape_openmetrics(port: u16) -> Metrics {
-    let (status, body) = super::setup::http_get_with(
+    let (status, body) = crate::setup::http_get_with(
         port,
         "/metrics",
         Some("application/openmetrics-text; version=1.0.0,text/plain;q=0.5"),
