@@ -150,7 +150,7 @@ impl SubjectTag {
     }
 
     /// The ticket numbers tagged in `subject`, first first; at most
-    /// [`MAX_SUBJECT_TAGS`], since each is looked up inside the write
+    /// `MAX_SUBJECT_TAGS`, since each is looked up inside the write
     /// transaction and a subject can repeat a tag thousands of times.
     pub fn find(&self, subject: &str) -> Vec<i64> {
         self.pattern

@@ -6,7 +6,7 @@
 //! text as its body, with a `parse_note`), so a bad mail never stalls a
 //! mailbox or sends a reader into a retry loop; a mail that makes the parser
 //! panic is quarantined (`ParsedMail::quarantine`) with its raw bytes kept.
-//! Hostile structure is bounded before the parser sees it ([`mime`]: at
+//! Hostile structure is bounded before the parser sees it (`mime`: at
 //! most 100 levels of MIME nesting, and no quadratic boundary hunts), and
 //! the headers kept are bounded in number and size. Beside parsing: the loop
 //! guard ([`guard`]), routing rules ([`rules`]) and how a mail names its
@@ -143,7 +143,7 @@ const PARSE_STACK: usize = 256 << 20;
 /// Parses and judges a batch off the async threads: a large attachment can
 /// take a while. The work runs on a thread of its own with a large stack
 /// rather than tokio's blocking pool (2 MiB stacks): the nesting limit
-/// (see [`mime`]) is what keeps the parser's recursion shallow, and the
+/// (see `mime`) is what keeps the parser's recursion shallow, and the
 /// stack is the defence in depth should a mail get past it, since a stack
 /// overflow aborts the whole process. Where the system will not give a
 /// thread that stack, the batch is parsed on the blocking pool instead

@@ -133,7 +133,7 @@ impl Pressure {
     }
 
     /// Why the daemon is short of file descriptors, if it met the limit
-    /// within the last [`HOLD`] or cannot open one now.
+    /// within the last `HOLD` or cannot open one now.
     pub fn exhausted(&self) -> Option<String> {
         // A probe, so that `/healthz` fails even while every reader sits
         // in IDLE and nothing else tries to open a file.

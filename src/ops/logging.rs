@@ -36,7 +36,7 @@ pub fn filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// Drops TRACE events and spans of [`CAPPED`] targets. Applied after
+/// Drops TRACE events and spans of `CAPPED` targets. Applied after
 /// `RUST_LOG`, not as a directive in it: a more specific directive (say
 /// `async_imap::imap_stream=trace`) would win over a directive for the
 /// crate, whatever order they come in.

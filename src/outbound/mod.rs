@@ -3,7 +3,7 @@
 //!
 //! Owns everything after the ticket commit queued a row: finding the
 //! reader's `[reader.reply]` in the configuration running now, the text
-//! and headers ([`message`]), the SMTP session ([`smtp`]), and what an
+//! and headers (`message`), the SMTP session (`smtp`), and what an
 //! attempt's outcome means for the row (sent; tried again later; given up
 //! on a final refusal of the recipient or the message). The sender runs
 //! beside the readers, one attempt at a time, and nothing here ever makes

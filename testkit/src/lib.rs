@@ -8,7 +8,7 @@
 //!   client credentials (signed client assertions).
 //! - [`idp_client`]: talking to the IdP as a client would, for tests.
 //! - [`Dovecot`]: a real Dovecot 2.3 on loopback, XOAUTH2 via the IdP.
-//! - [`mail`]: deterministic test mails.
+//! - [`mail`](mod@mail): deterministic test mails.
 //! - [`certs`], [`imap`]: TLS / raw IMAP / POP3 client helpers.
 //! - [`Proxy`]: a loopback proxy for plaintext IMAP / POP3 that records the
 //!   client's lines and can SIGKILL the daemon on one of them.

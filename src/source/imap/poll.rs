@@ -46,7 +46,7 @@ async fn session_for_poll(
 /// Ingests everything new in the reader's folder, batch by batch. Stops
 /// between batches when `cancel` fires; a batch being committed is always
 /// finished first. With `idle = true` the connection is left in `kept` for
-/// [`idle`] and the next poll.
+/// [`idle`](super::idle) and the next poll.
 pub async fn poll(
     reader: &ReaderConfig,
     credential: &SignInSecret,

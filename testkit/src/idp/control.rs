@@ -186,7 +186,7 @@ impl IdP {
         )
     }
 
-    /// `{url}/introspect` — give this to [`super::Dovecot::start`].
+    /// `{url}/introspect` — give this to [`crate::Dovecot::start`].
     pub fn introspection_url(&self) -> String {
         format!("{}/introspect", self.shared.url)
     }
