@@ -13,32 +13,38 @@
 //! * [`outcome`]: the words the modules below share (where a reader
 //!   stands, what kind of failure a poll had, why a mail was kept out of
 //!   tickets, what a commit did); a leaf that imports nothing of the crate.
-//! * [`config`]: the TOML file the admin edits, and the national clouds it
-//!   names (which sign-in, mail and scope hosts belong together); errors
-//!   name file, line and key.
+//! * [`config`]: the TOML file the admin edits, one file per section
+//!   named after its keys (`store`, `daemon`, `oauth`, `reader`, `login`,
+//!   `mail`, `rules`), and the national clouds it names (`cloud`: which
+//!   sign-in, mail and scope hosts belong together); errors name file,
+//!   line and key.
 //! * [`auth`]: the token store (grants, caching, refresh, rotation, sorting
 //!   failures into retry / sign in again / fix the config), the
 //!   interactive sign-in behind `authorize`, and the SASL
 //!   messages (XOAUTH2, PLAIN) every protocol sends a credential in.
 //! * [`transport`]: TCP plus verified TLS (implicit, or after the
 //!   protocol's STARTTLS); owns every trust decision.
-//! * [`source`]: one module per mailbox protocol ([`source::imap`],
-//!   [`source::pop3`] with its wire protocol beside it); finds new mail,
-//!   fetches it in batches bounded by bytes (a mail over the size limit
-//!   only in part), and runs the after-step (seen, delete, move) once the
-//!   commit is done; IMAP IDLE lives here too. [`source::refusal`] reads
-//!   a server's NO / -ERR by its response code (credential, missing
-//!   folder, or a passing server condition) for both protocols.
+//! * [`source`]: what every mailbox protocol shares (one error vocabulary,
+//!   [`source::SourceError`], with a variant per protocol for what is its
+//!   own; the batch driver that parses, commits, meters and reports; batch
+//!   planning by bytes), and one module per protocol: [`source::imap`]
+//!   (`session`, `login`, `poll`, `idle`, `check`, `errors`) and
+//!   [`source::pop3`] with its wire protocol beside it. A protocol finds
+//!   new mail, fetches it (a mail over the size limit only in part), and
+//!   runs the after-step (seen, delete, move) once the commit is done.
+//!   [`source::refusal`] reads a server's NO / -ERR by its response code
+//!   (credential, missing folder, or a passing server condition).
 //! * [`ingest`]: raw bytes to a parsed mail (never fails), with the MIME
 //!   nesting bounded (`ingest/mime.rs`), size limits, and what the mail
 //!   is: the loop guard ([`ingest::guard`]), routing rules
 //!   ([`ingest::rules`]), how it names its ticket ([`ingest::thread`]).
-//! * [`store`]: SQLite through sqlx: schema, exactly-once commits with each
-//!   protocol's ledger (IMAP folder positions, POP3 UIDLs, and what each
-//!   first contact with a mailbox took under `backfill`), the ticket each
-//!   mail opens or joins (threading, dedup, rate limit, contents stored
-//!   once, acknowledgements queued), the quarantine of mail that cannot be
-//!   stored, reader health, sealed tokens.
+//! * [`store`]: SQLite through sqlx: schema, and one file per thing it
+//!   keeps: `ledger` (where each mail came from, and the exactly-once
+//!   commit of a batch), `tickets` (the ticket each mail opens or joins:
+//!   threading, dedup, rate limit, contents stored once, acknowledgements
+//!   queued), `readers` (reader records, `last_error`, history, the
+//!   heartbeat row), `first_contact`, `owed`, `quarantine`, `outbox`,
+//!   `tokens` (sealed).
 //! * [`outbound`]: the acknowledgements the store queued, rendered and sent
 //!   over SMTP submission with the reader's login, retried from the outbox;
 //!   never in the way of ingest.
@@ -79,6 +85,9 @@
 //! one.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls these.
+//! The tests' support (Dovecot, the identity-provider stand-in, fixtures)
+//! is the dev-only workspace crate `testkit/`, compiled once for every
+//! test binary.
 
 pub mod auth;
 pub mod config;
