@@ -20,13 +20,16 @@ WORKDIR /build
 
 # Dependencies first, in their own layer: a change under src/ then rebuilds
 # only mail2ticket itself. Cargo reads Cargo.toml, which declares the bench
-# benches/ingest.rs, so that file must exist even though it is not built.
+# benches/ingest.rs, so that file must exist even though it is not built,
+# and the workspace member testkit/ (the tests' support), whose manifest it
+# must read but whose code the image never builds: an empty lib stands in.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY benches ./benches
-RUN mkdir src \
+COPY testkit/Cargo.toml ./testkit/Cargo.toml
+RUN mkdir src testkit/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
-    && cargo build --release --locked \
+    && touch src/lib.rs testkit/src/lib.rs \
+    && cargo build --release --locked --package mail2ticket \
     && rm -rf src
 
 # The real sources. COPY keeps the files' old modification times, so touch
@@ -35,7 +38,7 @@ RUN mkdir src \
 COPY migrations ./migrations
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked
+    && cargo build --release --locked --package mail2ticket
 
 # --- runtime ---------------------------------------------------------------
 FROM debian:13.3-slim

@@ -913,6 +913,49 @@ fn dockerfile_copies_what_the_build_needs_from_the_context() {
             needed.push(path);
         }
     }
+    // Every workspace member and path dependency: cargo reads their
+    // manifests to resolve the workspace, even to build one package, and
+    // wants each one's library there (copied, or an empty stand-in).
+    let mut members: Vec<String> = manifest
+        .get("workspace")
+        .and_then(|w| w.get("members"))
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_str().map(String::from))
+        .collect();
+    for table in ["dependencies", "dev-dependencies", "build-dependencies"] {
+        let deps = manifest.get(table).and_then(|t| t.as_table());
+        for dep in deps.into_iter().flat_map(|d| d.values()) {
+            if let Some(path) = dep.get("path").and_then(|p| p.as_str()) {
+                members.push(path.trim_start_matches("./").to_string());
+            }
+        }
+    }
+    members.sort();
+    members.dedup();
+    assert!(
+        members.contains(&"testkit".to_string()),
+        "Cargo.toml: no workspace member testkit; this check reads the manifest wrongly"
+    );
+    let runs: Vec<&str> = stages
+        .iter()
+        .flat_map(|s| &s.instructions)
+        .filter(|i| i.keyword == "RUN")
+        .map(|i| i.args.as_str())
+        .collect();
+    for member in members {
+        needed.push(format!("{member}/Cargo.toml"));
+        let lib = format!("{member}/src/lib.rs");
+        let copied_lib = copied
+            .iter()
+            .any(|c| lib == *c || lib.starts_with(&format!("{c}/")) || c == ".");
+        if !copied_lib && !runs.iter().any(|r| r.contains(&lib)) {
+            problems.push(format!(
+                "the build needs {lib} (or an empty stand-in), but no COPY or RUN makes it"
+            ));
+        }
+    }
     for need in needed {
         let covered = copied
             .iter()
