@@ -29,7 +29,7 @@ COPY testkit/Cargo.toml ./testkit/Cargo.toml
 RUN mkdir src testkit/src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs testkit/src/lib.rs \
-    && cargo build --release --locked --package mail2ticket \
+    && cargo build --release --locked \
     && rm -rf src
 
 # The real sources. COPY keeps the files' old modification times, so touch
@@ -38,7 +38,7 @@ RUN mkdir src testkit/src \
 COPY migrations ./migrations
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --package mail2ticket
+    && cargo build --release --locked
 
 # --- runtime ---------------------------------------------------------------
 FROM debian:13.3-slim
