@@ -186,7 +186,11 @@ pub fn advice(reader: &ReaderConfig, state: ReaderState) -> Option<String> {
                  grant = \"authorization_code\" and run `mail2ticket authorize {name}`"
             ),
             Grant::ClientCredentials => format!(
-                "grant admin consent to the app's Exchange permissions, then run `mail2ticket check {name}`"
+                "grant admin consent to the app's {} permissions, then run `mail2ticket check {name}`",
+                match reader.protocol {
+                    Protocol::Graph => "Microsoft Graph",
+                    Protocol::Imap | Protocol::Pop3 => "Exchange",
+                }
             ),
         }),
         ReaderState::Misconfigured => Some(format!(
@@ -510,6 +514,19 @@ mod tests {
             scope(&reader("graph", "client_credentials", "[reader.reply]\n")),
             "https://graph.microsoft.com/.default"
         );
+    }
+
+    #[test]
+    fn app_only_advice_names_the_right_permissions() {
+        let advice_for = |protocol| {
+            advice(
+                &reader(protocol, "client_credentials", ""),
+                ReaderState::NeedsAuthorization,
+            )
+            .expect("advice")
+        };
+        assert!(advice_for("graph").contains("Microsoft Graph permissions"));
+        assert!(advice_for("imap").contains("Exchange permissions"));
     }
 
     #[test]
