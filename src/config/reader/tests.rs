@@ -491,3 +491,47 @@ fn replying_over_graph_changes_the_fingerprint() {
     ));
     assert_eq!(graph, other_subject, "the text is the sender's alone");
 }
+
+/// The reader of issue 16 as written there, keys and comments alike.
+const ISSUE_SNIPPET: &str = r#"[[reader]]
+name = "graph-desk"
+protocol = "graph"
+username = "helpdesk@contoso.com"      # the mailbox (UPN or SMTP address): /users/{username}
+oauth = "contoso"                      # any grant: password, authorization_code, device_code, client_credentials
+grant = "client_credentials"
+folder = "Inbox"                       # a well-known name (inbox, archive, ...) or a path "Inbox/Support"
+after = "seen"                         # seen = isRead true (default), keep, delete, move:FOLDER
+# host = "graph.microsoft.com"         # default: the cloud's Graph host; port 443; ca_file as for IMAP
+# port = 443
+# ca_file = "..."
+# tls = "none"                         # loopback only, as for IMAP
+"#;
+
+#[test]
+fn the_issue_snippet_parses_and_the_example_carries_it() {
+    let app = "[[oauth]]\nname = \"contoso\"\ntenant = \"t\"\nclient_id = \"c\"\n\
+               client_secret = { env = \"CONTOSO_SECRET\" }\n\n";
+    let config = parse(&format!("{app}{ISSUE_SNIPPET}")).expect("valid");
+    let r = &config.readers[0];
+    assert_eq!(
+        (r.protocol, r.host.as_str(), r.port, r.folder.as_str()),
+        (Protocol::Graph, "graph.microsoft.com", 443, "Inbox")
+    );
+    // The commented-out keys, uncommented, hold too (tls = "none" only
+    // once the host is loopback).
+    let all = ISSUE_SNIPPET
+        .replace("# host = \"graph.microsoft.com\"", "host = \"127.0.0.1\"")
+        .replace("# port", "port")
+        .replace("# ca_file", "ca_file")
+        .replace("# tls", "tls");
+    let r = &parse(&format!("{app}{all}")).expect("valid").readers[0];
+    assert_eq!((r.tls, r.port), (Tls::None, 443));
+
+    let example = include_str!("../../../config.example.toml");
+    for line in ISSUE_SNIPPET.lines() {
+        assert!(
+            example.contains(&format!("# {line}\n")),
+            "config.example.toml lacks the commented line {line:?}"
+        );
+    }
+}
