@@ -46,14 +46,6 @@ pub enum Service {
     GraphWithSend,
 }
 
-impl Service {
-    /// Whether the token is for Microsoft Graph rather than Exchange
-    /// Online's own protocols.
-    pub fn is_graph(self) -> bool {
-        matches!(self, Service::Graph | Service::GraphWithSend)
-    }
-}
-
 impl Cloud {
     pub const ALL: [Cloud; 4] = [Cloud::Global, Cloud::Usgov, Cloud::UsgovDod, Cloud::China];
 
