@@ -16,8 +16,11 @@
 //! * [`config`]: the TOML file the admin edits, one file per section
 //!   named after its keys (`store`, `daemon`, `oauth`, `reader`, `login`,
 //!   `mail`, `rules`), and the national clouds it names (`cloud`: which
-//!   sign-in, mail and scope hosts belong together); errors name file,
-//!   line and key.
+//!   sign-in, mail, Graph and scope hosts belong together, and the scope
+//!   of each service, one resource each); errors name file, line and key.
+//!   `protocol = "graph"` readers are configured there already; their
+//!   source is issue 16's, and until it exists [`reader`] ends their
+//!   polls in one placeholder error.
 //! * [`auth`]: the token store (grants, caching, refresh, rotation, sorting
 //!   failures into retry / sign in again / fix the config), the
 //!   interactive sign-in behind `authorize`, and the SASL

@@ -4,6 +4,8 @@
 //! service a protocol needs tokens for, forgetting a token the server
 //! refused), the rule that every poll and every `check` leaves its outcome
 //! and state in `readers`, and the advice `last_error` gives the admin.
+//! Also, until issue 16 is done, the one place a Microsoft Graph reader's
+//! work ends: [`GraphNotImplemented`].
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, TokenRequest, TokenStore};
 use crate::config::Service;
-use crate::config::{Grant, Login, OAuthLogin, Protocol, ReaderConfig, SecretError};
+use crate::config::{Grant, Login, OAuthLogin, Protocol, ReaderConfig, SecretError, Via};
 use crate::ops::metrics::{Metrics, ReaderMetrics};
 use crate::outcome::{FailureClass, ReaderState};
 use crate::source::{CheckReport, PollReport, SignInSecret, SourceError, imap, pop3};
@@ -40,6 +42,8 @@ pub enum PollError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    GraphNotImplemented(#[from] GraphNotImplemented),
     /// The server refused a configured password: retrying the same password
     /// only risks locking the account.
     #[error("{0}")]
@@ -58,6 +62,9 @@ impl PollError {
         match self {
             PollError::Auth(e) => e.state(),
             PollError::Secret(_) | PollError::PasswordRejected(_) => ReaderState::Misconfigured,
+            // Parked until the configuration (or the binary) changes:
+            // polling again cannot help.
+            PollError::GraphNotImplemented(_) => ReaderState::Misconfigured,
             PollError::Source(e) if e.is_misconfigured() => ReaderState::Misconfigured,
             PollError::Source(_) | PollError::Store(_) => ReaderState::Retrying,
             PollError::Stopped { state, .. } => *state,
@@ -71,7 +78,9 @@ impl PollError {
             PollError::Source(e) => e.class(),
             PollError::Store(_) => FailureClass::Store,
             PollError::PasswordRejected(_) => FailureClass::Auth,
-            PollError::Secret(_) | PollError::Stopped { .. } => FailureClass::Config,
+            PollError::Secret(_)
+            | PollError::GraphNotImplemented(_)
+            | PollError::Stopped { .. } => FailureClass::Config,
         }
     }
 
@@ -93,9 +102,38 @@ impl PollError {
     }
 }
 
+/// TODO(issue 16): the Microsoft Graph source (delta query, `$value`, the
+/// after-steps, `check`) and the sendMail sender are not written yet. The
+/// configuration, the scopes and the token store are ready for them; until
+/// they exist, a graph reader's poll and `check`, and an acknowledgement
+/// with `via = "graph"`, end in this error, defined here and nowhere else,
+/// so that the branch builds and nothing pretends to work. Replace its
+/// uses with the Graph source and sender and delete it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "reading and sending over Microsoft Graph (protocol = \"graph\", issue 16) is not \
+     implemented in this build: cannot {what}"
+)]
+pub struct GraphNotImplemented {
+    /// What the reader or the sender tried: "poll", "check",
+    /// "send the acknowledgement".
+    pub what: &'static str,
+}
+
 /// The token request behind a reader; `None` for a password login.
 pub fn token_request(reader: &ReaderConfig) -> Option<TokenRequest<'_>> {
     reader.oauth().map(|oauth| oauth_request(reader, oauth))
+}
+
+/// The token request for acknowledging as the reader, by its
+/// `[reader.reply] via`: over Graph it is the reader's own request (its
+/// scope already carries `Mail.Send`, so reading and sending share one
+/// token of the one resource); over SMTP, [`smtp_token_request`].
+pub fn ack_token_request<'r>(reader: &'r ReaderConfig, oauth: &'r OAuthLogin) -> TokenRequest<'r> {
+    match reader.reply.as_ref().map(|r| r.via) {
+        Some(Via::Graph) => oauth_request(reader, oauth),
+        Some(Via::Smtp) | None => smtp_token_request(reader, oauth),
+    }
 }
 
 /// The token request for sending mail as the reader (acknowledgements over
@@ -113,11 +151,20 @@ fn oauth_request<'r>(reader: &'r ReaderConfig, oauth: &'r OAuthLogin) -> TokenRe
         account: &reader.username,
         grant: oauth.grant,
         password: oauth.password.as_ref(),
-        service: match reader.protocol {
-            Protocol::Imap => Service::Imap,
-            Protocol::Pop3 => Service::Pop,
-        },
+        service: read_service(reader),
         timeout: reader.timeout,
+    }
+}
+
+/// What a reader's own token is for: its protocol's resource, and for a
+/// Graph reader that acknowledges over Graph, sending as well (one scope,
+/// one resource: see [`Service::GraphWithSend`]).
+fn read_service(reader: &ReaderConfig) -> Service {
+    match reader.protocol {
+        Protocol::Imap => Service::Imap,
+        Protocol::Pop3 => Service::Pop,
+        Protocol::Graph if reader.sends_over_graph() => Service::GraphWithSend,
+        Protocol::Graph => Service::Graph,
     }
 }
 
@@ -139,7 +186,11 @@ pub fn advice(reader: &ReaderConfig, state: ReaderState) -> Option<String> {
                  grant = \"authorization_code\" and run `mail2ticket authorize {name}`"
             ),
             Grant::ClientCredentials => format!(
-                "grant admin consent to the app's Exchange permissions, then run `mail2ticket check {name}`"
+                "grant admin consent to the app's {} permissions, then run `mail2ticket check {name}`",
+                match reader.protocol {
+                    Protocol::Graph => "Microsoft Graph",
+                    Protocol::Imap | Protocol::Pop3 => "Exchange",
+                }
             ),
         }),
         ReaderState::Misconfigured => Some(format!(
@@ -235,6 +286,8 @@ async fn poll(
             })
             .await
         }
+        // TODO(issue 16): the Graph source's poll.
+        Protocol::Graph => Err(GraphNotImplemented { what: "poll" }.into()),
     }
 }
 
@@ -256,6 +309,8 @@ async fn check(
             })
             .await
         }
+        // TODO(issue 16): the Graph source's check.
+        Protocol::Graph => Err(GraphNotImplemented { what: "check" }.into()),
     }
 }
 
@@ -387,5 +442,102 @@ pub(crate) fn writer_named(name: &str) -> String {
 fn log_store_error(result: Result<(), StoreError>) {
     if let Err(e) = result {
         tracing::error!(error = %e, "could not record reader health");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{Cloud, Config};
+
+    fn reader(protocol: &str, grant: &str, reply: &str) -> ReaderConfig {
+        let text = format!(
+            "[[oauth]]\nname = \"contoso\"\ntenant = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+             [[reader]]\nname = \"r\"\nprotocol = \"{protocol}\"\nusername = \"desk@contoso.com\"\n\
+             oauth = \"contoso\"\ngrant = \"{grant}\"\n{reply}"
+        );
+        let config = Config::parse(Path::new("/etc/m2t/config.toml"), &text).expect("valid");
+        config.readers[0].clone()
+    }
+
+    fn services(r: &ReaderConfig) -> (Service, Service) {
+        let read = token_request(r).expect("oauth").service;
+        let ack = ack_token_request(r, r.oauth().expect("oauth")).service;
+        (read, ack)
+    }
+
+    #[test]
+    fn each_protocol_asks_for_its_own_service() {
+        let grant = "authorization_code";
+        assert_eq!(
+            services(&reader("imap", grant, "")),
+            (Service::Imap, Service::Smtp)
+        );
+        assert_eq!(
+            services(&reader("pop3", grant, "[reader.reply]\n")),
+            (Service::Pop, Service::Smtp)
+        );
+        assert_eq!(
+            services(&reader("graph", grant, "")),
+            (Service::Graph, Service::Smtp),
+            "no reply: no Mail.Send"
+        );
+        assert_eq!(
+            services(&reader("graph", grant, "[reader.reply]\nvia = \"smtp\"\n")),
+            (Service::Graph, Service::Smtp)
+        );
+        // Over Graph, reading and sending are one request: one token.
+        assert_eq!(
+            services(&reader("graph", grant, "[reader.reply]\n")),
+            (Service::GraphWithSend, Service::GraphWithSend)
+        );
+    }
+
+    #[test]
+    fn graph_reader_scopes() {
+        let cloud = Cloud::Global;
+        let scope = |r: &ReaderConfig| {
+            let req = token_request(r).expect("oauth");
+            cloud.scope(req.service, req.grant.is_app_only())
+        };
+        assert_eq!(
+            scope(&reader("graph", "device_code", "")),
+            "https://graph.microsoft.com/Mail.ReadWrite"
+        );
+        assert_eq!(
+            scope(&reader("graph", "device_code", "[reader.reply]\n")),
+            "https://graph.microsoft.com/Mail.ReadWrite https://graph.microsoft.com/Mail.Send"
+        );
+        assert_eq!(
+            scope(&reader("graph", "client_credentials", "[reader.reply]\n")),
+            "https://graph.microsoft.com/.default"
+        );
+    }
+
+    #[test]
+    fn app_only_advice_names_the_right_permissions() {
+        let advice_for = |protocol| {
+            advice(
+                &reader(protocol, "client_credentials", ""),
+                ReaderState::NeedsAuthorization,
+            )
+            .expect("advice")
+        };
+        assert!(advice_for("graph").contains("Microsoft Graph permissions"));
+        assert!(advice_for("imap").contains("Exchange permissions"));
+    }
+
+    #[test]
+    fn graph_readers_end_in_the_placeholder() {
+        let e = PollError::from(GraphNotImplemented { what: "poll" });
+        assert_eq!(e.state(), ReaderState::Misconfigured);
+        assert_eq!(e.class(), FailureClass::Config);
+        let text = e.to_string();
+        assert!(
+            text.contains("not implemented") && text.contains("issue 16") && text.contains("poll"),
+            "{text}"
+        );
     }
 }

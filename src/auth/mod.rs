@@ -2,7 +2,10 @@
 //!
 //! Owns the token lifecycle: running the reader's grant (password, client
 //! credentials, or the refresh token an interactive sign-in left), caching
-//! access tokens per scope until shortly before they expire, refreshing
+//! access tokens per scope until shortly before they expire (a scope names
+//! one resource, Exchange Online or Microsoft Graph, since Entra refuses a
+//! request for two; so IMAP, SMTP and Graph tokens of one account live side
+//! by side, and the account's one refresh token serves them all), refreshing
 //! (persisting every rotated refresh token before it is used, and never
 //! replacing or deleting one another process stored since), making
 //! readers that share an account share one request, honouring Retry-After,
@@ -556,6 +559,38 @@ mod tests {
         assert_eq!(s.len(), 1);
     }
 
+    /// Graph's scopes go out as the issue names them: the permissions,
+    /// `offline_access` added here (and only here), none for `.default`.
+    #[test]
+    fn graph_scopes_as_requested() {
+        let requested = |service, app_only| -> Vec<String> {
+            scopes(&Cloud::Global.scope(service, app_only))
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        };
+        assert_eq!(
+            requested(Service::Graph, false),
+            ["https://graph.microsoft.com/Mail.ReadWrite", OFFLINE_ACCESS]
+        );
+        assert_eq!(
+            requested(Service::GraphWithSend, false),
+            [
+                "https://graph.microsoft.com/Mail.ReadWrite",
+                "https://graph.microsoft.com/Mail.Send",
+                OFFLINE_ACCESS
+            ]
+        );
+        assert_eq!(
+            requested(Service::GraphWithSend, true),
+            ["https://graph.microsoft.com/.default"]
+        );
+        assert_eq!(
+            scopes(&Cloud::China.scope(Service::Graph, true))[0].to_string(),
+            "https://microsoftgraph.chinacloudapi.cn/.default"
+        );
+    }
+
     fn rejected(error: &str, code: Option<u64>) -> AuthError {
         AuthError::Rejected(EntraErrorResponse {
             error: error.into(),
@@ -661,5 +696,229 @@ mod tests {
             e.to_string(),
             "authentication failed: AADSTS50126 Error validating credentials due to invalid username or password. (invalid_grant)"
         );
+    }
+
+    /// A reader reading over IMAP (and acknowledging over SMTP) and a
+    /// reader reading over Graph, under one account of one app: Entra
+    /// answers one resource per request (AADSTS28000 / 700022 for mixed
+    /// ones), so each resource gets its own request and its own cached
+    /// access token, while the account's one refresh token (rotated on
+    /// every use) carries them all.
+    mod per_resource {
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        use axum::extract::State;
+        use axum::http::header;
+        use secrecy::{ExposeSecret, SecretString};
+
+        use super::super::{TokenRequest, TokenStore};
+        use crate::config::{Config, Grant, Service};
+        use crate::store::{Store, open_in};
+
+        const ACCOUNT: &str = "desk@contoso.com";
+
+        /// What the token endpoint was asked, one form per request.
+        type Asked = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
+        /// A token endpoint on loopback: every answer a new access token
+        /// naming its scope, and for a refresh a new refresh token.
+        async fn token(
+            State(asked): State<Asked>,
+            body: String,
+        ) -> impl axum::response::IntoResponse {
+            let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+                .into_owned()
+                .collect();
+            let field = |name: &str| {
+                form.iter()
+                    .find(|(k, _)| k == name)
+                    .map_or(String::new(), |(_, v)| v.clone())
+            };
+            let n = {
+                let mut asked = asked.lock().unwrap_or_else(|e| e.into_inner());
+                asked.push(form.clone());
+                asked.len()
+            };
+            let mut answer = serde_json::json!({
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "access_token": format!("at{n} {}", field("scope")),
+            });
+            if field("grant_type") == "refresh_token" {
+                answer["refresh_token"] = format!("rt{n}").into();
+            }
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                answer.to_string(),
+            )
+        }
+
+        async fn endpoint() -> (String, Asked) {
+            let asked = Asked::default();
+            let app = axum::Router::new()
+                .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
+                .with_state(asked.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let address = listener.local_addr().expect("address");
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            (format!("http://{address}"), asked)
+        }
+
+        async fn token_store(authority: &str, store: &Store) -> TokenStore {
+            let text = format!(
+                "[[oauth]]\nname = \"contoso\"\ntenant = \"t\"\nclient_id = \"c\"\n\
+                 client_secret = \"s\"\nauthority = \"{authority}\"\n"
+            );
+            let config =
+                Config::parse(std::path::Path::new("/etc/m2t/config.toml"), &text).expect("valid");
+            TokenStore::new(store.clone(), &config.oauth).expect("token store")
+        }
+
+        fn request(grant: Grant, account: &str, service: Service) -> TokenRequest<'_> {
+            TokenRequest {
+                oauth: "contoso",
+                account,
+                grant,
+                password: None,
+                service,
+                timeout: Duration::from_secs(10),
+            }
+        }
+
+        fn asked(asked: &Asked) -> Vec<Vec<(String, String)>> {
+            asked.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+
+        fn field<'f>(form: &'f [(String, String)], name: &str) -> &'f str {
+            form.iter()
+                .find(|(k, _)| k == name)
+                .map_or("", |(_, v)| v.as_str())
+        }
+
+        /// The resources a request's scope names (`offline_access` names none).
+        fn resources(scope: &str) -> Vec<&str> {
+            let mut list: Vec<&str> = scope
+                .split_whitespace()
+                .filter_map(|s| s.rsplit_once('/').map(|(r, _)| r))
+                .collect();
+            list.dedup();
+            list
+        }
+
+        async fn get(tokens: &TokenStore, req: &TokenRequest<'_>) -> String {
+            let token = tokens.access_token(req).await.expect("token");
+            token.expose_secret().to_string()
+        }
+
+        #[tokio::test]
+        async fn imap_smtp_and_graph_readers_of_one_account_keep_their_own_tokens() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = open_in(&dir).await;
+            store
+                .save_refresh_token("contoso", ACCOUNT, &SecretString::from("rt0"))
+                .await
+                .expect("sign-in");
+            let (authority, endpoint) = endpoint().await;
+            let tokens = token_store(&authority, &store).await;
+            let grant = Grant::AuthorizationCode;
+            let imap = request(grant, ACCOUNT, Service::Imap);
+            let smtp = request(grant, ACCOUNT, Service::Smtp);
+            let graph = request(grant, ACCOUNT, Service::GraphWithSend);
+
+            let imap_token = get(&tokens, &imap).await;
+            let smtp_token = get(&tokens, &smtp).await;
+            let graph_token = get(&tokens, &graph).await;
+            assert!(imap_token.contains("IMAP.AccessAsUser.All"), "{imap_token}");
+            assert!(smtp_token.contains("SMTP.Send"), "{smtp_token}");
+            assert!(
+                graph_token.contains("https://graph.microsoft.com/Mail.ReadWrite")
+                    && graph_token.contains("https://graph.microsoft.com/Mail.Send"),
+                "{graph_token}"
+            );
+
+            // One request per resource, each for that resource alone, each
+            // with the refresh token the one before it left.
+            let forms = asked(&endpoint);
+            assert_eq!(forms.len(), 3);
+            for (i, form) in forms.iter().enumerate() {
+                assert_eq!(field(form, "grant_type"), "refresh_token");
+                assert_eq!(field(form, "refresh_token"), format!("rt{i}"));
+                let scope = field(form, "scope");
+                assert_eq!(resources(scope).len(), 1, "{scope}");
+                assert!(scope.split_whitespace().any(|s| s == "offline_access"));
+            }
+            assert_eq!(
+                resources(field(&forms[2], "scope")),
+                ["https://graph.microsoft.com"]
+            );
+
+            // Graph's refresh replaced neither IMAP's nor SMTP's token.
+            assert_eq!(get(&tokens, &imap).await, imap_token);
+            assert_eq!(get(&tokens, &smtp).await, smtp_token);
+            assert_eq!(get(&tokens, &graph).await, graph_token);
+            assert_eq!(asked(&endpoint).len(), 3, "all three from the cache");
+
+            // One refresh token for the account: the latest rotation.
+            let stored = store
+                .load_refresh_token("contoso", ACCOUNT)
+                .await
+                .expect("read")
+                .expect("a refresh token");
+            assert_eq!(stored.token.expose_secret(), "rt3");
+
+            // A Graph 401 drops Graph's token alone.
+            tokens.invalidate(&graph).await;
+            let renewed = get(&tokens, &graph).await;
+            assert_ne!(renewed, graph_token);
+            assert_eq!(get(&tokens, &imap).await, imap_token);
+            let forms = asked(&endpoint);
+            assert_eq!(forms.len(), 4);
+            assert_eq!(field(&forms[3], "refresh_token"), "rt3");
+        }
+
+        #[tokio::test]
+        async fn app_only_readers_get_one_token_per_resource() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = open_in(&dir).await;
+            let (authority, endpoint) = endpoint().await;
+            let tokens = token_store(&authority, &store).await;
+            let grant = Grant::ClientCredentials;
+            let imap = request(grant, "sales@contoso.com", Service::Imap);
+            let graph = request(grant, "desk@contoso.com", Service::Graph);
+            // Another Graph mailbox of the same app: app-only tokens are the
+            // app's, whichever mailbox they open.
+            let graph_too = request(grant, "billing@contoso.com", Service::GraphWithSend);
+
+            let imap_token = get(&tokens, &imap).await;
+            let graph_token = get(&tokens, &graph).await;
+            assert_ne!(imap_token, graph_token);
+            assert_eq!(get(&tokens, &graph_too).await, graph_token);
+            assert_eq!(get(&tokens, &imap).await, imap_token);
+
+            let forms = asked(&endpoint);
+            let scopes: Vec<&str> = forms.iter().map(|f| field(f, "scope")).collect();
+            assert_eq!(
+                scopes,
+                [
+                    "https://outlook.office365.com/.default",
+                    "https://graph.microsoft.com/.default"
+                ]
+            );
+            assert!(
+                forms
+                    .iter()
+                    .all(|f| field(f, "grant_type") == "client_credentials")
+            );
+            for account in ["", "sales@contoso.com", "desk@contoso.com"] {
+                let stored = store
+                    .load_refresh_token("contoso", account)
+                    .await
+                    .expect("read");
+                assert!(stored.is_none(), "{account:?}");
+            }
+        }
     }
 }

@@ -1,10 +1,15 @@
-//! Microsoft's national clouds: which sign-in host, mail host and scope host
-//! belong together.
+//! Microsoft's national clouds: which sign-in host, mail hosts, Graph host
+//! and scope hosts belong together, and the scope each [`Service`] asks
+//! for.
 //!
 //! A token from one cloud is useless in another, and the failure it causes
-//! (an opaque AADSTS error or an IMAP `AUTHENTICATE failed`) does not say
-//! so. Keeping the three hosts in one table lets the config reject a
+//! (an opaque AADSTS error, an IMAP `AUTHENTICATE failed`, a Graph 401)
+//! does not say so. Keeping the hosts in one table lets the config reject a
 //! mismatch up front with a message that names the fix.
+//!
+//! Scopes here are the permissions alone: `offline_access` (a refresh
+//! token) is added in one place, where the token store builds the request
+//! (`auth::scopes`), for every delegated scope alike.
 
 use serde::Deserialize;
 
@@ -23,12 +28,22 @@ pub enum Cloud {
 }
 
 /// What an access token is for: one token serves one resource and one
-/// kind of use, so each gets its own scope.
+/// kind of use, so each gets its own scope. Entra refuses a request whose
+/// scopes name two resources (AADSTS28000, AADSTS700022), so a scope never
+/// mixes Exchange Online (IMAP, POP, SMTP) with Microsoft Graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Service {
     Imap,
     Pop,
     Smtp,
+    /// Reading a mailbox over Microsoft Graph (`Mail.ReadWrite`: the
+    /// after-steps flag, move and delete).
+    Graph,
+    /// [`Service::Graph`] for a reader whose acknowledgements also go over
+    /// Graph (`[reader.reply] via = "graph"`): `Mail.ReadWrite` and
+    /// `Mail.Send` in one token, since both are Graph's; reading and
+    /// sending share it.
+    GraphWithSend,
 }
 
 impl Cloud {
@@ -73,6 +88,17 @@ impl Cloud {
         }
     }
 
+    /// The Microsoft Graph host of this cloud: the default `host` of a
+    /// `protocol = "graph"` reader, and the resource its scopes hang off.
+    pub fn graph_host(self) -> &'static str {
+        match self {
+            Cloud::Global => "graph.microsoft.com",
+            Cloud::Usgov => "graph.microsoft.us",
+            Cloud::UsgovDod => "dod-graph.microsoft.us",
+            Cloud::China => "microsoftgraph.chinacloudapi.cn",
+        }
+    }
+
     /// Hosts that are known to belong to this cloud's Exchange Online.
     fn known_hosts(self) -> &'static [&'static str] {
         match self {
@@ -94,6 +120,13 @@ impl Cloud {
         Cloud::ALL
             .into_iter()
             .find(|c| c.known_hosts().contains(&host.as_str()))
+    }
+
+    /// The cloud a Microsoft Graph host belongs to; `None` for any other
+    /// host (a test stand-in, an Exchange host), which no cloud claims.
+    pub fn of_graph_host(host: &str) -> Option<Cloud> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        Cloud::ALL.into_iter().find(|c| c.graph_host() == host)
     }
 
     /// The cloud a Microsoft sign-in host belongs to, if it is one.
@@ -120,20 +153,32 @@ impl Cloud {
         }
     }
 
-    /// The scope to ask for: the delegated permission for `service`, or
+    /// The resource URL the Graph scopes hang off: the cloud's Graph host,
+    /// delegated and app-only alike.
+    fn graph_resource(self) -> String {
+        format!("https://{}", self.graph_host())
+    }
+
+    /// The scope to ask for: the delegated permission(s) for `service`, or
     /// `.default` for an app-only token (app permissions are granted in the
-    /// portal, not requested).
+    /// portal, not requested). Always of one resource; without
+    /// `offline_access` (see the module's doc).
     pub fn scope(self, service: Service, app_only: bool) -> String {
-        let resource = self.outlook_resource(app_only);
+        let (resource, permissions): (String, &[&str]) = match service {
+            Service::Imap => (self.outlook_resource(app_only), &["IMAP.AccessAsUser.All"]),
+            Service::Pop => (self.outlook_resource(app_only), &["POP.AccessAsUser.All"]),
+            Service::Smtp => (self.outlook_resource(app_only), &["SMTP.Send"]),
+            Service::Graph => (self.graph_resource(), &["Mail.ReadWrite"]),
+            Service::GraphWithSend => (self.graph_resource(), &["Mail.ReadWrite", "Mail.Send"]),
+        };
         if app_only {
             return format!("{resource}/.default");
         }
-        let permission = match service {
-            Service::Imap => "IMAP.AccessAsUser.All",
-            Service::Pop => "POP.AccessAsUser.All",
-            Service::Smtp => "SMTP.Send",
-        };
-        format!("{resource}/{permission}")
+        permissions
+            .iter()
+            .map(|p| format!("{resource}/{p}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -170,6 +215,62 @@ mod tests {
     }
 
     #[test]
+    fn graph_scopes_per_cloud() {
+        let hosts = [
+            (Cloud::Global, "graph.microsoft.com"),
+            (Cloud::Usgov, "graph.microsoft.us"),
+            (Cloud::UsgovDod, "dod-graph.microsoft.us"),
+            (Cloud::China, "microsoftgraph.chinacloudapi.cn"),
+        ];
+        for (cloud, host) in hosts {
+            assert_eq!(cloud.graph_host(), host);
+            assert_eq!(
+                cloud.scope(Service::Graph, false),
+                format!("https://{host}/Mail.ReadWrite"),
+                "{cloud:?}"
+            );
+            assert_eq!(
+                cloud.scope(Service::GraphWithSend, false),
+                format!("https://{host}/Mail.ReadWrite https://{host}/Mail.Send"),
+                "{cloud:?}"
+            );
+            for service in [Service::Graph, Service::GraphWithSend] {
+                assert_eq!(
+                    cloud.scope(service, true),
+                    format!("https://{host}/.default"),
+                    "{cloud:?}"
+                );
+            }
+        }
+    }
+
+    /// Entra refuses one request for two resources (AADSTS28000,
+    /// AADSTS700022): no scope may name more than one.
+    #[test]
+    fn every_scope_names_one_resource() {
+        let services = [
+            Service::Imap,
+            Service::Pop,
+            Service::Smtp,
+            Service::Graph,
+            Service::GraphWithSend,
+        ];
+        for cloud in Cloud::ALL {
+            for service in services {
+                for app_only in [false, true] {
+                    let scope = cloud.scope(service, app_only);
+                    let resources: std::collections::HashSet<&str> = scope
+                        .split_whitespace()
+                        .map(|s| s.rsplit_once('/').map_or(s, |(r, _)| r))
+                        .collect();
+                    assert_eq!(resources.len(), 1, "{scope}");
+                    assert!(!scope.contains("offline_access"), "{scope}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn hosts_map_back_to_their_cloud() {
         assert_eq!(
             Cloud::of_mail_host("Outlook.Office365.com"),
@@ -184,6 +285,20 @@ mod tests {
             Some(Cloud::China)
         );
         assert_eq!(Cloud::of_mail_host("imap.example.org"), None);
+        assert_eq!(
+            Cloud::of_graph_host("Graph.Microsoft.com."),
+            Some(Cloud::Global)
+        );
+        assert_eq!(
+            Cloud::of_graph_host("dod-graph.microsoft.us"),
+            Some(Cloud::UsgovDod)
+        );
+        assert_eq!(
+            Cloud::of_graph_host("microsoftgraph.chinacloudapi.cn"),
+            Some(Cloud::China)
+        );
+        assert_eq!(Cloud::of_graph_host("outlook.office365.com"), None);
+        assert_eq!(Cloud::of_mail_host("graph.microsoft.com"), None);
         assert_eq!(
             Cloud::of_authority_host("login.microsoftonline.us"),
             Some(Cloud::Usgov)

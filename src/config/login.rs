@@ -1,6 +1,7 @@
 //! How a `[[reader]]` logs in: the keys `auth` ("xoauth2" or "plain"),
 //! `password`, `oauth` (naming an `[[oauth]]` entry) and `grant`, checked
-//! against each other and against the app they name.
+//! against each other, against the app they name, and against the
+//! protocol (Microsoft Graph takes tokens only).
 
 use std::path::Path;
 
@@ -10,7 +11,7 @@ use toml::Spanned;
 use super::ConfigError;
 use super::locate::Locator;
 use super::oauth::{Grant, OAuthApp};
-use super::reader::RawReader;
+use super::reader::{Protocol, RawReader};
 use super::secret::{RawSecret, SecretRef};
 
 /// How a reader logs in to its mail server.
@@ -69,6 +70,15 @@ pub(super) fn parse<'a>(
     let (login, app) = match auth {
         RawAuth::Plain => {
             let at = r.auth.as_ref().map_or(r.name.span(), |a| a.span());
+            if r.protocol == Protocol::Graph {
+                return Err(locate.at(
+                    at,
+                    "auth",
+                    "Microsoft Graph takes OAuth tokens only, never a password login: \
+                     remove auth and set oauth and grant (any grant works, \
+                     grant = \"password\" included)",
+                ));
+            }
             if let Some(oauth) = &r.oauth {
                 return Err(locate.at(
                     oauth.span(),

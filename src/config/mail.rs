@@ -1,6 +1,7 @@
 //! What the configuration says about mail once it is read: threading and
 //! limits (`[tickets]`), the loop guard (`[guard]`), and acknowledgements
-//! (`[reader.reply]`). Routing rules are in [`super::rules`].
+//! (`[reader.reply]`, and which way they go out: SMTP submission or
+//! Microsoft Graph's sendMail). Routing rules are in [`super::rules`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use toml::Spanned;
 use super::locate::Locator;
 use super::rules::Rules;
 use super::value::{HumanDuration, is_loopback};
-use super::{ConfigError, Tls};
+use super::{ConfigError, Protocol, Tls};
 
 /// Everything the ingest path of one reader decides with; shared, and
 /// rebuilt on reload.
@@ -237,19 +238,44 @@ impl GuardConfig {
 /// `[reader.reply]`: acknowledge each new ticket by mail.
 #[derive(Debug, Clone)]
 pub struct ReplyConfig {
+    /// Which way the acknowledgement goes out.
+    pub via: Via,
     /// The From address (default: the reader's username).
     pub from: String,
-    /// SMTP submission host (default: the cloud's, e.g. smtp.office365.com).
+    /// Where it is sent. SMTP: the submission host (default: the cloud's,
+    /// e.g. smtp.office365.com). Graph: the reader's own `host`, `port`,
+    /// `tls` and `ca_file` (sendMail goes where the mail is read from).
     pub host: String,
     pub port: u16,
-    /// `starttls` (default, port 587) or `implicit` (port 465); `none` only
-    /// on loopback.
+    /// SMTP: `starttls` (default, port 587) or `implicit` (port 465);
+    /// `none` only on loopback. Graph: the reader's.
     pub tls: Tls,
     pub ca_file: Option<PathBuf>,
     /// Templates; `{tag}`, `{id}`, `{subject}`, `{requester}` and
     /// `{requester_name}` are replaced.
     pub subject: String,
     pub body: String,
+}
+
+/// `[reader.reply] via`: how acknowledgements are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// SMTP submission with the reader's login (the default for IMAP and
+    /// POP3 readers).
+    Smtp,
+    /// Microsoft Graph's `sendMail` with the reader's Graph token (the
+    /// default for Graph readers, whose tenants often have SMTP AUTH off).
+    Graph,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Smtp => "smtp",
+            Via::Graph => "graph",
+        }
+    }
 }
 
 pub const DEFAULT_REPLY_SUBJECT: &str = "{tag} {subject}";
@@ -285,11 +311,12 @@ pub(super) struct RawGuard {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawReply {
+    via: Option<Spanned<Via>>,
     from: Option<Spanned<String>>,
-    host: Option<String>,
-    port: Option<u16>,
-    tls: Option<Tls>,
-    ca_file: Option<PathBuf>,
+    host: Option<Spanned<String>>,
+    port: Option<Spanned<u16>>,
+    tls: Option<Spanned<Tls>>,
+    ca_file: Option<Spanned<PathBuf>>,
     subject: Option<String>,
     body: Option<String>,
     body_file: Option<Spanned<PathBuf>>,
@@ -381,9 +408,21 @@ pub(super) struct ReplyDefaults<'a> {
     pub username: &'a str,
     /// The cloud's SMTP host, for an OAuth reader.
     pub smtp_host: Option<&'a str>,
+    /// The reader's protocol and server: the default `via`, and where
+    /// sendMail goes when it is "graph".
+    pub reader: ReaderEndpoint<'a>,
     pub base_dir: &'a std::path::Path,
     /// Where `[reader.reply]` was written, for errors.
     pub span: std::ops::Range<usize>,
+}
+
+/// The reader's own server, as its `[[reader]]` keys resolved.
+pub(super) struct ReaderEndpoint<'a> {
+    pub protocol: Protocol,
+    pub host: &'a str,
+    pub port: u16,
+    pub tls: Tls,
+    pub ca_file: Option<&'a std::path::Path>,
 }
 
 pub(super) fn reply(
@@ -391,6 +430,58 @@ pub(super) fn reply(
     raw: RawReply,
     defaults: ReplyDefaults<'_>,
 ) -> Result<ReplyConfig, ConfigError> {
+    let reader = &defaults.reader;
+    let via = match (&raw.via, reader.protocol) {
+        // Refused rather than built: Graph for an IMAP/POP3 reader would
+        // need a second server (the Graph host beside the mail host) and a
+        // second resource's token for one reader; a Graph reader has both.
+        (Some(v), Protocol::Imap | Protocol::Pop3) if *v.get_ref() == Via::Graph => {
+            return Err(locate.at(
+                v.span(),
+                "via",
+                &format!(
+                    "acknowledgements over Microsoft Graph need a reader with protocol = \"graph\"; \
+                     an {} reader sends them over SMTP: remove via (or use via = \"smtp\")",
+                    match reader.protocol {
+                        Protocol::Pop3 => "POP3",
+                        _ => "IMAP",
+                    }
+                ),
+            ));
+        }
+        (Some(v), _) => *v.get_ref(),
+        (None, Protocol::Graph) => Via::Graph,
+        (None, Protocol::Imap | Protocol::Pop3) => Via::Smtp,
+    };
+    if via == Via::Graph {
+        let smtp_only = [
+            raw.host.as_ref().map(|v| ("host", v.span())),
+            raw.port.as_ref().map(|v| ("port", v.span())),
+            raw.tls.as_ref().map(|v| ("tls", v.span())),
+            raw.ca_file.as_ref().map(|v| ("ca_file", v.span())),
+        ];
+        if let Some((key, span)) = smtp_only.into_iter().flatten().min_by_key(|(_, s)| s.start) {
+            return Err(locate.at(
+                span,
+                key,
+                &format!(
+                    "{key} is the SMTP server's, and acknowledgements go over Microsoft Graph \
+                     (via = \"graph\", the default for a graph reader), to the reader's own \
+                     host: remove {key} here (set it on the reader), or set via = \"smtp\""
+                ),
+            ));
+        }
+    }
+    let (host, port, tls, ca_file) = match via {
+        // Already checked against the reader's protocol and cloud.
+        Via::Graph => (
+            reader.host.to_string(),
+            reader.port,
+            reader.tls,
+            reader.ca_file.map(std::path::Path::to_path_buf),
+        ),
+        Via::Smtp => smtp_endpoint(locate, &raw, &defaults)?,
+    };
     let from = match raw.from {
         Some(f) if !f.get_ref().contains('@') => {
             return Err(locate.at(f.span(), "from", "must be a mail address"));
@@ -405,32 +496,6 @@ pub(super) fn reply(
             ));
         }
     };
-    let host = match (raw.host, defaults.smtp_host) {
-        (Some(h), _) => h,
-        (None, Some(h)) => h.to_string(),
-        (None, None) => {
-            return Err(locate.at_table(
-                defaults.span,
-                "reader.reply.host",
-                "a password reader's reply needs the SMTP submission host",
-            ));
-        }
-    };
-    let tls = raw.tls.unwrap_or(Tls::StartTls);
-    if tls == Tls::None && !is_loopback(&host) {
-        return Err(locate.at_table(
-            defaults.span,
-            "reader.reply.tls",
-            &format!(
-                "tls = \"none\" would send credentials in clear to {host}; it is only accepted \
-                 for a loopback host. Use \"starttls\" (port 587) or \"implicit\" (port 465)"
-            ),
-        ));
-    }
-    let port = raw.port.unwrap_or(match tls {
-        Tls::Implicit => 465,
-        Tls::StartTls | Tls::None => 587,
-    });
     let body = match (raw.body, raw.body_file) {
         (Some(_), Some(f)) => {
             return Err(locate.at(f.span(), "body_file", "set body or body_file, not both"));
@@ -449,16 +514,59 @@ pub(super) fn reply(
         (None, None) => DEFAULT_REPLY_BODY.to_string(),
     };
     Ok(ReplyConfig {
+        via,
         from,
         host,
         port,
         tls,
-        ca_file: raw.ca_file.map(|p| defaults.base_dir.join(p)),
+        ca_file,
         subject: raw
             .subject
             .unwrap_or_else(|| DEFAULT_REPLY_SUBJECT.to_string()),
         body,
     })
+}
+
+/// The SMTP submission server of `[reader.reply]`: host, port, tls, ca_file.
+fn smtp_endpoint(
+    locate: &Locator<'_>,
+    raw: &RawReply,
+    defaults: &ReplyDefaults<'_>,
+) -> Result<(String, u16, Tls, Option<PathBuf>), ConfigError> {
+    let host = match (&raw.host, defaults.smtp_host) {
+        (Some(h), _) => h.get_ref().clone(),
+        (None, Some(h)) => h.to_string(),
+        (None, None) => {
+            return Err(locate.at_table(
+                defaults.span.clone(),
+                "reader.reply.host",
+                "a password reader's reply needs the SMTP submission host",
+            ));
+        }
+    };
+    let tls = raw.tls.as_ref().map_or(Tls::StartTls, |t| *t.get_ref());
+    if tls == Tls::None && !is_loopback(&host) {
+        return Err(locate.at_table(
+            defaults.span.clone(),
+            "reader.reply.tls",
+            &format!(
+                "tls = \"none\" would send credentials in clear to {host}; it is only accepted \
+                 for a loopback host. Use \"starttls\" (port 587) or \"implicit\" (port 465)"
+            ),
+        ));
+    }
+    let port = raw.port.as_ref().map_or(
+        match tls {
+            Tls::Implicit => 465,
+            Tls::StartTls | Tls::None => 587,
+        },
+        |p| *p.get_ref(),
+    );
+    let ca_file = raw
+        .ca_file
+        .as_ref()
+        .map(|p| defaults.base_dir.join(p.get_ref()));
+    Ok((host, port, tls, ca_file))
 }
 
 /// The domain part of an address.

@@ -37,7 +37,7 @@ pub use daemon::{DaemonConfig, LogFormat};
 pub use login::{Login, OAuthLogin};
 pub use mail::{
     ClosedReply, GuardConfig, MailPolicy, ReplyConfig, SharedPolicy, SubjectTag, TagFrom,
-    TicketsConfig,
+    TicketsConfig, Via,
 };
 pub use oauth::{ClientCertificate, Grant, OAuthApp};
 pub use reader::{

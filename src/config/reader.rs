@@ -1,8 +1,11 @@
 //! `[[reader]]`: one mailbox each. Owns `name`, `protocol`, `host`, `port`,
 //! `tls`, `username`, `folder`, `after`, `backfill`, `ack_max_age`, `idle`,
 //! `ca_file`, `poll_interval`, `timeout`, `batch_size`, `batch_bytes` and
-//! `allow_auto_submitted`. The login keys (`auth`, `password`, `oauth`,
-//! `grant`) are checked in `login`, `[reader.reply]` in `mail`.
+//! `allow_auto_submitted`, and which of them each protocol (IMAP, POP3,
+//! Microsoft Graph) takes: a key that means nothing for the reader's
+//! protocol is refused, not ignored, so the admin learns it does nothing.
+//! The login keys (`auth`, `password`, `oauth`, `grant`) are checked in
+//! `login`, `[reader.reply]` in `mail`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,7 @@ use super::ConfigError;
 use super::cloud::Cloud;
 use super::locate::Locator;
 use super::login::{self, Login, OAuthLogin, RawAuth};
-use super::mail::{self, ReplyConfig, SharedPolicy};
+use super::mail::{self, ReplyConfig, SharedPolicy, Via};
 use super::oauth::{Grant, OAuthApp};
 use super::secret::{RawSecret, SecretRef};
 use super::value::{HumanDuration, is_loopback};
@@ -38,14 +41,18 @@ pub struct ReaderConfig {
     pub host: String,
     pub port: u16,
     pub tls: Tls,
+    /// The mailbox: the IMAP/POP3 login's user, or Graph's `/users/{username}`.
     pub username: String,
     pub login: Login,
-    /// The IMAP folder read (POP3 has only the one maildrop).
+    /// The folder read: IMAP's name in UTF-8, or for Graph a well-known
+    /// name (`inbox`, `archive`, ...) or a path of display names such as
+    /// `Inbox/Support`. POP3 has only the one maildrop.
     pub folder: String,
     pub after: After,
     /// What the first poll of a folder takes of the mail already in it.
     pub backfill: Backfill,
-    /// Keep an IMAP connection open and IDLE instead of polling.
+    /// Keep an IMAP connection open and IDLE instead of polling (never for
+    /// POP3 or Graph).
     pub idle: bool,
     pub ca_file: Option<PathBuf>,
     pub poll_interval: Duration,
@@ -72,6 +79,13 @@ impl ReaderConfig {
         }
     }
 
+    /// Whether this reader's acknowledgements go over Microsoft Graph
+    /// (`[reader.reply] via = "graph"`), so that its token must carry
+    /// `Mail.Send` as well.
+    pub fn sends_over_graph(&self) -> bool {
+        self.reply.as_ref().is_some_and(|r| r.via == Via::Graph)
+    }
+
     /// Everything that decides whether the reader's next attempt could go
     /// differently from its last: its settings, its app's, and the current
     /// values of their secrets and certificate. Only ever fed to a keyed
@@ -79,11 +93,15 @@ impl ReaderConfig {
     pub fn fingerprint_material(&self, app: Option<&OAuthApp>) -> Vec<u8> {
         // The reply settings are read by the sender, and the mail policy is
         // swapped in place: neither is a reason to reconnect the reader.
+        // Except whether replies go over Graph: that changes the scope the
+        // reader's own token asks for (Mail.Send), and with it whether the
+        // sign-in it waits for could go differently.
         let reader = ReaderConfig {
             reply: None,
             ..self.clone()
         };
-        let mut material = format!("{reader:?}\0{app:?}").into_bytes();
+        let sends_over_graph = self.sends_over_graph();
+        let mut material = format!("{reader:?}\0{app:?}\0{sends_over_graph}").into_bytes();
         let password = match &self.login {
             Login::OAuth(o) => o.password.as_ref(),
             Login::Plain { password } => Some(password),
@@ -114,6 +132,8 @@ impl ReaderConfig {
 pub enum Protocol {
     Imap,
     Pop3,
+    /// Microsoft Graph's mail API over HTTPS, with OAuth tokens only.
+    Graph,
 }
 
 impl Protocol {
@@ -121,6 +141,7 @@ impl Protocol {
         match self {
             Protocol::Imap => "imap",
             Protocol::Pop3 => "pop3",
+            Protocol::Graph => "graph",
         }
     }
 }
@@ -133,6 +154,7 @@ pub enum Tls {
     Implicit,
     /// Plain text upgraded with STARTTLS / STLS before anything else is said
     /// (143, 110). A server that does not offer the upgrade is refused.
+    /// HTTP has no upgrade: refused for Graph.
     StartTls,
     /// No TLS at all: accepted for loopback hosts only (a local relay or a
     /// test server), so that credentials never cross a network in clear.
@@ -152,14 +174,16 @@ impl Tls {
 /// What happens to a mail on the server once its ticket is committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum After {
-    /// Flag it `\Seen` (IMAP's default).
+    /// Flag it `\Seen` (IMAP's default), or set `isRead` (Graph's default).
     Seen,
     /// Leave it untouched; the ledger alone keeps it from being ingested
     /// twice (POP3's default).
     Keep,
-    /// Delete it (IMAP: `\Deleted` + UID EXPUNGE; POP3: DELE + QUIT).
+    /// Delete it (IMAP: `\Deleted` + UID EXPUNGE; POP3: DELE + QUIT;
+    /// Graph: DELETE of the message).
     Delete,
-    /// Move it to this IMAP folder (as the admin wrote it, in UTF-8).
+    /// Move it to this folder (as the admin wrote it, in UTF-8; for Graph
+    /// a well-known name or a path like `folder`'s).
     Move(String),
 }
 
@@ -238,7 +262,7 @@ pub(super) struct RawReader {
     pub(super) protocol: Protocol,
     pub(super) host: Option<Spanned<String>>,
     pub(super) port: Option<u16>,
-    pub(super) tls: Option<Tls>,
+    pub(super) tls: Option<Spanned<Tls>>,
     pub(super) username: String,
     pub(super) auth: Option<Spanned<RawAuth>>,
     pub(super) password: Option<Spanned<RawSecret>>,
@@ -313,29 +337,14 @@ fn reader(
     let (login, app) = login::parse(locate, &r, password, base_dir, cx.oauth)?;
     let host = match (r.host, app) {
         (Some(host), Some(app)) => {
-            if let Some(other) = Cloud::of_mail_host(host.get_ref())
-                && other != app.cloud
-            {
-                return Err(locate.at(
-                    host.span(),
-                    "host",
-                    &format!(
-                        "{} is in the {} cloud, but [[oauth]] \"{}\" has cloud = \"{}\"; \
-                         tokens of one cloud are not accepted by another: \
-                         set cloud = \"{}\" on the app or use host = \"{}\"",
-                        host.get_ref(),
-                        other.as_str(),
-                        app.name,
-                        app.cloud.as_str(),
-                        other.as_str(),
-                        app.cloud.mail_host()
-                    ),
-                ));
-            }
+            check_cloud(locate, &host, protocol, app)?;
             host.into_inner()
         }
         (Some(host), None) => host.into_inner(),
-        (None, Some(app)) => app.cloud.mail_host().to_string(),
+        (None, Some(app)) => match protocol {
+            Protocol::Graph => app.cloud.graph_host().to_string(),
+            Protocol::Imap | Protocol::Pop3 => app.cloud.mail_host().to_string(),
+        },
         (None, None) => {
             return Err(locate.at(
                 r.name.span(),
@@ -344,15 +353,38 @@ fn reader(
             ));
         }
     };
-    let tls = r.tls.unwrap_or(Tls::Implicit);
-    if tls == Tls::None && !is_loopback(&host) {
+    let tls = match r.tls {
+        Some(t) if protocol == Protocol::Graph && *t.get_ref() == Tls::StartTls => {
+            return Err(locate.at(
+                t.span(),
+                "tls",
+                "Microsoft Graph is HTTPS, which has no STARTTLS: use tls = \"implicit\" \
+                 (the default), or \"none\" for a loopback host",
+            ));
+        }
+        Some(t) if *t.get_ref() == Tls::None && !is_loopback(&host) => {
+            return Err(locate.at(
+                t.span(),
+                "tls",
+                &format!(
+                    "tls = \"none\" would send credentials in clear to {host}; it is only \
+                     accepted for a loopback host. Use {}",
+                    match protocol {
+                        Protocol::Graph => "tls = \"implicit\" (the default)",
+                        Protocol::Imap | Protocol::Pop3 => "tls = \"starttls\" or \"implicit\"",
+                    }
+                ),
+            ));
+        }
+        Some(t) => t.into_inner(),
+        None => Tls::Implicit,
+    };
+    if protocol == Protocol::Graph && r.username.trim().is_empty() {
         return Err(locate.at(
             r.name.span(),
-            "tls",
-            &format!(
-                "tls = \"none\" would send credentials in clear to {host}; it is only \
-                 accepted for a loopback host. Use tls = \"starttls\" or \"implicit\""
-            ),
+            "username",
+            "a graph reader needs the mailbox it reads: its address or user principal name, \
+             e.g. username = \"helpdesk@contoso.com\"",
         ));
     }
     let folder = match (protocol, r.folder) {
@@ -366,21 +398,32 @@ fn reader(
             ));
         }
         (Protocol::Pop3, None) => "INBOX".to_string(),
+        (Protocol::Graph, Some(f)) => {
+            graph_folder(f.get_ref()).map_err(|e| locate.at(f.span(), "folder", &e))?;
+            f.into_inner()
+        }
+        (Protocol::Graph, None) => "Inbox".to_string(),
     };
     let after = match r.after {
         None => match protocol {
-            Protocol::Imap => After::Seen,
+            Protocol::Imap | Protocol::Graph => After::Seen,
             Protocol::Pop3 => After::Keep,
         },
         Some(text) => {
             let after =
                 After::parse(text.get_ref()).map_err(|e| locate.at(text.span(), "after", &e))?;
-            if protocol == Protocol::Pop3 && matches!(after, After::Seen | After::Move(_)) {
-                return Err(locate.at(
-                    text.span(),
-                    "after",
-                    "POP3 has no flags or folders: use after = \"keep\" or \"delete\"",
-                ));
+            match (protocol, &after) {
+                (Protocol::Pop3, After::Seen | After::Move(_)) => {
+                    return Err(locate.at(
+                        text.span(),
+                        "after",
+                        "POP3 has no flags or folders: use after = \"keep\" or \"delete\"",
+                    ));
+                }
+                (Protocol::Graph, After::Move(folder)) => {
+                    graph_folder(folder).map_err(|e| locate.at(text.span(), "after", &e))?;
+                }
+                _ => {}
             }
             after
         }
@@ -392,6 +435,17 @@ fn reader(
         None => Backfill::Unseen,
     };
     let idle = match r.idle {
+        // Even idle = false: a Graph reader always polls, and a key that
+        // does nothing for the protocol is refused, not ignored.
+        Some(i) if protocol == Protocol::Graph => {
+            return Err(locate.at(
+                i.span(),
+                "idle",
+                "Microsoft Graph has no IDLE; remove idle (the reader polls every \
+                 poll_interval; Graph's change notifications need a public HTTPS \
+                 endpoint and are not supported)",
+            ));
+        }
         Some(i) if *i.get_ref() && protocol == Protocol::Pop3 => {
             return Err(locate.at(
                 i.span(),
@@ -429,6 +483,8 @@ fn reader(
         (None, Some(d)) => d,
         (None, None) => DEFAULT_ACK_MAX_AGE,
     };
+    let port = r.port.unwrap_or(default_port(protocol, tls));
+    let ca_file = r.ca_file.map(|p| base_dir.join(p));
     let reply = match r.reply {
         Some(raw) => {
             let span = raw.span();
@@ -438,6 +494,13 @@ fn reader(
                 mail::ReplyDefaults {
                     username: &r.username,
                     smtp_host: app.map(|a| a.cloud.smtp_host()),
+                    reader: mail::ReaderEndpoint {
+                        protocol,
+                        host: &host,
+                        port,
+                        tls,
+                        ca_file: ca_file.as_deref(),
+                    },
                     base_dir,
                     span,
                 },
@@ -454,7 +517,7 @@ fn reader(
     Ok(ReaderConfig {
         name,
         protocol,
-        port: r.port.unwrap_or(default_port(protocol, tls)),
+        port,
         host,
         tls,
         username: r.username,
@@ -463,7 +526,7 @@ fn reader(
         after,
         backfill,
         idle,
-        ca_file: r.ca_file.map(|p| base_dir.join(p)),
+        ca_file,
         poll_interval: r.poll_interval.map_or(cx.poll_interval, |d| d.0),
         timeout: r.timeout.map_or(Duration::from_secs(60), |d| d.0),
         batch_size,
@@ -474,13 +537,95 @@ fn reader(
 }
 
 /// The port a protocol listens on for a kind of TLS (IANA assignments).
+/// Graph is HTTPS on 443; a plain-HTTP stand-in on loopback (`tls =
+/// "none"`) names its port.
 fn default_port(protocol: Protocol, tls: Tls) -> u16 {
     match (protocol, tls) {
         (Protocol::Imap, Tls::Implicit) => 993,
         (Protocol::Imap, Tls::StartTls | Tls::None) => 143,
         (Protocol::Pop3, Tls::Implicit) => 995,
         (Protocol::Pop3, Tls::StartTls | Tls::None) => 110,
+        (Protocol::Graph, _) => 443,
     }
+}
+
+/// Refuses a Microsoft host that cannot serve this reader: one of another
+/// cloud than its app's (the token would not be accepted), or one of the
+/// wrong service (an IMAP host for a Graph reader, or the reverse). Any
+/// host no cloud claims (a private server, a test stand-in) passes.
+fn check_cloud(
+    locate: &Locator<'_>,
+    host: &Spanned<String>,
+    protocol: Protocol,
+    app: &OAuthApp,
+) -> Result<(), ConfigError> {
+    let name = host.get_ref();
+    let (own, other_kind, expected, kind) = match protocol {
+        Protocol::Graph => (
+            Cloud::of_graph_host(name),
+            Cloud::of_mail_host(name).map(|_| "an Exchange Online IMAP/POP3/SMTP host"),
+            app.cloud.graph_host(),
+            "protocol = \"graph\" talks to Microsoft Graph",
+        ),
+        Protocol::Imap | Protocol::Pop3 => (
+            Cloud::of_mail_host(name),
+            Cloud::of_graph_host(name).map(|_| "the Microsoft Graph host"),
+            app.cloud.mail_host(),
+            "IMAP and POP3 talk to Exchange Online's mail host",
+        ),
+    };
+    if let Some(what) = other_kind {
+        return Err(locate.at(
+            host.span(),
+            "host",
+            &format!(
+                "{name} is {what}, but {kind}: use host = \"{expected}\" (or remove host{})",
+                match protocol {
+                    Protocol::Graph => "",
+                    Protocol::Imap | Protocol::Pop3 => ", or set protocol = \"graph\"",
+                }
+            ),
+        ));
+    }
+    if let Some(other) = own
+        && other != app.cloud
+    {
+        return Err(locate.at(
+            host.span(),
+            "host",
+            &format!(
+                "{name} is in the {} cloud, but [[oauth]] \"{}\" has cloud = \"{}\"; \
+                 tokens of one cloud are not accepted by another: \
+                 set cloud = \"{}\" on the app or use host = \"{expected}\"",
+                other.as_str(),
+                app.name,
+                app.cloud.as_str(),
+                other.as_str(),
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A Graph folder as written in `folder` or `after = "move:..."`: a
+/// well-known name (`inbox`, `archive`, ...) or a path of display names
+/// from the top of the mailbox, `/` between them. Whether it exists is
+/// only known once the mailbox is asked; an empty step never can.
+fn graph_folder(text: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err(
+            "a folder name is empty; use a well-known name such as \"Inbox\" \
+                    or a path such as \"Inbox/Support\""
+                .into(),
+        );
+    }
+    if text.split('/').any(|step| step.trim().is_empty()) {
+        return Err(format!(
+            "{text:?} has an empty step: a Graph folder path is display names joined by \
+             single '/', without one at either end, e.g. \"Inbox/Support\""
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

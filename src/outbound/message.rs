@@ -230,6 +230,7 @@ mod tests {
 
     fn reply() -> ReplyConfig {
         ReplyConfig {
+            via: crate::config::Via::Smtp,
             from: "helpdesk@contoso.com".into(),
             host: "smtp.office365.com".into(),
             port: 587,

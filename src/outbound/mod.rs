@@ -1,5 +1,7 @@
 //! Outbound mail: the acknowledgements the store queued in the outbox,
-//! sent over SMTP submission with the reader's own login.
+//! sent over SMTP submission with the reader's own login. Rows of a
+//! reader with `[reader.reply] via = "graph"` wait, as for a missing
+//! configuration, until the Graph sender exists (issue 16).
 //!
 //! Owns everything after the ticket commit queued a row: finding the
 //! reader's `[reader.reply]` in the configuration running now, the text
@@ -21,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::auth::AuthError;
-use crate::config::{Config, Login, ReaderConfig, SecretError};
+use crate::config::{Config, Login, ReaderConfig, SecretError, Via};
 use crate::ops::metrics::AckResult;
-use crate::reader::{self, Context};
+use crate::reader::{self, Context, GraphNotImplemented};
 use crate::source::SignInSecret;
 use crate::store::{DueAck, StoreError};
 pub use message::MessageError;
@@ -101,6 +103,9 @@ pub enum AckError {
     Secret(#[from] SecretError),
     #[error(transparent)]
     Smtp(#[from] SmtpError),
+    /// `via = "graph"` until the sendMail sender exists; the row waits.
+    #[error(transparent)]
+    Graph(#[from] GraphNotImplemented),
     #[error(
         "the attempt took longer than {} and was abandoned",
         humantime::format_duration(*.limit)
@@ -120,7 +125,10 @@ impl AckError {
 
     /// No attempt was possible: the configuration has no way to send it.
     fn waits_for_config(&self) -> bool {
-        matches!(self, AckError::UnknownReader(_) | AckError::NoReply(_))
+        matches!(
+            self,
+            AckError::UnknownReader(_) | AckError::NoReply(_) | AckError::Graph(_)
+        )
     }
 }
 
@@ -188,9 +196,16 @@ async fn attempt_with(
 ) -> Result<(), AckError> {
     let policy = reader.mail.current();
     let (envelope, bytes) = message::build(reply, &policy.tickets.subject_tag, row)?;
+    if reply.via == Via::Graph {
+        // TODO(issue 16): sendMail over Graph, with reader::ack_token_request.
+        return Err(GraphNotImplemented {
+            what: "send the acknowledgement",
+        }
+        .into());
+    }
     match &reader.login {
         Login::OAuth(oauth) => {
-            let request = reader::smtp_token_request(reader, oauth);
+            let request = reader::ack_token_request(reader, oauth);
             let (token, obtained) = ctx.tokens.access_token_from(&request).await?;
             if obtained {
                 ctx.metrics.reader(&reader.name).token_obtained();
