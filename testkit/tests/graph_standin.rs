@@ -788,6 +788,15 @@ async fn throttling_outages_drops_and_delays() {
     }
     assert_eq!(throttled, [10, 20, 30]);
     env.graph.clear_faults();
+    env.graph.inject(Fault::throttle(1).ratio(3, 10));
+    let mut throttled = Vec::new();
+    for n in 1..=10 {
+        if env.get(&value, &[]).await.status == 429 {
+            throttled.push(n);
+        }
+    }
+    assert_eq!(throttled, [4, 7, 10], "evenly spread");
+    env.graph.clear_faults();
 
     // 503 with Retry-After, once.
     env.graph.inject(Fault::unavailable(Some(3)));
@@ -1049,9 +1058,9 @@ async fn plain_http_for_loopback_without_tls() {
     let token = idp.issue_access_token_with_scope(USER, GRAPH_SCOPE);
     let resp = reqwest::Client::new()
         .get(format!(
-            "{}/v1.0/users/{}/messages/{id}/$value",
+            "{}/v1.0/users/{}/messages/{id}/%24value",
             graph.url(),
-            USER.to_uppercase()
+            USER.to_uppercase().replace('@', "%40")
         ))
         .bearer_auth(token)
         .send()
@@ -1061,4 +1070,45 @@ async fn plain_http_for_loopback_without_tls() {
     assert_eq!(resp.bytes().await.expect("body").to_vec(), common::mail(3));
     assert_eq!(graph.count_for(USER, GraphRoute::MessageValue), 1);
     assert_eq!(graph.requests()[0].mailbox.as_deref(), Some(USER));
+}
+
+#[tokio::test]
+async fn message_listing_pages_filters_and_counts() {
+    let env = Env::new().await;
+    let mut ids = Vec::new();
+    for i in 0..13 {
+        ids.push(env.graph.deliver(USER, "Inbox", &common::mail(i)));
+    }
+    env.graph.set_read(USER, &ids[0], true);
+    let r = env
+        .get(
+            &env.url("mailFolders/inbox/messages?$filter=isRead eq false&$count=true&$select=internetMessageId"),
+            &[IMMUTABLE],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["@odata.count"], 12, "unread mail, for `check`");
+    let page = r.json["value"].as_array().expect("value");
+    assert_eq!(page.len(), 10);
+    assert_eq!(page[0]["id"], ids[12].as_str(), "newest first");
+    assert!(page[0].get("subject").is_none());
+    let next = r.json["@odata.nextLink"].as_str().expect("nextLink");
+    let r = env.get(next, &[IMMUTABLE]).await;
+    let rest: Vec<&str> = r.json["value"]
+        .as_array()
+        .expect("value")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(rest, [ids[2].as_str(), ids[1].as_str()]);
+    assert!(r.json.get("@odata.nextLink").is_none());
+
+    let r = env
+        .get(
+            &env.url("mailFolders/inbox/messages?$filter=subject eq 'x'"),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "ErrorInvalidUrlQueryFilter");
 }

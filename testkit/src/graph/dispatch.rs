@@ -108,7 +108,11 @@ pub(crate) fn parse(method: &Method, path: &str) -> Parsed {
             return parsed;
         }
     };
-    let names: Vec<String> = rest.iter().map(|s| s.to_ascii_lowercase()).collect();
+    // Decoded first: a client may well send `%24value`.
+    let names: Vec<String> = rest
+        .iter()
+        .map(|s| decode_segment(s).to_ascii_lowercase())
+        .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let is_delta = |s: &str| {
         matches!(

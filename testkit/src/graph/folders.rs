@@ -177,7 +177,8 @@ fn folder_page(ctx: &Ctx<'_>, mb: &Mailbox, parent: &str, link: &str) -> Respons
     json_response(ctx.ids, StatusCode::OK, &body)
 }
 
-/// `GET mailFolders/{id}/messages`: newest first, `$top` (default 10),
+/// `GET mailFolders/{id}/messages`: newest first, `$top` (default 10, see
+/// [`super::GraphServer::set_default_page_size`]),
 /// `$skip`, `$select`, `$filter=isRead eq false|true`, `$count=true`.
 pub(crate) fn list_messages(ctx: &Ctx<'_>, st: &mut GraphState, fref: &str) -> Response {
     let mb = match mailbox(ctx, st) {
@@ -203,7 +204,7 @@ pub(crate) fn list_messages(ctx: &Ctx<'_>, st: &mut GraphState, fref: &str) -> R
             }
         }
     };
-    let (top, skip) = match paging(ctx, 10) {
+    let (top, skip) = match paging(ctx, st.default_page_size) {
         Ok(p) => p,
         Err(r) => return *r,
     };

@@ -22,7 +22,7 @@
 //!   folder. `{id}` is a folder id or a well-known name (`inbox`, `archive`,
 //!   `deleteditems`, `sentitems`, `drafts`, `junkemail`, `msgfolderroot`);
 //!   a display name is not an id (400 `ErrorInvalidIdMalformed`).
-//! - `GET mailFolders/{id}/messages/delta`: delta query ([`delta`](self)):
+//! - `GET mailFolders/{id}/messages/delta`: delta query (see `delta.rs`):
 //!   `$select`, `Prefer: odata.maxpagesize=N` (default 10), pages linked by
 //!   `@odata.nextLink` (`$skiptoken`), the last with `@odata.deltaLink`
 //!   (`$deltatoken`); a delta link answers only the changes since, with
@@ -43,14 +43,14 @@
 //! new id, as Graph does. Either id is accepted in URLs. Whether the client
 //! asked is in the request log ([`GraphRequest::prefer`]).
 //!
-//! # Authentication and access ([`auth`](self))
+//! # Authentication and access (`auth.rs`)
 //! Missing, unknown or expired bearer token: 401 `InvalidAuthenticationToken`
 //! with `WWW-Authenticate`; a token for another resource (Outlook): 401
 //! "Invalid audience"; a delegated token for someone else's mailbox (not
 //! granted with [`GraphServer::grant_mailbox_access`]): 403
 //! `ErrorAccessDenied`; an app-only token for a mailbox the IdP did not
 //! grant ([`crate::IdP::grant_app_access`]): 403 `ErrorAccessDenied` "Access
-//! to OData is disabled: [RAOP] …" (ApplicationAccessPolicy); a delegated
+//! to OData is disabled: \[RAOP\] …" (ApplicationAccessPolicy); a delegated
 //! token without the permission a route needs (`Mail.Read`/`Mail.ReadWrite`
 //! to read, `Mail.ReadWrite` to change, `Mail.Send` to send): 403; an
 //! unknown mailbox: 404 `ErrorInvalidUser`; a mailbox marked not
@@ -90,6 +90,7 @@ mod send;
 mod server;
 mod state;
 
+pub use auth::{ACCESS_DENIED, APP_ACCESS_DENIED};
 pub use faults::Fault;
 pub use state::{GraphMessage, GraphRequest, GraphRoute, SentMail};
 

@@ -9,10 +9,10 @@ use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+use super::control::{header_value, internet_message_id};
 use super::dispatch::{Ctx, json_object};
 use super::responses::{bad_request, empty_response, graph_error};
 use super::state::{GraphState, Message, SentMail, new_message_id};
-use crate::graph::control::{header_value, internet_message_id};
 
 pub(crate) fn send_mail(ctx: &Ctx<'_>, st: &mut GraphState) -> Response {
     let content_type = ctx
