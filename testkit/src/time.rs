@@ -60,6 +60,15 @@ pub fn azure_timestamp(unix: i64) -> String {
     )
 }
 
+/// ISO 8601 in UTC as Microsoft Graph writes it: `2026-01-31T12:34:56Z`.
+pub fn graph_timestamp(unix: i64) -> String {
+    let c = civil(unix);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
+    )
+}
+
 /// RFC 5322 date: `Mon, 24 Nov 2025 09:00:00 +0000`.
 pub fn rfc5322_date(unix: i64) -> String {
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];

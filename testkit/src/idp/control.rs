@@ -604,6 +604,32 @@ impl IdP {
         )
     }
 
+    /// Issues an access token for `username` with this `scope` directly (no
+    /// HTTP request, not counted; the scope is recorded as given). Panics if
+    /// the user was not added. E.g. a Graph token for a stand-in test.
+    pub fn issue_access_token_with_scope(&self, username: &str, scope: &str) -> String {
+        let canonical = self.canonical_user(username, "issue_access_token_with_scope");
+        self.st()
+            .issue_access_token(Subject::User(canonical), &granted_scope(scope))
+    }
+
+    /// Issues an app-only access token for `scope` (e.g.
+    /// `https://graph.microsoft.com/.default`) directly, not counted.
+    pub fn issue_app_access_token(&self, scope: &str) -> String {
+        self.st().issue_access_token(Subject::App, scope)
+    }
+
+    /// What the IdP knows about `token` (subject, scope, audience, expiry);
+    /// `None` if it never issued it.
+    pub fn access_token_info(&self, token: &str) -> Option<AccessTokenInfo> {
+        self.lookup().access_token_info(token)
+    }
+
+    /// A handle other stand-ins keep to validate bearer tokens in process.
+    pub fn lookup(&self) -> IdpLookup {
+        IdpLookup::new(self.shared.clone())
+    }
+
     /// Every refresh token issued so far, oldest first, including rotated-away
     /// and revoked ones (e.g. to check none is stored in clear).
     pub fn issued_refresh_tokens(&self) -> Vec<String> {

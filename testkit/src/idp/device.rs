@@ -38,6 +38,9 @@ pub(crate) async fn devicecode_endpoint(
     let Some(scope) = form.get("scope") else {
         return missing_param(url, "scope");
     };
+    if let Some(resp) = mixed_resources_error(url, scope) {
+        return resp;
+    }
     let device_code = format!("{DEVICE_CODE_PREFIX}{}", random_string(200));
     let user_code = loop {
         let c = random_user_code();

@@ -288,6 +288,76 @@ pub(crate) fn granted_scope(scope: &str) -> String {
         .join(" ")
 }
 
+/// The resource (audience) one scope value names, normalised so that two
+/// spellings of one resource compare equal: `https://graph.microsoft.com/Mail.Read`
+/// → `https://graph.microsoft.com`, `https://outlook.office365.com/.default`
+/// → `https://outlook.office.com` (Exchange Online answers to both hosts),
+/// the well-known application ids → their URIs. `None` for the OpenID Connect
+/// scopes and `offline_access` (no resource) and for bare permission names
+/// (`Mail.Read`): Entra reads those as belonging to whatever resource the
+/// request otherwise names, so they never make a request mixed.
+pub(crate) fn resource_of_scope_value(value: &str) -> Option<String> {
+    let v = value.trim();
+    if v.is_empty()
+        || ["offline_access", "openid", "profile", "email"]
+            .iter()
+            .any(|oidc| v.eq_ignore_ascii_case(oidc))
+    {
+        return None;
+    }
+    let (prefix, _permission) = v.rsplit_once('/')?;
+    let prefix = prefix.trim_end_matches('/').to_ascii_lowercase();
+    let normalised = match prefix.as_str() {
+        "00000003-0000-0000-c000-000000000000" => "https://graph.microsoft.com",
+        "00000002-0000-0ff1-ce00-000000000000" | "https://outlook.office365.com" => {
+            "https://outlook.office.com"
+        }
+        other => other,
+    };
+    Some(normalised.to_owned())
+}
+
+/// Every distinct resource a space-separated scope names, in order of first
+/// mention (see [`resource_of_scope_value`]).
+pub(crate) fn resources_of_scope(scope: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in scope.split_whitespace().filter_map(resource_of_scope_value) {
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// The audience of a token issued for `scope`: the first resource it names,
+/// Microsoft Graph when it names none (bare permission names are Graph's,
+/// as with Entra).
+pub(crate) fn audience_of_scope(scope: &str) -> String {
+    resources_of_scope(scope)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| GRAPH_RESOURCE.to_owned())
+}
+
+/// Entra's answer to a token request whose scope names two resources: an
+/// access token has one audience, so the client must ask once per resource
+/// (one refresh token serves them all). AADSTS28000 is what the v2.0 token
+/// endpoint answers; the text is Entra's own wording of the error.
+pub(crate) fn mixed_resources_error(url: &str, scope: &str) -> Option<Response> {
+    if resources_of_scope(scope).len() < 2 {
+        return None;
+    }
+    Some(aad_error(
+        url,
+        StatusCode::BAD_REQUEST,
+        "invalid_scope",
+        28000,
+        &format!(
+            "Provided value for the input parameter scope is not valid because it contains more than one resource. Scope {scope} is not valid."
+        ),
+    ))
+}
+
 pub(crate) fn wants_refresh_token(scope: &str) -> bool {
     has_scope(scope, "offline_access")
 }

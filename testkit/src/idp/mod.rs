@@ -114,6 +114,14 @@
 //!   [`IdP::approve_device_code`], [`IdP::decline_device_code`] (the user's
 //!   side), [`IdP::slow_down_device_polls`] (RFC 8628 back-off).
 //!
+//! # One resource per token
+//! A token request whose scope names two resources (say Graph's
+//! `Mail.ReadWrite` and Outlook's `IMAP.AccessAsUser.All`) is refused with
+//! 400 `invalid_scope` AADSTS28000, on every grant and on the devicecode
+//! endpoint; a refresh token stays redeemable for any one resource at a
+//! time. Each access token remembers its scope and audience; other
+//! stand-ins ask [`IdP::lookup`] / [`IdP::access_token_info`] about it.
+//!
 //! # Faults and observation
 //! [`IdP::inject`] / [`IdP::inject_aad`] queue canned answers for the token
 //! endpoint (MFA 50076, consent 65001, conditional access 53003, …: answers
@@ -157,6 +165,8 @@ use crate::time::{azure_timestamp, unix_now};
 pub const DEFAULT_TENANT: &str = "00000000-0000-0000-0000-0000000000aa";
 /// Default (and only registered) application (client) id.
 pub const DEFAULT_CLIENT_ID: &str = "00000000-0000-0000-0000-0000000000c1";
+/// The resource (audience) of Microsoft Graph in the global cloud.
+pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 /// `grant_type` of the device-code poll (RFC 8628).
 pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
@@ -182,6 +192,7 @@ mod control;
 mod device;
 mod discovery;
 mod helpers;
+mod lookup;
 mod state;
 mod token;
 
@@ -196,4 +207,5 @@ use state::*;
 use token::*;
 
 pub use control::{IdP, browser_sign_in};
+pub use lookup::{AccessTokenInfo, IdpLookup, TokenSubject, scope_audience};
 pub use state::InjectedBody;

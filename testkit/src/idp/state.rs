@@ -53,6 +53,9 @@ pub(crate) enum Subject {
 
 pub(crate) struct AccessToken {
     pub(crate) subject: Subject,
+    /// The granted scope (without the OpenID Connect scopes), as in the
+    /// token response; other stand-ins read the audience from it.
+    pub(crate) scope: String,
     pub(crate) expires_at: Instant,
 }
 
@@ -187,6 +190,7 @@ impl IdpState {
             token.clone(),
             AccessToken {
                 subject,
+                scope: scope.to_owned(),
                 expires_at: Instant::now() + self.token_lifetime,
             },
         );

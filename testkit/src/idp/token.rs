@@ -105,6 +105,9 @@ pub(crate) fn password_grant(
     let Some(scope) = form.get("scope") else {
         return missing_param(url, "scope");
     };
+    if let Some(resp) = mixed_resources_error(url, scope) {
+        return resp;
+    }
     let canonical = match st.users.get(&username.to_lowercase()) {
         Some(u) if u.password == *password => u.username.clone(),
         _ => {
@@ -137,6 +140,11 @@ pub(crate) fn refresh_token_grant(
     let Some(scope) = form.get("scope") else {
         return missing_param(url, "scope");
     };
+    // Entra's v2 refresh tokens are multi-resource: any one resource per
+    // request, never two at once.
+    if let Some(resp) = mixed_resources_error(url, scope) {
+        return resp;
+    }
     let Some(rt) = st.refresh_tokens.get(old) else {
         return invalid_grant(url, 70000, "Provided grant is invalid or malformed.");
     };
@@ -253,14 +261,19 @@ pub(crate) fn authorization_code_grant(
             );
         }
     }
-    entry.redeemed = true;
-    let username = entry.username.clone();
     let consented = entry.scope.clone();
-    let nonce = entry.nonce.clone();
     let scope = form
         .get("scope")
         .cloned()
         .unwrap_or_else(|| consented.clone());
+    // Consent may cover several resources; a redemption names one. Refused
+    // before the code is consumed, like every failed redemption here.
+    if let Some(resp) = mixed_resources_error(url, &scope) {
+        return resp;
+    }
+    entry.redeemed = true;
+    let username = entry.username.clone();
+    let nonce = entry.nonce.clone();
     st.user_tokens(
         sh,
         &username,
