@@ -253,7 +253,7 @@ fn pop3_position(reader: &str) -> FolderPosition {
     }
 }
 
-async fn insert_first_contact(
+pub(super) async fn insert_first_contact(
     tx: &mut Transaction<'_, Sqlite>,
     pos: &FolderPosition,
     backfill: &str,

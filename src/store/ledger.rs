@@ -1,6 +1,7 @@
 //! The ledgers of where each mail came from (IMAP folder positions and
-//! their watermark, POP3 UIDLs, the after-steps still pending), and the one
-//! commit of a fetched batch ([`Store::commit_batch`], for either ledger):
+//! their watermark, POP3 UIDLs, the after-steps still pending; Graph's is
+//! in `super::graph`), and the one commit of a fetched batch
+//! ([`Store::commit_batch`], for every ledger):
 //! its ledger rows in one transaction with the tickets and emails the
 //! batch's mail became (decided in `super::tickets`).
 
@@ -45,6 +46,14 @@ pub enum Batch<'a> {
         sizes: &'a HashMap<String, u64>,
         /// Whether the after-step (deleting the mail) is still to come: the
         /// UIDL stays pending until `mark_pop3_done`, else is done at once.
+        pending: bool,
+    },
+    /// Microsoft Graph mails by immutable message id of one reader.
+    Graph {
+        reader: &'a str,
+        mails: &'a [(String, Incoming)],
+        /// Whether the after-step (isRead, move, delete) is still to come:
+        /// the id stays pending until `mark_graph_done`, else is done at once.
         pending: bool,
     },
 }
@@ -237,6 +246,11 @@ impl Store {
                 })
                 .await
             }
+            Batch::Graph {
+                reader,
+                mails,
+                pending,
+            } => self.commit_graph(reader, mails, pending).await,
         }
     }
 
@@ -298,7 +312,7 @@ impl Store {
 /// lie in a mail's content, commits them one at a time instead (see
 /// [`isolating_each`]). Failures of the database itself (locked, full,
 /// unreachable) fail the batch as before: it is fetched again next poll.
-async fn isolating<'m, K, F, Fut>(
+pub(super) async fn isolating<'m, K, F, Fut>(
     mails: &'m [(K, Incoming)],
     commit: F,
 ) -> Result<BatchOutcome, StoreError>
@@ -357,7 +371,7 @@ where
 /// Mails the parser gave up on are set aside in the quarantine, and so is
 /// every mail when `set_aside` names a store error (one mail that could not
 /// be stored alone, see [`isolating_each`]).
-async fn store_unrecorded<'m, K>(
+pub(super) async fn store_unrecorded<'m, K>(
     tx: &mut Transaction<'_, Sqlite>,
     reader: &str,
     mails: &'m [(K, Incoming)],

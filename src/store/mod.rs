@@ -17,6 +17,8 @@
 //! - `readers`: the reader records (registration, state, `last_error`,
 //!   history) and the daemon's heartbeat row, with what recent mail became
 //!   per reader ([`MailCounts`]), as `status` and `health` read them.
+//! - `graph`: the Microsoft Graph ledger (messages by immutable id, the
+//!   delta link each folder resumes from, what first contact left).
 //! - `owed`: IMAP UIDs a folder's ledger still owes (asked for, not delivered).
 //! - `first_contact`: what a reader found on first contact, and what
 //!   `backfill` took of it.
@@ -25,6 +27,7 @@
 //! - `tokens`: sealed refresh tokens; `key`: the store key sealing them.
 
 mod first_contact;
+mod graph;
 mod key;
 mod ledger;
 mod outbox;

@@ -185,7 +185,7 @@ impl Store {
         let Some(&(_, email)) = stored.first() else {
             return Err(StoreError::Sql(sqlx::Error::RowNotFound));
         };
-        for table in ["source_positions", "pop3_uidls"] {
+        for table in ["source_positions", "pop3_uidls", "graph_messages"] {
             sqlx::query(&format!(
                 "UPDATE {table} SET email_id = ? WHERE email_id = ?"
             ))
