@@ -1,0 +1,902 @@
+//! The Microsoft Graph HTTP client of one mailbox: everything the Graph
+//! reader and the Graph acknowledgements say to Graph v1.0, and nothing of
+//! the reader's own (configuration, the ledger, the token store).
+//!
+//! It owns: the HTTPS client and its trust (the platform's web PKI roots
+//! plus an optional `ca_file`, as [`crate::transport::tls_config`] decides
+//! for IMAP; plain HTTP only to a loopback host), the request rules every
+//! call follows (`Prefer: IdType="ImmutableId"`, at most
+//! [`MAILBOX_CONCURRENCY`] requests in flight per mailbox, retries in
+//! `http.rs`), and the operations: resolving a folder path to an id, delta
+//! rounds page by page, the MIME of a message (capped), the after-steps
+//! (mark read, move, delete), and sendMail.
+//!
+//! The bearer token comes from a [`GraphToken`] the caller plugs in; a 401
+//! makes the client report the token refused and ask for a new one, once.
+//! While it waits out a 429 or an outage it tells the [`WaitHook`], so the
+//! reader can show "throttled by Microsoft Graph, retrying in Ns" in
+//! `last_error` as it happens; when the retry budget is spent the error
+//! says so ([`GraphError::Throttled`] carries the wait).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use base64::Engine;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use reqwest::Method;
+use secrecy::SecretString;
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+use url::Url;
+
+use super::errors::{GraphError, TokenUnavailable, is_app_policy};
+use super::http::{Body, Call, Read, Reply, new_gate};
+use super::wire::{DeltaJson, FolderJson, Page, odata_string, query_value};
+
+/// Graph of the global cloud.
+pub const DEFAULT_BASE_URL: &str = "https://graph.microsoft.com";
+
+/// Requests in flight per mailbox: Exchange Online answers 429
+/// "MailboxConcurrency" above four.
+pub const MAILBOX_CONCURRENCY: usize = 4;
+
+/// Folders Graph knows by a well-known name in place of an id.
+pub const WELL_KNOWN_FOLDERS: [&str; 6] = [
+    "inbox",
+    "archive",
+    "deleteditems",
+    "sentitems",
+    "drafts",
+    "junkemail",
+];
+
+/// The message properties a delta round asks for.
+const DELTA_SELECT: &str = "id,internetMessageId,receivedDateTime,isRead";
+
+/// Where the bearer token comes from: the reader plugs the token store in.
+pub trait GraphToken: Send + Sync {
+    /// The access token to send now (cached, or obtained).
+    fn current(&self) -> BoxFuture<'_, Result<SecretString, TokenUnavailable>>;
+    /// Graph refused `token` (401): drop it from the cache, if it is still
+    /// the cached one, so that [`GraphToken::current`] obtains a new one.
+    /// Concurrent requests may report the same token more than once.
+    fn refused<'a>(&'a self, token: &'a SecretString) -> BoxFuture<'a, ()>;
+}
+
+/// How often, and how long, the client retries what it can wait out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt, per request.
+    pub max_retries: u32,
+    /// First backoff; it doubles per retry up to `backoff_cap`.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// A `Retry-After` longer than this is not slept through: the request
+    /// fails at once with [`GraphError::Throttled`] and the caller waits.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 5,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `failures + 1` when Graph named none.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let factor = 1u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX);
+        self.backoff_base
+            .saturating_mul(factor)
+            .min(self.backoff_cap)
+    }
+}
+
+/// Why the client is waiting before a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    /// 429.
+    Throttled,
+    /// 503, or another 5xx.
+    Unavailable {
+        status: u16,
+    },
+    Timeout,
+    ConnectionLost,
+}
+
+/// A wait before a retry, as told to the [`WaitHook`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub step: &'static str,
+    pub reason: WaitReason,
+    pub after: Duration,
+}
+
+impl std::fmt::Display for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.after.as_secs_f64().ceil() as u64;
+        match self.reason {
+            WaitReason::Throttled => {
+                write!(f, "throttled by Microsoft Graph, retrying in {secs}s")
+            }
+            WaitReason::Unavailable { status } => write!(
+                f,
+                "Microsoft Graph answered HTTP {status} to {}, retrying in {secs}s",
+                self.step
+            ),
+            WaitReason::Timeout => write!(
+                f,
+                "Microsoft Graph did not answer {}, retrying in {secs}s",
+                self.step
+            ),
+            WaitReason::ConnectionLost => write!(
+                f,
+                "the connection to Microsoft Graph broke during {}, retrying in {secs}s",
+                self.step
+            ),
+        }
+    }
+}
+
+/// Called before every wait for a retry (e.g. to set `last_error`).
+pub type WaitHook = Arc<dyn Fn(&Wait) + Send + Sync>;
+
+/// What a [`GraphClient`] is built from.
+#[derive(Debug, Clone)]
+pub struct GraphOptions {
+    /// `https://graph.microsoft.com` (or a sovereign cloud's host); `http:`
+    /// only for a loopback host.
+    pub base_url: String,
+    /// A CA to trust besides the web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// Bounds connecting, the wait for an answer, and each pause while an
+    /// answer arrives.
+    pub timeout: Duration,
+    /// The mailbox: `/users/{mailbox}`.
+    pub mailbox: String,
+    /// The token is app-only (client credentials): changes what an access
+    /// denial tells the admin to grant.
+    pub app_only: bool,
+    /// `Prefer: odata.maxpagesize` of delta rounds.
+    pub page_size: u32,
+    pub retry: RetryPolicy,
+}
+
+impl GraphOptions {
+    /// Defaults for `mailbox` on the global cloud.
+    pub fn new(mailbox: &str) -> GraphOptions {
+        GraphOptions {
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            ca_file: None,
+            timeout: Duration::from_secs(60),
+            mailbox: mailbox.to_owned(),
+            app_only: false,
+            page_size: 50,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// A folder resolved to its id; `path` is what it was resolved from (or
+/// the id), for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderId {
+    pub id: String,
+    pub path: String,
+}
+
+impl FolderId {
+    /// A folder known by id (e.g. one kept from an earlier resolve).
+    pub fn new(id: &str) -> FolderId {
+        FolderId {
+            id: id.to_owned(),
+            path: id.to_owned(),
+        }
+    }
+}
+
+/// A message a delta round lists as new or changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaItem {
+    /// The immutable id: the ledger's key.
+    pub id: String,
+    pub internet_message_id: Option<String>,
+    /// `receivedDateTime` as Graph wrote it (ISO 8601, UTC).
+    pub received: Option<String>,
+    pub is_read: bool,
+}
+
+/// One page of a delta round.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeltaPage {
+    pub items: Vec<DeltaItem>,
+    /// Ids gone from the folder (`@removed`).
+    pub removed: Vec<String>,
+    /// Set on the last page: the link the next round starts from.
+    pub delta_link: Option<String>,
+}
+
+/// A whole delta round, collected by [`GraphClient::delta`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeltaRound {
+    pub items: Vec<DeltaItem>,
+    pub removed: Vec<String>,
+    pub delta_link: String,
+    pub pages: usize,
+}
+
+/// A message's MIME, whole or up to the cap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mime {
+    pub bytes: Vec<u8>,
+    /// The message is longer than the cap; `bytes` is its start.
+    pub truncated: bool,
+}
+
+/// What an after-step found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterStep {
+    Done,
+    /// 404 `ErrorItemNotFound`: the message is no longer there (deleted or
+    /// moved by someone, or by an earlier try whose answer was lost).
+    AlreadyGone,
+}
+
+/// The Graph client of one mailbox; see the module doc. Cheap to clone.
+#[derive(Clone)]
+pub struct GraphClient {
+    pub(super) http: reqwest::Client,
+    pub(super) base: Url,
+    pub(super) mailbox: String,
+    pub(super) timeout: Duration,
+    pub(super) page_size: u32,
+    pub(super) app_only: bool,
+    pub(super) retry: RetryPolicy,
+    pub(super) token: Arc<dyn GraphToken>,
+    pub(super) on_wait: Option<WaitHook>,
+}
+
+impl std::fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token source: nothing of a credential in Debug output.
+        f.debug_struct("GraphClient")
+            .field("base", &self.base.as_str())
+            .field("mailbox", &self.mailbox)
+            .field("timeout", &self.timeout)
+            .field("page_size", &self.page_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The in-flight bounds, one per Graph host and mailbox, shared by every
+/// client of the process (two readers of one mailbox share Exchange's
+/// limit too). Held weakly: a bound lives as long as a client uses it.
+pub(super) fn gate_for(base: &Url, mailbox: &str) -> Arc<Semaphore> {
+    static GATES: OnceLock<Mutex<HashMap<String, Weak<Semaphore>>>> = OnceLock::new();
+    let key = format!(
+        "{}|{}",
+        base.origin().ascii_serialization(),
+        mailbox.to_lowercase()
+    );
+    let mut gates = GATES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(gate) = gates.get(&key).and_then(Weak::upgrade) {
+        return gate;
+    }
+    gates.retain(|_, g| g.strong_count() > 0);
+    let gate = new_gate();
+    gates.insert(key, Arc::downgrade(&gate));
+    gate
+}
+
+fn is_loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    }
+}
+
+impl GraphClient {
+    pub fn new(
+        options: GraphOptions,
+        token: Arc<dyn GraphToken>,
+    ) -> Result<GraphClient, GraphError> {
+        let bad = |reason: &str| GraphError::BadUrl {
+            url: options.base_url.clone(),
+            reason: reason.to_owned(),
+        };
+        let base = Url::parse(&options.base_url).map_err(|e| bad(&e.to_string()))?;
+        let host = base.host().ok_or_else(|| bad("it names no host"))?;
+        match base.scheme() {
+            "https" => {}
+            // Plain text carries the bearer token in the clear: only where
+            // it never leaves the machine, as tls = "none" for IMAP.
+            "http" if is_loopback(&host) => {}
+            "http" => return Err(bad("plain http is allowed only to a loopback host")),
+            _ => return Err(bad("not an https URL")),
+        }
+        if options.mailbox.trim().is_empty() {
+            return Err(bad("no mailbox given"));
+        }
+        let tls = crate::transport::tls_config(options.ca_file.as_deref())?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(Arc::unwrap_or_clone(tls))
+            // A redirect could carry the bearer token elsewhere; Graph's
+            // mail API does not redirect.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(options.timeout.min(Duration::from_secs(30)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("mail2ticket/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| crate::transport::ConnectError::Tls(e.to_string()))?;
+        Ok(GraphClient {
+            http,
+            base,
+            mailbox: options.mailbox.trim().to_owned(),
+            timeout: options.timeout,
+            page_size: options.page_size.max(1),
+            app_only: options.app_only,
+            retry: options.retry,
+            token,
+            on_wait: None,
+        })
+    }
+
+    /// Tells `hook` about every wait before a retry.
+    pub fn with_wait_hook(mut self, hook: WaitHook) -> GraphClient {
+        self.on_wait = Some(hook);
+        self
+    }
+
+    pub fn mailbox(&self) -> &str {
+        &self.mailbox
+    }
+
+    /// `{base}/v1.0/users/{user}/{segments…}`, each segment encoded.
+    fn url(&self, user: &str, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        {
+            // `base` was checked to have a host, so it can be a base.
+            if let Ok(mut path) = url.path_segments_mut() {
+                path.pop_if_empty().push("v1.0").push("users").push(user);
+                path.extend(segments);
+            }
+        }
+        url
+    }
+
+    fn call(&self, step: &'static str, method: Method, url: Url) -> Call {
+        Call {
+            step,
+            method,
+            url,
+            body: Body::None,
+            prefer: None,
+            read: Read::Json,
+            mailbox: self.mailbox.clone(),
+            once: false,
+        }
+    }
+
+    /// A link Graph gave (nextLink, deltaLink), followed exactly as given,
+    /// but only to the Graph host this client talks to: the bearer token
+    /// goes with it.
+    fn own_link(&self, link: &str) -> Result<Url, String> {
+        let url = Url::parse(link).map_err(|e| format!("{link:?} is not a URL: {e}"))?;
+        if url.origin() != self.base.origin() {
+            return Err(format!(
+                "{link:?} points away from {}",
+                self.base.origin().ascii_serialization()
+            ));
+        }
+        Ok(url)
+    }
+
+    /// A refusal that is not the operation's own to sort, in the admin's
+    /// terms.
+    fn refusal(&self, step: &'static str, mailbox: &str, reply: Reply) -> GraphError {
+        let code = reply.code.as_str();
+        if reply.status == 403 && (code.contains("AccessDenied") || is_app_policy(&reply.message)) {
+            return if is_app_policy(&reply.message) {
+                GraphError::AppAccessBlocked {
+                    mailbox: mailbox.to_owned(),
+                    message: reply.message,
+                }
+            } else {
+                GraphError::AccessDenied {
+                    mailbox: mailbox.to_owned(),
+                    message: reply.message,
+                    app_only: self.app_only,
+                }
+            };
+        }
+        if [
+            "MailboxNotEnabledForRESTAPI",
+            "MailboxNotSupportedForRESTAPI",
+            "ErrorInvalidUser",
+            "ResourceNotFound",
+            "ErrorNonExistentMailbox",
+        ]
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(code))
+        {
+            return GraphError::MailboxUnusable {
+                mailbox: mailbox.to_owned(),
+                code: reply.code,
+                message: reply.message,
+            };
+        }
+        GraphError::Refused {
+            step,
+            status: reply.status,
+            code: reply.code,
+            message: reply.message,
+        }
+    }
+
+    fn parse<T: DeserializeOwned>(step: &'static str, reply: &Reply) -> Result<T, GraphError> {
+        serde_json::from_slice(&reply.body).map_err(|e| GraphError::BadAnswer {
+            step,
+            detail: e.to_string(),
+        })
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, call: Call) -> Result<T, GraphError> {
+        let step = call.step;
+        let reply = self.exchange(call).await?;
+        if !reply.is_success() {
+            return Err(self.refusal(step, &self.mailbox, reply));
+        }
+        Self::parse(step, &reply)
+    }
+
+    // -- Folders ---------------------------------------------------------------
+
+    /// The id of the folder `path`: a well-known name (`inbox`, `archive`,
+    /// …, any case) or a path of display names whose first part is a
+    /// well-known name or a top-level folder (`Inbox/Support`).
+    pub async fn resolve_folder(&self, path: &str) -> Result<FolderId, GraphError> {
+        let parts: Vec<&str> = path
+            .split('/')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        let no_folder = |missing: &str, parent: Option<&str>| GraphError::NoFolder {
+            mailbox: self.mailbox.clone(),
+            path: path.to_owned(),
+            missing: missing.to_owned(),
+            parent: parent.map(str::to_owned),
+        };
+        let Some((first, rest)) = parts.split_first() else {
+            return Err(no_folder(path, None));
+        };
+        let well_known = first.to_ascii_lowercase();
+        let mut id = if WELL_KNOWN_FOLDERS.contains(&well_known.as_str()) {
+            let call = self.call(
+                "resolving the folder",
+                Method::GET,
+                self.url(&self.mailbox, &["mailFolders", &well_known]),
+            );
+            let reply = self.exchange(call).await?;
+            match reply.status {
+                s if (200..300).contains(&s) => {
+                    Self::parse::<FolderJson>("resolving the folder", &reply)?.id
+                }
+                // A well-known folder the mailbox does not have (an archive
+                // never enabled).
+                404 if !self.is_mailbox_code(&reply.code) => {
+                    return Err(no_folder(first, None));
+                }
+                _ => return Err(self.refusal("resolving the folder", &self.mailbox, reply)),
+            }
+        } else {
+            match self.child_folder(None, first).await? {
+                Some(id) => id,
+                None => return Err(no_folder(first, None)),
+            }
+        };
+        let mut walked = (*first).to_owned();
+        for part in rest {
+            id = match self.child_folder(Some(&id), part).await? {
+                Some(child) => child,
+                None => return Err(no_folder(part, Some(&walked))),
+            };
+            walked.push('/');
+            walked.push_str(part);
+        }
+        Ok(FolderId {
+            id,
+            path: parts.join("/"),
+        })
+    }
+
+    fn is_mailbox_code(&self, code: &str) -> bool {
+        [
+            "MailboxNotEnabledForRESTAPI",
+            "ErrorInvalidUser",
+            "ResourceNotFound",
+        ]
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(code))
+    }
+
+    /// The id of the folder named `name` under `parent` (the top of the
+    /// mailbox for `None`), following every page of the filtered list.
+    async fn child_folder(
+        &self,
+        parent: Option<&str>,
+        name: &str,
+    ) -> Result<Option<String>, GraphError> {
+        let mut url = match parent {
+            Some(p) => self.url(&self.mailbox, &["mailFolders", p, "childFolders"]),
+            None => self.url(&self.mailbox, &["mailFolders"]),
+        };
+        let filter = format!("displayName eq {}", odata_string(name));
+        url.set_query(Some(&format!("$filter={}", query_value(&filter))));
+        let step = "resolving the folder";
+        loop {
+            let page: Page<FolderJson> = self.get_json(self.call(step, Method::GET, url)).await?;
+            // Graph compares display names without case; so do we, in case
+            // a server ignores the filter.
+            if let Some(f) = page
+                .value
+                .into_iter()
+                .find(|f| f.display_name.eq_ignore_ascii_case(name))
+            {
+                return Ok(Some(f.id));
+            }
+            match page.next_link {
+                Some(link) => {
+                    url = self
+                        .own_link(&link)
+                        .map_err(|detail| GraphError::BadAnswer { step, detail })?;
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+
+    // -- Delta -------------------------------------------------------------------
+
+    /// A delta round of `folder`, page by page: from `delta_link` (the
+    /// last round's) or, with `None`, a full sync. Pages are asked for one
+    /// at a time, so a first sync of a large folder is never all in memory.
+    pub fn delta_pages(
+        &self,
+        folder: &FolderId,
+        delta_link: Option<&str>,
+    ) -> Result<DeltaPager<'_>, GraphError> {
+        let first = match delta_link {
+            Some(link) => self.own_link(link).map_err(|reason| GraphError::BadUrl {
+                url: link.to_owned(),
+                reason,
+            })?,
+            None => {
+                let mut url = self.url(
+                    &self.mailbox,
+                    &["mailFolders", &folder.id, "messages", "delta"],
+                );
+                url.set_query(Some(&format!("$select={DELTA_SELECT}")));
+                url
+            }
+        };
+        Ok(DeltaPager {
+            client: self,
+            folder: folder.clone(),
+            next: Some(first),
+        })
+    }
+
+    /// A whole delta round, collected (see [`GraphClient::delta_pages`]
+    /// for a folder too large to hold).
+    pub async fn delta(
+        &self,
+        folder: &FolderId,
+        delta_link: Option<&str>,
+    ) -> Result<DeltaRound, GraphError> {
+        let mut pager = self.delta_pages(folder, delta_link)?;
+        let mut round = DeltaRound::default();
+        while let Some(page) = pager.next_page().await? {
+            round.pages += 1;
+            round.items.extend(page.items);
+            round.removed.extend(page.removed);
+            if let Some(link) = page.delta_link {
+                round.delta_link = link;
+            }
+        }
+        Ok(round)
+    }
+
+    // -- Messages ------------------------------------------------------------------
+
+    /// The MIME of message `id`, at most `cap` bytes of it.
+    pub async fn fetch_mime(&self, id: &str, cap: u64) -> Result<Mime, GraphError> {
+        let step = "fetching a message";
+        let mut call = self.call(
+            step,
+            Method::GET,
+            self.url(&self.mailbox, &["messages", id, "$value"]),
+        );
+        call.read = Read::Capped(cap);
+        let reply = self.exchange(call).await?;
+        if reply.is_success() {
+            return Ok(Mime {
+                bytes: reply.body,
+                truncated: reply.truncated,
+            });
+        }
+        if reply.status == 404 && reply.code.eq_ignore_ascii_case("ErrorItemNotFound") {
+            return Err(GraphError::MessageGone {
+                mailbox: self.mailbox.clone(),
+                id: id.to_owned(),
+            });
+        }
+        Err(self.refusal(step, &self.mailbox, reply))
+    }
+
+    /// The MIME of each of `ids` (each at most `cap` bytes), up to
+    /// `max_concurrency` at once, never more than the mailbox's bound;
+    /// results in the order of `ids`.
+    pub async fn fetch_many(
+        &self,
+        ids: &[String],
+        cap: u64,
+        max_concurrency: usize,
+    ) -> Vec<(String, Result<Mime, GraphError>)> {
+        let width = max_concurrency.clamp(1, MAILBOX_CONCURRENCY);
+        futures::stream::iter(ids.iter().cloned())
+            .map(|id| async move {
+                let mime = self.fetch_mime(&id, cap).await;
+                (id, mime)
+            })
+            .buffered(width)
+            .collect()
+            .await
+    }
+
+    /// PATCH `isRead: true`.
+    pub async fn mark_read(&self, id: &str) -> Result<AfterStep, GraphError> {
+        let mut call = self.call(
+            "marking a message read",
+            Method::PATCH,
+            self.url(&self.mailbox, &["messages", id]),
+        );
+        call.body = Body::Json(serde_json::json!({ "isRead": true }));
+        self.after_step(call).await
+    }
+
+    /// POST `move` to `folder`.
+    pub async fn move_to(&self, id: &str, folder: &FolderId) -> Result<AfterStep, GraphError> {
+        let mut call = self.call(
+            "moving a message",
+            Method::POST,
+            self.url(&self.mailbox, &["messages", id, "move"]),
+        );
+        call.body = Body::Json(serde_json::json!({ "destinationId": folder.id }));
+        self.after_step(call).await
+    }
+
+    /// DELETE (into Deleted Items, as Outlook's delete).
+    pub async fn delete(&self, id: &str) -> Result<AfterStep, GraphError> {
+        let call = self.call(
+            "deleting a message",
+            Method::DELETE,
+            self.url(&self.mailbox, &["messages", id]),
+        );
+        self.after_step(call).await
+    }
+
+    async fn after_step(&self, call: Call) -> Result<AfterStep, GraphError> {
+        let step = call.step;
+        let reply = self.exchange(call).await?;
+        if reply.is_success() {
+            return Ok(AfterStep::Done);
+        }
+        if reply.status == 404 && reply.code.eq_ignore_ascii_case("ErrorItemNotFound") {
+            return Ok(AfterStep::AlreadyGone);
+        }
+        Err(self.refusal(step, &self.mailbox, reply))
+    }
+
+    /// Sends `mime` as `from` (POST `/users/{from}/sendMail`, the MIME in
+    /// base64). Throttling and outages are retried; a connection that
+    /// breaks after the request went out is [`GraphError::SendUncertain`]
+    /// (a retry could send the mail twice; the outbox decides).
+    pub async fn send_mail(&self, from: &str, mime: &[u8]) -> Result<(), GraphError> {
+        let step = "sendMail";
+        let mut call = self.call(step, Method::POST, self.url(from, &["sendMail"]));
+        call.body = Body::Text(base64::engine::general_purpose::STANDARD.encode(mime));
+        call.mailbox = from.to_owned();
+        call.once = true;
+        let reply = self.exchange(call).await?;
+        if reply.is_success() {
+            return Ok(());
+        }
+        Err(self.refusal(step, from, reply))
+    }
+}
+
+/// A delta round in progress; see [`GraphClient::delta_pages`].
+pub struct DeltaPager<'c> {
+    client: &'c GraphClient,
+    folder: FolderId,
+    next: Option<Url>,
+}
+
+impl DeltaPager<'_> {
+    /// The next page, `None` once the page with the delta link was given.
+    /// [`GraphError::DeltaExpired`] when the link's sync state is gone.
+    pub async fn next_page(&mut self) -> Result<Option<DeltaPage>, GraphError> {
+        let Some(url) = self.next.take() else {
+            return Ok(None);
+        };
+        let step = "the delta query";
+        let client = self.client;
+        let mut call = client.call(step, Method::GET, url);
+        call.prefer = Some(format!("odata.maxpagesize={}", client.page_size));
+        let reply = client.exchange(call).await?;
+        if !reply.is_success() {
+            let code = reply.code.as_str();
+            let gone = reply.status == 410
+                || [
+                    "SyncStateNotFound",
+                    "ErrorInvalidSyncStateData",
+                    "SyncStateInvalid",
+                ]
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(code));
+            if gone {
+                return Err(GraphError::DeltaExpired {
+                    folder: self.folder.path.clone(),
+                    code: if code.is_empty() {
+                        format!("HTTP {}", reply.status)
+                    } else {
+                        reply.code
+                    },
+                });
+            }
+            return Err(client.refusal(step, &client.mailbox, reply));
+        }
+        let page: Page<DeltaJson> = GraphClient::parse(step, &reply)?;
+        let mut out = DeltaPage::default();
+        for entry in page.value {
+            if entry.removed.is_some() {
+                out.removed.push(entry.id);
+            } else {
+                out.items.push(DeltaItem {
+                    id: entry.id,
+                    internet_message_id: entry.internet_message_id,
+                    received: entry.received,
+                    is_read: entry.is_read.unwrap_or(false),
+                });
+            }
+        }
+        match (page.next_link, page.delta_link) {
+            (Some(next), _) => {
+                self.next = Some(
+                    client
+                        .own_link(&next)
+                        .map_err(|detail| GraphError::BadAnswer { step, detail })?,
+                );
+            }
+            (None, Some(delta)) => out.delta_link = Some(delta),
+            (None, None) => {
+                return Err(GraphError::BadAnswer {
+                    step,
+                    detail: "a delta page with neither @odata.nextLink nor @odata.deltaLink".into(),
+                });
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// A token that never changes (for `check` with a token in hand, tools and
+/// tests); `refused` only counts.
+pub struct StaticToken {
+    token: SecretString,
+    refused: std::sync::atomic::AtomicUsize,
+}
+
+impl StaticToken {
+    pub fn new(token: SecretString) -> StaticToken {
+        StaticToken {
+            token,
+            refused: Default::default(),
+        }
+    }
+
+    /// How often Graph refused it.
+    pub fn refusals(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl GraphToken for StaticToken {
+    fn current(&self) -> BoxFuture<'_, Result<SecretString, TokenUnavailable>> {
+        let token = self.token.clone();
+        Box::pin(async move { Ok(token) })
+    }
+
+    fn refused<'a>(&'a self, _token: &'a SecretString) -> BoxFuture<'a, ()> {
+        self.refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base: &str) -> Result<GraphClient, GraphError> {
+        let mut options = GraphOptions::new("helpdesk@contoso.example");
+        options.base_url = base.to_owned();
+        GraphClient::new(options, Arc::new(StaticToken::new("t".to_owned().into())))
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        assert!(client("http://127.0.0.1:8080").is_ok());
+        assert!(client("http://localhost:8080").is_ok());
+        assert!(client("https://graph.microsoft.com").is_ok());
+        let err = client("http://graph.microsoft.com").expect_err("plain to a remote host");
+        assert!(err.to_string().contains("loopback"), "{err}");
+        assert!(err.is_misconfigured());
+        assert!(client("ftp://127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn urls_encode_segments_and_links_stay_on_the_host() {
+        let c = client("https://graph.example").expect("client");
+        let url = c.url("a b@x", &["messages", "A/B=", "$value"]);
+        assert_eq!(
+            url.as_str(),
+            "https://graph.example/v1.0/users/a%20b@x/messages/A%2FB=/$value"
+        );
+        assert!(
+            c.own_link("https://graph.example/v1.0/x?$skiptoken=1")
+                .is_ok()
+        );
+        assert!(c.own_link("https://evil.example/v1.0/x").is_err());
+        assert!(c.own_link("http://graph.example/v1.0/x").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = RetryPolicy {
+            max_retries: 10,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_millis(700),
+            max_retry_after: Duration::from_secs(1),
+        };
+        let waits: Vec<u128> = (0..6).map(|n| p.backoff(n).as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 400, 700, 700, 700]);
+        assert_eq!(p.backoff(u32::MAX), Duration::from_millis(700));
+    }
+
+    #[test]
+    fn wait_texts() {
+        let w = Wait {
+            step: "the delta query",
+            reason: WaitReason::Throttled,
+            after: Duration::from_secs(3),
+        };
+        assert_eq!(
+            w.to_string(),
+            "throttled by Microsoft Graph, retrying in 3s"
+        );
+    }
+}
