@@ -679,13 +679,33 @@ impl GraphClient {
 
     /// POST `move` to `folder`.
     pub async fn move_to(&self, id: &str, folder: &FolderId) -> Result<AfterStep, GraphError> {
+        let step = "moving a message";
         let mut call = self.call(
-            "moving a message",
+            step,
             Method::POST,
             self.url(&self.mailbox, &["messages", id, "move"]),
         );
         call.body = Body::Json(serde_json::json!({ "destinationId": folder.id }));
-        self.after_step(call).await
+        match self.after_step(call).await? {
+            AfterStep::Done => Ok(AfterStep::Done),
+            // Graph says ErrorItemNotFound for a missing destination too:
+            // only a message that is really gone is "already gone".
+            AfterStep::AlreadyGone => {
+                let mut url = self.url(&self.mailbox, &["messages", id]);
+                url.set_query(Some("$select=id"));
+                let reply = self.exchange(self.call(step, Method::GET, url)).await?;
+                if reply.is_success() {
+                    Err(GraphError::NoMoveTarget {
+                        mailbox: self.mailbox.clone(),
+                        folder: folder.path.clone(),
+                    })
+                } else if reply.status == 404 {
+                    Ok(AfterStep::AlreadyGone)
+                } else {
+                    Err(self.refusal(step, &self.mailbox, reply))
+                }
+            }
+        }
     }
 
     /// DELETE (into Deleted Items, as Outlook's delete).

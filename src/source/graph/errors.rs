@@ -89,6 +89,12 @@ pub enum GraphError {
         missing: String,
         parent: Option<String>,
     },
+    /// A move whose destination is not there (the message is).
+    #[error(
+        "the folder {folder:?} to move mail to does not exist in mailbox {mailbox}; \
+         create it or fix `after`"
+    )]
+    NoMoveTarget { mailbox: String, folder: String },
     /// The delta link is no longer valid (410 `SyncStateNotFound`, an
     /// invalid sync state): forget it and sync the folder in full.
     #[error(
@@ -188,7 +194,8 @@ impl GraphError {
             | GraphError::AppAccessBlocked { .. }
             | GraphError::AccessDenied { .. }
             | GraphError::MailboxUnusable { .. }
-            | GraphError::NoFolder { .. } => FailureClass::Config,
+            | GraphError::NoFolder { .. }
+            | GraphError::NoMoveTarget { .. } => FailureClass::Config,
             GraphError::Throttled { .. }
             | GraphError::Unavailable { .. }
             | GraphError::Timeout { .. }

@@ -15,6 +15,7 @@ use url::Url;
 use super::client::{GraphClient, Wait, WaitReason};
 use super::errors::{GraphError, error_words};
 use crate::scrub::Scrubber;
+use crate::transport::{ConnectError, describe_certificate_error};
 
 /// Asks Graph for ids that survive a move (the ledger's key).
 pub(super) const PREFER_IMMUTABLE: &str = "IdType=\"ImmutableId\"";
@@ -234,7 +235,13 @@ impl GraphClient {
         };
         let mut resp = match tokio::time::timeout(self.timeout, req.send()).await {
             Err(_) => return Err(Broken::Timeout),
-            Ok(Err(e)) if e.is_connect() => return Err(Broken::Connect(error_chain(e))),
+            Ok(Err(e)) if e.is_connect() => {
+                // A certificate that is not trusted stays so: no retry.
+                if let Some(text) = certificate_refusal(&e, call.url.host_str().unwrap_or("")) {
+                    return Err(Broken::Fatal(GraphError::Connect(ConnectError::Tls(text))));
+                }
+                return Err(Broken::Connect(error_chain(e)));
+            }
             Ok(Err(e)) if e.is_timeout() => return Err(Broken::Timeout),
             Ok(Err(e)) => return Err(Broken::Lost(error_chain(e))),
             Ok(Ok(resp)) => resp,
@@ -358,6 +365,34 @@ fn error_chain(e: reqwest::Error) -> String {
         source = cause.source();
     }
     crate::scrub::printable(&text)
+}
+
+/// rustls's refusal of the server's certificate, somewhere in the causes
+/// of a failed connection, in the words IMAP uses for it.
+fn certificate_refusal(e: &reqwest::Error, host: &str) -> Option<String> {
+    match find_rustls_error(e) {
+        Some(error @ rustls::Error::InvalidCertificate(_)) => {
+            Some(describe_certificate_error(host, error))
+        }
+        _ => None,
+    }
+}
+
+/// The rustls error among the causes of `e`. An `io::Error` wrapping
+/// another hides it from `source()` (which skips to the wrapped error's own
+/// source), so each wrapped error is looked into as well.
+fn find_rustls_error<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    if let Some(found) = e.downcast_ref::<rustls::Error>() {
+        return Some(found);
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        && let Some(found) = find_rustls_error(inner)
+    {
+        return Some(found);
+    }
+    e.source().and_then(find_rustls_error)
 }
 
 /// The bound of one mailbox: at most four requests in flight, Exchange
