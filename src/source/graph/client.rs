@@ -2,13 +2,13 @@
 //! reader and the Graph acknowledgements say to Graph v1.0, and nothing of
 //! the reader's own (configuration, the ledger, the token store).
 //!
-//! It owns: the HTTPS client and its trust (the platform's web PKI roots
-//! plus an optional `ca_file`, as [`crate::transport::tls_config`] decides
-//! for IMAP; plain HTTP only to a loopback host), the request rules every
+//! It owns: the HTTPS client and its trust (the bundled web PKI roots plus
+//! an optional `ca_file`, exactly as [`crate::transport::tls_config`]
+//! decides for IMAP; plain HTTP only to a loopback host), the request rules every
 //! call follows (`Prefer: IdType="ImmutableId"`, at most
 //! [`MAILBOX_CONCURRENCY`] requests in flight per mailbox, retries in
 //! `http.rs`), and the operations: resolving a folder path to an id, delta
-//! rounds page by page, the MIME of a message (capped), the after-steps
+//! rounds page by page (`delta.rs`), the MIME of a message (capped), the after-steps
 //! (mark read, move, delete), and sendMail.
 //!
 //! The bearer token comes from a [`GraphToken`] the caller plugs in; a 401
@@ -25,16 +25,15 @@ use std::time::Duration;
 
 use base64::Engine;
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use reqwest::Method;
-use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use url::Url;
 
-use super::errors::{GraphError, TokenUnavailable, is_app_policy};
-use super::http::{Body, Call, Read, Reply, new_gate};
-use super::wire::{DeltaJson, FolderJson, Page, odata_string, query_value};
+use super::errors::{GraphError, is_app_policy};
+use super::http::{Body, Call, Read, Reply, RetryPolicy, WaitHook, new_gate};
+use super::token::GraphToken;
+use super::wire::{FolderJson, Page, odata_string, query_value};
 
 /// Graph of the global cloud.
 pub const DEFAULT_BASE_URL: &str = "https://graph.microsoft.com";
@@ -52,103 +51,6 @@ pub const WELL_KNOWN_FOLDERS: [&str; 6] = [
     "drafts",
     "junkemail",
 ];
-
-/// The message properties a delta round asks for.
-const DELTA_SELECT: &str = "id,internetMessageId,receivedDateTime,isRead";
-
-/// Where the bearer token comes from: the reader plugs the token store in.
-pub trait GraphToken: Send + Sync {
-    /// The access token to send now (cached, or obtained).
-    fn current(&self) -> BoxFuture<'_, Result<SecretString, TokenUnavailable>>;
-    /// Graph refused `token` (401): drop it from the cache, if it is still
-    /// the cached one, so that [`GraphToken::current`] obtains a new one.
-    /// Concurrent requests may report the same token more than once.
-    fn refused<'a>(&'a self, token: &'a SecretString) -> BoxFuture<'a, ()>;
-}
-
-/// How often, and how long, the client retries what it can wait out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt, per request.
-    pub max_retries: u32,
-    /// First backoff; it doubles per retry up to `backoff_cap`.
-    pub backoff_base: Duration,
-    pub backoff_cap: Duration,
-    /// A `Retry-After` longer than this is not slept through: the request
-    /// fails at once with [`GraphError::Throttled`] and the caller waits.
-    pub max_retry_after: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> RetryPolicy {
-        RetryPolicy {
-            max_retries: 5,
-            backoff_base: Duration::from_secs(1),
-            backoff_cap: Duration::from_secs(30),
-            max_retry_after: Duration::from_secs(120),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait before retry number `failures + 1` when Graph named none.
-    pub fn backoff(&self, failures: u32) -> Duration {
-        let factor = 1u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX);
-        self.backoff_base
-            .saturating_mul(factor)
-            .min(self.backoff_cap)
-    }
-}
-
-/// Why the client is waiting before a retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WaitReason {
-    /// 429.
-    Throttled,
-    /// 503, or another 5xx.
-    Unavailable {
-        status: u16,
-    },
-    Timeout,
-    ConnectionLost,
-}
-
-/// A wait before a retry, as told to the [`WaitHook`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Wait {
-    pub step: &'static str,
-    pub reason: WaitReason,
-    pub after: Duration,
-}
-
-impl std::fmt::Display for Wait {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secs = self.after.as_secs_f64().ceil() as u64;
-        match self.reason {
-            WaitReason::Throttled => {
-                write!(f, "throttled by Microsoft Graph, retrying in {secs}s")
-            }
-            WaitReason::Unavailable { status } => write!(
-                f,
-                "Microsoft Graph answered HTTP {status} to {}, retrying in {secs}s",
-                self.step
-            ),
-            WaitReason::Timeout => write!(
-                f,
-                "Microsoft Graph did not answer {}, retrying in {secs}s",
-                self.step
-            ),
-            WaitReason::ConnectionLost => write!(
-                f,
-                "the connection to Microsoft Graph broke during {}, retrying in {secs}s",
-                self.step
-            ),
-        }
-    }
-}
-
-/// Called before every wait for a retry (e.g. to set `last_error`).
-pub type WaitHook = Arc<dyn Fn(&Wait) + Send + Sync>;
 
 /// What a [`GraphClient`] is built from.
 #[derive(Debug, Clone)]
@@ -202,36 +104,6 @@ impl FolderId {
             path: id.to_owned(),
         }
     }
-}
-
-/// A message a delta round lists as new or changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeltaItem {
-    /// The immutable id: the ledger's key.
-    pub id: String,
-    pub internet_message_id: Option<String>,
-    /// `receivedDateTime` as Graph wrote it (ISO 8601, UTC).
-    pub received: Option<String>,
-    pub is_read: bool,
-}
-
-/// One page of a delta round.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeltaPage {
-    pub items: Vec<DeltaItem>,
-    /// Ids gone from the folder (`@removed`).
-    pub removed: Vec<String>,
-    /// Set on the last page: the link the next round starts from.
-    pub delta_link: Option<String>,
-}
-
-/// A whole delta round, collected by [`GraphClient::delta`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeltaRound {
-    pub items: Vec<DeltaItem>,
-    pub removed: Vec<String>,
-    pub delta_link: String,
-    pub pages: usize,
 }
 
 /// A message's MIME, whole or up to the cap.
@@ -365,7 +237,7 @@ impl GraphClient {
     }
 
     /// `{base}/v1.0/users/{user}/{segments…}`, each segment encoded.
-    fn url(&self, user: &str, segments: &[&str]) -> Url {
+    pub(super) fn url(&self, user: &str, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         {
             // `base` was checked to have a host, so it can be a base.
@@ -377,7 +249,7 @@ impl GraphClient {
         url
     }
 
-    fn call(&self, step: &'static str, method: Method, url: Url) -> Call {
+    pub(super) fn call(&self, step: &'static str, method: Method, url: Url) -> Call {
         Call {
             step,
             method,
@@ -393,7 +265,7 @@ impl GraphClient {
     /// A link Graph gave (nextLink, deltaLink), followed exactly as given,
     /// but only to the Graph host this client talks to: the bearer token
     /// goes with it.
-    fn own_link(&self, link: &str) -> Result<Url, String> {
+    pub(super) fn own_link(&self, link: &str) -> Result<Url, String> {
         let url = Url::parse(link).map_err(|e| format!("{link:?} is not a URL: {e}"))?;
         if url.origin() != self.base.origin() {
             return Err(format!(
@@ -406,7 +278,7 @@ impl GraphClient {
 
     /// A refusal that is not the operation's own to sort, in the admin's
     /// terms.
-    fn refusal(&self, step: &'static str, mailbox: &str, reply: Reply) -> GraphError {
+    pub(super) fn refusal(&self, step: &'static str, mailbox: &str, reply: Reply) -> GraphError {
         let code = reply.code.as_str();
         if reply.status == 403 && (code.contains("AccessDenied") || is_app_policy(&reply.message)) {
             return if is_app_policy(&reply.message) {
@@ -446,7 +318,10 @@ impl GraphClient {
         }
     }
 
-    fn parse<T: DeserializeOwned>(step: &'static str, reply: &Reply) -> Result<T, GraphError> {
+    pub(super) fn parse<T: DeserializeOwned>(
+        step: &'static str,
+        reply: &Reply,
+    ) -> Result<T, GraphError> {
         serde_json::from_slice(&reply.body).map_err(|e| GraphError::BadAnswer {
             step,
             detail: e.to_string(),
@@ -566,57 +441,6 @@ impl GraphClient {
                 None => return Ok(None),
             }
         }
-    }
-
-    // -- Delta -------------------------------------------------------------------
-
-    /// A delta round of `folder`, page by page: from `delta_link` (the
-    /// last round's) or, with `None`, a full sync. Pages are asked for one
-    /// at a time, so a first sync of a large folder is never all in memory.
-    pub fn delta_pages(
-        &self,
-        folder: &FolderId,
-        delta_link: Option<&str>,
-    ) -> Result<DeltaPager<'_>, GraphError> {
-        let first = match delta_link {
-            Some(link) => self.own_link(link).map_err(|reason| GraphError::BadUrl {
-                url: link.to_owned(),
-                reason,
-            })?,
-            None => {
-                let mut url = self.url(
-                    &self.mailbox,
-                    &["mailFolders", &folder.id, "messages", "delta"],
-                );
-                url.set_query(Some(&format!("$select={DELTA_SELECT}")));
-                url
-            }
-        };
-        Ok(DeltaPager {
-            client: self,
-            folder: folder.clone(),
-            next: Some(first),
-        })
-    }
-
-    /// A whole delta round, collected (see [`GraphClient::delta_pages`]
-    /// for a folder too large to hold).
-    pub async fn delta(
-        &self,
-        folder: &FolderId,
-        delta_link: Option<&str>,
-    ) -> Result<DeltaRound, GraphError> {
-        let mut pager = self.delta_pages(folder, delta_link)?;
-        let mut round = DeltaRound::default();
-        while let Some(page) = pager.next_page().await? {
-            round.pages += 1;
-            round.items.extend(page.items);
-            round.removed.extend(page.removed);
-            if let Some(link) = page.delta_link {
-                round.delta_link = link;
-            }
-        }
-        Ok(round)
     }
 
     // -- Messages ------------------------------------------------------------------
@@ -748,118 +572,10 @@ impl GraphClient {
     }
 }
 
-/// A delta round in progress; see [`GraphClient::delta_pages`].
-pub struct DeltaPager<'c> {
-    client: &'c GraphClient,
-    folder: FolderId,
-    next: Option<Url>,
-}
-
-impl DeltaPager<'_> {
-    /// The next page, `None` once the page with the delta link was given.
-    /// [`GraphError::DeltaExpired`] when the link's sync state is gone.
-    pub async fn next_page(&mut self) -> Result<Option<DeltaPage>, GraphError> {
-        let Some(url) = self.next.take() else {
-            return Ok(None);
-        };
-        let step = "the delta query";
-        let client = self.client;
-        let mut call = client.call(step, Method::GET, url);
-        call.prefer = Some(format!("odata.maxpagesize={}", client.page_size));
-        let reply = client.exchange(call).await?;
-        if !reply.is_success() {
-            let code = reply.code.as_str();
-            let gone = reply.status == 410
-                || [
-                    "SyncStateNotFound",
-                    "ErrorInvalidSyncStateData",
-                    "SyncStateInvalid",
-                ]
-                .iter()
-                .any(|c| c.eq_ignore_ascii_case(code));
-            if gone {
-                return Err(GraphError::DeltaExpired {
-                    folder: self.folder.path.clone(),
-                    code: if code.is_empty() {
-                        format!("HTTP {}", reply.status)
-                    } else {
-                        reply.code
-                    },
-                });
-            }
-            return Err(client.refusal(step, &client.mailbox, reply));
-        }
-        let page: Page<DeltaJson> = GraphClient::parse(step, &reply)?;
-        let mut out = DeltaPage::default();
-        for entry in page.value {
-            if entry.removed.is_some() {
-                out.removed.push(entry.id);
-            } else {
-                out.items.push(DeltaItem {
-                    id: entry.id,
-                    internet_message_id: entry.internet_message_id,
-                    received: entry.received,
-                    is_read: entry.is_read.unwrap_or(false),
-                });
-            }
-        }
-        match (page.next_link, page.delta_link) {
-            (Some(next), _) => {
-                self.next = Some(
-                    client
-                        .own_link(&next)
-                        .map_err(|detail| GraphError::BadAnswer { step, detail })?,
-                );
-            }
-            (None, Some(delta)) => out.delta_link = Some(delta),
-            (None, None) => {
-                return Err(GraphError::BadAnswer {
-                    step,
-                    detail: "a delta page with neither @odata.nextLink nor @odata.deltaLink".into(),
-                });
-            }
-        }
-        Ok(Some(out))
-    }
-}
-
-/// A token that never changes (for `check` with a token in hand, tools and
-/// tests); `refused` only counts.
-pub struct StaticToken {
-    token: SecretString,
-    refused: std::sync::atomic::AtomicUsize,
-}
-
-impl StaticToken {
-    pub fn new(token: SecretString) -> StaticToken {
-        StaticToken {
-            token,
-            refused: Default::default(),
-        }
-    }
-
-    /// How often Graph refused it.
-    pub fn refusals(&self) -> usize {
-        self.refused.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-impl GraphToken for StaticToken {
-    fn current(&self) -> BoxFuture<'_, Result<SecretString, TokenUnavailable>> {
-        let token = self.token.clone();
-        Box::pin(async move { Ok(token) })
-    }
-
-    fn refused<'a>(&'a self, _token: &'a SecretString) -> BoxFuture<'a, ()> {
-        self.refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Box::pin(async {})
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::graph::StaticToken;
 
     fn client(base: &str) -> Result<GraphClient, GraphError> {
         let mut options = GraphOptions::new("helpdesk@contoso.example");
@@ -892,31 +608,5 @@ mod tests {
         );
         assert!(c.own_link("https://evil.example/v1.0/x").is_err());
         assert!(c.own_link("http://graph.example/v1.0/x").is_err());
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let p = RetryPolicy {
-            max_retries: 10,
-            backoff_base: Duration::from_millis(100),
-            backoff_cap: Duration::from_millis(700),
-            max_retry_after: Duration::from_secs(1),
-        };
-        let waits: Vec<u128> = (0..6).map(|n| p.backoff(n).as_millis()).collect();
-        assert_eq!(waits, vec![100, 200, 400, 700, 700, 700]);
-        assert_eq!(p.backoff(u32::MAX), Duration::from_millis(700));
-    }
-
-    #[test]
-    fn wait_texts() {
-        let w = Wait {
-            step: "the delta query",
-            reason: WaitReason::Throttled,
-            after: Duration::from_secs(3),
-        };
-        assert_eq!(
-            w.to_string(),
-            "throttled by Microsoft Graph, retrying in 3s"
-        );
     }
 }

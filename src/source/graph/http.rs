@@ -12,13 +12,97 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 use url::Url;
 
-use super::client::{GraphClient, Wait, WaitReason};
+use super::client::GraphClient;
 use super::errors::{GraphError, error_words};
 use crate::scrub::Scrubber;
 use crate::transport::{ConnectError, describe_certificate_error};
 
 /// Asks Graph for ids that survive a move (the ledger's key).
 pub(super) const PREFER_IMMUTABLE: &str = "IdType=\"ImmutableId\"";
+
+/// How often, and how long, the client retries what it can wait out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt, per request.
+    pub max_retries: u32,
+    /// First backoff; it doubles per retry up to `backoff_cap`.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// A `Retry-After` longer than this is not slept through: the request
+    /// fails at once with [`GraphError::Throttled`] and the caller waits.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 5,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `failures + 1` when Graph named none.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let factor = 1u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX);
+        self.backoff_base
+            .saturating_mul(factor)
+            .min(self.backoff_cap)
+    }
+}
+
+/// Why the client is waiting before a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    /// 429.
+    Throttled,
+    /// 503, or another 5xx.
+    Unavailable {
+        status: u16,
+    },
+    Timeout,
+    ConnectionLost,
+}
+
+/// A wait before a retry, as told to the [`WaitHook`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub step: &'static str,
+    pub reason: WaitReason,
+    pub after: Duration,
+}
+
+impl std::fmt::Display for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.after.as_secs_f64().ceil() as u64;
+        match self.reason {
+            WaitReason::Throttled => {
+                write!(f, "throttled by Microsoft Graph, retrying in {secs}s")
+            }
+            WaitReason::Unavailable { status } => write!(
+                f,
+                "Microsoft Graph answered HTTP {status} to {}, retrying in {secs}s",
+                self.step
+            ),
+            WaitReason::Timeout => write!(
+                f,
+                "Microsoft Graph did not answer {}, retrying in {secs}s",
+                self.step
+            ),
+            WaitReason::ConnectionLost => write!(
+                f,
+                "the connection to Microsoft Graph broke during {}, retrying in {secs}s",
+                self.step
+            ),
+        }
+    }
+}
+
+/// Called before every wait for a retry (e.g. to set `last_error`).
+pub type WaitHook = Arc<dyn Fn(&Wait) + Send + Sync>;
 
 /// The most JSON a success answer may have (a delta page of a few hundred
 /// items is far below).
@@ -400,4 +484,35 @@ fn find_rustls_error<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e
 /// process that addresses that mailbox on that Graph host.
 pub(super) fn new_gate() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(super::client::MAILBOX_CONCURRENCY))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = RetryPolicy {
+            max_retries: 10,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_millis(700),
+            max_retry_after: Duration::from_secs(1),
+        };
+        let waits: Vec<u128> = (0..6).map(|n| p.backoff(n).as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 400, 700, 700, 700]);
+        assert_eq!(p.backoff(u32::MAX), Duration::from_millis(700));
+    }
+
+    #[test]
+    fn wait_texts() {
+        let w = Wait {
+            step: "the delta query",
+            reason: WaitReason::Throttled,
+            after: Duration::from_secs(3),
+        };
+        assert_eq!(
+            w.to_string(),
+            "throttled by Microsoft Graph, retrying in 3s"
+        );
+    }
 }
