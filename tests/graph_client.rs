@@ -173,6 +173,16 @@ async fn folders_resolve_by_well_known_name_and_by_path() {
             "folder \"Inbox/Support/Nope\" does not exist in mailbox {USER}: no folder \"Nope\" under \"Inbox/Support\""
         )
     );
+    env.graph.deliver(USER, "Inbox/Support", &mail(1));
+    env.graph.deliver(USER, "Inbox/Support", &mail(2));
+    let support = client.resolve_folder("Inbox/Support").await.expect("path");
+    env.graph
+        .set_read(USER, &env.graph.messages(USER, "Inbox/Support")[0].id, true);
+    let info = client.folder_info(&support).await.expect("info");
+    assert_eq!(
+        (info.display_name.as_str(), info.total, info.unread),
+        ("Support", 2, 1)
+    );
     let err = client.resolve_folder("Nowhere").await.expect_err("missing");
     assert!(
         err.to_string().contains("no folder \"Nowhere\" at the top"),

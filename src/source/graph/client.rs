@@ -106,6 +106,14 @@ impl FolderId {
     }
 }
 
+/// What a folder holds, as Graph counts it (for `check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderInfo {
+    pub display_name: String,
+    pub total: u64,
+    pub unread: u64,
+}
+
 /// A message's MIME, whole or up to the cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mime {
@@ -394,6 +402,21 @@ impl GraphClient {
         Ok(FolderId {
             id,
             path: parts.join("/"),
+        })
+    }
+
+    /// The folder's name and message counts (one request).
+    pub async fn folder_info(&self, folder: &FolderId) -> Result<FolderInfo, GraphError> {
+        let call = self.call(
+            "reading the folder",
+            Method::GET,
+            self.url(&self.mailbox, &["mailFolders", &folder.id]),
+        );
+        let f: FolderJson = self.get_json(call).await?;
+        Ok(FolderInfo {
+            display_name: f.display_name,
+            total: f.total_item_count,
+            unread: f.unread_item_count,
         })
     }
 

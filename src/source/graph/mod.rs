@@ -14,8 +14,8 @@ mod token;
 mod wire;
 
 pub use self::client::{
-    AfterStep, DEFAULT_BASE_URL, FolderId, GraphClient, GraphOptions, MAILBOX_CONCURRENCY, Mime,
-    WELL_KNOWN_FOLDERS,
+    AfterStep, DEFAULT_BASE_URL, FolderId, FolderInfo, GraphClient, GraphOptions,
+    MAILBOX_CONCURRENCY, Mime, WELL_KNOWN_FOLDERS,
 };
 pub use self::delta::{DeltaItem, DeltaPage, DeltaPager, DeltaRound};
 pub use self::errors::{GRANT_APP_ACCESS, GraphError, TokenUnavailable};

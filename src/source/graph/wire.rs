@@ -19,6 +19,10 @@ pub(super) struct FolderJson {
     pub(super) id: String,
     #[serde(rename = "displayName", default)]
     pub(super) display_name: String,
+    #[serde(rename = "totalItemCount", default)]
+    pub(super) total_item_count: u64,
+    #[serde(rename = "unreadItemCount", default)]
+    pub(super) unread_item_count: u64,
 }
 
 /// One entry of a delta page: a message, or `@removed` with its id.
