@@ -367,7 +367,23 @@ fn describe_tls_error(host: &str, e: &std::io::Error) -> String {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match rustls_error {
-        Some(rustls::Error::InvalidCertificate(cert)) => match cert {
+        Some(error @ rustls::Error::InvalidCertificate(_)) => {
+            describe_certificate_error(host, error)
+        }
+        Some(other) => format!("handshake with {host} failed: {other}"),
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            format!("{host} closed the connection during the handshake (is this a TLS port?)")
+        }
+        None => format!("handshake with {host} failed: {e}"),
+    }
+}
+
+/// A certificate rustls refused, in words an admin can act on; shared with
+/// the HTTPS clients (Microsoft Graph) that complete their handshakes
+/// through reqwest with [`tls_config`].
+pub(crate) fn describe_certificate_error(host: &str, error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InvalidCertificate(cert) => match cert {
             CertificateError::UnknownIssuer => format!(
                 "certificate for {host} not trusted (unknown issuer); if the server uses a private CA, \
                  set ca_file on the reader"
@@ -384,11 +400,7 @@ fn describe_tls_error(host: &str, e: &std::io::Error) -> String {
             CertificateError::Revoked => format!("certificate for {host} is revoked"),
             other => format!("certificate for {host} rejected: {other:?}"),
         },
-        Some(other) => format!("handshake with {host} failed: {other}"),
-        None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            format!("{host} closed the connection during the handshake (is this a TLS port?)")
-        }
-        None => format!("handshake with {host} failed: {e}"),
+        other => format!("handshake with {host} failed: {other}"),
     }
 }
 

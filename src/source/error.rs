@@ -1,13 +1,14 @@
 //! Why a mailbox source failed, in one vocabulary for every protocol: what
 //! all of them meet (the connection, TLS, a refused login, the parser, the
 //! store) is said once here; what only one protocol has is its own small
-//! enum inside ([`ImapError`], [`Pop3Error`]).
+//! enum inside ([`ImapError`], [`Pop3Error`], [`GraphError`]).
 //!
 //! `crate::reader` reads the reader's state, the failure class and whether
 //! the credential was refused from here alone, whichever protocol failed.
 
 use crate::ingest::ParseTaskFailed;
 use crate::outcome::FailureClass;
+use crate::source::graph::GraphError;
 use crate::source::imap::ImapError;
 use crate::source::pop3::Pop3Error;
 use crate::source::refusal::Refusal;
@@ -46,6 +47,8 @@ pub enum SourceError {
     Imap(#[from] ImapError),
     #[error(transparent)]
     Pop3(#[from] Pop3Error),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
 }
 
 /// The server's words after a refused login, as each protocol has always
@@ -86,17 +89,24 @@ impl SourceError {
 
     /// The server refused the credential (not the network, not the folder).
     pub fn is_auth_rejected(&self) -> bool {
-        matches!(self, SourceError::AuthRejected { .. })
+        match self {
+            SourceError::AuthRejected { .. } => true,
+            SourceError::Graph(e) => e.is_auth_rejected(),
+            _ => false,
+        }
     }
 
     /// Only the configuration (or the server's setup) can fix it: retrying
     /// as it is cannot work.
     pub fn is_misconfigured(&self) -> bool {
-        matches!(
-            self,
-            SourceError::Imap(ImapError::NoMoveTarget { .. })
-                | SourceError::Pop3(Pop3Error::NoUidl { .. })
-        )
+        match self {
+            SourceError::Graph(e) => e.is_misconfigured(),
+            other => matches!(
+                other,
+                SourceError::Imap(ImapError::NoMoveTarget { .. })
+                    | SourceError::Pop3(Pop3Error::NoUidl { .. })
+            ),
+        }
     }
 
     /// The store's error, if the store is what failed.
@@ -115,6 +125,7 @@ impl SourceError {
             SourceError::Parser(_) | SourceError::Store(_) => FailureClass::Store,
             SourceError::Imap(e) => e.class(),
             SourceError::Pop3(e) => e.class(),
+            SourceError::Graph(e) => e.class(),
         }
     }
 }

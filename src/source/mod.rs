@@ -15,6 +15,7 @@ use crate::config::{Backfill, MailPolicy};
 
 pub(crate) mod batch;
 mod error;
+pub mod graph;
 pub mod imap;
 pub mod pop3;
 pub mod refusal;
