@@ -18,9 +18,6 @@
 //!   `mail`, `rules`), and the national clouds it names (`cloud`: which
 //!   sign-in, mail, Graph and scope hosts belong together, and the scope
 //!   of each service, one resource each); errors name file, line and key.
-//!   `protocol = "graph"` readers are configured there already; their
-//!   source is issue 16's, and until it exists [`reader`] ends their
-//!   polls in one placeholder error.
 //! * [`auth`]: the token store (grants, caching, refresh, rotation, sorting
 //!   failures into retry / sign in again / fix the config), the
 //!   interactive sign-in behind `authorize`, and the SASL
@@ -32,7 +29,9 @@
 //!   own; the batch driver that parses, commits, meters and reports; batch
 //!   planning by bytes), and one module per protocol: [`source::imap`]
 //!   (`session`, `login`, `poll`, `idle`, `check`, `errors`) and
-//!   [`source::pop3`] with its wire protocol beside it. A protocol finds
+//!   [`source::pop3`] with its wire protocol beside it, and
+//!   [`source::graph`] (Microsoft Graph: delta query, `$value`, over HTTPS
+//!   with its own client). A protocol finds
 //!   new mail, fetches it (a mail over the size limit only in part), and
 //!   runs the after-step (seen, delete, move) once the commit is done.
 //!   [`source::refusal`] reads a server's NO / -ERR by its response code
@@ -49,7 +48,8 @@
 //!   heartbeat row), `first_contact`, `owed`, `quarantine`, `outbox`,
 //!   `tokens` (sealed).
 //! * [`outbound`]: the acknowledgements the store queued, rendered and sent
-//!   over SMTP submission with the reader's login, retried from the outbox;
+//!   over SMTP submission with the reader's login (or Graph's sendMail),
+//!   retried from the outbox;
 //!   never in the way of ingest.
 //! * [`reader`]: one poll of one reader, linking token, protocol and health.
 //! * [`scheduler`]: one task per reader, intervals (or IDLE), backoff, and

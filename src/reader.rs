@@ -4,11 +4,14 @@
 //! service a protocol needs tokens for, forgetting a token the server
 //! refused), the rule that every poll and every `check` leaves its outcome
 //! and state in `readers`, and the advice `last_error` gives the admin.
-//! Also, until issue 16 is done, the one place a Microsoft Graph reader's
-//! work ends: [`GraphNotImplemented`].
+//! For Microsoft Graph, whose client asks for its bearer token itself, the
+//! token store is plugged in as the client's [`GraphToken`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, TokenRequest, TokenStore};
@@ -16,6 +19,7 @@ use crate::config::Service;
 use crate::config::{Grant, Login, OAuthLogin, Protocol, ReaderConfig, SecretError, Via};
 use crate::ops::metrics::{Metrics, ReaderMetrics};
 use crate::outcome::{FailureClass, ReaderState};
+use crate::source::graph::{self, GraphToken, TokenUnavailable};
 use crate::source::{CheckReport, PollReport, SignInSecret, SourceError, imap, pop3};
 use crate::store::{Store, StoreError};
 
@@ -42,8 +46,6 @@ pub enum PollError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Secret(#[from] SecretError),
-    #[error(transparent)]
-    GraphNotImplemented(#[from] GraphNotImplemented),
     /// The server refused a configured password: retrying the same password
     /// only risks locking the account.
     #[error("{0}")]
@@ -62,9 +64,6 @@ impl PollError {
         match self {
             PollError::Auth(e) => e.state(),
             PollError::Secret(_) | PollError::PasswordRejected(_) => ReaderState::Misconfigured,
-            // Parked until the configuration (or the binary) changes:
-            // polling again cannot help.
-            PollError::GraphNotImplemented(_) => ReaderState::Misconfigured,
             PollError::Source(e) if e.is_misconfigured() => ReaderState::Misconfigured,
             PollError::Source(_) | PollError::Store(_) => ReaderState::Retrying,
             PollError::Stopped { state, .. } => *state,
@@ -78,9 +77,7 @@ impl PollError {
             PollError::Source(e) => e.class(),
             PollError::Store(_) => FailureClass::Store,
             PollError::PasswordRejected(_) => FailureClass::Auth,
-            PollError::Secret(_)
-            | PollError::GraphNotImplemented(_)
-            | PollError::Stopped { .. } => FailureClass::Config,
+            PollError::Secret(_) | PollError::Stopped { .. } => FailureClass::Config,
         }
     }
 
@@ -97,27 +94,10 @@ impl PollError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             PollError::Auth(e) => e.retry_after(),
+            PollError::Source(SourceError::Graph(e)) => e.retry_after(),
             _ => None,
         }
     }
-}
-
-/// TODO(issue 16): the Microsoft Graph source (delta query, `$value`, the
-/// after-steps, `check`) and the sendMail sender are not written yet. The
-/// configuration, the scopes and the token store are ready for them; until
-/// they exist, a graph reader's poll and `check`, and an acknowledgement
-/// with `via = "graph"`, end in this error, defined here and nowhere else,
-/// so that the branch builds and nothing pretends to work. Replace its
-/// uses with the Graph source and sender and delete it.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "reading and sending over Microsoft Graph (protocol = \"graph\", issue 16) is not \
-     implemented in this build: cannot {what}"
-)]
-pub struct GraphNotImplemented {
-    /// What the reader or the sender tried: "poll", "check",
-    /// "send the acknowledgement".
-    pub what: &'static str,
 }
 
 /// The token request behind a reader; `None` for a password login.
@@ -239,6 +219,94 @@ where
     }
 }
 
+/// The token store as a Graph client's token source, for one reader's
+/// request (a clone of the store: the same caches).
+pub struct StoreToken {
+    tokens: TokenStore,
+    reader: ReaderConfig,
+}
+
+impl StoreToken {
+    pub fn new(tokens: &TokenStore, reader: &ReaderConfig) -> StoreToken {
+        StoreToken {
+            tokens: tokens.clone(),
+            reader: reader.clone(),
+        }
+    }
+}
+
+/// An [`AuthError`] in the words and classes the Graph client passes on.
+fn unavailable(e: &AuthError) -> TokenUnavailable {
+    let state = e.state();
+    TokenUnavailable {
+        text: e.to_string(),
+        class: e.class(),
+        misconfigured: state == ReaderState::Misconfigured,
+        auth_rejected: state == ReaderState::NeedsAuthorization,
+    }
+}
+
+/// A Graph reader with a password: config refuses it, but the type allows it.
+fn no_oauth(reader: &ReaderConfig) -> TokenUnavailable {
+    TokenUnavailable {
+        text: format!(
+            "reader {:?} reads over Microsoft Graph, which takes OAuth tokens only: set `oauth`",
+            reader.name
+        ),
+        class: FailureClass::Config,
+        misconfigured: true,
+        auth_rejected: false,
+    }
+}
+
+impl GraphToken for StoreToken {
+    fn current(&self) -> BoxFuture<'_, Result<SecretString, TokenUnavailable>> {
+        Box::pin(async move {
+            let oauth = self.reader.oauth().ok_or_else(|| no_oauth(&self.reader))?;
+            let request = oauth_request(&self.reader, oauth);
+            self.tokens
+                .access_token(&request)
+                .await
+                .map_err(|e| unavailable(&e))
+        })
+    }
+
+    fn refused<'a>(&'a self, token: &'a SecretString) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(oauth) = self.reader.oauth() {
+                let request = oauth_request(&self.reader, oauth);
+                self.tokens.invalidate_if(&request, token).await;
+            }
+        })
+    }
+}
+
+/// Runs `op` with the token store as the Graph client's token source. The
+/// token is asked for once first, so that a reader that cannot have one
+/// fails as IMAP and POP3 readers do (needs authorization, misconfigured).
+async fn with_graph_token<T, F, Fut>(
+    ctx: &Context,
+    reader: &ReaderConfig,
+    meter: &ReaderMetrics,
+    op: F,
+) -> Result<T, PollError>
+where
+    F: FnOnce(Arc<dyn GraphToken>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, SourceError>>,
+{
+    let Some(oauth) = reader.oauth() else {
+        return Err(SourceError::Graph(no_oauth(reader).into()).into());
+    };
+    let (_, obtained) = ctx
+        .tokens
+        .access_token_from(&oauth_request(reader, oauth))
+        .await?;
+    if obtained {
+        meter.token_obtained();
+    }
+    Ok(op(Arc::new(StoreToken::new(&ctx.tokens, reader))).await?)
+}
+
 /// A reader's connection kept open between polls (`idle = true`).
 #[derive(Debug, Default)]
 pub struct Link {
@@ -286,8 +354,12 @@ async fn poll(
             })
             .await
         }
-        // TODO(issue 16): the Graph source's poll.
-        Protocol::Graph => Err(GraphNotImplemented { what: "poll" }.into()),
+        Protocol::Graph => {
+            with_graph_token(ctx, reader, meter, |token| async move {
+                graph::poll(reader, token, &ctx.store, cancel, meter).await
+            })
+            .await
+        }
     }
 }
 
@@ -309,8 +381,12 @@ async fn check(
             })
             .await
         }
-        // TODO(issue 16): the Graph source's check.
-        Protocol::Graph => Err(GraphNotImplemented { what: "check" }.into()),
+        Protocol::Graph => {
+            with_graph_token(ctx, reader, meter, |token| async move {
+                graph::check(reader, token, &ctx.store).await
+            })
+            .await
+        }
     }
 }
 
@@ -527,17 +603,5 @@ mod tests {
         };
         assert!(advice_for("graph").contains("Microsoft Graph permissions"));
         assert!(advice_for("imap").contains("Exchange permissions"));
-    }
-
-    #[test]
-    fn graph_readers_end_in_the_placeholder() {
-        let e = PollError::from(GraphNotImplemented { what: "poll" });
-        assert_eq!(e.state(), ReaderState::Misconfigured);
-        assert_eq!(e.class(), FailureClass::Config);
-        let text = e.to_string();
-        assert!(
-            text.contains("not implemented") && text.contains("issue 16") && text.contains("poll"),
-            "{text}"
-        );
     }
 }

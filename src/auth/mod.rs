@@ -104,14 +104,17 @@ struct CachedToken {
 /// go again with it, after the identity platform refused the token it had.
 const NEWER_SIGN_IN_RETRIES: usize = 1;
 
-/// Hands out access tokens; shared by all readers of a daemon.
+/// Hands out access tokens; shared by all readers of a daemon. A clone is
+/// a handle on the same caches (the Graph client keeps one for the length
+/// of a poll, as its token source).
+#[derive(Clone)]
 pub struct TokenStore {
     store: Store,
     http: TokenHttp,
     /// Replaced whole on a config reload; a poll in flight keeps the app
     /// it started with.
-    apps: RwLock<HashMap<String, Arc<OAuthApp>>>,
-    accounts: Mutex<HashMap<AccountKey, Arc<tokio::sync::Mutex<Account>>>>,
+    apps: Arc<RwLock<HashMap<String, Arc<OAuthApp>>>>,
+    accounts: Arc<Mutex<HashMap<AccountKey, Arc<tokio::sync::Mutex<Account>>>>>,
 }
 
 impl std::fmt::Debug for TokenStore {
@@ -150,8 +153,8 @@ impl TokenStore {
         Ok(TokenStore {
             store,
             http,
-            apps: RwLock::new(app_map(apps)),
-            accounts: Mutex::new(HashMap::new()),
+            apps: Arc::new(RwLock::new(app_map(apps))),
+            accounts: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -386,6 +389,23 @@ impl TokenStore {
         let Ok(scope) = self.scope(req) else { return };
         let account = self.account(AccountKey::of(req));
         account.lock().await.access.remove(&scope);
+    }
+
+    /// [`TokenStore::invalidate`], but only while `refused` is still the
+    /// cached token: requests in flight together may each report the same
+    /// refused token, and must not throw away the new one another of them
+    /// already obtained.
+    pub async fn invalidate_if(&self, req: &TokenRequest<'_>, refused: &SecretString) {
+        let Ok(scope) = self.scope(req) else { return };
+        let account = self.account(AccountKey::of(req));
+        let mut account = account.lock().await;
+        if account
+            .access
+            .get(&scope)
+            .is_some_and(|cached| cached.token.expose_secret() == refused.expose_secret())
+        {
+            account.access.remove(&scope);
+        }
     }
 
     /// Forgets everything cached for the request's account, so the next

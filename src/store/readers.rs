@@ -178,6 +178,18 @@ impl Store {
         Ok(())
     }
 
+    /// Shows what a poll still in progress is waiting out (a server that
+    /// asked to be left alone) in `last_error`, without counting a failure
+    /// or changing the state: the poll's own outcome overwrites it.
+    pub async fn record_waiting(&self, reader: &str, text: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE readers SET last_error = ? WHERE name = ?")
+            .bind(text)
+            .bind(reader)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// A success clears `last_error`; `last_error_at` keeps the time of the
     /// most recent failure for whoever investigates later. The first
     /// success after failures is a recovery, and goes into the history.
