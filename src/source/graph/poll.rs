@@ -10,6 +10,7 @@
 //! delta link is saved only once the whole round is committed. While the
 //! client waits out throttling or an outage, `last_error` says so.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -161,8 +162,7 @@ impl Poll<'_> {
                     report.interrupted = true;
                     return Ok(());
                 }
-                let ids: Vec<String> = page.items.into_iter().map(|i| i.id).collect();
-                self.take(ids, report).await?;
+                self.take(page.items, report).await?;
                 if report.interrupted {
                     return Ok(());
                 }
@@ -194,13 +194,12 @@ impl Poll<'_> {
                 round.items.len(),
             );
             let skipped: std::collections::HashSet<String> = skipped.into_iter().collect();
-            let ids: Vec<String> = round
+            let items: Vec<DeltaItem> = round
                 .items
                 .into_iter()
-                .map(|i| i.id)
-                .filter(|id| !skipped.contains(id))
+                .filter(|i| !skipped.contains(&i.id))
                 .collect();
-            self.take(ids, report).await?;
+            self.take(items, report).await?;
             if report.interrupted {
                 return Ok(());
             }
@@ -218,16 +217,26 @@ impl Poll<'_> {
     /// know, in batches of at most `batch_size` mails and about
     /// `batch_bytes` (the sizes are known only once fetched, so a batch
     /// closes once it reaches the bound, at most one fetch round past it).
-    async fn take(&mut self, ids: Vec<String>, report: &mut PollReport) -> Result<(), SourceError> {
-        if ids.is_empty() {
+    async fn take(
+        &mut self,
+        items: Vec<DeltaItem>,
+        report: &mut PollReport,
+    ) -> Result<(), SourceError> {
+        if items.is_empty() {
             return Ok(());
         }
+        let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
         let known = self.store.graph_known(&self.reader.name, &ids).await?;
-        let mut seen = std::collections::HashSet::new();
-        let new: Vec<String> = ids
-            .into_iter()
-            .filter(|id| !known.contains(id) && seen.insert(id.clone()))
-            .collect();
+        // When Graph says each mail arrived (as IMAP's INTERNALDATE).
+        let mut arrived: HashMap<String, Option<i64>> = HashMap::new();
+        let mut new: Vec<String> = Vec::new();
+        for item in items {
+            if known.contains(&item.id) || arrived.contains_key(&item.id) {
+                continue;
+            }
+            arrived.insert(item.id.clone(), unix_seconds(item.received.as_deref()));
+            new.push(item.id);
+        }
         if new.is_empty() {
             return Ok(());
         }
@@ -265,12 +274,13 @@ impl Poll<'_> {
                             } else {
                                 len
                             };
+                            let arrived = arrived.get(&id).copied().flatten();
                             raw.push((
                                 id,
                                 Fetched {
                                     bytes: mime.bytes,
                                     size,
-                                    arrived: None,
+                                    arrived,
                                 },
                             ));
                         }
@@ -384,6 +394,13 @@ impl Poll<'_> {
         self.move_target = Some(folder.clone());
         Ok(folder)
     }
+}
+
+/// Graph's `receivedDateTime` (RFC 3339, UTC) in Unix seconds.
+fn unix_seconds(received: Option<&str>) -> Option<i64> {
+    let at = humantime::parse_rfc3339_weak(received?).ok()?;
+    let secs = at.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    i64::try_from(secs).ok()
 }
 
 /// The ids `backfill` leaves of the mail listed at first contact, by the

@@ -14,9 +14,11 @@ use crate::proxy::{Action, Proxy};
 use crate::{Dovecot, DovecotOptions, IdP};
 
 mod checks;
+mod graph;
 mod process;
 
 pub use checks::*;
+pub use graph::GraphEnv;
 pub use process::*;
 
 /// The mailbox most tests read, and its password at the IdP.
@@ -53,7 +55,8 @@ pub struct ReaderSpec {
     pub trust_test_ca: bool,
     /// Written only for IMAP readers.
     pub folder: String,
-    /// "imap" (from [`Env::reader`]) or "pop3" (from [`Env::pop3_reader`]).
+    /// "imap" (from [`Env::reader`]), "pop3" (from [`Env::pop3_reader`]) or
+    /// "graph" (from [`GraphEnv::reader`]).
     pub protocol: &'static str,
     /// `tls`: "implicit", "starttls" or "none"; `None` leaves the default.
     /// With "none" no `ca_file` is written.

@@ -1,0 +1,375 @@
+//! The Microsoft Graph reader end to end: the binary (or `run --once` in
+//! this process, the same code) against the Graph stand-in and the IdP
+//! stand-in, with a real SQLite file. What Graph has ingested is
+//! remembered by immutable id in `graph_messages`, in the ticket's
+//! transaction; the delta link is saved once a round is committed.
+
+use mail2ticket_testkit as common;
+
+use std::time::Duration;
+
+use common::graph::GraphRequest;
+use common::setup::{GraphEnv, USER, check_binary, run_once_binary, wait_until};
+use common::{Fault, GraphRoute, mail};
+use tokio::task::block_in_place;
+
+fn inbox(g: &GraphEnv) -> Vec<common::graph::GraphMessage> {
+    g.graph.messages(USER, "Inbox")
+}
+
+/// `last_error` of `reader`; `None` also before its row exists.
+async fn last_error_now(g: &GraphEnv, reader: &str) -> Option<String> {
+    let pool = g.env.db().await;
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT last_error FROM readers WHERE name = ?")
+            .bind(reader)
+            .fetch_optional(&pool)
+            .await
+            .expect("readers");
+    pool.close().await;
+    row.and_then(|(e,)| e)
+}
+
+fn statuses(requests: &[GraphRequest], status: u16) -> usize {
+    requests.iter().filter(|r| r.status == status).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mails_become_tickets_once_and_a_quiet_poll_is_one_request() {
+    let g = GraphEnv::start();
+    for i in 0..30 {
+        g.deliver(&mail(i));
+    }
+    let config = g.env.config(&[g.reader("g")]);
+
+    let (code, stdout, stderr) = block_in_place(|| check_binary(&config.path, Some("g")));
+    assert_eq!(code, Some(0), "check failed: {stdout}{stderr}");
+    assert!(
+        stdout
+            .trim()
+            .starts_with("g: ok, 30 messages, 30 not yet ingested"),
+        "{stdout}"
+    );
+
+    let report = g.env.poll_ok(&config, "g").await;
+    assert_eq!(
+        (report.fetched, report.created, report.duplicates),
+        (30, 30, 0)
+    );
+    g.env.assert_exactly_once(30).await;
+    assert_eq!(
+        g.env
+            .count("SELECT COUNT(*) FROM graph_messages WHERE after_state = 'done'")
+            .await,
+        30
+    );
+    // after = "seen" (the default): every mail is read now.
+    assert!(inbox(&g).iter().all(|m| m.is_read), "all marked read");
+    // Immutable ids were asked for on every request.
+    assert!(g.graph.requests().iter().all(|r| r.prefers_immutable_ids()));
+
+    // A fresh process: the ledger, not the process, remembers.
+    block_in_place(|| run_once_binary(&config.path));
+    g.env.assert_exactly_once(30).await;
+
+    // Steady state: nothing new, nothing changed: the stored delta link
+    // alone, one request.
+    g.graph.reset_requests();
+    block_in_place(|| run_once_binary(&config.path));
+    let requests = g.graph.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert_eq!(requests[0].route, GraphRoute::Delta);
+    g.env.assert_exactly_once(30).await;
+
+    let (code, stdout, _) = block_in_place(|| check_binary(&config.path, Some("g")));
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout
+            .trim()
+            .starts_with("g: ok, 30 messages, 0 not yet ingested"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_delta_link_resyncs_without_duplicates() {
+    let g = GraphEnv::start();
+    for i in 0..10 {
+        g.deliver(&mail(i));
+    }
+    let config = g.env.config(&[g.reader("g").after("keep")]);
+    assert_eq!(g.env.poll_ok(&config, "g").await.created, 10);
+
+    g.graph.expire_delta_tokens(None);
+    for i in 10..15 {
+        g.deliver(&mail(i));
+    }
+    g.graph.reset_requests();
+    let report = g.env.poll_ok(&config, "g").await;
+    assert_eq!((report.created, report.duplicates), (5, 0));
+    g.env.assert_exactly_once(15).await;
+    let requests = g.graph.requests();
+    assert_eq!(statuses(&requests, 410), 1, "the old link was refused once");
+    // Only the five new mails were fetched again.
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.route == GraphRoute::MessageValue)
+            .count(),
+        5
+    );
+    // after = "keep": nothing changed on the server.
+    assert!(inbox(&g).iter().all(|m| !m.is_read));
+    assert_eq!(inbox(&g).len(), 15);
+
+    // The new link works: a further poll is one request.
+    g.graph.reset_requests();
+    assert_eq!(g.env.poll_ok(&config, "g").await.created, 0);
+    assert_eq!(g.graph.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_and_delete_after_steps_show_in_the_mailbox() {
+    let g = GraphEnv::start();
+    for i in 0..3 {
+        g.deliver(&mail(i));
+    }
+    let config = g.env.config(&[g.reader("g").after("move:Archive")]);
+    assert_eq!(g.env.poll_ok(&config, "g").await.created, 3);
+    assert!(inbox(&g).is_empty(), "moved out of the Inbox");
+    assert_eq!(g.graph.messages(USER, "Archive").len(), 3);
+
+    for i in 3..5 {
+        g.deliver(&mail(i));
+    }
+    let config = g.env.config(&[g.reader("g").after("delete")]);
+    assert_eq!(g.env.poll_ok(&config, "g").await.created, 2);
+    assert!(inbox(&g).is_empty(), "deleted from the Inbox");
+    assert_eq!(g.graph.messages(USER, "Deleted Items").len(), 2);
+    assert_eq!(g.graph.messages(USER, "Archive").len(), 3);
+    g.env.assert_exactly_once(5).await;
+    assert_eq!(
+        g.env
+            .count("SELECT COUNT(*) FROM graph_messages WHERE after_state = 'pending'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_move_target_is_a_misconfiguration() {
+    let g = GraphEnv::start();
+    g.deliver(&mail(0));
+    let config = g.env.config(&[g.reader("g").after("move:Nowhere")]);
+    let error = g.env.failing_poll(&config, "g").await;
+    assert!(
+        error.contains("\"Nowhere\" to move mail to does not exist"),
+        "{error}"
+    );
+    assert_eq!(g.env.state("g").await, "misconfigured");
+    // The mail is a ticket; only its after-step waits.
+    g.env.assert_exactly_once(1).await;
+    assert_eq!(
+        g.env
+            .count("SELECT COUNT(*) FROM graph_messages WHERE after_state = 'pending'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_in_ten_throttled_still_gives_every_mail_once() {
+    const MAILS: usize = 60;
+    let g = GraphEnv::start();
+    for i in 0..MAILS {
+        g.deliver(&mail(i));
+    }
+    g.graph.inject(Fault::throttle(1).ratio(1, 10));
+    let config = g.env.config(&[g.reader("g")]);
+    let report = g.env.poll_ok(&config, "g").await;
+    assert_eq!((report.created, report.duplicates), (MAILS, 0));
+    g.env.assert_exactly_once(MAILS).await;
+    let throttled = statuses(&g.graph.requests(), 429);
+    assert!(throttled >= 10, "only {throttled} requests were throttled");
+    assert!(inbox(&g).iter().all(|m| m.is_read));
+    assert!(g.graph.max_in_flight(USER) <= 4);
+    assert_eq!(g.env.last_error("g").await, None, "a success clears it");
+}
+
+#[test]
+fn last_error_says_throttled_while_graph_throttles() {
+    let g = GraphEnv::start();
+    g.deliver(&mail(0));
+    let config = g.env.write_config(&[g.reader("g")]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(
+        g.env
+            .init_db(&mail2ticket::config::Config::load(&config).expect("config")),
+    );
+    g.graph.inject(
+        Fault::throttle(4)
+            .on_route(GraphRoute::MessageValue)
+            .times(1),
+    );
+    let mut daemon = g.env.spawn_daemon_binary(&config);
+    let shown = runtime.block_on(wait_until(Duration::from_secs(20), || async {
+        last_error_now(&g, "g")
+            .await
+            .is_some_and(|e| e.starts_with("throttled by Microsoft Graph, retrying in 4s"))
+    }));
+    assert!(
+        shown,
+        "last_error: {:?}",
+        runtime.block_on(last_error_now(&g, "g"))
+    );
+    assert!(runtime.block_on(g.env.wait_for_tickets(1, Duration::from_secs(20))));
+    let cleared = runtime.block_on(wait_until(Duration::from_secs(10), || async {
+        last_error_now(&g, "g").await.is_none()
+    }));
+    assert!(
+        cleared,
+        "last_error: {:?}",
+        runtime.block_on(last_error_now(&g, "g"))
+    );
+    daemon.terminate();
+    assert!(daemon.wait_for_exit(Duration::from_secs(30)).is_some());
+}
+
+#[test]
+fn killed_mid_ingest_the_rerun_gives_the_exact_count() {
+    const MAILS: usize = 120;
+    let g = GraphEnv::start();
+    for i in 0..MAILS {
+        g.deliver(&mail(i));
+    }
+    let mut reader = g.reader("g");
+    reader.batch_size = Some(10);
+    let config = g.env.write_config(&[reader]);
+    let counts = g.env.kill_daemon_repeatedly(&config, MAILS, 6);
+    assert!(
+        counts.iter().any(|&n| n > 0 && n < MAILS as i64),
+        "no kill landed mid-ingest: {counts:?}"
+    );
+    run_once_binary(&config);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(g.env.assert_exactly_once(MAILS));
+    assert_eq!(
+        runtime.block_on(
+            g.env
+                .count("SELECT COUNT(*) FROM graph_messages WHERE after_state = 'pending'")
+        ),
+        0,
+        "every after-step was repeated until done"
+    );
+    assert!(inbox(&g).iter().all(|m| m.is_read));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_only_reader_reads_once_access_is_granted() {
+    let g = GraphEnv::start();
+    for i in 0..3 {
+        g.deliver(&mail(i));
+    }
+    let config = g.env.config(&[g.app_only_reader("app")]);
+
+    // Not granted: Exchange's ApplicationAccessPolicy answer, with what
+    // the admin runs to grant it.
+    let error = g.env.failing_poll(&config, "app").await;
+    assert!(
+        error.contains("Microsoft Graph denied the app access to mailbox")
+            && error.contains("New-ManagementRoleAssignment"),
+        "{error}"
+    );
+    assert_eq!(g.env.state("app").await, "misconfigured");
+    assert_eq!(g.env.count("SELECT COUNT(*) FROM tickets").await, 0);
+
+    g.env.idp.grant_app_access(USER);
+    // A parked reader is tried again once its configuration changes.
+    let mut reader = g.app_only_reader("app");
+    reader.poll_interval = "2s";
+    let config = g.env.config(&[reader]);
+    let report = g.env.poll_ok(&config, "app").await;
+    assert_eq!(report.created, 3);
+    g.env.assert_exactly_once(3).await;
+    let form = g
+        .env
+        .idp
+        .last_form("client_credentials")
+        .expect("a client credentials request");
+    assert_eq!(
+        form.get("scope").map(String::as_str),
+        Some("https://graph.microsoft.com/.default")
+    );
+    assert_eq!(g.env.state("app").await, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegated_reader_denied_access_says_what_to_grant() {
+    let g = GraphEnv::start();
+    g.deliver(&mail(0));
+    g.graph.inject(
+        Fault::error(
+            403,
+            "ErrorAccessDenied",
+            "Access is denied. Check credentials and try again.",
+        )
+        .on_route(GraphRoute::GetFolder)
+        .always(),
+    );
+    let config = g.env.config(&[g.reader("g")]);
+    let error = g.env.failing_poll(&config, "g").await;
+    assert!(
+        error.starts_with(&format!(
+            "Microsoft Graph denied access to mailbox {USER} (Access is denied."
+        )) && error.contains("delegated permission Mail.ReadWrite"),
+        "{error}"
+    );
+    assert_eq!(g.env.state("g").await, "misconfigured");
+    assert_eq!(g.env.count("SELECT COUNT(*) FROM tickets").await, 0);
+
+    // Once access is there, the delegated reader reads.
+    g.graph.clear_faults();
+    let mut reader = g.reader("g");
+    reader.poll_interval = "2s";
+    let config = g.env.config(&[reader]);
+    assert_eq!(g.env.poll_ok(&config, "g").await.created, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_go_out_by_send_mail() {
+    let g = GraphEnv::start();
+    g.deliver(&mail(0));
+    let mut reader = g.reader("g");
+    reader.extra.push_str(
+        "\n[reader.reply]\nsubject = \"{tag} {subject}\"\nbody = \"We opened ticket {tag}.\\n\"\n",
+    );
+    let config = g.env.config(&[reader]);
+    block_in_place(|| run_once_binary(&config.path));
+    g.env.assert_exactly_once(1).await;
+    let sent = g.graph.sent_mail();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].mailbox, USER);
+    let mime = String::from_utf8_lossy(sent[0].mime.as_deref().expect("MIME form")).into_owned();
+    assert!(mime.contains("Printer broken #0"), "{mime}");
+    assert!(mime.contains("customer0@example.net"), "{mime}");
+    assert!(
+        mime.to_ascii_lowercase()
+            .contains("auto-submitted: auto-replied"),
+        "{mime}"
+    );
+    assert_eq!(
+        g.env
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'")
+            .await,
+        1
+    );
+    // Sent once: a rerun sends nothing more.
+    block_in_place(|| run_once_binary(&config.path));
+    assert_eq!(g.graph.sent_mail().len(), 1);
+}
