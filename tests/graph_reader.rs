@@ -373,3 +373,27 @@ async fn acknowledgements_go_out_by_send_mail() {
     block_in_place(|| run_once_binary(&config.path));
     assert_eq!(g.graph.sent_mail().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_replaced_once_and_the_poll_goes_on() {
+    let g = GraphEnv::start();
+    g.deliver(&mail(0));
+    let config = g.env.config(&[g.reader("g")]);
+    g.graph.inject(
+        Fault::error(
+            401,
+            "InvalidAuthenticationToken",
+            "Lifetime validation failed, the token is expired.",
+        )
+        .on_route(GraphRoute::Delta)
+        .times(1),
+    );
+    let report = g.env.poll_ok(&config, "g").await;
+    assert_eq!(report.created, 1);
+    let token_requests = g.env.idp.count("password") + g.env.idp.count("refresh_token");
+    assert_eq!(
+        token_requests, 2,
+        "the refused token was dropped and one new token obtained"
+    );
+    assert_eq!(statuses(&g.graph.requests(), 401), 1);
+}

@@ -37,3 +37,26 @@ pub(super) async fn send(
     client.send_mail(from, mime).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_uncertain_send_is_final() {
+        let uncertain = GraphSendError(GraphError::SendUncertain {
+            detail: "connection reset".into(),
+        });
+        assert!(uncertain.is_permanent());
+        assert!(
+            uncertain
+                .to_string()
+                .contains("may or may not have been sent")
+        );
+        let throttled = GraphSendError(GraphError::Throttled {
+            step: "sendMail",
+            retry_after: std::time::Duration::from_secs(30),
+        });
+        assert!(!throttled.is_permanent(), "retried from the outbox");
+    }
+}
