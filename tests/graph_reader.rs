@@ -178,6 +178,41 @@ async fn a_missing_move_target_is_a_misconfiguration() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_after_step_that_keeps_failing_does_not_hold_new_mail_back() {
+    let g = GraphEnv::start();
+    for i in 0..3 {
+        g.deliver(&mail(i));
+    }
+    g.graph.inject(
+        Fault::error(400, "ErrorInvalidRequest", "The request is invalid.")
+            .on_route(GraphRoute::UpdateMessage)
+            .always(),
+    );
+    let config = g.env.config(&[g.reader("g")]);
+    let pending = "SELECT COUNT(*) FROM graph_messages WHERE after_state = 'pending'";
+    let error = g.env.failing_poll(&config, "g").await;
+    assert!(error.contains("ErrorInvalidRequest"), "{error}");
+    g.env.assert_exactly_once(3).await;
+    assert_eq!(g.env.count(pending).await, 3);
+
+    // The old after-steps still fail; the new mail is taken all the same.
+    for i in 3..5 {
+        g.deliver(&mail(i));
+    }
+    g.env.failing_poll(&config, "g").await;
+    g.env.assert_exactly_once(5).await;
+    assert_eq!(g.env.count(pending).await, 5);
+
+    // Once Graph takes them, every owed after-step is done and nothing twice.
+    g.graph.clear_faults();
+    let report = g.env.poll_ok(&config, "g").await;
+    assert_eq!((report.created, report.duplicates), (0, 0));
+    assert_eq!(g.env.count(pending).await, 0);
+    assert!(inbox(&g).iter().all(|m| m.is_read));
+    g.env.assert_exactly_once(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_in_ten_throttled_still_gives_every_mail_once() {
     const MAILS: usize = 60;
     let g = GraphEnv::start();

@@ -80,6 +80,7 @@ pub async fn poll(
         cancel,
         meter,
         move_target: None,
+        after_failed: None,
     }
     .run();
     tokio::pin!(work);
@@ -106,6 +107,11 @@ struct Poll<'a> {
     /// `after = "move:…"`'s folder, resolved once per poll when first
     /// needed.
     move_target: Option<FolderId>,
+    /// The first after-step that failed in this poll. Ingest goes on (the
+    /// mail stays pending and is retried next poll, as with IMAP), so an
+    /// after-step that keeps failing never holds new mail back; the poll
+    /// reports it at the end.
+    after_failed: Option<GraphError>,
 }
 
 impl Poll<'_> {
@@ -134,7 +140,10 @@ impl Poll<'_> {
             }
             other => other?,
         }
-        Ok(report)
+        match self.after_failed.take() {
+            Some(e) => Err(e.into()),
+            None => Ok(report),
+        }
     }
 
     /// One delta round from `link` (`None`: a full sync), every page's new
@@ -331,8 +340,13 @@ impl Poll<'_> {
     /// within the mailbox's bound, and records those Graph confirmed (or
     /// that are gone already). The first failure is returned after the
     /// confirmed ones are recorded.
+    /// Runs the after-step for `ids` and records those Graph confirmed.
+    /// Only the store's failures end the poll here; Graph's are kept in
+    /// `after_failed`, and once one failed the rest of the poll's
+    /// after-steps wait for the next poll rather than press a server that
+    /// is refusing or throttling.
     async fn after_steps(&mut self, ids: &[String]) -> Result<(), SourceError> {
-        if ids.is_empty() {
+        if ids.is_empty() || self.after_failed.is_some() {
             return Ok(());
         }
         let target = match &self.reader.after {
@@ -341,7 +355,16 @@ impl Poll<'_> {
                 self.store.mark_graph_done(&self.reader.name, ids).await?;
                 return Ok(());
             }
-            After::Move(path) => Some(self.move_target(path).await?),
+            After::Move(path) => {
+                let path = path.clone();
+                match self.move_target(&path).await {
+                    Ok(folder) => Some(folder),
+                    Err(e) => {
+                        self.after_failed = Some(e);
+                        return Ok(());
+                    }
+                }
+            }
             After::Seen | After::Delete => None,
         };
         let client = self.client;
@@ -361,20 +384,23 @@ impl Poll<'_> {
                 .collect()
                 .await;
         let mut done = Vec::with_capacity(results.len());
-        let mut failed = None;
         for (id, step) in results {
             match step {
                 Ok(AfterStep::Done | AfterStep::AlreadyGone) => done.push(id),
                 Err(e) => {
-                    failed.get_or_insert(e);
+                    if self.after_failed.is_none() {
+                        tracing::warn!(
+                            after = %self.reader.after.as_str(),
+                            error = %e,
+                            "after-step failed for ingested mail; will retry next poll"
+                        );
+                        self.after_failed = Some(e);
+                    }
                 }
             }
         }
         self.store.mark_graph_done(&self.reader.name, &done).await?;
-        match failed {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     async fn move_target(&mut self, path: &str) -> Result<FolderId, GraphError> {
