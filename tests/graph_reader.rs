@@ -214,7 +214,7 @@ async fn an_after_step_that_keeps_failing_does_not_hold_new_mail_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_in_ten_throttled_still_gives_every_mail_once() {
-    const MAILS: usize = 60;
+    const MAILS: usize = 500;
     let g = GraphEnv::start();
     for i in 0..MAILS {
         g.deliver(&mail(i));
@@ -431,4 +431,69 @@ async fn a_refused_token_is_replaced_once_and_the_poll_goes_on() {
         "the refused token was dropped and one new token obtained"
     );
     assert_eq!(statuses(&g.graph.requests(), 401), 1);
+}
+
+/// The rows a mail leaves, without ids and times: what must not depend on
+/// the protocol it was read over.
+async fn ticket_rows(env: &common::setup::Env) -> Vec<String> {
+    let pool = env.db().await;
+    let mut rows = Vec::new();
+    for sql in [
+        "SELECT json_array(reader, subject, requester, requester_name, status, tags)
+         FROM tickets ORDER BY id",
+        "SELECT json_array(ticket_id, reader, dedup_key, message_id, in_reply_to, references_,
+                from_addr, from_name, to_addrs, cc_addrs, subject, sent_at, body_text,
+                body_html, parse_note, disposition, limit_note)
+         FROM emails ORDER BY id",
+    ] {
+        let found: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&pool).await.expect("rows");
+        rows.extend(found.into_iter().map(|(row,)| row));
+    }
+    pool.close().await;
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_read_over_graph_and_over_imap_gives_the_same_rows() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let mut files: Vec<_> = std::fs::read_dir(&corpus)
+        .expect("corpus")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .collect();
+    files.sort();
+    let mails: Vec<Vec<u8>> = files
+        .iter()
+        .map(|p| std::fs::read(p).expect("mail"))
+        .collect();
+    assert!(mails.len() >= 40, "the corpus is missing");
+
+    let over_imap = GraphEnv::start();
+    let over_graph = GraphEnv::start();
+    for raw in &mails {
+        over_imap.env.dovecot.deliver(USER, raw);
+        over_graph.deliver(raw);
+    }
+    let imap = over_imap.env.config(&[over_imap.env.reader("desk")]);
+    let graph = over_graph.env.config(&[over_graph.reader("desk")]);
+    let a = over_imap.env.poll_ok(&imap, "desk").await;
+    let b = over_graph.env.poll_ok(&graph, "desk").await;
+    assert_eq!(a.fetched, mails.len());
+    assert_eq!(
+        (b.fetched, b.created, b.joined),
+        (a.fetched, a.created, a.joined)
+    );
+
+    let (rows_imap, rows_graph) = (
+        ticket_rows(&over_imap.env).await,
+        ticket_rows(&over_graph.env).await,
+    );
+    assert!(
+        rows_imap.len() > mails.len(),
+        "tickets and emails both counted"
+    );
+    for (i, (x, y)) in rows_imap.iter().zip(&rows_graph).enumerate() {
+        assert_eq!(x, y, "row {i} differs between IMAP and Graph");
+    }
+    assert_eq!(rows_imap.len(), rows_graph.len());
 }
