@@ -4,7 +4,8 @@
 //! Nothing here starts systemd or Docker. The unit is read by systemd's own
 //! `systemd-analyze` (which `scripts/test` installs): `verify` for syntax,
 //! `security --offline` for hardening, `timespan` for durations; a few
-//! settings whose literal value matters are looked up by key. The Dockerfile is parsed and checked against the repository:
+//! settings whose literal value matters are looked up by key. The
+//! Dockerfile is parsed and checked against the repository:
 //! pinned base images, a locked build, sources that exist and reach the
 //! build context, and a runtime stage that runs the daemon unprivileged.
 
@@ -38,17 +39,23 @@ fn read(relative: &str) -> String {
 // `systemd-analyze timespan` for durations. Only the settings whose literal
 // value matters are looked up here, by key.
 
-/// Runs `systemd-analyze` with `args`; its stdout, or a panic naming what
-/// it said.
-fn systemd_analyze(args: &[&std::ffi::OsStr]) -> String {
-    let output = match Command::new("systemd-analyze").args(args).output() {
+/// Runs `systemd-analyze` with `args`, whatever it answers; a panic only
+/// if it cannot run at all.
+fn run_systemd_analyze(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    match Command::new("systemd-analyze").args(args).output() {
         Ok(output) => output,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
             "systemd-analyze is not installed; scripts/test installs it \
              (Debian package `systemd`), or run: apt-get install systemd"
         ),
         Err(e) => panic!("cannot run systemd-analyze: {e}"),
-    };
+    }
+}
+
+/// Runs `systemd-analyze` with `args`; its stdout, or a panic naming what
+/// it said.
+fn systemd_analyze(args: &[&std::ffi::OsStr]) -> String {
+    let output = run_systemd_analyze(args);
     assert!(
         output.status.success(),
         "systemd-analyze {args:?} failed ({}): {}",
@@ -83,14 +90,34 @@ fn settings(text: &str) -> Vec<(String, String, String)> {
     out
 }
 
-/// The value in force of `[section] key=`: the last assignment.
-fn setting<'a>(settings: &'a [(String, String, String)], section: &str, key: &str) -> &'a str {
+/// Every assignment of `[section] key=`, in file order.
+fn all_settings<'a>(
+    settings: &'a [(String, String, String)],
+    section: &str,
+    key: &str,
+) -> Vec<&'a str> {
     settings
         .iter()
-        .rev()
-        .find(|(s, k, _)| s == section && k == key)
+        .filter(|(s, k, _)| s == section && k == key)
         .map(|(_, _, v)| v.as_str())
+        .collect()
+}
+
+/// The value in force of `[section] key=`: the last assignment.
+fn setting<'a>(settings: &'a [(String, String, String)], section: &str, key: &str) -> &'a str {
+    all_settings(settings, section, key)
+        .last()
+        .copied()
         .unwrap_or_else(|| panic!("{UNIT}: [{section}] {key}= is not set"))
+}
+
+/// `text` saved as mail2ticket.service in a directory of its own (systemd
+/// reads the unit's name from the file name), kept while the guard lives.
+fn unit_copy(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mail2ticket.service");
+    std::fs::write(&path, text).expect("write the unit copy");
+    (dir, path)
 }
 
 /// A time span as systemd reads it ("45s", "1min 30s", "90"); `None` for
@@ -124,11 +151,7 @@ fn unit_file_runs_a_notify_service_with_watchdog_and_reload() {
     assert_eq!(setting(&unit, service, "Type"), "notify");
     assert_eq!(setting(&unit, service, "NotifyAccess"), "main");
 
-    let starts: Vec<&str> = unit
-        .iter()
-        .filter(|(s, k, _)| s == service && k == "ExecStart")
-        .map(|(_, _, v)| v.as_str())
-        .collect();
+    let starts = all_settings(&unit, service, "ExecStart");
     assert_eq!(starts.len(), 1, "{UNIT}: expected exactly one ExecStart=");
     let start = exec_words(starts[0]);
     assert_eq!(
@@ -184,8 +207,8 @@ fn unit_file_runs_a_notify_service_with_watchdog_and_reload() {
     }
 
     assert_eq!(
-        setting(&unit, "Install", "WantedBy"),
-        "multi-user.target",
+        all_settings(&unit, "Install", "WantedBy"),
+        ["multi-user.target"],
         "{UNIT}: [Install] WantedBy=multi-user.target"
     );
 }
@@ -210,11 +233,14 @@ fn unit_file_keeps_state_config_and_credentials_in_their_places() {
         "{UNIT}: WorkingDirectory={workdir} is not the state directory"
     );
 
-    let credential = setting(&unit, service, "LoadCredential");
-    let key = credential
-        .strip_prefix("mail2ticket.key:")
+    let credentials = all_settings(&unit, service, "LoadCredential");
+    let key = credentials
+        .iter()
+        .find_map(|c| c.strip_prefix("mail2ticket.key:"))
         .unwrap_or_else(|| {
-            panic!("{UNIT}: no LoadCredential=mail2ticket.key:PATH for the store key: {credential}")
+            panic!(
+                "{UNIT}: no LoadCredential=mail2ticket.key:PATH for the store key: {credentials:?}"
+            )
         });
     assert!(
         key.starts_with("/etc/mail2ticket/"),
@@ -225,9 +251,7 @@ fn unit_file_keeps_state_config_and_credentials_in_their_places() {
 /// What `systemd-analyze security --offline` makes of `text` saved as
 /// mail2ticket.service: each check's JSON field and whether it holds.
 fn hardening(text: &str) -> HashMap<String, bool> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("mail2ticket.service");
-    std::fs::write(&path, text).expect("write the unit copy");
+    let (_dir, path) = unit_copy(text);
     let said = systemd_analyze(&[
         "security".as_ref(),
         "--offline=yes".as_ref(),
@@ -342,22 +366,13 @@ fn knows_recursive_errors() -> bool {
 /// returns what it says about that unit: the lines naming it, and the exit
 /// status if it failed. Lines about other units (the host's) are noise.
 fn systemd_verify(text: &str) -> Vec<String> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("mail2ticket.service");
-    std::fs::write(&path, text).expect("write the unit copy");
-    let mut command = Command::new("systemd-analyze");
-    command.arg("verify").arg("--man=no");
+    let (_dir, path) = unit_copy(text);
+    let mut args: Vec<&std::ffi::OsStr> = vec!["verify".as_ref(), "--man=no".as_ref()];
     if knows_recursive_errors() {
-        command.arg("--recursive-errors=no");
+        args.push("--recursive-errors=no".as_ref());
     }
-    let output = match command.arg(&path).output() {
-        Ok(output) => output,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "systemd-analyze is not installed; scripts/test installs it \
-             (Debian package `systemd`), or run: apt-get install systemd"
-        ),
-        Err(e) => panic!("cannot run systemd-analyze: {e}"),
-    };
+    args.push(path.as_os_str());
+    let output = run_systemd_analyze(&args);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let mut problems: Vec<String> = stderr

@@ -405,8 +405,10 @@ fn code_from_redirect(
         // Whoever sent the browser here chose these words; they reach the
         // terminal, so no escape sequence may pass.
         return Err(AuthError::Rejected(EntraErrorResponse {
-            error: printable(error),
-            error_description: query.get("error_description").map(|d| printable(d)),
+            error: crate::scrub::printable(error),
+            error_description: query
+                .get("error_description")
+                .map(|d| crate::scrub::printable(d)),
             error_codes: Vec::new(),
         }));
     }
@@ -414,14 +416,6 @@ fn code_from_redirect(
         .get("code")
         .cloned()
         .ok_or_else(|| AuthError::SignIn("the redirect carries no authorization code".into()))
-}
-
-/// Text from a redirect, fit for the terminal: control characters (an
-/// escape sequence, a bell, a line break) become `?`.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 #[derive(Deserialize)]

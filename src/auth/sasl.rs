@@ -50,11 +50,7 @@ pub fn decode_challenge(challenge: &str, secrets: &[&str]) -> Option<String> {
     let mut bytes = LENIENT_BASE64.decode(challenge.trim()).ok()?;
     scrub(&mut bytes, secrets);
     let text = std::str::from_utf8(&bytes).ok()?;
-    let text: String = text
-        .trim()
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
+    let text = crate::scrub::printable(text.trim());
     if text.is_empty() {
         return None;
     }
