@@ -7,6 +7,7 @@
 //! holds a [`ReaderMetrics`] with its label filled in.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -86,6 +87,17 @@ struct Families {
     commit_duration: DurationFamily,
     reloads: Family<ReloadLabel, Counter>,
     acks: Family<AckLabels, Counter>,
+    /// Failed polls in a row, as `status` shows them (from the database).
+    consecutive_failures: Family<ReaderLabel, Gauge>,
+    /// 1 when `status` calls the reader stale.
+    stale: Family<ReaderLabel, Gauge>,
+    refresh_token_used: Family<ReaderLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Mails found on the server that the running poll has yet to fetch.
+    backlog: Family<ReaderLabel, Gauge>,
+    heartbeat: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Mails fetched and committed, for the progress of `run --once`
+    /// (`ops::progress`); not exported.
+    taken: Family<ReaderLabel, Counter>,
     /// Batches committed, for the scheduler's backoff (a failed poll that
     /// committed some is not stuck); not exported.
     batches: Family<ReaderLabel, Counter>,
@@ -120,6 +132,12 @@ impl Metrics {
             commit_duration: Family::new_with_constructor(duration_histogram),
             reloads: Family::default(),
             acks: Family::default(),
+            consecutive_failures: Family::default(),
+            stale: Family::default(),
+            refresh_token_used: Family::default(),
+            backlog: Family::default(),
+            heartbeat: Gauge::default(),
+            taken: Family::default(),
             batches: Family::default(),
         };
         let mut registry = Registry::with_prefix("mail2ticket");
@@ -187,6 +205,32 @@ impl Metrics {
              failed (given up)",
             f.acks.clone(),
         );
+        registry.register(
+            "consecutive_failures",
+            "Polls that failed in a row since the reader's last success",
+            f.consecutive_failures.clone(),
+        );
+        registry.register(
+            "reader_stale",
+            "1 when the reader had no success for three poll intervals (as `status` says)",
+            f.stale.clone(),
+        );
+        registry.register(
+            "refresh_token_last_used_timestamp_seconds",
+            "Unix time the reader's refresh token was last used (delegated grants only); \
+             Entra ID ends one after 90 days without use",
+            f.refresh_token_used.clone(),
+        );
+        registry.register(
+            "backlog_mails",
+            "Mails the running poll found on the server and has yet to fetch",
+            f.backlog.clone(),
+        );
+        registry.register(
+            "heartbeat_timestamp_seconds",
+            "Unix time of the scheduler's last heartbeat written to the database",
+            f.heartbeat.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             families: Arc::new(families),
@@ -216,9 +260,14 @@ impl Metrics {
             &f.emails_quarantined,
             &f.token_refreshes,
             &f.batches,
+            &f.taken,
         ] {
             family.remove(&label);
         }
+        for family in [&f.consecutive_failures, &f.stale, &f.backlog] {
+            family.remove(&label);
+        }
+        f.refresh_token_used.remove(&label);
         f.last_success.remove(&label);
         f.fetch_duration.remove(&label);
         f.commit_duration.remove(&label);
@@ -257,6 +306,55 @@ impl Metrics {
                 result: result.as_str(),
             })
             .inc();
+    }
+
+    /// What `status` judges of a configured reader from its row: failures
+    /// in a row and whether it is stale.
+    pub fn reader_health(&self, reader: &str, consecutive_failures: i64, stale: bool) {
+        let label = ReaderLabel {
+            reader: reader.to_string(),
+        };
+        let f = &self.families;
+        f.consecutive_failures
+            .get_or_create(&label)
+            .set(consecutive_failures);
+        f.stale.get_or_create(&label).set(i64::from(stale));
+    }
+
+    /// When `reader`'s refresh token was last used (Unix seconds); `None`
+    /// drops the series (no refresh token, e.g. after a sign-in failed).
+    pub fn refresh_token_used(&self, reader: &str, at: Option<f64>) {
+        let label = ReaderLabel {
+            reader: reader.to_string(),
+        };
+        match at {
+            Some(at) => {
+                self.families
+                    .refresh_token_used
+                    .get_or_create(&label)
+                    .set(at);
+            }
+            None => {
+                self.families.refresh_token_used.remove(&label);
+            }
+        }
+    }
+
+    /// A heartbeat was written.
+    pub fn heartbeat(&self) {
+        self.families.heartbeat.set(unix_now());
+    }
+
+    /// `reader`'s mails fetched and committed so far, and those the running
+    /// poll has yet to fetch: what a progress bar shows.
+    pub fn progress(&self, reader: &str) -> (u64, u64) {
+        let label = ReaderLabel {
+            reader: reader.to_string(),
+        };
+        let f = &self.families;
+        let taken = f.taken.get_or_create(&label).get();
+        let backlog = f.backlog.get_or_create(&label).get();
+        (taken, u64::try_from(backlog).unwrap_or(0))
     }
 
     pub fn reload(&self, ok: bool) {
@@ -309,6 +407,13 @@ impl AckResult {
     }
 }
 
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
 /// Why a fetched mail opened or joined no ticket: a duplicate, or one of
 /// the guard's reasons.
 fn ignored_reasons() -> impl Iterator<Item = &'static str> {
@@ -338,13 +443,31 @@ impl ReaderMetrics {
     }
 
     pub fn succeeded(&self) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
         self.families
             .last_success
             .get_or_create(&self.label)
-            .set(now.as_secs_f64());
+            .set(unix_now());
+    }
+
+    /// The poll found `mails` on the server to fetch.
+    pub fn backlog(&self, mails: usize) {
+        self.families
+            .backlog
+            .get_or_create(&self.label)
+            .set(i64::try_from(mails).unwrap_or(i64::MAX));
+    }
+
+    /// `mails` of them were fetched and committed. Never below zero: a
+    /// protocol that does not announce its backlog only counts up `taken`.
+    pub fn taken(&self, mails: usize) {
+        let n = i64::try_from(mails).unwrap_or(i64::MAX);
+        let f = &self.families;
+        f.taken.get_or_create(&self.label).inc_by(mails as u64);
+        let _ = f.backlog.get_or_create(&self.label).inner().fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |v| Some((v - n).max(0)),
+        );
     }
 
     pub fn state(&self, current: ReaderState) {

@@ -32,11 +32,13 @@ where
     Fut: Future<Output = Result<BatchOutcome, StoreError>>,
 {
     report.fetched += raw.len();
+    let mails = raw.len();
     let parsed = ingest::parse_batch(raw, reader, policy).await?;
     let keys: Vec<K> = parsed.iter().map(|(key, _)| key.clone()).collect();
     let committing = std::time::Instant::now();
     let outcome = commit(parsed).await?;
     meter.committed(&outcome, committing.elapsed());
+    meter.taken(mails);
     report.created += outcome.created;
     report.joined += outcome.joined;
     report.ignored += outcome.ignored_total();

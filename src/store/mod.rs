@@ -50,7 +50,7 @@ pub use outbox::{AttemptRecorded, DueAck, MAX_ATTEMPTS, OutboxStatus, retry_dela
 pub(crate) use owed::uid_set;
 pub use owed::{MAX_REFUSALS, Owed};
 pub use quarantine::{QUARANTINED, QuarantineEntry, QuarantineReason, Retried};
-pub use readers::{DaemonStatus, EVENTS_KEPT, MailCounts, ReaderEvent, ReaderStatus};
+pub use readers::{DaemonStatus, EVENTS_KEPT, HourCount, MailCounts, ReaderEvent, ReaderStatus};
 pub use tokens::{Replaced, StoredToken, TokenVersion};
 
 use crate::config::StoreConfig;

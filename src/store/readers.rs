@@ -359,6 +359,45 @@ impl StatusView {
         .await?)
     }
 
+    /// Per reader with a refresh token (delegated grants only, as in
+    /// [`Self::reader_statuses`]), when the token was last used, in Unix
+    /// seconds: what the expiry alert watches.
+    pub async fn refresh_token_use(&self) -> Result<Vec<(String, f64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT r.name, (julianday(t.last_used_at) - 2440587.5) * 86400.0
+             FROM readers r
+             JOIN oauth_tokens t
+               ON t.oauth = r.oauth AND t.account = r.account COLLATE NOCASE
+                  AND r.grant_type <> 'client_credentials'
+             WHERE t.last_used_at IS NOT NULL
+             ORDER BY r.name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Mails received and tickets opened in each of the last `hours` hours
+    /// that had any, oldest first; the hour as `YYYY-MM-DDTHH:00:00Z`. For
+    /// the status page's chart. Empty for a database from before
+    /// dispositions existed, as in [`Self::mail_counts`].
+    pub async fn mail_per_hour(&self, hours: u32) -> Result<Vec<HourCount>, StoreError> {
+        if !self.has_migration(super::TICKET_SEMANTICS).await? {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_as(
+            "SELECT strftime('%Y-%m-%dT%H:00:00Z', received_at) AS hour,
+                    COUNT(*) AS mails,
+                    SUM(disposition = 'ticket') AS tickets
+             FROM emails
+             WHERE received_at >= strftime('%Y-%m-%dT%H:00:00Z', 'now', ?)
+             GROUP BY 1
+             ORDER BY 1",
+        )
+        .bind(format!("-{} hours", hours.saturating_sub(1)))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     pub async fn daemon_status(&self) -> Result<Option<DaemonStatus>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT pid, started_at, heartbeat_at, heartbeat_seconds, stopped_at, config_path,
@@ -369,6 +408,14 @@ impl StatusView {
         .fetch_optional(&self.pool)
         .await?)
     }
+}
+
+/// One hour of [`StatusView::mail_per_hour`].
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct HourCount {
+    pub hour: String,
+    pub mails: i64,
+    pub tickets: i64,
 }
 
 /// What one reader's mail became recently, as `status` shows it.

@@ -98,6 +98,7 @@ async fn poll_inner(
     if !uids.is_empty() {
         tracing::debug!(new = uids.len(), "new mail");
     }
+    meter.backlog(uids.len());
     // One policy for the whole poll: the cap a mail is fetched with is the
     // limit its parse judges it by.
     let policy = reader.mail.current();

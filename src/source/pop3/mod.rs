@@ -345,6 +345,7 @@ pub async fn poll(
     if !new.is_empty() {
         tracing::debug!(new = new.len(), "new mail");
     }
+    meter.backlog(new.len());
 
     // One policy for the whole poll: the cap a mail is read with is the
     // limit its parse judges it by.
