@@ -6,6 +6,7 @@
 //! acknowledgement sender beside the readers) and what `run --once`,
 //! `check` and `authorize` do with the same parts.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::config::{Config, Grant, ReaderConfig};
 use crate::ops::liveness::Liveness;
 use crate::ops::metrics::Metrics;
 use crate::ops::notify::Notifier;
+use crate::ops::page::StatusPage;
 use crate::ops::reload::Triggers;
 use crate::ops::{http, status};
 use crate::outbound;
@@ -181,16 +183,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         .await?;
 
     let liveness = Liveness::new(period);
+    // The status page judges the rows by the configuration running now.
+    let (page_config, page_config_now) = tokio::sync::watch::channel(config.clone());
     let stop_http = CancellationToken::new();
     let http_task = listener.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+            tracing::info!(%addr, "serving the status page (/), /healthz, /readyz and /metrics");
         }
         tokio::spawn(http::serve(
             listener,
             liveness.clone(),
             ctx.metrics.clone(),
             ctx.fds.clone(),
+            StatusPage::new(ctx.store.status_view(), page_config_now),
             stop_http.clone(),
         ))
     });
@@ -229,6 +234,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
                 tracing::info!(trigger = trigger.as_str(), "reloading the configuration");
                 supervisor.notifier.reloading();
                 supervisor.reload(&mut scheduler, &mut triggers).await;
+                page_config.send_replace(supervisor.config.clone());
                 supervisor.status_line = supervisor.summary().await;
                 supervisor.notifier.ready(&supervisor.status_line);
             }
@@ -305,6 +311,7 @@ impl Supervisor {
         };
         match failure {
             None => {
+                self.ctx.metrics.heartbeat();
                 if self.liveness.beat_ok() {
                     tracing::info!("scheduler heartbeat works again");
                 }
@@ -327,6 +334,7 @@ impl Supervisor {
             Ok(rows) => rows,
             Err(e) => return format!("cannot read reader states: {e}"),
         };
+        self.export_health(rows.clone()).await;
         let mut line = status::summary(&rows, &self.config);
         if let Ok(Some(daemon)) = self.ctx.store.status_view().daemon_status().await
             && daemon.reload_error.is_some()
@@ -334,6 +342,27 @@ impl Supervisor {
             line.push_str("; config reload failed, see `mail2ticket status`");
         }
         line
+    }
+
+    /// What `status` judges from the rows (failures in a row, stale, the
+    /// refresh token's last use), as gauges for the alert rules in dist/.
+    async fn export_health(&self, rows: Vec<crate::store::ReaderStatus>) {
+        let metrics = &self.ctx.metrics;
+        let report = status::Report::new(&self.config, None, rows);
+        for r in report.readers.iter().filter(|r| r.configured) {
+            metrics.reader_health(&r.row.name, r.row.consecutive_failures, r.stale);
+        }
+        let used: HashMap<String, f64> =
+            match self.ctx.store.status_view().refresh_token_use().await {
+                Ok(rows) => rows.into_iter().collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read when refresh tokens were used");
+                    return;
+                }
+            };
+        for r in report.readers.iter().filter(|r| r.configured) {
+            metrics.refresh_token_used(&r.row.name, used.get(&r.row.name).copied());
+        }
     }
 
     async fn update_status(&mut self) {

@@ -1,4 +1,5 @@
-//! The HTTP endpoint (`[daemon] listen`): `/healthz`, `/readyz`, `/metrics`.
+//! The HTTP endpoint (`[daemon] listen`): `/healthz`, `/readyz`, `/metrics`,
+//! and the status page at `/` (its content is [`crate::ops::page`]'s).
 //!
 //! Owns the routes and their status codes, and what a client may cost the
 //! daemon: at most [`MAX_CONNECTIONS`] connections at a time, each sending
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ops::fds::{Exhausted, Pressure};
 use crate::ops::liveness::Liveness;
 use crate::ops::metrics::Metrics;
+use crate::ops::page::{self, StatusPage};
 
 /// Connections served at once. Health checks and a scraper need a handful;
 /// when all are taken, the oldest that has not yet sent a whole request
@@ -56,6 +58,7 @@ struct Endpoints {
     liveness: Liveness,
     metrics: Metrics,
     fds: Pressure,
+    page: StatusPage,
 }
 
 /// Binds `addr` now, so that a taken port fails start-up.
@@ -70,9 +73,11 @@ pub async fn serve(
     liveness: Liveness,
     metrics: Metrics,
     fds: Pressure,
+    page: StatusPage,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
+        .route("/", get(status_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
@@ -80,6 +85,7 @@ pub async fn serve(
             liveness,
             metrics,
             fds: fds.clone(),
+            page,
         });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let waiting = Waiting::default();
@@ -319,4 +325,35 @@ async fn metrics_page(State(e): State<Endpoints>, headers: HeaderMap) -> impl In
         .is_some_and(|accept| accept.contains("application/openmetrics-text"));
     let (content_type, body) = e.metrics.render(openmetrics);
     ([(header::CONTENT_TYPE, content_type)], body)
+}
+
+async fn status_page(State(e): State<Endpoints>) -> impl IntoResponse {
+    let (status, content_type, body) =
+        match tokio::time::timeout(page::READ_TIMEOUT, e.page.render()).await {
+            Ok(Ok(html)) => (StatusCode::OK, "text/html; charset=utf-8", html),
+            Ok(Err(why)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                format!("cannot read the status: {why}\n"),
+            ),
+            Err(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                "the database did not answer in time\n".to_string(),
+            ),
+        };
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                page::CONTENT_SECURITY_POLICY,
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
 }

@@ -1,6 +1,7 @@
 //! Around the mail pipeline, for the people who run it: signals and
 //! reloads, liveness and systemd, metrics and the HTTP endpoints, the
-//! `status` / `health` / `quarantine` commands, and logging.
+//! status page, the `status` / `health` / `quarantine` commands, the
+//! progress of long syncs on a terminal, and logging.
 //!
 //! Nothing here decides what becomes of a mail; the pipeline
 //! (`source` → `ingest` → `store`) works the same without any of it.
@@ -11,6 +12,7 @@ pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod page;
 pub mod quarantine;
 pub mod reload;
 pub mod shutdown;

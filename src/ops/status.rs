@@ -170,6 +170,17 @@ pub async fn report(
     limit: i64,
 ) -> Result<Report, StatusError> {
     let store = StatusView::open(&config.store).await?;
+    report_from(&store, config, reader, limit).await
+}
+
+/// [`report`] from a view the caller holds (the status page's, the
+/// daemon's own pool).
+pub async fn report_from(
+    store: &StatusView,
+    config: &Config,
+    reader: Option<&str>,
+    limit: i64,
+) -> Result<Report, StatusError> {
     let mut rows = store.reader_statuses().await?;
     if let Some(name) = reader {
         rows.retain(|r| r.name == name);

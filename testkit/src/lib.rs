@@ -12,6 +12,7 @@
 //!   delta query, `$value`, after-steps, sendMail) on loopback HTTPS,
 //!   bearer tokens checked against the IdP, with injectable faults.
 //! - [`mail`](mod@mail): deterministic test mails.
+//! - [`browser`]: headless chromium over WebDriver, for the status page.
 //! - [`certs`], [`imap`]: TLS / raw IMAP / POP3 client helpers.
 //! - [`Proxy`]: a loopback proxy for plaintext IMAP / POP3 that records the
 //!   client's lines and can SIGKILL the daemon on one of them.
@@ -21,6 +22,7 @@
 //! - [`submission`]: the capture sink Dovecot's SMTP submission relays to,
 //!   and a bare SMTP client for wire-level checks.
 
+pub mod browser;
 pub mod certs;
 pub mod client_cert;
 pub mod dovecot;
