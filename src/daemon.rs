@@ -21,6 +21,7 @@ use crate::ops::liveness::Liveness;
 use crate::ops::metrics::Metrics;
 use crate::ops::notify::Notifier;
 use crate::ops::page::StatusPage;
+use crate::ops::progress::{self, Progress};
 use crate::ops::reload::Triggers;
 use crate::ops::{http, status};
 use crate::outbound;
@@ -485,11 +486,17 @@ pub async fn run_once(
 ) -> Result<Vec<(String, Result<PollReport, PollError>)>, StartError> {
     let ctx = start(config).await?;
     register(&ctx, config).await?;
+    let progress = Progress::sync(
+        ctx.metrics.clone(),
+        config.readers.iter().map(|r| r.name.clone()).collect(),
+        progress::Output::detect(),
+    );
     let results = for_each_reader(&config.readers, |reader| {
         let (ctx, cancel) = (ctx.clone(), cancel.clone());
         async move { reader::poll_unless_stopped(&ctx, &reader, &cancel).await }
     })
     .await;
+    progress.finish().await;
     let drained = outbound::send_due(&ctx, &outbound::readers(config), &cancel)
         .instrument(tracing::info_span!("outbox"))
         .await;
@@ -515,11 +522,21 @@ pub async fn check(
     let selected = select_readers(config, names)?;
     let ctx = start_existing(config).await?;
     register(&ctx, config).await?;
-    Ok(for_each_reader(&selected, |reader| {
+    let progress = Progress::spinner(
+        format!(
+            "checking {} reader{}",
+            selected.len(),
+            if selected.len() == 1 { "" } else { "s" }
+        ),
+        progress::Output::detect(),
+    );
+    let results = for_each_reader(&selected, |reader| {
         let ctx = ctx.clone();
         async move { reader::check_and_record(&ctx, &reader).await }
     })
-    .await)
+    .await;
+    progress.finish().await;
+    Ok(results)
 }
 
 /// How `authorize` signs in.

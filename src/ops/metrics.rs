@@ -98,6 +98,8 @@ struct Families {
     /// Mails fetched and committed, for the progress of `run --once`
     /// (`ops::progress`); not exported.
     taken: Family<ReaderLabel, Counter>,
+    /// `taken` when the running poll found its backlog; not exported.
+    poll_start: Family<ReaderLabel, Gauge>,
     /// Batches committed, for the scheduler's backoff (a failed poll that
     /// committed some is not stuck); not exported.
     batches: Family<ReaderLabel, Counter>,
@@ -138,6 +140,7 @@ impl Metrics {
             backlog: Family::default(),
             heartbeat: Gauge::default(),
             taken: Family::default(),
+            poll_start: Family::default(),
             batches: Family::default(),
         };
         let mut registry = Registry::with_prefix("mail2ticket");
@@ -264,7 +267,7 @@ impl Metrics {
         ] {
             family.remove(&label);
         }
-        for family in [&f.consecutive_failures, &f.stale, &f.backlog] {
+        for family in [&f.consecutive_failures, &f.stale, &f.backlog, &f.poll_start] {
             family.remove(&label);
         }
         f.refresh_token_used.remove(&label);
@@ -345,16 +348,17 @@ impl Metrics {
         self.families.heartbeat.set(unix_now());
     }
 
-    /// `reader`'s mails fetched and committed so far, and those the running
-    /// poll has yet to fetch: what a progress bar shows.
+    /// The mails `reader`'s running (or last) poll fetched and committed,
+    /// and those it has yet to fetch: what a progress bar shows.
     pub fn progress(&self, reader: &str) -> (u64, u64) {
         let label = ReaderLabel {
             reader: reader.to_string(),
         };
         let f = &self.families;
         let taken = f.taken.get_or_create(&label).get();
-        let backlog = f.backlog.get_or_create(&label).get();
-        (taken, u64::try_from(backlog).unwrap_or(0))
+        let start = u64::try_from(f.poll_start.get_or_create(&label).get()).unwrap_or(0);
+        let backlog = u64::try_from(f.backlog.get_or_create(&label).get()).unwrap_or(0);
+        (taken.saturating_sub(start), backlog)
     }
 
     pub fn reload(&self, ok: bool) {
@@ -451,8 +455,12 @@ impl ReaderMetrics {
 
     /// The poll found `mails` on the server to fetch.
     pub fn backlog(&self, mails: usize) {
-        self.families
-            .backlog
+        let f = &self.families;
+        let taken = f.taken.get_or_create(&self.label).get();
+        f.poll_start
+            .get_or_create(&self.label)
+            .set(i64::try_from(taken).unwrap_or(i64::MAX));
+        f.backlog
             .get_or_create(&self.label)
             .set(i64::try_from(mails).unwrap_or(i64::MAX));
     }

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod page;
+pub mod progress;
 pub mod quarantine;
 pub mod reload;
 pub mod shutdown;
