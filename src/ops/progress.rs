@@ -9,7 +9,6 @@
 //! so no poll knows it is watched. The daemon's `run` shows none.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
