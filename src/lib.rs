@@ -65,11 +65,16 @@
 //!   * [`ops::liveness`]: the heartbeat rule behind `/healthz` and the watchdog.
 //!   * [`ops::notify`]: what systemd is told (READY, STATUS, WATCHDOG, STOPPING).
 //!   * [`ops::metrics`]: the Prometheus registry and every metric's name.
-//!   * [`ops::http`]: `/healthz`, `/readyz`, `/metrics`, with the timeouts and
-//!     the connection cap that keep clients from starving the daemon.
+//!   * [`ops::http`]: `/healthz`, `/readyz`, `/metrics` and the status page,
+//!     with the timeouts and the connection cap that keep clients from
+//!     starving the daemon.
+//!   * [`ops::page`]: the status page at `/`: readers, counts and a chart of
+//!     the last day, server-rendered, no script, no mail content.
 //!   * [`ops::fds`]: the file-descriptor limit, raised at start; running out of
 //!     descriptors named in `last_error` and failing `/healthz`.
 //!   * [`ops::status`]: `status` and `health`: tables, JSON, stale readers.
+//!   * [`ops::progress`]: bars (or log lines) for a long first sync of
+//!     `run --once`, and a spinner for `check`.
 //!   * [`ops::quarantine`]: `quarantine list | show | retry | drop`, the admin's
 //!     side of the mail the store set aside whole.
 //!   * [`ops::logging`]: the tracing subscriber (text or JSON), with
