@@ -75,6 +75,11 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Write the man pages and shell completions (from these definitions)
+    /// into DIR/man and DIR/completions; the packaged ones in dist/ are
+    /// made so (docs/packaging.md). Reads no configuration.
+    #[command(hide = true)]
+    DistFiles { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -132,6 +137,15 @@ impl Interaction for Terminal {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::DistFiles { dir } = &cli.command {
+        return match dist_files(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => {
@@ -156,8 +170,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// The man pages (one per command) and the bash, zsh and fish completions.
+fn dist_files(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    use clap_complete::Shell;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    clap_mangen::generate_to(Cli::command(), &man)
+        .with_context(|| format!("writing the man pages to {}", man.display()))?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "mail2ticket", &completions)
+            .with_context(|| format!("writing the {shell} completion"))?;
+    }
+    Ok(())
+}
+
 async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
+        // Handled before the configuration is read.
+        Command::DistFiles { .. } => Ok(ExitCode::SUCCESS),
         Command::Run { once } => {
             let cancel = CancellationToken::new();
             shutdown::cancel_on_signal(cancel.clone()).context("installing signal handlers")?;
