@@ -109,33 +109,33 @@ fn daemon_section(out: &mut String, report: &Report) {
         Some(row) => {
             match status::daemon_alive(row) {
                 Ok(()) => {
-                    let _ = write!(
+                    let _ = writeln!(
                         out,
-                        "<p><span class=\"state ok\">running</span> pid {}, since {}</p>\n",
+                        "<p><span class=\"state ok\">running</span> pid {}, since {}</p>",
                         row.pid,
                         escape(&row.started_at)
                     );
                 }
                 Err(why) => {
-                    let _ = write!(
+                    let _ = writeln!(
                         out,
-                        "<p><span class=\"state down\">not running</span> {}</p>\n",
+                        "<p><span class=\"state down\">not running</span> {}</p>",
                         escape(&why)
                     );
                 }
             }
-            let _ = write!(
+            let _ = writeln!(
                 out,
-                "<p>Heartbeat: {} (expected every {:.0} s)</p>\n",
+                "<p>Heartbeat: {} (expected every {:.0} s)</p>",
                 escape(row.heartbeat_at.as_deref().unwrap_or("never")),
                 row.heartbeat_seconds
             );
             // The reload error itself may quote the file; `status` has it.
             if let Some(at) = &row.reload_error_at {
-                let _ = write!(
+                let _ = writeln!(
                     out,
                     "<p class=\"state retrying\">The configuration reload at {} failed; the \
-                     previous configuration still runs (see <code>mail2ticket status</code>).</p>\n",
+                     previous configuration still runs (see <code>mail2ticket status</code>).</p>",
                     escape(at)
                 );
             }
@@ -194,11 +194,11 @@ fn readers_section(out: &mut String, report: &Report, now: i64) {
             (Some(e), None) => escape(e),
             (None, _) => "-".into(),
         };
-        let _ = write!(
+        let _ = writeln!(
             out,
             "<tr data-reader=\"{name}\"><td>{name} <small>{protocol}</small></td><td>{state_cell}\
              </td><td>{success}</td><td>{next}</td><td>{failures}</td><td class=\"error\">{error}\
-             </td></tr>\n",
+             </td></tr>",
             name = escape(&r.row.name),
             protocol = escape(&r.row.protocol),
             success = escape(r.row.last_success_at.as_deref().unwrap_or("never")),
@@ -274,11 +274,11 @@ fn chart_section(out: &mut String, hours: &[HourCount], now: i64) {
             u32::try_from(n.saturating_mul(i64::from(BASE - 10)) / top).unwrap_or(0)
         };
         let (hm, ht) = (bar(mails), bar(tickets));
-        let _ = write!(
+        let _ = writeln!(
             out,
             "<g><title>{}: {mails} mails, {tickets} tickets</title>\
              <rect class=\"mails\" x=\"{x}\" y=\"{}\" width=\"{}\" height=\"{hm}\"/>\
-             <rect class=\"tickets\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{ht}\"/></g>\n",
+             <rect class=\"tickets\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{ht}\"/></g>",
             escape(&timestamp_hour(start)),
             BASE - hm,
             step - 2,
@@ -287,9 +287,9 @@ fn chart_section(out: &mut String, hours: &[HourCount], now: i64) {
             step.saturating_sub(8),
         );
         if i % 6 == 0 {
-            let _ = write!(
+            let _ = writeln!(
                 out,
-                "<text class=\"axis\" x=\"{x}\" y=\"{}\">{}</text>\n",
+                "<text class=\"axis\" x=\"{x}\" y=\"{}\">{}</text>",
                 BASE + 14,
                 escape(&hour_of_day(start))
             );
