@@ -1,6 +1,7 @@
 //! Progress of a first sync of a large folder: `run --once` shows bars
-//! (mails fetched of the total, rate, ETA) when stderr is a terminal, and
-//! plain log lines without escape codes otherwise; `status --json` and
+//! (mails fetched of the total, rate, ETA) and `check` a spinner when
+//! stderr is a terminal, and `run --once` plain log lines without escape
+//! codes otherwise; `status --json` and
 //! `quarantine list --json` stay one JSON document each for scripts.
 //! Against a real Dovecot; the terminal is a pseudo-terminal from
 //! util-linux's `script` (Debian's bsdutils, always installed).
@@ -27,12 +28,10 @@ async fn large_first_sync() -> (Env, std::path::PathBuf) {
     (env, config.path)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn run_once_on_a_terminal_shows_a_progress_bar() {
-    let (env, config) = large_first_sync().await;
-    let command = format!("{} -c {} run --once", binary().display(), config.display());
-    // `script` runs the command on a pseudo-terminal and copies what it
-    // wrote there (stdout and stderr together) to its own stdout.
+/// Runs `mail2ticket -c CONFIG ARGS` on a pseudo-terminal: `script` copies
+/// what it wrote there (stdout and stderr together) to its own stdout.
+fn on_a_terminal(config: &std::path::Path, args: &str) -> (bool, String) {
+    let command = format!("{} -c {} {args}", binary().display(), config.display());
     let out = Command::new("script")
         .args(["--quiet", "--return", "--command", &command, "/dev/null"])
         .env("RUST_LOG", "warn")
@@ -41,8 +40,28 @@ async fn run_once_on_a_terminal_shows_a_progress_bar() {
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run script (util-linux)");
-    let screen = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "run --once failed: {screen}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_once_and_check_on_a_terminal_show_progress() {
+    let (env, config) = large_first_sync().await;
+    let (ok, screen) = on_a_terminal(&config, "check");
+    assert!(ok, "check failed: {screen}");
+    assert!(
+        screen.contains("checking 1 reader"),
+        "no spinner while check works:\n{screen}"
+    );
+    assert!(
+        screen.contains(&format!("helpdesk: ok, {MAILS} messages")),
+        "{screen}"
+    );
+
+    let (ok, screen) = on_a_terminal(&config, "run --once");
+    assert!(ok, "run --once failed: {screen}");
     assert!(
         screen.contains(&format!("{MAILS}/{MAILS} mails")),
         "no finished progress bar on the terminal:\n{screen}"

@@ -74,6 +74,8 @@ impl Progress {
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             spinner.set_message(what);
+            // Drawn now: a check that is over within a tick still showed it.
+            spinner.tick();
             spinner.enable_steady_tick(TICK);
             done.cancelled().await;
             // The results are printed next; the spinner makes room.
