@@ -75,11 +75,6 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
-    /// Write the man pages and shell completions (from these definitions)
-    /// into DIR/man and DIR/completions; the packaged ones in dist/ are
-    /// made so (docs/packaging.md). Reads no configuration.
-    #[command(hide = true)]
-    DistFiles { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -136,9 +131,14 @@ impl Interaction for Terminal {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Command::DistFiles { dir } = &cli.command {
-        return match dist_files(dir) {
+    // `mail2ticket dist-files DIR` writes the man pages and completions of
+    // the Debian package (docs/operations.md). Not a clap subcommand: a
+    // hidden one would still be offered by the completions it writes.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let [_, command, dir] = args.as_slice()
+        && command == "dist-files"
+    {
+        return match dist_files(std::path::Path::new(dir)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -146,6 +146,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    let cli = Cli::parse();
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => {
@@ -170,7 +171,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The man pages (one per command) and the bash, zsh and fish completions.
+/// The man pages (one per command) and the bash, zsh and fish completions,
+/// into DIR/man and DIR/completions.
 fn dist_files(dir: &std::path::Path) -> anyhow::Result<()> {
     use clap::CommandFactory as _;
     use clap_complete::Shell;
@@ -190,8 +192,6 @@ fn dist_files(dir: &std::path::Path) -> anyhow::Result<()> {
 
 async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
-        // Handled before the configuration is read.
-        Command::DistFiles { .. } => Ok(ExitCode::SUCCESS),
         Command::Run { once } => {
             let cancel = CancellationToken::new();
             shutdown::cancel_on_signal(cancel.clone()).context("installing signal handlers")?;

@@ -22,9 +22,6 @@ _mail2ticket() {
             mail2ticket,check)
                 cmd="mail2ticket__subcmd__check"
                 ;;
-            mail2ticket,dist-files)
-                cmd="mail2ticket__subcmd__dist__subcmd__files"
-                ;;
             mail2ticket,health)
                 cmd="mail2ticket__subcmd__health"
                 ;;
@@ -45,9 +42,6 @@ _mail2ticket() {
                 ;;
             mail2ticket__subcmd__help,check)
                 cmd="mail2ticket__subcmd__help__subcmd__check"
-                ;;
-            mail2ticket__subcmd__help,dist-files)
-                cmd="mail2ticket__subcmd__help__subcmd__dist__subcmd__files"
                 ;;
             mail2ticket__subcmd__help,health)
                 cmd="mail2ticket__subcmd__help__subcmd__health"
@@ -113,7 +107,7 @@ _mail2ticket() {
 
     case "${cmd}" in
         mail2ticket)
-            opts="-c -h -V --config --help --version run check status health quarantine authorize dist-files help"
+            opts="-c -h -V --config --help --version run check status health quarantine authorize help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -170,20 +164,6 @@ _mail2ticket() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        mail2ticket__subcmd__dist__subcmd__files)
-            opts="-h --help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
         mail2ticket__subcmd__health)
             opts="-h --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -199,7 +179,7 @@ _mail2ticket() {
             return 0
             ;;
         mail2ticket__subcmd__help)
-            opts="run check status health quarantine authorize dist-files help"
+            opts="run check status health quarantine authorize help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -227,20 +207,6 @@ _mail2ticket() {
             return 0
             ;;
         mail2ticket__subcmd__help__subcmd__check)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        mail2ticket__subcmd__help__subcmd__dist__subcmd__files)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
