@@ -98,15 +98,15 @@ async fn an_expired_delta_link_resyncs_without_duplicates() {
         g.deliver(&mail(i));
     }
     let config = g.env.config(&[g.reader("g").after("keep")]);
-    assert_eq!(g.env.poll_ok(&config, "g").await.created, 10);
+    block_in_place(|| run_once_binary(&config.path));
+    g.env.assert_exactly_once(10).await;
 
     g.graph.expire_delta_tokens(None);
     for i in 10..15 {
         g.deliver(&mail(i));
     }
     g.graph.reset_requests();
-    let report = g.env.poll_ok(&config, "g").await;
-    assert_eq!((report.created, report.duplicates), (5, 0));
+    block_in_place(|| run_once_binary(&config.path));
     g.env.assert_exactly_once(15).await;
     let requests = g.graph.requests();
     assert_eq!(statuses(&requests, 410), 1, "the old link was refused once");
@@ -124,8 +124,9 @@ async fn an_expired_delta_link_resyncs_without_duplicates() {
 
     // The new link works: a further poll is one request.
     g.graph.reset_requests();
-    assert_eq!(g.env.poll_ok(&config, "g").await.created, 0);
+    block_in_place(|| run_once_binary(&config.path));
     assert_eq!(g.graph.requests().len(), 1);
+    g.env.assert_exactly_once(15).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +136,8 @@ async fn move_and_delete_after_steps_show_in_the_mailbox() {
         g.deliver(&mail(i));
     }
     let config = g.env.config(&[g.reader("g").after("move:Archive")]);
-    assert_eq!(g.env.poll_ok(&config, "g").await.created, 3);
+    block_in_place(|| run_once_binary(&config.path));
+    g.env.assert_exactly_once(3).await;
     assert!(inbox(&g).is_empty(), "moved out of the Inbox");
     assert_eq!(g.graph.messages(USER, "Archive").len(), 3);
 
@@ -143,7 +145,7 @@ async fn move_and_delete_after_steps_show_in_the_mailbox() {
         g.deliver(&mail(i));
     }
     let config = g.env.config(&[g.reader("g").after("delete")]);
-    assert_eq!(g.env.poll_ok(&config, "g").await.created, 2);
+    block_in_place(|| run_once_binary(&config.path));
     assert!(inbox(&g).is_empty(), "deleted from the Inbox");
     assert_eq!(g.graph.messages(USER, "Deleted Items").len(), 2);
     assert_eq!(g.graph.messages(USER, "Archive").len(), 3);
