@@ -19,7 +19,7 @@ use crate::config::Service;
 use crate::config::{Grant, Login, OAuthLogin, Protocol, ReaderConfig, SecretError, Via};
 use crate::ops::metrics::{Metrics, ReaderMetrics};
 use crate::outcome::{FailureClass, ReaderState};
-use crate::source::graph::{self, GraphToken, TokenUnavailable};
+use crate::source::graph::{self, GraphError, GraphToken, TokenUnavailable};
 use crate::source::{CheckReport, PollReport, SignInSecret, SourceError, imap, pop3};
 use crate::store::{Store, StoreError};
 
@@ -224,6 +224,10 @@ where
 pub struct StoreToken {
     tokens: TokenStore,
     reader: ReaderConfig,
+    /// The token store's last failure, whole: a poll that loses its token
+    /// halfway ends in the state that failure calls for (needs
+    /// authorization, misconfigured), as if it had failed before starting.
+    failed: std::sync::Mutex<Option<AuthError>>,
 }
 
 impl StoreToken {
@@ -231,7 +235,12 @@ impl StoreToken {
         StoreToken {
             tokens: tokens.clone(),
             reader: reader.clone(),
+            failed: std::sync::Mutex::new(None),
         }
+    }
+
+    fn take_failure(&self) -> Option<AuthError> {
+        self.failed.lock().ok()?.take()
     }
 }
 
@@ -264,10 +273,13 @@ impl GraphToken for StoreToken {
         Box::pin(async move {
             let oauth = self.reader.oauth().ok_or_else(|| no_oauth(&self.reader))?;
             let request = oauth_request(&self.reader, oauth);
-            self.tokens
-                .access_token(&request)
-                .await
-                .map_err(|e| unavailable(&e))
+            self.tokens.access_token(&request).await.map_err(|e| {
+                let words = unavailable(&e);
+                if let Ok(mut failed) = self.failed.lock() {
+                    *failed = Some(e);
+                }
+                words
+            })
         })
     }
 
@@ -281,9 +293,26 @@ impl GraphToken for StoreToken {
     }
 }
 
+/// A token failure of a Graph reader. Missing consent to the Graph
+/// permissions (AADSTS65001, 65004) is the tenant's setup, not a sign-in
+/// that expired: signing in again cannot help until someone grants them,
+/// so it says what to grant and stops the reader as misconfigured.
+fn graph_auth_error(reader: &ReaderConfig, e: AuthError) -> PollError {
+    if !matches!(e.aadsts(), Some(65001 | 65004)) {
+        return e.into();
+    }
+    SourceError::Graph(GraphError::ConsentMissing {
+        detail: e.to_string(),
+        app_only: reader.oauth().is_some_and(|o| o.grant.is_app_only()),
+        send: reader.sends_over_graph(),
+    })
+    .into()
+}
+
 /// Runs `op` with the token store as the Graph client's token source. The
 /// token is asked for once first, so that a reader that cannot have one
-/// fails as IMAP and POP3 readers do (needs authorization, misconfigured).
+/// fails as IMAP and POP3 readers do (needs authorization, misconfigured);
+/// a token lost during `op` ends it the same way.
 async fn with_graph_token<T, F, Fut>(
     ctx: &Context,
     reader: &ReaderConfig,
@@ -300,17 +329,27 @@ where
     let (_, obtained) = ctx
         .tokens
         .access_token_from(&oauth_request(reader, oauth))
-        .await?;
+        .await
+        .map_err(|e| graph_auth_error(reader, e))?;
     if obtained {
         meter.token_obtained();
     }
-    Ok(op(Arc::new(StoreToken::new(&ctx.tokens, reader))).await?)
+    let source = Arc::new(StoreToken::new(&ctx.tokens, reader));
+    match op(source.clone()).await {
+        Err(SourceError::Graph(GraphError::Token(words))) => Err(match source.take_failure() {
+            Some(e) => graph_auth_error(reader, e),
+            None => SourceError::Graph(GraphError::Token(words)).into(),
+        }),
+        other => Ok(other?),
+    }
 }
 
-/// A reader's connection kept open between polls (`idle = true`).
+/// What a reader keeps between polls: its IMAP connection (`idle =
+/// true`), or what a Graph reader resolved once.
 #[derive(Debug, Default)]
 pub struct Link {
     imap: Option<imap::Connection>,
+    graph: graph::Kept,
 }
 
 /// How waiting for new mail ended; see [`wait_for_mail`].
@@ -356,7 +395,7 @@ async fn poll(
         }
         Protocol::Graph => {
             with_graph_token(ctx, reader, meter, |token| async move {
-                graph::poll(reader, token, &ctx.store, cancel, meter).await
+                graph::poll(reader, token, &ctx.store, cancel, meter, &mut link.graph).await
             })
             .await
         }

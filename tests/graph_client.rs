@@ -612,7 +612,7 @@ async fn access_and_mailbox_errors_tell_the_admin_what_to_do() {
     let err = client.resolve_folder("inbox").await.expect_err("denied");
     assert!(matches!(err, GraphError::AccessDenied { .. }), "{err:?}");
     assert!(err.is_misconfigured());
-    assert!(err.to_string().contains("Full Access"), "{err}");
+    assert!(err.to_string().contains("client_credentials"), "{err}");
     assert!(err.to_string().contains("Mail.ReadWrite"), "{err}");
 
     // Delegated without Mail.ReadWrite: reading works, marking read does not.

@@ -98,15 +98,15 @@ async fn an_expired_delta_link_resyncs_without_duplicates() {
         g.deliver(&mail(i));
     }
     let config = g.env.config(&[g.reader("g").after("keep")]);
-    assert_eq!(g.env.poll_ok(&config, "g").await.created, 10);
+    block_in_place(|| run_once_binary(&config.path));
+    g.env.assert_exactly_once(10).await;
 
     g.graph.expire_delta_tokens(None);
     for i in 10..15 {
         g.deliver(&mail(i));
     }
     g.graph.reset_requests();
-    let report = g.env.poll_ok(&config, "g").await;
-    assert_eq!((report.created, report.duplicates), (5, 0));
+    block_in_place(|| run_once_binary(&config.path));
     g.env.assert_exactly_once(15).await;
     let requests = g.graph.requests();
     assert_eq!(statuses(&requests, 410), 1, "the old link was refused once");
@@ -124,8 +124,9 @@ async fn an_expired_delta_link_resyncs_without_duplicates() {
 
     // The new link works: a further poll is one request.
     g.graph.reset_requests();
-    assert_eq!(g.env.poll_ok(&config, "g").await.created, 0);
+    block_in_place(|| run_once_binary(&config.path));
     assert_eq!(g.graph.requests().len(), 1);
+    g.env.assert_exactly_once(15).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +136,8 @@ async fn move_and_delete_after_steps_show_in_the_mailbox() {
         g.deliver(&mail(i));
     }
     let config = g.env.config(&[g.reader("g").after("move:Archive")]);
-    assert_eq!(g.env.poll_ok(&config, "g").await.created, 3);
+    block_in_place(|| run_once_binary(&config.path));
+    g.env.assert_exactly_once(3).await;
     assert!(inbox(&g).is_empty(), "moved out of the Inbox");
     assert_eq!(g.graph.messages(USER, "Archive").len(), 3);
 
@@ -143,7 +145,7 @@ async fn move_and_delete_after_steps_show_in_the_mailbox() {
         g.deliver(&mail(i));
     }
     let config = g.env.config(&[g.reader("g").after("delete")]);
-    assert_eq!(g.env.poll_ok(&config, "g").await.created, 2);
+    block_in_place(|| run_once_binary(&config.path));
     assert!(inbox(&g).is_empty(), "deleted from the Inbox");
     assert_eq!(g.graph.messages(USER, "Deleted Items").len(), 2);
     assert_eq!(g.graph.messages(USER, "Archive").len(), 3);
@@ -154,6 +156,41 @@ async fn move_and_delete_after_steps_show_in_the_mailbox() {
             .await,
         0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_resolves_the_move_target_once() {
+    let g = GraphEnv::start();
+    let mut reader = g.reader("g").after("move:Archive");
+    reader.poll_interval = "1s";
+    let config = g.env.config(&[reader]);
+    let (cancel, daemon) = g.env.spawn_daemon(&config).await;
+    for round in 0..3 {
+        for i in 0..2 {
+            g.deliver(&mail(round * 2 + i));
+        }
+        let want = (round + 1) * 2;
+        assert!(
+            wait_until(Duration::from_secs(30), || async {
+                g.graph.messages(USER, "Archive").len() == want
+            })
+            .await,
+            "round {round}: mail not moved"
+        );
+    }
+    cancel.cancel();
+    daemon.await.expect("daemon task").expect("daemon ran");
+    g.env.assert_exactly_once(6).await;
+    // Three polls moved mail; the Archive was looked up by the first only.
+    let lookups = g
+        .graph
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.route == GraphRoute::GetFolder && r.path_and_query.to_lowercase().contains("archive")
+        })
+        .count();
+    assert_eq!(lookups, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,14 +258,64 @@ async fn one_request_in_ten_throttled_still_gives_every_mail_once() {
     }
     g.graph.inject(Fault::throttle(1).ratio(1, 10));
     let config = g.env.config(&[g.reader("g")]);
-    let report = g.env.poll_ok(&config, "g").await;
-    assert_eq!((report.created, report.duplicates), (MAILS, 0));
+    block_in_place(|| run_once_binary(&config.path));
     g.env.assert_exactly_once(MAILS).await;
     let throttled = statuses(&g.graph.requests(), 429);
     assert!(throttled >= 10, "only {throttled} requests were throttled");
     assert!(inbox(&g).iter().all(|m| m.is_read));
     assert!(g.graph.max_in_flight(USER) <= 4);
     assert_eq!(g.env.last_error("g").await, None, "a success clears it");
+
+    // A rerun, still throttled: nothing more.
+    block_in_place(|| run_once_binary(&config.path));
+    g.env.assert_exactly_once(MAILS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_dropped_connections_and_slow_answers_lose_nothing() {
+    const MAILS: usize = 60;
+    let g = GraphEnv::start();
+    for i in 0..MAILS {
+        g.deliver(&mail(i));
+    }
+    g.graph.inject(
+        Fault::unavailable(Some(1))
+            .on_route(GraphRoute::MessageValue)
+            .ratio(1, 8),
+    );
+    g.graph.inject(
+        Fault::unavailable(None)
+            .on_route(GraphRoute::Delta)
+            .times(1),
+    );
+    g.graph.inject(Fault::drop_connection().ratio(1, 12));
+    // Marked read, but the answer never came: repeating it is harmless.
+    g.graph.inject(
+        Fault::drop_after_processing()
+            .on_route(GraphRoute::UpdateMessage)
+            .ratio(1, 10),
+    );
+    g.graph
+        .inject(Fault::delay(Duration::from_millis(300)).ratio(1, 5));
+    let config = g.env.config(&[g.reader("g")]);
+    block_in_place(|| run_once_binary(&config.path));
+    g.env.assert_exactly_once(MAILS).await;
+    let requests = g.graph.requests();
+    assert!(statuses(&requests, 503) >= MAILS / 8, "{requests:#?}");
+    assert!(
+        requests.iter().filter(|r| r.status == 0).count() >= MAILS / 12,
+        "connections were dropped"
+    );
+    assert!(inbox(&g).iter().all(|m| m.is_read));
+    assert_eq!(
+        g.env
+            .count("SELECT COUNT(*) FROM graph_messages WHERE after_state = 'pending'")
+            .await,
+        0
+    );
+
+    block_in_place(|| run_once_binary(&config.path));
+    g.env.assert_exactly_once(MAILS).await;
 }
 
 #[test]
@@ -431,6 +518,86 @@ async fn a_refused_token_is_replaced_once_and_the_poll_goes_on() {
         "the refused token was dropped and one new token obtained"
     );
     assert_eq!(statuses(&g.graph.requests(), 401), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_consent_to_graph_says_what_to_grant() {
+    let g = GraphEnv::start();
+    g.deliver(&mail(0));
+    g.env.idp.inject_aad(
+        400,
+        "invalid_grant",
+        65001,
+        "The user or administrator has not consented to use the application with ID \
+         '00000000-0000-0000-0000-000000000001' named 'mail2ticket'.",
+        1,
+    );
+    let config = g.env.config(&[g.reader("g")]);
+    let error = g.env.failing_poll(&config, "g").await;
+    assert!(
+        error.starts_with("Microsoft Graph permissions of the app are not consented")
+            && error.contains("AADSTS65001")
+            && error.contains("delegated permissions Mail.ReadWrite and offline_access")
+            && error.contains("Grant admin consent"),
+        "{error}"
+    );
+    // Signing in again cannot help: the tenant's setup must change.
+    assert_eq!(g.env.state("g").await, "misconfigured");
+    assert_eq!(g.env.count("SELECT COUNT(*) FROM tickets").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_lost_mid_poll_stops_the_reader_as_before_the_poll() {
+    let g = GraphEnv::start();
+    g.deliver(&mail(0));
+    let config = g.env.config(&[g.reader("g")]);
+    assert_eq!(g.env.poll_ok(&config, "g").await.created, 1);
+
+    // The token is refused halfway (the delta request is held for a
+    // moment, then answered 401) and Entra, asked for a new one, now
+    // wants MFA: the reader needs a person, exactly as when the token
+    // fails before the poll.
+    g.deliver(&mail(1));
+    g.graph.inject(
+        Fault::delay(Duration::from_secs(3))
+            .on_route(GraphRoute::Delta)
+            .times(1),
+    );
+    g.graph.inject(
+        Fault::error(
+            401,
+            "InvalidAuthenticationToken",
+            "Lifetime validation failed, the token is expired.",
+        )
+        .on_route(GraphRoute::Delta)
+        .times(1),
+    );
+    g.graph.reset_requests();
+    let refuse_sign_in = async {
+        // Once the delta request is in, the poll holds its token.
+        while !g
+            .graph
+            .requests()
+            .iter()
+            .any(|r| r.route == GraphRoute::Delta)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        g.env.idp.inject_aad(
+            400,
+            "invalid_grant",
+            50076,
+            "Due to a configuration change made by your administrator, or because you moved \
+             to a new location, you must use multi-factor authentication to access the resource.",
+            // The refresh token and then the password are both refused.
+            5,
+        );
+    };
+    let (error, ()) = tokio::join!(g.env.failing_poll(&config, "g"), refuse_sign_in);
+    assert_eq!(statuses(&g.graph.requests(), 401), 1);
+    assert!(error.contains("AADSTS50076"), "{error}");
+    assert_eq!(g.env.state("g").await, "needs_authorization");
+    g.env.assert_exactly_once(1).await;
 }
 
 /// The rows a mail leaves, without ids and times: what must not depend on

@@ -663,7 +663,12 @@ async fn watchdog_pings_stop_while_the_database_is_locked_and_resume_after() {
         notify.transcript()
     );
     let (code, output) = block_in_place(|| health_binary(&config));
-    assert_eq!(code, Some(1), "health with the daemon stopped: {output}");
+    assert_eq!(
+        code,
+        Some(1),
+        "health with the daemon stopped: {output}\n{}",
+        daemon.stderr_tail(40)
+    );
 }
 
 /// SIGTERM while a mailbox is ingested in batches of 10: the daemon

@@ -153,11 +153,32 @@ impl Store {
         messages: usize,
         skipped: &[String],
     ) -> Result<(), StoreError> {
-        let pos = pop3_position(reader);
+        self.record_first_contact_leaving(
+            &pop3_position(reader),
+            backfill,
+            messages,
+            skipped,
+            "INSERT OR IGNORE INTO pop3_skipped (reader, uidl, skipped_at) ",
+        )
+        .await
+    }
+
+    /// Records the first contact at `pos` and, in the same transaction,
+    /// the keys in `skipped` as left for good (`insert`: the table and
+    /// columns reader, key, time to add them to), for sources whose
+    /// mail is known by a key rather than a UID range.
+    pub(super) async fn record_first_contact_leaving(
+        &self,
+        pos: &FolderPosition,
+        backfill: &str,
+        messages: usize,
+        skipped: &[String],
+        insert: &'static str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         insert_first_contact(
             &mut tx,
-            &pos,
+            pos,
             backfill,
             FirstContact {
                 messages,
@@ -167,11 +188,11 @@ impl Store {
         )
         .await?;
         for chunk in skipped.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT OR IGNORE INTO pop3_skipped (reader, uidl, skipped_at) ",
-            );
-            q.push_values(chunk, |mut row, uidl| {
-                row.push_bind(reader).push_bind(uidl.as_str()).push(NOW);
+            let mut q = QueryBuilder::<Sqlite>::new(insert);
+            q.push_values(chunk, |mut row, key| {
+                row.push_bind(pos.reader.as_str())
+                    .push_bind(key.as_str())
+                    .push(NOW);
             });
             q.build().execute(&mut *tx).await?;
         }

@@ -10,7 +10,6 @@ use std::collections::HashSet;
 
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::first_contact::{FirstContact, insert_first_contact};
 use super::ledger::{isolating, store_unrecorded};
 use super::tickets::{ROWS_PER_INSERT, in_list};
 use super::{BEGIN_WRITE, FolderPosition, NOW, Store, StoreError};
@@ -157,29 +156,14 @@ impl Store {
             folder: folder.to_string(),
             uidvalidity: 0,
         };
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        insert_first_contact(
-            &mut tx,
+        self.record_first_contact_leaving(
             &pos,
             backfill,
-            FirstContact {
-                messages,
-                taken: messages.saturating_sub(skipped.len()),
-            },
-            0,
+            messages,
+            skipped,
+            "INSERT OR IGNORE INTO graph_skipped (reader, message_id, skipped_at) ",
         )
-        .await?;
-        for chunk in skipped.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT OR IGNORE INTO graph_skipped (reader, message_id, skipped_at) ",
-            );
-            q.push_values(chunk, |mut row, id| {
-                row.push_bind(reader).push_bind(id.as_str()).push(NOW);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 
     pub(super) async fn commit_graph(

@@ -280,10 +280,12 @@ impl Store {
     }
 
     /// The scheduler's proof of life; a write, so it also proves the
-    /// database takes writes.
+    /// database takes writes. A beat that timed out is dropped by the
+    /// scheduler but may still run in SQLite's worker later, even after
+    /// the stop was recorded: it must not make a stopped daemon look alive.
     pub async fn heartbeat(&self) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "UPDATE daemon SET heartbeat_at = {NOW_MS} WHERE id = 1"
+            "UPDATE daemon SET heartbeat_at = {NOW_MS} WHERE id = 1 AND stopped_at IS NULL"
         ))
         .execute(&self.pool)
         .await?;
@@ -638,6 +640,18 @@ mod tests {
             .expect("status")
             .expect("row");
         assert!(status.heartbeat_at.is_none() && status.stopped_at.is_some());
+        // A beat abandoned before the stop and run after it.
+        store.heartbeat().await.expect("late beat");
+        let status = store
+            .status_view()
+            .daemon_status()
+            .await
+            .expect("status")
+            .expect("row");
+        assert!(
+            status.heartbeat_at.is_none(),
+            "a late beat revived a stopped daemon"
+        );
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use crate::transport::ConnectError;
 pub const GRANT_APP_ACCESS: &str = "grant the app access to this mailbox in Exchange Online \
      PowerShell: New-ServicePrincipal -AppId <app id> -ObjectId <enterprise app object id>, then \
      New-ManagementRoleAssignment -App <app id> -Role \"Application Mail.ReadWrite\" \
-     -CustomResourceScope <scope containing the mailbox> (RBAC for Applications); where an \
+     -CustomResourceScope <a New-ManagementScope that contains the mailbox> (RBAC for Applications); where an \
      ApplicationAccessPolicy restricts the app instead, add the mailbox to the group named by \
      its -PolicyScopeGroupId (New-ApplicationAccessPolicy -AppId <app id> -PolicyScopeGroupId \
      <group> -AccessRight RestrictAccess)";
@@ -50,6 +50,19 @@ pub enum GraphError {
     /// The token source failed; its words.
     #[error("no access token for Microsoft Graph: {0}")]
     Token(#[from] TokenUnavailable),
+    /// Entra refused the token because the app's Microsoft Graph
+    /// permissions were never consented (AADSTS65001, 65004): signing in
+    /// again cannot help until someone grants them.
+    #[error(
+        "Microsoft Graph permissions of the app are not consented ({detail}); {}",
+        consent_hint(*.app_only, *.send)
+    )]
+    ConsentMissing {
+        detail: String,
+        app_only: bool,
+        /// Acknowledgements go over Graph too (`Mail.Send`).
+        send: bool,
+    },
     /// 401 even with a freshly obtained token.
     #[error(
         "authentication failed: Microsoft Graph refused the access token for {mailbox} \
@@ -172,9 +185,23 @@ fn access_hint(app_only: bool) -> &'static str {
         "grant the app the application permission Mail.ReadWrite (Mail.Send to send) on \
          Microsoft Graph with admin consent"
     } else {
-        "the signed-in user needs access to this mailbox (Full Access for a shared mailbox) \
-         and the app needs the delegated permission Mail.ReadWrite (Mail.Send to send) consented"
+        "a delegated token opens only the signed-in user's own mailbox (sign in as that user, or \
+         read a shared mailbox with grant = \"client_credentials\"), and the app needs the \
+         delegated permission Mail.ReadWrite (Mail.Send to send) consented"
     }
+}
+
+fn consent_hint(app_only: bool, send: bool) -> String {
+    let (kind, permissions) = match (app_only, send) {
+        (true, false) => ("application", "Mail.ReadWrite"),
+        (true, true) => ("application", "Mail.ReadWrite and Mail.Send"),
+        (false, false) => ("delegated", "Mail.ReadWrite and offline_access"),
+        (false, true) => ("delegated", "Mail.ReadWrite, Mail.Send and offline_access"),
+    };
+    format!(
+        "in the Entra admin center open App registrations > the app > API permissions, add the \
+         Microsoft Graph {kind} permissions {permissions}, and choose \"Grant admin consent\""
+    )
 }
 
 fn parent_of(parent: &Option<String>) -> String {
@@ -191,6 +218,7 @@ impl GraphError {
             GraphError::Token(t) => t.class,
             GraphError::TokenRefused { .. } => FailureClass::Auth,
             GraphError::BadUrl { .. }
+            | GraphError::ConsentMissing { .. }
             | GraphError::AppAccessBlocked { .. }
             | GraphError::AccessDenied { .. }
             | GraphError::MailboxUnusable { .. }

@@ -27,5 +27,5 @@ pub use self::client::{
 pub use self::delta::{DeltaItem, DeltaPage, DeltaPager, DeltaRound};
 pub use self::errors::{GRANT_APP_ACCESS, GraphError, TokenUnavailable};
 pub use self::http::{RetryPolicy, Wait, WaitHook, WaitReason};
-pub use self::poll::{client_for, poll};
+pub use self::poll::{Kept, client_for, poll};
 pub use self::token::{GraphToken, StaticToken};

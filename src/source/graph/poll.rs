@@ -54,6 +54,15 @@ pub fn client_for(
     GraphClient::new(options, token)
 }
 
+/// What a Graph reader keeps from one poll to the next.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// `after = "move:…"`'s folder resolved to its id, once: not a lookup
+    /// per poll. Dropped when a move finds the folder gone, so that one
+    /// created again under the same name is found.
+    move_target: Option<(String, FolderId)>,
+}
+
 /// Ingests the mail of `reader`'s folder not yet in the ledger; see the
 /// module doc. `token` is where the bearer token comes from.
 pub async fn poll(
@@ -62,6 +71,7 @@ pub async fn poll(
     store: &Store,
     cancel: &CancellationToken,
     meter: &ReaderMetrics,
+    kept: &mut Kept,
 ) -> Result<PollReport, SourceError> {
     // The client's wait hook is synchronous; the waits go through a
     // channel to this task, which writes them while the poll runs, and
@@ -79,7 +89,7 @@ pub async fn poll(
         store,
         cancel,
         meter,
-        move_target: None,
+        kept,
         after_failed: None,
     }
     .run();
@@ -104,9 +114,7 @@ struct Poll<'a> {
     store: &'a Store,
     cancel: &'a CancellationToken,
     meter: &'a ReaderMetrics,
-    /// `after = "move:…"`'s folder, resolved once per poll when first
-    /// needed.
-    move_target: Option<FolderId>,
+    kept: &'a mut Kept,
     /// The first after-step that failed in this poll. Ingest goes on (the
     /// mail stays pending and is retried next poll, as with IMAP), so an
     /// after-step that keeps failing never holds new mail back; the poll
@@ -338,13 +346,10 @@ impl Poll<'_> {
 
     /// Runs the after-step for `ids` (committed mail), a few at a time
     /// within the mailbox's bound, and records those Graph confirmed (or
-    /// that are gone already). The first failure is returned after the
-    /// confirmed ones are recorded.
-    /// Runs the after-step for `ids` and records those Graph confirmed.
-    /// Only the store's failures end the poll here; Graph's are kept in
-    /// `after_failed`, and once one failed the rest of the poll's
-    /// after-steps wait for the next poll rather than press a server that
-    /// is refusing or throttling.
+    /// that are gone already). Only the store's failures end the poll
+    /// here; Graph's are kept in `after_failed`, and once one failed the
+    /// rest of the poll's after-steps wait for the next poll rather than
+    /// press a server that is refusing or throttling.
     async fn after_steps(&mut self, ids: &[String]) -> Result<(), SourceError> {
         if ids.is_empty() || self.after_failed.is_some() {
             return Ok(());
@@ -388,6 +393,9 @@ impl Poll<'_> {
             match step {
                 Ok(AfterStep::Done | AfterStep::AlreadyGone) => done.push(id),
                 Err(e) => {
+                    if matches!(e, GraphError::NoMoveTarget { .. }) {
+                        self.kept.move_target = None;
+                    }
                     if self.after_failed.is_none() {
                         tracing::warn!(
                             after = %self.reader.after.as_str(),
@@ -404,7 +412,8 @@ impl Poll<'_> {
     }
 
     async fn move_target(&mut self, path: &str) -> Result<FolderId, GraphError> {
-        if let Some(folder) = &self.move_target {
+        // A reload may have changed the target's name.
+        if let Some((_, folder)) = self.kept.move_target.as_ref().filter(|(p, _)| p == path) {
             return Ok(folder.clone());
         }
         let folder = match self.client.resolve_folder(path).await {
@@ -417,7 +426,7 @@ impl Poll<'_> {
             }
             Err(e) => return Err(e),
         };
-        self.move_target = Some(folder.clone());
+        self.kept.move_target = Some((path.to_owned(), folder.clone()));
         Ok(folder)
     }
 }

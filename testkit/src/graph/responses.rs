@@ -8,7 +8,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
-use super::state::{Folder, Mailbox, Message, guid};
+use super::state::{Folder, Mailbox, Message};
+use crate::idp::helpers::guid;
 use crate::time::{graph_timestamp, unix_now};
 
 /// Graph's JSON content type (OData minimal metadata).

@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
-use rand::distr::Alphanumeric;
 use serde_json::Value;
 
 use super::delta::Snapshot;
@@ -424,27 +422,7 @@ impl GraphState {
     }
 }
 
-pub(crate) fn random_string(len: usize) -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
-}
-
-/// A random GUID (request ids).
-pub(crate) fn guid() -> String {
-    let v: u128 = rand::random();
-    let h = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
+pub(crate) use crate::idp::helpers::random_string;
 
 /// An id shaped like Exchange's (base64 of an entry id; ours is random).
 /// The `-` and `=` in it make a client that pastes ids into URLs without

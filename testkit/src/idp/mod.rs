@@ -191,7 +191,7 @@ mod client_auth;
 mod control;
 mod device;
 mod discovery;
-mod helpers;
+pub(crate) mod helpers;
 mod lookup;
 mod state;
 mod token;
