@@ -119,3 +119,54 @@ async fn run_once_without_a_terminal_logs_plain_lines_and_scripts_get_json() {
         .unwrap_or_else(|e| panic!("quarantine list --json is no JSON ({e}): {stdout}"));
     assert_eq!(list, serde_json::json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graph_first_sync_announces_its_total_and_shows_progress() {
+    let g = common::setup::GraphEnv::start();
+    for i in 0..MAILS {
+        g.deliver(&mail(i));
+    }
+    // Small batches: a total known only from the mails taken so far would
+    // first show as the 50 of five batches, not the whole folder.
+    let reader = common::setup::ReaderSpec {
+        batch_size: Some(10),
+        ..g.reader("g")
+    };
+    // Slow fetches, so that the progress ticks see the batches go by.
+    g.graph.inject(
+        common::Fault::delay(Duration::from_millis(100))
+            .on_route(common::GraphRoute::MessageValue)
+            .always(),
+    );
+    let config = g.env.config(&[reader]);
+    g.env.init_db(&config).await;
+    let path = config.path.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = run_binary(&["-c", path, "run", "--once"], LIMIT);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let announced = stderr
+        .lines()
+        .find(|l| l.contains("first sync: mails to fetch"))
+        .unwrap_or_else(|| panic!("no first-sync line:\n{stderr}"));
+    assert!(
+        announced.contains(&format!("mails={MAILS}")),
+        "the first contact's total was not announced up front: {announced}"
+    );
+    assert_eq!(
+        g.env.count("SELECT COUNT(*) FROM tickets").await,
+        MAILS as i64
+    );
+
+    // On a terminal: the bar.
+    let fresh = common::setup::GraphEnv::start();
+    for i in 0..MAILS {
+        fresh.deliver(&mail(i));
+    }
+    let config = fresh.env.config(&[fresh.reader("g")]);
+    fresh.env.init_db(&config).await;
+    let (ok, screen) = on_a_terminal(&config.path, "run --once");
+    assert!(ok, "run --once failed: {screen}");
+    assert!(
+        screen.contains(&format!("{MAILS}/{MAILS} mails")),
+        "no finished progress bar for the Graph reader:\n{screen}"
+    );
+}

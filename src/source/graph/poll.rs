@@ -202,6 +202,8 @@ impl Poll<'_> {
                 )
                 .await?;
             let taken = round.items.len().saturating_sub(skipped.len());
+            // What a terminal's progress bar counts down.
+            self.meter.backlog(taken);
             tracing::info!(
                 messages = round.items.len(),
                 taken,
