@@ -87,6 +87,7 @@ fn context(config: &Config, store: Store) -> Result<Arc<Context>, StartError> {
         metrics: Metrics::new(),
         acks: tokio::sync::Notify::new(),
         fds: crate::ops::fds::Pressure::default(),
+        polls: tokio::sync::Semaphore::new(config.daemon.max_concurrent_polls),
     }))
 }
 
@@ -405,6 +406,10 @@ impl Supervisor {
                 "[daemon] log_format",
                 new.daemon.log_format != self.config.daemon.log_format,
             ),
+            (
+                "[daemon] max_concurrent_polls",
+                new.daemon.max_concurrent_polls != self.config.daemon.max_concurrent_polls,
+            ),
         ] {
             if changed {
                 tracing::warn!(
@@ -454,6 +459,7 @@ impl Supervisor {
             daemon: crate::config::DaemonConfig {
                 listen: self.config.daemon.listen,
                 log_format: self.config.daemon.log_format,
+                max_concurrent_polls: self.config.daemon.max_concurrent_polls,
                 ..new.daemon.clone()
             },
             ..new

@@ -33,6 +33,10 @@ pub struct Context {
     pub acks: tokio::sync::Notify,
     /// Running out of file descriptors, which fails `/healthz`.
     pub fds: crate::ops::fds::Pressure,
+    /// A permit per poll or check in progress (`[daemon]
+    /// max_concurrent_polls`): a thousand readers started together queue
+    /// here instead of at the mail server's login.
+    pub polls: tokio::sync::Semaphore,
 }
 
 /// Why a poll failed; the text is the reader's `last_error`.
@@ -453,6 +457,11 @@ pub async fn poll_and_record(
     link: &mut Link,
     cancel: &CancellationToken,
 ) -> Result<PollReport, PollError> {
+    // Never closed: a failed acquire would only mean no bound.
+    let _turn = tokio::select! {
+        turn = ctx.polls.acquire() => turn.ok(),
+        () = cancel.cancelled() => return Ok(PollReport { interrupted: true, ..PollReport::default() }),
+    };
     log_store_error(ctx.store.record_poll_start(&reader.name).await);
     let meter = ctx.metrics.reader(&reader.name);
     meter.poll_started();
@@ -466,6 +475,7 @@ pub async fn check_and_record(
     ctx: &Context,
     reader: &ReaderConfig,
 ) -> Result<CheckReport, PollError> {
+    let _turn = ctx.polls.acquire().await.ok();
     log_store_error(ctx.store.record_poll_start(&reader.name).await);
     let meter = ctx.metrics.reader(&reader.name);
     let result = check(ctx, reader, &meter).await;

@@ -1,6 +1,7 @@
 //! The scheduler: one task per reader, each on its own poll interval.
 //!
-//! Owns timing: the poll interval after a success, exponential backoff with
+//! Owns timing: the poll interval after a success (give or take a tenth,
+//! so readers started together drift apart), exponential backoff with
 //! jitter after transient failures that got nothing done (capped at 15
 //! minutes, never shorter than a Retry-After), parking readers whose failure
 //! only a person can fix (they make no requests until `authorize` or `check`
@@ -281,12 +282,12 @@ async fn run_reader(ctx: Arc<Context>, reader: ReaderConfig, cancel: Cancellatio
                     );
                 }
                 if !reader.idle {
-                    reader.poll_interval
+                    jittered(reader.poll_interval)
                 } else {
                     match reader::wait_for_mail(&reader, &mut link, &cancel).await {
                         Idled::Changed => continue,
                         Idled::Cancelled => break,
-                        Idled::Unsupported => reader.poll_interval,
+                        Idled::Unsupported => jittered(reader.poll_interval),
                         Idled::Lost(e) => {
                             // Polling at once reconnects; the backoff keeps
                             // a server that drops every IDLE from being
@@ -418,6 +419,13 @@ fn failures_after(failures: u32, progressed: bool) -> u32 {
     }
 }
 
+/// The poll interval give or take a tenth, drawn anew each time: readers
+/// started together (a daemon start, a reload) would otherwise poll
+/// together every interval for ever, a login rush a minute.
+pub fn jittered(poll_interval: Duration) -> Duration {
+    poll_interval.mul_f64(0.9 + rand::random::<f64>() * 0.2)
+}
+
 /// Delay before the next try after `failures` failures in a row: doubling
 /// from the poll interval (at most 10 s to start), capped, and jittered
 /// into its upper half so readers that failed together do not retry in
@@ -452,6 +460,21 @@ mod tests {
             assert!(late <= MAX_BACKOFF && late >= MAX_BACKOFF / 2, "{late:?}");
         }
         assert!(backoff(1, Duration::from_secs(1)) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn intervals_are_spread_by_a_tenth_either_way() {
+        let interval = Duration::from_secs(60);
+        let draws: Vec<Duration> = (0..200).map(|_| jittered(interval)).collect();
+        assert!(
+            draws
+                .iter()
+                .all(|d| *d >= Duration::from_secs(54) && *d <= Duration::from_secs(66)),
+            "{draws:?}"
+        );
+        // Spread, not constant: readers started together drift apart.
+        assert!(draws.iter().any(|d| *d < Duration::from_secs(58)));
+        assert!(draws.iter().any(|d| *d > Duration::from_secs(62)));
     }
 
     #[test]

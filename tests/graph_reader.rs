@@ -664,3 +664,38 @@ async fn a_mail_read_over_graph_and_over_imap_gives_the_same_rows() {
     }
     assert_eq!(rows_imap.len(), rows_graph.len());
 }
+
+/// `[daemon] max_concurrent_polls = 1`: three readers of three mailboxes
+/// take turns; the stand-in sees one mailbox's requests, then the next's,
+/// never two interleaved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrent_polls_makes_readers_take_turns() {
+    let g = GraphEnv::start();
+    g.env.set_daemon_extra("max_concurrent_polls = 1");
+    let mut readers = Vec::new();
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        let mailbox = format!("desk-{name}@test.example");
+        g.graph.add_mailbox(&mailbox);
+        g.env.idp.grant_app_access(&mailbox);
+        g.graph.deliver(&mailbox, "Inbox", &mail(i));
+        readers.push(common::setup::ReaderSpec {
+            username: mailbox,
+            ..g.app_only_reader(name)
+        });
+    }
+    // Slow answers: polls that ran together would overlap for sure.
+    g.graph
+        .inject(Fault::delay(Duration::from_millis(200)).always());
+    let config = g.env.config(&readers);
+    block_in_place(|| run_once_binary(&config.path));
+    g.env.assert_exactly_once(3).await;
+    let order: Vec<String> = g
+        .graph
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.mailbox)
+        .collect();
+    let mut turns = order.clone();
+    turns.dedup();
+    assert_eq!(turns.len(), 3, "polls overlapped: {order:?}");
+}

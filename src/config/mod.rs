@@ -132,7 +132,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| locate.toml_error(&e))?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
 
-        let daemon = daemon::parse(raw.daemon);
+        let daemon = daemon::parse(&locate, raw.daemon)?;
         let (store, database_in_working_directory) = store::parse(raw.store, base_dir);
         let oauth = oauth::parse(&locate, raw.oauth, base_dir)?;
         let ours = reader::addresses(&raw.reader);
