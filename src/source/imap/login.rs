@@ -19,7 +19,7 @@ use crate::config::{ReaderConfig, Tls};
 use crate::scrub::Scrubber;
 use crate::source::refusal::{Meaning, Refusal};
 use crate::source::{SignInSecret, SourceError};
-use crate::transport::{self, Endpoint, Stream};
+use crate::transport::{self, Endpoint, Stream, Trust};
 
 /// One SASL message, built by [`sasl`] (XOAUTH2 or PLAIN), sent as the
 /// first response. A second challenge (XOAUTH2's JSON error) is answered
@@ -84,9 +84,10 @@ impl Session {
     pub(super) async fn open(
         reader: &ReaderConfig,
         credential: &SignInSecret,
+        trust: &Trust,
     ) -> Result<Session, SourceError> {
         let t = reader.timeout;
-        let endpoint = Endpoint::of(reader);
+        let endpoint = Endpoint::of(reader, trust);
         let stream = transport::connect(&endpoint).await?;
         let progress = stream.progress();
         let mut client = async_imap::Client::new(stream);
