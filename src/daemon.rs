@@ -88,7 +88,6 @@ fn context(config: &Config, store: Store) -> Result<Arc<Context>, StartError> {
         acks: tokio::sync::Notify::new(),
         fds: crate::ops::fds::Pressure::default(),
         polls: tokio::sync::Semaphore::new(config.daemon.max_concurrent_polls),
-        trust: crate::transport::Trust::default(),
     }))
 }
 

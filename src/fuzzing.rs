@@ -540,8 +540,7 @@ impl ImapRig {
             let mut sink = [0u8; 4096];
             while let Ok(1..) = socket.read(&mut sink).await {}
         };
-        let trust = crate::transport::Trust::default();
-        let client = imap::check(&self.reader, credential, &trust, &self.store);
+        let client = imap::check(&self.reader, credential, &self.store);
         let ((), result) = tokio::join!(serve, client);
         result
     }

@@ -37,8 +37,6 @@ pub struct Context {
     /// max_concurrent_polls`): a thousand readers started together queue
     /// here instead of at the mail server's login.
     pub polls: tokio::sync::Semaphore,
-    /// The TLS configurations every connection shares.
-    pub trust: crate::transport::Trust,
 }
 
 /// Why a poll failed; the text is the reader's `last_error`.
@@ -384,7 +382,6 @@ async fn poll(
                 imap::poll(
                     reader,
                     &credential,
-                    &ctx.trust,
                     &ctx.store,
                     cancel,
                     &mut link.imap,
@@ -396,7 +393,7 @@ async fn poll(
         }
         Protocol::Pop3 => {
             with_credential(ctx, reader, meter, |credential| async move {
-                pop3::poll(reader, &credential, &ctx.trust, &ctx.store, cancel, meter).await
+                pop3::poll(reader, &credential, &ctx.store, cancel, meter).await
             })
             .await
         }
@@ -417,13 +414,13 @@ async fn check(
     match reader.protocol {
         Protocol::Imap => {
             with_credential(ctx, reader, meter, |credential| async move {
-                imap::check(reader, &credential, &ctx.trust, &ctx.store).await
+                imap::check(reader, &credential, &ctx.store).await
             })
             .await
         }
         Protocol::Pop3 => {
             with_credential(ctx, reader, meter, |credential| async move {
-                pop3::check(reader, &credential, &ctx.trust, &ctx.store).await
+                pop3::check(reader, &credential, &ctx.store).await
             })
             .await
         }

@@ -185,71 +185,18 @@ pub struct Endpoint<'a> {
     pub tls: Tls,
     pub ca_file: Option<&'a Path>,
     pub timeout: Duration,
-    /// Where the TLS configuration for `ca_file` comes from.
-    pub trust: &'a Trust,
 }
 
 impl<'a> Endpoint<'a> {
     /// Where a reader's mail server is.
-    pub fn of(reader: &'a ReaderConfig, trust: &'a Trust) -> Endpoint<'a> {
+    pub fn of(reader: &'a ReaderConfig) -> Endpoint<'a> {
         Endpoint {
             host: &reader.host,
             port: reader.port,
             tls: reader.tls,
             ca_file: reader.ca_file.as_deref(),
             timeout: reader.timeout,
-            trust,
         }
-    }
-}
-
-/// The process's TLS client configurations, one per `ca_file`, built once
-/// and shared by every connection that trusts the same roots: a poll does
-/// not parse the web PKI roots and the CA file again, and connections
-/// to a server resume earlier TLS sessions (rustls keeps the session
-/// tickets in the configuration). A `ca_file` replaced on disk (another
-/// size or modification time) is read again at the next connect.
-#[derive(Debug, Default)]
-pub struct Trust {
-    built: std::sync::Mutex<std::collections::HashMap<Option<PathBuf>, Built>>,
-}
-
-#[derive(Debug)]
-struct Built {
-    stamp: Option<(std::time::SystemTime, u64)>,
-    config: Arc<ClientConfig>,
-}
-
-impl Trust {
-    /// The configuration trusting the web PKI plus `ca_file`.
-    pub fn config(&self, ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, ConnectError> {
-        let stamp = match ca_file {
-            Some(path) => {
-                match std::fs::metadata(path).and_then(|m| Ok((m.modified()?, m.len()))) {
-                    Ok(stamp) => Some(stamp),
-                    // Reading it names the problem.
-                    Err(_) => return tls_config(ca_file),
-                }
-            }
-            None => None,
-        };
-        let key = ca_file.map(Path::to_path_buf);
-        if let Ok(built) = self.built.lock()
-            && let Some(b) = built.get(&key).filter(|b| b.stamp == stamp)
-        {
-            return Ok(b.config.clone());
-        }
-        let config = tls_config(ca_file)?;
-        if let Ok(mut built) = self.built.lock() {
-            built.insert(
-                key,
-                Built {
-                    stamp,
-                    config: config.clone(),
-                },
-            );
-        }
-        Ok(config)
     }
 }
 
@@ -257,10 +204,7 @@ impl Trust {
 /// (which `starttls` must [`upgrade`] before saying anything that matters).
 pub async fn connect(to: &Endpoint<'_>) -> Result<Stream, ConnectError> {
     match to.tls {
-        Tls::Implicit => {
-            let config = to.trust.config(to.ca_file)?;
-            connect_tls(to.host, to.port, config, to.timeout).await
-        }
+        Tls::Implicit => connect_tls(to.host, to.port, to.ca_file, to.timeout).await,
         Tls::StartTls | Tls::None => Ok(Stream::new(
             Inner::Plain(connect_tcp(to.host, to.port, to.timeout).await?),
             Progress::default(),
@@ -275,8 +219,7 @@ pub async fn upgrade(stream: Stream, to: &Endpoint<'_>) -> Result<Stream, Connec
     match inner {
         Inner::Tls(_) => Err(ConnectError::Tls("STARTTLS on a TLS connection".into())),
         Inner::Plain(tcp) => {
-            let config = to.trust.config(to.ca_file)?;
-            let tls = handshake(tcp, to.host, to.port, config, to.timeout).await?;
+            let tls = handshake(tcp, to.host, to.port, to.ca_file, to.timeout).await?;
             Ok(Stream::new(tls.inner, progress))
         }
     }
@@ -346,20 +289,21 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, ConnectEr
 pub async fn connect_tls(
     host: &str,
     port: u16,
-    config: Arc<ClientConfig>,
+    ca_file: Option<&Path>,
     timeout: Duration,
 ) -> Result<Stream, ConnectError> {
     let tcp = connect_tcp(host, port, timeout).await?;
-    handshake(tcp, host, port, config, timeout).await
+    handshake(tcp, host, port, ca_file, timeout).await
 }
 
 async fn handshake(
     tcp: TcpStream,
     host: &str,
     port: u16,
-    config: Arc<ClientConfig>,
+    ca_file: Option<&Path>,
     timeout: Duration,
 ) -> Result<Stream, ConnectError> {
+    let config = tls_config(ca_file)?;
     let name = ServerName::try_from(host.to_string())
         .map_err(|_| ConnectError::Tls(format!("{host:?} is not a valid server name")))?;
     let handshake = TlsConnector::from(config).connect(name, tcp);
@@ -469,8 +413,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         drop(listener);
-        let config = tls_config(None).expect("web PKI roots");
-        let err = connect_tls("127.0.0.1", port, config, Duration::from_secs(5))
+        let err = connect_tls("127.0.0.1", port, None, Duration::from_secs(5))
             .await
             .expect_err("nothing listens");
         assert_eq!(
@@ -523,7 +466,6 @@ mod tests {
             tls: Tls::None,
             ca_file: None,
             timeout: Duration::from_secs(5),
-            trust: &Trust::default(),
         };
         let mut stream = connect(&to).await.expect("connect");
         let progress = stream.progress();
@@ -534,35 +476,6 @@ mod tests {
         stream.flush().await.expect("flush");
         assert_eq!(server.await.expect("server"), *b"abc");
         assert_eq!(progress.bytes(), 8);
-    }
-
-    #[test]
-    fn one_configuration_per_ca_file_until_the_file_changes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = dir.path().join("ca.pem");
-        let pki = mail2ticket_testkit::certs::TestPki::generate(&["ca.test"]);
-        std::fs::write(&ca, &pki.ca_pem).expect("write");
-        let trust = Trust::default();
-        let first = trust.config(Some(&ca)).expect("config");
-        let again = trust.config(Some(&ca)).expect("config");
-        assert!(Arc::ptr_eq(&first, &again), "built twice");
-        let web = trust.config(None).expect("web PKI");
-        assert!(!Arc::ptr_eq(&first, &web));
-        assert!(Arc::ptr_eq(&web, &trust.config(None).expect("web PKI")));
-
-        // Replaced by another CA: read again.
-        let other = mail2ticket_testkit::certs::TestPki::generate(&["other-ca.test"]);
-        std::fs::write(&ca, format!("{}{}", pki.ca_pem, other.ca_pem)).expect("write");
-        let changed = trust.config(Some(&ca)).expect("config");
-        assert!(
-            !Arc::ptr_eq(&first, &changed),
-            "a changed ca_file was not read again"
-        );
-
-        // Gone: named, as at first use.
-        std::fs::remove_file(&ca).expect("remove");
-        let err = trust.config(Some(&ca)).expect_err("missing");
-        assert!(err.to_string().starts_with("ca_file "), "{err}");
     }
 
     #[test]

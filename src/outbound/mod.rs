@@ -217,12 +217,8 @@ async fn attempt_with(
                 ctx.metrics.reader(&reader.name).token_obtained();
             }
             let credential = SignInSecret::Token(token);
-            let result = smtp::submit(
-                &submission(ctx, reader, reply, &credential),
-                &envelope,
-                &bytes,
-            )
-            .await;
+            let result =
+                smtp::submit(&submission(reader, reply, &credential), &envelope, &bytes).await;
             if let Err(e) = &result
                 && e.is_auth_rejected()
             {
@@ -234,18 +230,12 @@ async fn attempt_with(
         }
         Login::Plain { password } => {
             let credential = SignInSecret::Password(password.resolve()?);
-            Ok(smtp::submit(
-                &submission(ctx, reader, reply, &credential),
-                &envelope,
-                &bytes,
-            )
-            .await?)
+            Ok(smtp::submit(&submission(reader, reply, &credential), &envelope, &bytes).await?)
         }
     }
 }
 
 fn submission<'a>(
-    ctx: &'a Context,
     reader: &'a ReaderConfig,
     reply: &'a crate::config::ReplyConfig,
     credential: &'a SignInSecret,
@@ -255,7 +245,6 @@ fn submission<'a>(
         user: &reader.username,
         credential,
         timeout: reader.timeout,
-        trust: &ctx.trust,
     }
 }
 

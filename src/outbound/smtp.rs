@@ -39,7 +39,7 @@ use crate::auth::sasl;
 use crate::config::{ReplyConfig, Tls};
 use crate::scrub::printable;
 use crate::source::SignInSecret;
-use crate::transport::{self, ConnectError, Endpoint, Stream, Trust};
+use crate::transport::{self, ConnectError, Endpoint, Stream};
 
 /// Bounds on what the plain-text part reads from a server.
 const MAX_LINE: u64 = 4096;
@@ -174,7 +174,6 @@ pub struct Submission<'a> {
     pub credential: &'a SignInSecret,
     /// Bound on every single step (connect, handshake, one command).
     pub timeout: Duration,
-    pub trust: &'a Trust,
 }
 
 /// Submits one message; Ok once the server took it (`250` after DATA).
@@ -190,7 +189,6 @@ pub async fn submit(
         tls: reply.tls,
         ca_file: reply.ca_file.as_deref(),
         timeout: to.timeout,
-        trust: to.trust,
     };
     let server = format!("{}:{}", reply.host, reply.port);
     let hello = hello_name(&reply.from);

@@ -8,26 +8,23 @@ use super::session::Session;
 use crate::config::{After, ReaderConfig};
 use crate::source::{CheckReport, FirstContactPreview, SignInSecret, SourceError};
 use crate::store::Store;
-use crate::transport::Trust;
 
 /// Connects, authenticates and selects the folder; counts what is waiting,
 /// and makes sure the after-step can work (a `move:` target exists).
 pub async fn check(
     reader: &ReaderConfig,
     credential: &SignInSecret,
-    trust: &Trust,
     store: &Store,
 ) -> Result<CheckReport, SourceError> {
-    contained(check_inner(reader, credential, trust, store)).await
+    contained(check_inner(reader, credential, store)).await
 }
 
 async fn check_inner(
     reader: &ReaderConfig,
     credential: &SignInSecret,
-    trust: &Trust,
     store: &Store,
 ) -> Result<CheckReport, SourceError> {
-    let mut session = Session::open(reader, credential, trust).await?;
+    let mut session = Session::open(reader, credential).await?;
     let selected = session.select(&reader.folder).await?;
     if let After::Move(folder) = &reader.after
         && !session.folder_exists(folder).await?

@@ -19,7 +19,7 @@ use crate::config::{ReaderConfig, Tls};
 use crate::scrub::Scrubber;
 use crate::source::refusal::{Meaning, Refusal};
 use crate::source::{SignInSecret, SourceError};
-use crate::transport::{self, Endpoint, Stream, Trust};
+use crate::transport::{self, Endpoint, Stream};
 
 /// One SASL message, built by [`sasl`] (XOAUTH2 or PLAIN), sent as the
 /// first response. A second challenge (XOAUTH2's JSON error) is answered
@@ -84,10 +84,9 @@ impl Session {
     pub(super) async fn open(
         reader: &ReaderConfig,
         credential: &SignInSecret,
-        trust: &Trust,
     ) -> Result<Session, SourceError> {
         let t = reader.timeout;
-        let endpoint = Endpoint::of(reader, trust);
+        let endpoint = Endpoint::of(reader);
         let stream = transport::connect(&endpoint).await?;
         let progress = stream.progress();
         let mut client = async_imap::Client::new(stream);

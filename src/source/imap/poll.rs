@@ -13,14 +13,12 @@ use crate::config::ReaderConfig;
 use crate::ops::metrics::ReaderMetrics;
 use crate::source::{Batching, PollReport, SignInSecret, SourceError, batch};
 use crate::store::{FolderPosition, Owed, Store};
-use crate::transport::Trust;
 
 /// A session for this poll: the kept one if it still answers, else a new
 /// one with the folder selected.
 async fn session_for_poll(
     reader: &ReaderConfig,
     credential: &SignInSecret,
-    trust: &Trust,
     kept: &mut Option<Connection>,
 ) -> Result<(Session, Selected), SourceError> {
     if let Some(mut conn) = kept.take() {
@@ -40,7 +38,7 @@ async fn session_for_poll(
             }
         }
     }
-    let mut session = Session::open(reader, credential, trust).await?;
+    let mut session = Session::open(reader, credential).await?;
     let selected = session.select(&reader.folder).await?;
     Ok((session, selected))
 }
@@ -52,28 +50,23 @@ async fn session_for_poll(
 pub async fn poll(
     reader: &ReaderConfig,
     credential: &SignInSecret,
-    trust: &Trust,
     store: &Store,
     cancel: &CancellationToken,
     kept: &mut Option<Connection>,
     meter: &ReaderMetrics,
 ) -> Result<PollReport, SourceError> {
-    contained(poll_inner(
-        reader, credential, trust, store, cancel, kept, meter,
-    ))
-    .await
+    contained(poll_inner(reader, credential, store, cancel, kept, meter)).await
 }
 
 async fn poll_inner(
     reader: &ReaderConfig,
     credential: &SignInSecret,
-    trust: &Trust,
     store: &Store,
     cancel: &CancellationToken,
     kept: &mut Option<Connection>,
     meter: &ReaderMetrics,
 ) -> Result<PollReport, SourceError> {
-    let (mut session, selected) = session_for_poll(reader, credential, trust, kept).await?;
+    let (mut session, selected) = session_for_poll(reader, credential, kept).await?;
     let pos = position(reader, &selected);
     let mut report = PollReport::default();
     let mut after_failed: Option<ImapError> = None;

@@ -32,7 +32,7 @@ use crate::ingest::{self, Fetched};
 use crate::ops::metrics::ReaderMetrics;
 use crate::outcome::FailureClass;
 use crate::store::Store;
-use crate::transport::{self, Endpoint, Stream, Trust};
+use crate::transport::{self, Endpoint, Stream};
 
 /// What only POP3 fails at; the failures every protocol shares (connect,
 /// TLS, a refused credential, parser, store) are [`SourceError`]'s.
@@ -99,10 +99,9 @@ impl Session {
     async fn open(
         reader: &ReaderConfig,
         credential: &SignInSecret,
-        trust: &Trust,
     ) -> Result<Session, SourceError> {
         let t = reader.timeout;
-        let endpoint = Endpoint::of(reader, trust);
+        let endpoint = Endpoint::of(reader);
         let mut conn = Connection::new(transport::connect(&endpoint).await?, t);
         conn.greeting().await?;
         let mut caps = conn.capa().await?;
@@ -239,10 +238,9 @@ async fn skipped_uidls(
 pub async fn check(
     reader: &ReaderConfig,
     credential: &SignInSecret,
-    trust: &Trust,
     store: &Store,
 ) -> Result<CheckReport, SourceError> {
-    let mut session = Session::open(reader, credential, trust).await?;
+    let mut session = Session::open(reader, credential).await?;
     let (messages, _) = session.conn.stat().await?;
     let listing = session.uidls(&reader.host).await?;
     let ledger = store.pop3_ledger(&reader.name).await?;
@@ -281,7 +279,6 @@ pub async fn check(
 pub async fn poll(
     reader: &ReaderConfig,
     credential: &SignInSecret,
-    trust: &Trust,
     store: &Store,
     cancel: &CancellationToken,
     meter: &ReaderMetrics,
@@ -291,7 +288,7 @@ pub async fn poll(
         // Config refuses the IMAP-only steps for POP3.
         After::Keep | After::Seen | After::Move(_) => false,
     };
-    let mut session = Session::open(reader, credential, trust).await?;
+    let mut session = Session::open(reader, credential).await?;
     let listing = session.uidls(&reader.host).await?;
     let ledger = store.pop3_ledger_sized(&reader.name).await?;
     let skipped = skipped_uidls(&mut session, store, reader, &listing).await?;
