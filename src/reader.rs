@@ -302,7 +302,7 @@ impl GraphToken for StoreToken {
 /// that expired: signing in again cannot help until someone grants them,
 /// so it says what to grant and stops the reader as misconfigured.
 fn graph_auth_error(reader: &ReaderConfig, e: AuthError) -> PollError {
-    if !matches!(e.aadsts(), Some(65001 | 65004)) {
+    if !e.is_consent_missing() {
         return e.into();
     }
     SourceError::Graph(GraphError::ConsentMissing {

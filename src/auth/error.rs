@@ -136,6 +136,15 @@ impl AuthError {
         }
     }
 
+    /// Consent to the scope asked for is missing or was declined
+    /// (AADSTS65001, 65004); see [`is_consent_missing`].
+    pub fn is_consent_missing(&self) -> bool {
+        match self {
+            AuthError::Rejected(e) => is_consent_missing(e),
+            _ => false,
+        }
+    }
+
     /// How long the identity platform asked us to wait, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
